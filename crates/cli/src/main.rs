@@ -1,0 +1,68 @@
+//! The `cairn` command: one binary for every cairn tool.
+//!
+//! Each subcommand lives in its own module under `cmd/`, owns its clap arguments
+//! and returns `anyhow::Result`; this file only parses, sets up logging and maps
+//! errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// cairn: a content-addressed store for Nix.
+///
+/// Stores Nix store paths as a BLAKE3 Merkle DAG of files and directories and
+/// renders NARs byte-exact with Nix. Logs go to stderr; set RUST_LOG (for example
+/// RUST_LOG=debug) for more.
+#[derive(Parser)]
+#[command(name = "cairn", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Offline NAR tools: dump, restore, hash and list NAR archives.
+    #[command(subcommand)]
+    Nar(cmd::nar::NarCommand),
+    /// Ed25519 signing keys in Nix's format.
+    #[command(subcommand)]
+    Key(cmd::key::KeyCommand),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Nar(c) => cmd::nar::run(c),
+        Command::Key(c) => cmd::key::run(c),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                // `cairn nar dump x | head` is not an error.
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

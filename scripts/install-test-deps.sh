@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what cairn's tests need on a fresh Debian (bookworm) machine, idempotently:
+#   * nix-bin (Nix 2.8): the oracle that NAR, hash, store path, narinfo and key tests
+#     compare against; nix-setup-systemd for the nixbld group that chroot stores need
+#   * xz-utils, zstd: compressors the binary cache tests feed to Nix
+#   * a venv at $CAIRN_TEST_VENV (default /opt/cairn-test-venv) with grpcio,
+#     grpcio-reflection and protobuf, for the reflection-based gRPC client in
+#     tests/oracle/grpc_client.py
+# Runs apt as root (or through sudo). Safe to re-run: does nothing when all is there.
+set -euo pipefail
+VENV=${CAIRN_TEST_VENV:-/opt/cairn-test-venv}
+GRPC_VER=1.85.1
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+for p in nix-bin xz-utils zstd python3-venv; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-test-deps: apt-get install ${need[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+getent group nixbld >/dev/null || $SUDO apt-get install -y -qq nix-setup-systemd >/dev/null
+
+if ! "$VENV/bin/python" -c "import grpc, grpc_reflection; assert grpc.__version__ == '$GRPC_VER'" 2>/dev/null; then
+  echo "install-test-deps: creating $VENV (grpcio $GRPC_VER)"
+  $SUDO python3 -m venv "$VENV" 2>/dev/null || $SUDO /usr/bin/python3 -m venv "$VENV"
+  $SUDO "$VENV/bin/pip" install -q "grpcio==$GRPC_VER" "grpcio-reflection==$GRPC_VER" "grpcio-tools==$GRPC_VER"
+fi
+nix --version
