@@ -1,0 +1,186 @@
+//! The byte layout of the values kept in redb, with strict decoders: the database
+//! may be corrupt, so every decode checks lengths and ranges and reports what is
+//! wrong instead of panicking.
+
+use super::EmbeddedError;
+
+/// Largest raw chunk the chunker ever emits; a stored length above it is corruption
+/// (and bounds the allocation made when decompressing).
+pub(crate) const MAX_CHUNK: usize = 256 * 1024;
+/// Smallest chunk the chunker cuts (except a blob's last chunk).
+pub(crate) const MIN_CHUNK: usize = 16 * 1024;
+/// Average chunk size the chunker aims for.
+pub(crate) const AVG_CHUNK: usize = 64 * 1024;
+
+/// Where a chunk's stored bytes live: `pack` file, byte range, and how to decode them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChunkLoc {
+    pub pack: u32,
+    pub offset: u64,
+    pub stored_len: u32,
+    pub raw_len: u32,
+    pub compressed: bool,
+}
+
+const LOC_LEN: usize = 4 + 8 + 4 + 4 + 1;
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+impl ChunkLoc {
+    /// Fixed 21-byte little-endian layout: pack u32, offset u64, stored_len u32,
+    /// raw_len u32, flag u8 (0 raw, 1 zstd).
+    pub fn encode(&self) -> [u8; LOC_LEN] {
+        let mut out = [0u8; LOC_LEN];
+        out[0..4].copy_from_slice(&self.pack.to_le_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_le_bytes());
+        out[12..16].copy_from_slice(&self.stored_len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.raw_len.to_le_bytes());
+        out[20] = if self.compressed { FLAG_ZSTD } else { FLAG_RAW };
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, EmbeddedError> {
+        let b: &[u8; LOC_LEN] = b.try_into().map_err(|_| {
+            EmbeddedError::Corrupt(format!(
+                "chunk location of {} bytes, want {LOC_LEN}",
+                b.len()
+            ))
+        })?;
+        let loc = ChunkLoc {
+            pack: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            offset: u64::from_le_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]),
+            stored_len: u32::from_le_bytes([b[12], b[13], b[14], b[15]]),
+            raw_len: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
+            compressed: match b[20] {
+                FLAG_RAW => false,
+                FLAG_ZSTD => true,
+                f => return Err(EmbeddedError::Corrupt(format!("chunk flag {f}"))),
+            },
+        };
+        if loc.raw_len as usize > MAX_CHUNK || loc.stored_len as usize > MAX_CHUNK + 1024 {
+            return Err(EmbeddedError::Corrupt(format!(
+                "chunk lengths stored {} raw {} exceed the maximum chunk size",
+                loc.stored_len, loc.raw_len
+            )));
+        }
+        if !loc.compressed && loc.stored_len != loc.raw_len {
+            return Err(EmbeddedError::Corrupt(format!(
+                "raw chunk with stored length {} != raw length {}",
+                loc.stored_len, loc.raw_len
+            )));
+        }
+        Ok(loc)
+    }
+}
+
+/// A blob's entry in the `blobs` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum BlobEntry {
+    /// The blob is exactly one chunk, stored under the blob's own digest.
+    Single,
+    /// The blob is these chunks, in order.
+    Chunked(Vec<([u8; 32], u64)>),
+}
+
+const TAG_SINGLE: u8 = 0;
+const TAG_CHUNKED: u8 = 1;
+const CHUNK_REF_LEN: usize = 32 + 8;
+
+impl BlobEntry {
+    /// `0` for a single-chunk blob; `1` followed by (digest, u64-LE size) per chunk.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            BlobEntry::Single => vec![TAG_SINGLE],
+            BlobEntry::Chunked(list) => {
+                let mut out = Vec::with_capacity(1 + list.len() * CHUNK_REF_LEN);
+                out.push(TAG_CHUNKED);
+                for (d, s) in list {
+                    out.extend_from_slice(d);
+                    out.extend_from_slice(&s.to_le_bytes());
+                }
+                out
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, EmbeddedError> {
+        match b.split_first() {
+            Some((&TAG_SINGLE, [])) => Ok(BlobEntry::Single),
+            Some((&TAG_CHUNKED, rest)) => {
+                if rest.len() % CHUNK_REF_LEN != 0 || rest.len() < 2 * CHUNK_REF_LEN {
+                    return Err(EmbeddedError::Corrupt(format!(
+                        "chunk list of {} bytes is not at least two {CHUNK_REF_LEN}-byte entries",
+                        rest.len()
+                    )));
+                }
+                let mut list = Vec::with_capacity(rest.len() / CHUNK_REF_LEN);
+                for e in rest.chunks_exact(CHUNK_REF_LEN) {
+                    let mut d = [0u8; 32];
+                    d.copy_from_slice(&e[..32]);
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&e[32..]);
+                    let size = u64::from_le_bytes(s);
+                    if size as usize > MAX_CHUNK {
+                        return Err(EmbeddedError::Corrupt(format!(
+                            "chunk list entry of size {size} exceeds the maximum chunk size"
+                        )));
+                    }
+                    list.push((d, size));
+                }
+                Ok(BlobEntry::Chunked(list))
+            }
+            Some((t, _)) => Err(EmbeddedError::Corrupt(format!("blob entry tag {t}"))),
+            None => Err(EmbeddedError::Corrupt("empty blob entry".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loc_roundtrip_and_rejects() {
+        let l = ChunkLoc {
+            pack: 7,
+            offset: 1 << 40,
+            stored_len: 100,
+            raw_len: 300,
+            compressed: true,
+        };
+        assert_eq!(ChunkLoc::decode(&l.encode()).unwrap(), l);
+        assert!(ChunkLoc::decode(&l.encode()[..20]).is_err());
+        let mut bad = l.encode();
+        bad[20] = 9;
+        assert!(ChunkLoc::decode(&bad).is_err());
+        let raw = ChunkLoc {
+            compressed: false,
+            ..l
+        };
+        assert!(
+            ChunkLoc::decode(&raw.encode()).is_err(),
+            "raw with stored != raw len"
+        );
+        let huge = ChunkLoc {
+            raw_len: u32::MAX,
+            ..l
+        };
+        assert!(ChunkLoc::decode(&huge.encode()).is_err());
+    }
+
+    #[test]
+    fn blob_entry_roundtrip_and_rejects() {
+        let e = BlobEntry::Chunked(vec![([1; 32], 5), ([2; 32], 6)]);
+        assert_eq!(BlobEntry::decode(&e.encode()).unwrap(), e);
+        assert_eq!(BlobEntry::decode(&[0]).unwrap(), BlobEntry::Single);
+        assert!(BlobEntry::decode(&[]).is_err());
+        assert!(BlobEntry::decode(&[0, 1]).is_err());
+        assert!(BlobEntry::decode(&e.encode()[..50]).is_err());
+        let one = BlobEntry::Chunked(vec![([1; 32], 5)]);
+        assert!(
+            BlobEntry::decode(&one.encode()).is_err(),
+            "a chunk list needs two entries"
+        );
+    }
+}

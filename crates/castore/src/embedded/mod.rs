@@ -1,0 +1,452 @@
+//! The embedded persistent store: one data directory holding a redb index and
+//! append-only pack files of compressed chunks.
+//!
+//! Layout of a data directory:
+//! - `index.redb`: tables `chunks` (chunk digest -> pack location, see
+//!   [`format`]), `blobs` (blob digest -> single chunk, or its ordered chunk list),
+//!   `directories` (digest -> canonical encoded Directory), `packs` (pack id ->
+//!   committed length).
+//! - `packs/NNNNNNNN.pack`: chunk bytes back to back, zstd-compressed unless
+//!   compression did not shrink them.
+//!
+//! Blobs are split by FastCDC (16 KiB min, 64 KiB average, 256 KiB max); a blob of
+//! one chunk is stored under its own digest. A multi-chunk blob's chunks also become
+//! readable as blobs of their own when the blob commits (WIRE.md: chunk digests
+//! answer Read and Stat).
+//!
+//! Visibility and crashes: a blob becomes visible only when its writer closes, in
+//! the same durable redb transaction that records its chunk list. Chunks of a writer
+//! dropped before close (or killed) may already be in the `chunks` table but are not
+//! in `blobs`, so they are never visible; they are garbage for a future GC. All
+//! commits go through one committer thread that groups concurrent requests into one
+//! transaction (group commit: one fsync for many writers) and fsyncs the packs a
+//! durable commit refers to first.
+
+mod format;
+mod pack;
+mod reader;
+mod writer;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use format::{BlobEntry, ChunkLoc};
+use pack::Packs;
+
+pub use reader::EmbeddedBlobReader;
+pub use writer::EmbeddedBlobWriter;
+
+const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
+const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
+const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
+
+/// A blob's chunks in order: (BLAKE3 digest, size in bytes).
+pub type ChunkList = Vec<([u8; 32], u64)>;
+
+/// Errors of the embedded store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbeddedError {
+    /// A file system operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// The operation.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The redb index failed.
+    #[error("index database: {0}")]
+    Db(#[source] Box<redb::Error>),
+    /// Stored data failed a check: wrong hash, impossible length, unknown tag.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// A grouped commit failed (the message of the underlying error).
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// The store's committer thread is gone.
+    #[error("store is closed")]
+    Closed,
+}
+
+pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> EmbeddedError {
+    EmbeddedError::Db(Box::new(e.into()))
+}
+
+/// What one writer asks the committer to make visible.
+#[derive(Default)]
+pub(crate) struct CommitReq {
+    chunks: Vec<([u8; 32], ChunkLoc)>,
+    blobs: Vec<([u8; 32], BlobEntry)>,
+    directories: Vec<([u8; 32], Vec<u8>)>,
+    /// Must be on disk when the reply arrives (otherwise only visible in-process).
+    durable: bool,
+}
+
+type Reply = oneshot::Sender<Result<(), EmbeddedError>>;
+
+struct Inner {
+    db: Arc<Database>,
+    packs: Arc<Packs>,
+    tx: Option<mpsc::Sender<(CommitReq, Reply)>>,
+    committer: Option<JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer; joining it releases the database
+        // lock, so the same process can reopen the directory right after.
+        self.tx.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A data directory opened for reading and writing blobs and directories.
+///
+/// Cheap to clone; all clones share one index, one set of packs and one committer.
+/// A data directory is opened by one process at a time (redb locks it).
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the data directory `dir`, recovering from a crash:
+    /// redb falls back to its last durable commit, and pack bytes past what that
+    /// commit references are cut off.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, EmbeddedError> {
+        let dir = dir.as_ref().to_owned();
+        std::fs::create_dir_all(&dir).map_err(|source| EmbeddedError::Io {
+            what: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let db = Database::create(dir.join("index.redb")).map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        txn.open_table(CHUNKS).map_err(db_err)?;
+        txn.open_table(BLOBS).map_err(db_err)?;
+        txn.open_table(DIRECTORIES).map_err(db_err)?;
+        let committed = {
+            let t = txn.open_table(PACKS).map_err(db_err)?;
+            let mut m = HashMap::new();
+            for e in t.iter().map_err(db_err)? {
+                let (k, v) = e.map_err(db_err)?;
+                m.insert(k.value(), v.value());
+            }
+            m
+        };
+        txn.commit().map_err(db_err)?;
+        let packs = Arc::new(Packs::open(dir.join("packs"), &committed)?);
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let committer = {
+            let (db, packs) = (db.clone(), packs.clone());
+            std::thread::Builder::new()
+                .name("cairn-committer".into())
+                .spawn(move || committer(&db, &packs, rx))
+                .map_err(|source| EmbeddedError::Io {
+                    what: "spawn committer for",
+                    path: dir.clone(),
+                    source,
+                })?
+        };
+        Ok(EmbeddedStore {
+            inner: Arc::new(Inner {
+                db,
+                packs,
+                tx: Some(tx),
+                committer: Some(committer),
+                dir,
+            }),
+        })
+    }
+
+    /// Sends `req` to the committer; await the receiver (or `blocking_recv` it).
+    fn submit(&self, req: CommitReq) -> oneshot::Receiver<Result<(), EmbeddedError>> {
+        let (reply, rx) = oneshot::channel();
+        if let Some(tx) = &self.inner.tx {
+            // On a send error the reply sender is dropped and the receiver sees it.
+            let _ = tx.send((req, reply));
+        }
+        rx
+    }
+
+    fn submit_blocking(&self, req: CommitReq) -> Result<(), EmbeddedError> {
+        self.submit(req)
+            .blocking_recv()
+            .map_err(|_| EmbeddedError::Closed)?
+    }
+
+    /// A writer for a new blob: write its bytes, then `close` it for its digest.
+    pub fn blob_writer(&self) -> EmbeddedBlobWriter {
+        EmbeddedBlobWriter::new(self.clone())
+    }
+
+    /// Whether blob `digest` is stored (including chunks of stored blobs).
+    pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(BLOBS).map_err(db_err)?;
+        Ok(t.get(digest).map_err(db_err)?.is_some())
+    }
+
+    fn blob_entry(&self, digest: &[u8; 32]) -> Result<Option<BlobEntry>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(BLOBS).map_err(db_err)?;
+        match t.get(digest).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => BlobEntry::decode(v.value()).map(Some),
+        }
+    }
+
+    fn chunk_loc(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(CHUNKS).map_err(db_err)?;
+        match t.get(digest).map_err(db_err)? {
+            None => Ok(None),
+            Some(v) => ChunkLoc::decode(v.value()).map(Some),
+        }
+    }
+
+    /// The ordered (digest, size) chunks of blob `digest`: `None` if absent, empty
+    /// if the blob is stored as a single chunk.
+    pub fn blob_chunks(&self, digest: &[u8; 32]) -> Result<Option<ChunkList>, EmbeddedError> {
+        Ok(self.blob_entry(digest)?.map(|e| match e {
+            BlobEntry::Single => Vec::new(),
+            BlobEntry::Chunked(list) => list,
+        }))
+    }
+
+    /// The size of blob `digest`, if stored.
+    pub fn blob_size(&self, digest: &[u8; 32]) -> Result<Option<u64>, EmbeddedError> {
+        Ok(self
+            .blob_layout(digest)?
+            .map(|l| l.iter().map(|c| c.1).sum()))
+    }
+
+    /// The chunks to read for blob `digest` (itself, for a single-chunk blob).
+    fn blob_layout(&self, digest: &[u8; 32]) -> Result<Option<ChunkList>, EmbeddedError> {
+        match self.blob_entry(digest)? {
+            None => Ok(None),
+            Some(BlobEntry::Chunked(list)) => Ok(Some(list)),
+            Some(BlobEntry::Single) => {
+                let loc = self.chunk_loc(digest)?.ok_or_else(|| {
+                    EmbeddedError::Corrupt(format!("blob {} has no chunk", hex(digest)))
+                })?;
+                Ok(Some(vec![(*digest, u64::from(loc.raw_len))]))
+            }
+        }
+    }
+
+    /// Opens blob `digest` for verified reading with seek, or `None` if absent.
+    pub fn open_blob(
+        &self,
+        digest: &[u8; 32],
+    ) -> Result<Option<EmbeddedBlobReader>, EmbeddedError> {
+        Ok(self
+            .blob_layout(digest)?
+            .map(|l| EmbeddedBlobReader::new(self.clone(), l)))
+    }
+
+    /// Reads chunk `digest`, decompresses it and checks its BLAKE3 digest and size.
+    pub(crate) fn read_chunk(
+        &self,
+        digest: &[u8; 32],
+        size: u64,
+    ) -> Result<Vec<u8>, EmbeddedError> {
+        let loc = self
+            .chunk_loc(digest)?
+            .ok_or_else(|| EmbeddedError::Corrupt(format!("chunk {} is missing", hex(digest))))?;
+        if u64::from(loc.raw_len) != size {
+            return Err(EmbeddedError::Corrupt(format!(
+                "chunk {} has size {} where its blob says {size}",
+                hex(digest),
+                loc.raw_len
+            )));
+        }
+        let stored = self
+            .inner
+            .packs
+            .read(loc.pack, loc.offset, loc.stored_len as usize)?;
+        let raw = if loc.compressed {
+            // raw_len is bounded by MAX_CHUNK (checked in decode), so is this buffer.
+            zstd::bulk::decompress(&stored, loc.raw_len as usize).map_err(|e| {
+                EmbeddedError::Corrupt(format!("chunk {} does not decompress: {e}", hex(digest)))
+            })?
+        } else {
+            stored
+        };
+        if raw.len() != loc.raw_len as usize || blake3::hash(&raw).as_bytes() != digest {
+            return Err(EmbeddedError::Corrupt(format!(
+                "chunk {} does not hash to its digest",
+                hex(digest)
+            )));
+        }
+        Ok(raw)
+    }
+
+    /// Which of `digests` are already in the chunk table (for dedup on write).
+    pub(crate) fn chunks_present(&self, digests: &[[u8; 32]]) -> Result<Vec<bool>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(CHUNKS).map_err(db_err)?;
+        digests
+            .iter()
+            .map(|d| Ok(t.get(d).map_err(db_err)?.is_some()))
+            .collect()
+    }
+
+    /// The encoded Directory stored under `digest`, if any. The bytes are what was
+    /// put; callers decode and check the digest.
+    pub fn get_directory(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(DIRECTORIES).map_err(db_err)?;
+        Ok(t.get(digest).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether a Directory is stored under `digest`.
+    pub fn has_directory(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(DIRECTORIES).map_err(db_err)?;
+        Ok(t.get(digest).map_err(db_err)?.is_some())
+    }
+
+    /// Stores already validated (digest, canonical encoding) Directories in one
+    /// durable transaction: all become visible, or none.
+    pub async fn put_directories(
+        &self,
+        dirs: Vec<([u8; 32], Vec<u8>)>,
+    ) -> Result<(), EmbeddedError> {
+        let req = CommitReq {
+            directories: dirs,
+            durable: true,
+            ..Default::default()
+        };
+        self.submit(req).await.map_err(|_| EmbeddedError::Closed)?
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+pub(crate) fn hex(d: &[u8; 32]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Groups whatever requests are queued into one redb transaction; durable if any
+/// request asks for it, after fsyncing every pack written since the last durable one.
+fn committer(db: &Database, packs: &Packs, rx: mpsc::Receiver<(CommitReq, Reply)>) {
+    let mut unsynced: HashSet<u32> = HashSet::new();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let res = commit_batch(db, packs, &batch, &mut unsynced);
+        for (_, reply) in batch {
+            let _ = reply.send(match &res {
+                Ok(()) => Ok(()),
+                Err(e) => Err(EmbeddedError::Commit(e.to_string())),
+            });
+        }
+    }
+}
+
+fn commit_batch(
+    db: &Database,
+    packs: &Packs,
+    batch: &[(CommitReq, Reply)],
+    unsynced: &mut HashSet<u32>,
+) -> Result<(), EmbeddedError> {
+    let durable = batch.iter().any(|(r, _)| r.durable);
+    let mut pack_ends: HashMap<u32, u64> = HashMap::new();
+    for (r, _) in batch {
+        for (_, loc) in &r.chunks {
+            let end = loc.offset + u64::from(loc.stored_len);
+            let e = pack_ends.entry(loc.pack).or_insert(0);
+            *e = (*e).max(end);
+            unsynced.insert(loc.pack);
+        }
+    }
+    if durable {
+        for p in unsynced.iter() {
+            packs.sync(*p)?;
+        }
+    }
+    let mut txn = db.begin_write().map_err(db_err)?;
+    if !durable {
+        txn.set_durability(Durability::None).map_err(db_err)?;
+    }
+    {
+        let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
+        let mut blobs = txn.open_table(BLOBS).map_err(db_err)?;
+        let mut dirs = txn.open_table(DIRECTORIES).map_err(db_err)?;
+        let mut pt = txn.open_table(PACKS).map_err(db_err)?;
+        for (p, end) in pack_ends {
+            let old = pt.get(p).map_err(db_err)?.map(|v| v.value()).unwrap_or(0);
+            if end > old {
+                pt.insert(p, end).map_err(db_err)?;
+            }
+        }
+        for (r, _) in batch {
+            for (d, loc) in &r.chunks {
+                // A concurrent writer may have stored the same chunk: keep the first.
+                if chunks.get(d).map_err(db_err)?.is_none() {
+                    chunks.insert(d, &loc.encode()[..]).map_err(db_err)?;
+                }
+            }
+            for (d, entry) in &r.blobs {
+                if blobs.get(d).map_err(db_err)?.is_some() {
+                    continue;
+                }
+                blobs.insert(d, &entry.encode()[..]).map_err(db_err)?;
+                if let BlobEntry::Chunked(list) = entry {
+                    let single = BlobEntry::Single.encode();
+                    for (c, _) in list {
+                        if blobs.get(c).map_err(db_err)?.is_none() {
+                            blobs.insert(c, &single[..]).map_err(db_err)?;
+                        }
+                    }
+                }
+            }
+            for (d, bytes) in &r.directories {
+                if dirs.get(d).map_err(db_err)?.is_none() {
+                    dirs.insert(d, &bytes[..]).map_err(db_err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    if durable {
+        unsynced.clear();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

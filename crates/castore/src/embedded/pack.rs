@@ -1,0 +1,189 @@
+//! Append-only pack files holding chunk bytes back to back, with no per-chunk
+//! header or padding: a stored chunk costs exactly its (compressed) length on disk.
+//!
+//! Why packs beside redb rather than chunk bytes inside it: measured on this
+//! machine (examples in the commit log of `embedded`), 1 GiB as 64 KiB values took
+//! 56 MB/s to write into redb and produced a 2.7 GB file, reads ran at 700 MB/s;
+//! the same bytes appended to a pack with a redb index wrote at 131 MB/s into a
+//! 1.07 GB file and read at 1.9 GB/s. redb keeps only the small index.
+//!
+//! Crash safety: redb's `packs` table records, per pack, the length up to which its
+//! bytes are referenced by committed index entries; the committer fsyncs a pack
+//! before any durable commit that references it. On open every pack is truncated to
+//! its recorded length and packs without a record are deleted, so bytes appended by
+//! a writer that never committed disappear.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use super::EmbeddedError;
+
+/// A pack is closed for appends once it grows past this size, so that a later
+/// garbage collector can rewrite packs one at a time.
+const PACK_ROTATE: u64 = 1 << 30;
+
+struct Active {
+    id: u32,
+    file: Arc<File>,
+    end: u64,
+}
+
+pub(crate) struct Packs {
+    dir: PathBuf,
+    files: RwLock<HashMap<u32, Arc<File>>>,
+    active: Mutex<Active>,
+}
+
+fn io_err(what: &'static str, path: &Path, source: std::io::Error) -> EmbeddedError {
+    EmbeddedError::Io {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn pack_name(id: u32) -> String {
+    format!("{id:08}.pack")
+}
+
+fn open_pack(path: &Path, create: bool) -> Result<File, EmbeddedError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_err("open pack", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EmbeddedError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("sync directory", dir, e))
+}
+
+impl Packs {
+    /// Opens the pack directory, cutting every pack back to its committed length
+    /// (`committed`: pack id -> length from the `packs` table).
+    pub fn open(dir: PathBuf, committed: &HashMap<u32, u64>) -> Result<Self, EmbeddedError> {
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        let mut files = HashMap::new();
+        let rd = std::fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| io_err("list", &dir, e))?;
+            let path = ent.path();
+            let name = ent.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".pack"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            match committed.get(&id) {
+                None => {
+                    // Appended to by writers that never committed: garbage.
+                    std::fs::remove_file(&path).map_err(|e| io_err("remove", &path, e))?;
+                }
+                Some(&len) => {
+                    let f = open_pack(&path, false)?;
+                    let have = f.metadata().map_err(|e| io_err("stat", &path, e))?.len();
+                    if have > len {
+                        f.set_len(len).map_err(|e| io_err("truncate", &path, e))?;
+                        f.sync_all().map_err(|e| io_err("sync", &path, e))?;
+                    } else if have < len {
+                        // Reads of the missing range fail verification; opening stays possible.
+                        tracing::error!(?path, have, len, "pack shorter than its committed length");
+                    }
+                    files.insert(id, Arc::new(f));
+                }
+            }
+        }
+        for id in committed.keys() {
+            if !files.contains_key(id) {
+                tracing::error!(pack = id, "committed pack file missing");
+            }
+        }
+        let last = committed.keys().copied().max();
+        let (id, end) = match last {
+            Some(id) if committed.get(&id).copied().unwrap_or(u64::MAX) < PACK_ROTATE => {
+                (id, committed.get(&id).copied().unwrap_or(0))
+            }
+            Some(id) => (
+                id.checked_add(1)
+                    .ok_or_else(|| EmbeddedError::Corrupt("pack ids exhausted".into()))?,
+                0,
+            ),
+            None => (0, 0),
+        };
+        let file = match files.get(&id) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(open_pack(&dir.join(pack_name(id)), true)?);
+                sync_dir(&dir)?;
+                files.insert(id, f.clone());
+                f
+            }
+        };
+        Ok(Packs {
+            dir,
+            files: RwLock::new(files),
+            active: Mutex::new(Active { id, file, end }),
+        })
+    }
+
+    /// Appends `data` and returns (pack id, offset). Not durable until [`Packs::sync`].
+    pub fn append(&self, data: &[u8]) -> Result<(u32, u64), EmbeddedError> {
+        let len = data.len() as u64;
+        let (id, file, offset) = {
+            let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            if a.end > 0 && a.end + len > PACK_ROTATE {
+                let id =
+                    a.id.checked_add(1)
+                        .ok_or_else(|| EmbeddedError::Corrupt("pack ids exhausted".into()))?;
+                let file = Arc::new(open_pack(&self.dir.join(pack_name(id)), true)?);
+                sync_dir(&self.dir)?;
+                self.files
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, file.clone());
+                *a = Active { id, file, end: 0 };
+            }
+            let offset = a.end;
+            a.end += len;
+            (a.id, a.file.clone(), offset)
+        };
+        // Concurrent writers reserved disjoint ranges above, so they write in parallel.
+        file.write_all_at(data, offset)
+            .map_err(|e| io_err("write pack", &self.dir.join(pack_name(id)), e))?;
+        Ok((id, offset))
+    }
+
+    fn file(&self, id: u32) -> Result<Arc<File>, EmbeddedError> {
+        self.files
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| EmbeddedError::Corrupt(format!("chunk refers to missing pack {id}")))
+    }
+
+    /// Reads exactly `len` bytes at `offset` of pack `id`.
+    pub fn read(&self, id: u32, offset: u64, len: usize) -> Result<Vec<u8>, EmbeddedError> {
+        let f = self.file(id)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)
+            .map_err(|e| io_err("read pack", &self.dir.join(pack_name(id)), e))?;
+        Ok(buf)
+    }
+
+    /// Makes everything appended to pack `id` so far durable.
+    pub fn sync(&self, id: u32) -> Result<(), EmbeddedError> {
+        self.file(id)?
+            .sync_data()
+            .map_err(|e| io_err("sync pack", &self.dir.join(pack_name(id)), e))
+    }
+}

@@ -1,0 +1,274 @@
+//! Engine-level tests of the embedded store (the service traits are covered by the
+//! crate's conformance suite).
+
+use std::io::SeekFrom;
+
+use redb::{ReadableDatabase, ReadableTableMetadata};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::*;
+
+/// Deterministic bytes that compress about 2:1 (random words over a small alphabet
+/// mixed with random bytes), so both the compressed and the raw path are taken.
+pub(crate) fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(4) {
+            out.extend_from_slice(&x.to_le_bytes());
+        } else {
+            out.push(b'a' + (x % 8) as u8);
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+async fn put(store: &EmbeddedStore, bytes: &[u8]) -> [u8; 32] {
+    let mut w = store.blob_writer();
+    // Odd-sized writes exercise the batch boundaries.
+    for piece in bytes.chunks(100_003) {
+        w.write_all(piece).await.unwrap();
+    }
+    w.close().await.unwrap()
+}
+
+async fn get(store: &EmbeddedStore, d: &[u8; 32]) -> std::io::Result<Vec<u8>> {
+    let mut r = store.open_blob(d).unwrap().expect("blob present");
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
+fn pack_bytes(store: &EmbeddedStore) -> u64 {
+    std::fs::read_dir(store.dir().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+fn blob_count(store: &EmbeddedStore) -> u64 {
+    let r = store.inner.db.begin_read().unwrap();
+    r.open_table(BLOBS).unwrap().len().unwrap()
+}
+
+#[tokio::test]
+async fn roundtrip_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    for (i, len) in [
+        0usize,
+        1,
+        1000,
+        16 * 1024 - 1,
+        100_000,
+        300_000,
+        3 << 20,
+        9 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let bytes = data(i as u64, len);
+        let d = put(&store, &bytes).await;
+        assert_eq!(&d, blake3::hash(&bytes).as_bytes(), "digest of {len} bytes");
+        assert!(store.has_blob(&d).unwrap());
+        assert_eq!(store.blob_size(&d).unwrap(), Some(len as u64));
+        assert_eq!(
+            get(&store, &d).await.unwrap(),
+            bytes,
+            "content of {len} bytes"
+        );
+        let chunks = store.blob_chunks(&d).unwrap().unwrap();
+        if len > 256 * 1024 {
+            assert!(chunks.len() >= 2, "{len} bytes in {} chunks", chunks.len());
+        }
+        if !chunks.is_empty() {
+            assert_eq!(chunks.iter().map(|c| c.1).sum::<u64>(), len as u64);
+            // Every chunk answers as a blob of its own, with the right bytes.
+            let mut off = 0usize;
+            for (c, s) in &chunks {
+                assert!(store.has_blob(c).unwrap());
+                assert_eq!(
+                    get(&store, c).await.unwrap(),
+                    &bytes[off..off + *s as usize]
+                );
+                off += *s as usize;
+            }
+        } else {
+            assert!(
+                len > 16 * 1024 || chunks.is_empty(),
+                "{len} bytes is a single chunk"
+            );
+        }
+    }
+    assert!(!store.has_blob(&[7; 32]).unwrap());
+    assert!(store.open_blob(&[7; 32]).unwrap().is_none());
+    // Durable across reopen.
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(6, 3 << 20);
+    assert_eq!(
+        get(&store, blake3::hash(&bytes).as_bytes()).await.unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn same_content_stored_once_even_concurrently() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(1, 5 << 20);
+    put(&store, &bytes).await;
+    let after_one = pack_bytes(&store);
+    assert!(after_one > 0);
+    put(&store, &bytes).await;
+    assert_eq!(
+        pack_bytes(&store),
+        after_one,
+        "second write of the same bytes stored nothing"
+    );
+    // Concurrent writers of new identical content: all succeed with the same digest.
+    let bytes = std::sync::Arc::new(data(2, 3 << 20));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (s, b) = (store.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move { put(&s, &b).await }));
+    }
+    for t in tasks {
+        assert_eq!(&t.await.unwrap(), blake3::hash(&bytes).as_bytes());
+    }
+    assert_eq!(
+        get(&store, blake3::hash(&bytes).as_bytes()).await.unwrap(),
+        *bytes
+    );
+}
+
+#[tokio::test]
+async fn dropped_writer_leaves_nothing_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(3, 20 << 20);
+    {
+        let mut w = store.blob_writer();
+        w.write_all(&bytes).await.unwrap();
+        w.flush().await.unwrap();
+    }
+    // Give any in-flight batch time to finish; it must still not publish anything.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(blob_count(&store), 0);
+    assert!(!store.has_blob(blake3::hash(&bytes).as_bytes()).unwrap());
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(blob_count(&store), 0);
+}
+
+#[tokio::test]
+async fn seek_reads_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(4, 3 << 20);
+    let d = put(&store, &bytes).await;
+    let mut r = store.open_blob(&d).unwrap().unwrap();
+    assert_eq!(r.len(), bytes.len() as u64);
+    for (start, len) in [
+        (2_000_000usize, 10_000usize),
+        (5, 5),
+        (0, 300_000),
+        (3_145_000, 1000),
+        (1_000_000, 700_000),
+    ] {
+        let p = r.seek(SeekFrom::Start(start as u64)).await.unwrap();
+        assert_eq!(p, start as u64);
+        let end = (start + len).min(bytes.len());
+        let mut out = vec![0u8; end - start];
+        r.read_exact(&mut out).await.unwrap();
+        assert_eq!(out, &bytes[start..end], "range {start}+{len}");
+    }
+    assert_eq!(
+        r.seek(SeekFrom::End(-10)).await.unwrap(),
+        bytes.len() as u64 - 10
+    );
+    let mut tail = Vec::new();
+    r.read_to_end(&mut tail).await.unwrap();
+    assert_eq!(tail, &bytes[bytes.len() - 10..]);
+    assert!(
+        r.seek(SeekFrom::Current(-(bytes.len() as i64) - 1))
+            .await
+            .is_err()
+    );
+}
+
+/// Flips one byte in every pack at `offset_frac` of its length.
+fn corrupt_packs(store: &EmbeddedStore, at: u64) {
+    use std::os::unix::fs::FileExt;
+    for e in std::fs::read_dir(store.dir().join("packs")).unwrap() {
+        let path = e.unwrap().path();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        if len == 0 {
+            continue;
+        }
+        let at = at.min(len - 1);
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        b[0] ^= 0x55;
+        f.write_all_at(&b, at).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn corruption_is_an_error_not_wrong_data() {
+    for (len, at) in [(1000usize, 10u64), (2 << 20, 700_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let bytes = data(5, len);
+        let d = put(&store, &bytes).await;
+        corrupt_packs(&store, at);
+        let err = get(&store, &d)
+            .await
+            .expect_err("corrupt pack must not read back");
+        assert!(err.to_string().contains("corrupt store"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn edited_file_shares_most_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let mut bytes = data(8, 16 << 20);
+    put(&store, &bytes).await;
+    let before = pack_bytes(&store);
+    for b in &mut bytes[8 << 20..(8 << 20) + 1024] {
+        *b = b.wrapping_add(1);
+    }
+    let d = put(&store, &bytes).await;
+    let extra = pack_bytes(&store) - before;
+    assert!(
+        extra < 3 * 256 * 1024,
+        "1 KiB edit stored {extra} extra bytes"
+    );
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn directories_put_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let a = (*blake3::hash(b"a").as_bytes(), b"a".to_vec());
+    let b = (*blake3::hash(b"bb").as_bytes(), b"bb".to_vec());
+    store
+        .put_directories(vec![a.clone(), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.get_directory(&a.0).unwrap(), Some(a.1));
+    assert!(store.has_directory(&b.0).unwrap());
+    assert_eq!(store.get_directory(&[0; 32]).unwrap(), None);
+}
