@@ -1,1 +1,686 @@
-//! TODO: being written.
+//! The `.narinfo` files of a binary cache: parse and render, byte-exact with Nix.
+//!
+//! A narinfo describes one store path: where its (compressed) NAR is, the NAR's hash
+//! and size, its references, deriver, signatures and content address. Nix writes the
+//! fields in a fixed order, each line `Key: value\n`:
+//!
+//! ```text
+//! StorePath: /nix/store/s57i4ffs9d4hk5njbpz4n2520r99kcqa-fixture-top
+//! URL: nar/17fkcnv9rxiyjh33dr5gc9l0cmm078nibp027v0bkyxxgas926yx.nar.xz
+//! Compression: xz
+//! FileHash: sha256:17fkcnv9rxiyjh33dr5gc9l0cmm078nibp027v0bkyxxgas926yx
+//! FileSize: 888
+//! NarHash: sha256:17fkcnv9rxiyjh33dr5gc9l0cmm078nibp027v0bkyxxgas926yx
+//! NarSize: 888
+//! References: 5r53cxahb49j2wx1mx7s1y39ghnrq5bj-fixture-dep
+//! Deriver: f0b3bq1magm6pz6458zkycdv3cw27s52-fixture-top.drv
+//! System: x86_64-linux
+//! Sig: cache.example.org-1:blwFB5hy...
+//! CA: fixed:r:sha256:0i5rcxyd7a1p816k32pnj9bcgph528rf0rij75biii1acfz4zgi6
+//! ```
+//!
+//! `References: ` keeps its trailing space when the list is empty; `Deriver`,
+//! `System`, `Sig` and `CA` are left out when absent; `Sig` repeats.
+//! [`NarInfo`]'s [`Display`](fmt::Display) writes exactly this, so rendering a parsed
+//! Nix narinfo gives back the same bytes.
+//!
+//! What is accepted follows Nix 2.8's `NarInfo` parser, stricter where Nix would
+//! silently do something surprising:
+//!
+//! - required: `StorePath`, `URL`, `NarHash`, and a non-zero `NarSize` (as Nix);
+//! - `Compression` defaults to `bzip2` when absent (as Nix), and is then written out;
+//! - unknown keys are ignored (as Nix), but every line must still be `Key: value\n`;
+//! - every field may appear once, `Sig` once per distinct signature (Nix lets a
+//!   later line overwrite an earlier one);
+//! - `FileHash` and `NarHash` must be SHA-256 (Nix asserts this when it writes one);
+//! - `Deriver: unknown-deriver` means no deriver (as Nix);
+//! - no empty values except `References`; no `\r`, no empty lines, no missing final
+//!   newline.
+//!
+//! Every error names the line (1-based) and the field.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::signature::{self, KeyError, Signature, SigningKey, VerifyingKey};
+
+pub use shim::{HashError, NixHash, StorePath, StorePathError};
+
+/// Why a narinfo was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NarInfoError {
+    /// The last line has no terminating `\n`.
+    #[error("narinfo line {line}: missing newline at end of file")]
+    MissingNewline {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A line is not `Key: value`.
+    #[error("narinfo line {line}: expected `Key: value`, found {text:?}")]
+    MalformedLine {
+        /// 1-based line number.
+        line: usize,
+        /// The start of the line (at most 80 bytes).
+        text: String,
+    },
+    /// A field appears twice.
+    #[error("narinfo line {line}: duplicate {field} (first on line {first})")]
+    Duplicate {
+        /// 1-based line number of the repetition.
+        line: usize,
+        /// The field.
+        field: &'static str,
+        /// 1-based line number of its first occurrence.
+        first: usize,
+    },
+    /// A field's value is empty, or is not a valid value for the field.
+    #[error("narinfo line {line}: invalid {field} {value:?}: {reason}")]
+    InvalidValue {
+        /// 1-based line number.
+        line: usize,
+        /// The field.
+        field: &'static str,
+        /// The value (at most 80 bytes).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A required field is absent.
+    #[error("narinfo: missing required field {field}")]
+    Missing {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// How a content-addressed path's contents were hashed (the narinfo `CA` field).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ContentAddress {
+    /// `text:sha256:<nix32>`: a text file added with references to other paths
+    /// (`builtins.toFile`, `.drv` files). Always SHA-256.
+    Text(NixHash),
+    /// `fixed:<algo>:<nix32>`: a single file hashed flat (fixed-output derivations,
+    /// `nix-store --add-fixed`).
+    Flat(NixHash),
+    /// `fixed:r:<algo>:<nix32>`: the NAR of a path hashed (`nix-store --add`, source
+    /// paths).
+    Recursive(NixHash),
+}
+
+impl ContentAddress {
+    /// The hash, whatever the method.
+    pub fn hash(&self) -> &NixHash {
+        match self {
+            Self::Text(h) | Self::Flat(h) | Self::Recursive(h) => h,
+        }
+    }
+}
+
+impl FromStr for ContentAddress {
+    type Err = String;
+
+    /// Parses `text:sha256:…`, `fixed:<algo>:…` or `fixed:r:<algo>:…`, the hash in
+    /// nixbase32, as Nix writes it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("text:") {
+            let h: NixHash = rest.parse().map_err(|e: HashError| e.to_string())?;
+            if h.algo() != "sha256" {
+                return Err(format!(
+                    "a text content address must use sha256, not {}",
+                    h.algo()
+                ));
+            }
+            Ok(Self::Text(h))
+        } else if let Some(rest) = s.strip_prefix("fixed:") {
+            match rest.strip_prefix("r:") {
+                Some(rest) => rest.parse().map(Self::Recursive),
+                None => rest.parse().map(Self::Flat),
+            }
+            .map_err(|e: HashError| e.to_string())
+        } else {
+            Err("expected `text:` or `fixed:`".to_owned())
+        }
+    }
+}
+
+impl fmt::Display for ContentAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Text(h) => write!(f, "text:{h}"),
+            Self::Flat(h) => write!(f, "fixed:{h}"),
+            Self::Recursive(h) => write!(f, "fixed:r:{h}"),
+        }
+    }
+}
+
+/// A value that fits on a narinfo line: not empty, no control characters (so no
+/// newline). Used for `URL` and `System`, which Nix keeps as free text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FieldText(String);
+
+impl FieldText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for FieldText {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty".to_owned());
+        }
+        if s.chars().any(char::is_control) {
+            return Err("contains a control character".to_owned());
+        }
+        Ok(Self(s))
+    }
+}
+
+impl FromStr for FieldText {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl fmt::Display for FieldText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The compression of the file at `URL`: `none`, `xz`, `bzip2`, `zstd`, `br`, ...
+///
+/// Nix accepts any method name here and fails only when it cannot decompress; this
+/// type accepts any name made of ASCII letters, digits and `.+-_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Compression(String);
+
+impl Compression {
+    /// What Nix assumes when a narinfo has no `Compression` line.
+    pub fn bzip2() -> Self {
+        Self("bzip2".to_owned())
+    }
+
+    /// The method's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty".to_owned());
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+        {
+            return Err("expected ASCII letters, digits, `.`, `+`, `-` or `_`".to_owned());
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A parsed narinfo. [`Display`](fmt::Display) renders it in Nix's format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarInfo {
+    /// `StorePath`: the path described.
+    pub store_path: StorePath,
+    /// `URL`: where the (compressed) NAR is, usually relative to the cache root.
+    pub url: FieldText,
+    /// `Compression` of the file at `URL`.
+    pub compression: Compression,
+    /// `FileHash`: SHA-256 of the file at `URL`.
+    pub file_hash: Option<NixHash>,
+    /// `FileSize`: size of the file at `URL`.
+    pub file_size: Option<u64>,
+    /// `NarHash`: SHA-256 of the uncompressed NAR.
+    pub nar_hash: NixHash,
+    /// `NarSize`: size of the uncompressed NAR, never 0.
+    pub nar_size: u64,
+    /// `References`, in file order (Nix writes them sorted).
+    pub references: Vec<StorePath>,
+    /// `Deriver`: the `.drv` that built the path, if known.
+    pub deriver: Option<StorePath>,
+    /// `System` the path was built for (rare; Nix writes it only when known).
+    pub system: Option<FieldText>,
+    /// `Sig` lines, in file order (Nix writes them sorted; [`NarInfo::add_signature`]
+    /// keeps that order).
+    pub signatures: Vec<Signature>,
+    /// `CA`: how a content-addressed path was hashed.
+    pub ca: Option<ContentAddress>,
+}
+
+/// Keeps error messages bounded whatever the input.
+fn excerpt(s: &str) -> String {
+    let mut end = s.len().min(80);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Nix writes sizes with `std::to_string`: plain decimal digits, no sign, no leading
+/// zeros.
+fn parse_size(s: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("expected a decimal number".to_owned());
+    }
+    if s.len() > 1 && s.starts_with('0') {
+        return Err("leading zero".to_owned());
+    }
+    s.parse::<u64>()
+        .map_err(|_| "does not fit in 64 bits".to_owned())
+}
+
+fn parse_sha256(s: &str) -> Result<NixHash, String> {
+    let h: NixHash = s.parse().map_err(|e: HashError| e.to_string())?;
+    if h.algo() != "sha256" {
+        return Err(format!("expected a sha256 hash, not {}", h.algo()));
+    }
+    Ok(h)
+}
+
+/// The fields Nix knows, in the order it writes them.
+const FIELDS: [&str; 12] = [
+    "StorePath",
+    "URL",
+    "Compression",
+    "FileHash",
+    "FileSize",
+    "NarHash",
+    "NarSize",
+    "References",
+    "Deriver",
+    "System",
+    "Sig",
+    "CA",
+];
+
+impl NarInfo {
+    /// Parses a narinfo file's contents.
+    pub fn parse(s: &str) -> Result<Self, NarInfoError> {
+        let mut seen = [0usize; FIELDS.len()];
+        let mut store_path = None;
+        let mut url = None;
+        let mut compression = None;
+        let mut file_hash = None;
+        let mut file_size = None;
+        let mut nar_hash = None;
+        let mut nar_size = None;
+        let mut references = Vec::new();
+        let mut deriver = None;
+        let mut system = None;
+        let mut signatures: Vec<Signature> = Vec::new();
+        let mut sig_lines = Vec::new();
+        let mut ca = None;
+
+        let mut rest = s;
+        let mut line = 0;
+        while !rest.is_empty() {
+            line += 1;
+            let Some((text, after)) = rest.split_once('\n') else {
+                return Err(NarInfoError::MissingNewline { line });
+            };
+            rest = after;
+            let malformed = || NarInfoError::MalformedLine {
+                line,
+                text: excerpt(text),
+            };
+            let (key, value) = text.split_once(": ").ok_or_else(malformed)?;
+            if key.is_empty() || key.contains([':', ' ']) {
+                return Err(malformed());
+            }
+            let Some(idx) = FIELDS.iter().position(|f| *f == key) else {
+                // Unknown keys are ignored, as Nix does, so that fields added by newer
+                // writers do not make a cache unreadable.
+                continue;
+            };
+            let field = FIELDS[idx];
+            let invalid = |reason: String| NarInfoError::InvalidValue {
+                line,
+                field,
+                value: excerpt(value),
+                reason,
+            };
+            if field != "Sig" {
+                if seen[idx] != 0 {
+                    return Err(NarInfoError::Duplicate {
+                        line,
+                        field,
+                        first: seen[idx],
+                    });
+                }
+                seen[idx] = line;
+            }
+            if value.is_empty() && field != "References" {
+                return Err(invalid("empty".to_owned()));
+            }
+            if value.contains('\r') {
+                return Err(invalid("contains a carriage return".to_owned()));
+            }
+            let store_path_err = |e: StorePathError| invalid(e.to_string());
+            match field {
+                "StorePath" => {
+                    store_path = Some(StorePath::from_absolute_path(value).map_err(store_path_err)?)
+                }
+                "URL" => url = Some(value.parse::<FieldText>().map_err(invalid)?),
+                "Compression" => compression = Some(value.parse().map_err(invalid)?),
+                "FileHash" => file_hash = Some(parse_sha256(value).map_err(invalid)?),
+                "FileSize" => file_size = Some(parse_size(value).map_err(invalid)?),
+                "NarHash" => nar_hash = Some(parse_sha256(value).map_err(invalid)?),
+                "NarSize" => {
+                    let n = parse_size(value).map_err(invalid)?;
+                    if n == 0 {
+                        return Err(invalid("must not be 0".to_owned()));
+                    }
+                    nar_size = Some(n);
+                }
+                "References" => {
+                    if !value.is_empty() {
+                        for r in value.split(' ') {
+                            let r: StorePath = r.parse().map_err(|e: StorePathError| {
+                                invalid(format!("reference {:?}: {e}", excerpt(r)))
+                            })?;
+                            if references.contains(&r) {
+                                return Err(invalid(format!("duplicate reference {r}")));
+                            }
+                            references.push(r);
+                        }
+                    }
+                }
+                "Deriver" => {
+                    if value != "unknown-deriver" {
+                        deriver = Some(value.parse().map_err(store_path_err)?);
+                    }
+                }
+                "System" => system = Some(value.parse::<FieldText>().map_err(invalid)?),
+                "Sig" => {
+                    let sig: Signature = value
+                        .parse()
+                        .map_err(|e: KeyError| invalid(e.to_string()))?;
+                    if let Some(i) = signatures.iter().position(|s| *s == sig) {
+                        return Err(NarInfoError::Duplicate {
+                            line,
+                            field,
+                            first: sig_lines[i],
+                        });
+                    }
+                    signatures.push(sig);
+                    sig_lines.push(line);
+                }
+                "CA" => ca = Some(value.parse().map_err(invalid)?),
+                _ => unreachable!("every entry of FIELDS is matched"),
+            }
+        }
+
+        Ok(Self {
+            store_path: store_path.ok_or(NarInfoError::Missing { field: "StorePath" })?,
+            url: url.ok_or(NarInfoError::Missing { field: "URL" })?,
+            compression: compression.unwrap_or_else(Compression::bzip2),
+            file_hash,
+            file_size,
+            nar_hash: nar_hash.ok_or(NarInfoError::Missing { field: "NarHash" })?,
+            nar_size: nar_size.ok_or(NarInfoError::Missing { field: "NarSize" })?,
+            references,
+            deriver,
+            system,
+            signatures,
+            ca,
+        })
+    }
+
+    /// What a signature of this path signs: see [`signature::fingerprint`].
+    pub fn fingerprint(&self) -> String {
+        signature::fingerprint(
+            &self.store_path,
+            &self.nar_hash,
+            self.nar_size,
+            &self.references,
+        )
+    }
+
+    /// Adds `sig` where Nix would put it: Nix keeps signatures in a sorted set of
+    /// strings. Returns false (and changes nothing) if it is already there.
+    pub fn add_signature(&mut self, sig: Signature) -> bool {
+        if self.signatures.contains(&sig) {
+            return false;
+        }
+        let text = sig.to_string();
+        let at = self
+            .signatures
+            .iter()
+            .position(|s| s.to_string() > text)
+            .unwrap_or(self.signatures.len());
+        self.signatures.insert(at, sig);
+        true
+    }
+
+    /// Signs this path with `key` and adds the signature (as `nix store sign` does).
+    pub fn sign(&mut self, key: &SigningKey) {
+        let sig = key.sign(self.fingerprint().as_bytes());
+        self.add_signature(sig);
+    }
+
+    /// How many of the signatures are valid signatures by one of `keys`; Nix trusts
+    /// a path when this is at least `sigs-needed` (default 1). Two signatures by the
+    /// same key count once.
+    pub fn verify(&self, keys: &[VerifyingKey]) -> usize {
+        let fp = self.fingerprint();
+        let mut good: Vec<&str> = Vec::new();
+        for sig in &self.signatures {
+            if !good.contains(&sig.name()) && keys.iter().any(|k| k.verify(fp.as_bytes(), sig)) {
+                good.push(sig.name());
+            }
+        }
+        good.len()
+    }
+}
+
+impl FromStr for NarInfo {
+    type Err = NarInfoError;
+    fn from_str(s: &str) -> Result<Self, NarInfoError> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for NarInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "StorePath: {}", self.store_path.to_absolute())?;
+        writeln!(f, "URL: {}", self.url)?;
+        writeln!(f, "Compression: {}", self.compression)?;
+        if let Some(h) = &self.file_hash {
+            writeln!(f, "FileHash: {h}")?;
+        }
+        if let Some(n) = self.file_size {
+            writeln!(f, "FileSize: {n}")?;
+        }
+        writeln!(f, "NarHash: {}", self.nar_hash)?;
+        writeln!(f, "NarSize: {}", self.nar_size)?;
+        f.write_str("References: ")?;
+        for (i, r) in self.references.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        f.write_str("\n")?;
+        if let Some(d) = &self.deriver {
+            writeln!(f, "Deriver: {d}")?;
+        }
+        if let Some(s) = &self.system {
+            writeln!(f, "System: {s}")?;
+        }
+        for s in &self.signatures {
+            writeln!(f, "Sig: {s}")?;
+        }
+        if let Some(ca) = &self.ca {
+            writeln!(f, "CA: {ca}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Stand-ins for `crate::hash` and `crate::store_path` until they land.
+pub(crate) mod shim {
+    #![allow(missing_docs)]
+    use std::fmt;
+    use std::str::FromStr;
+
+    const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+    fn encode(h: &[u8]) -> String {
+        let n = (h.len() * 8).div_ceil(5);
+        (0..n)
+            .rev()
+            .map(|k| {
+                let b = k * 5;
+                let (i, j) = (b / 8, b % 8);
+                let c = (h[i] as u16 >> j)
+                    | if i + 1 < h.len() {
+                        (h[i + 1] as u16) << (8 - j)
+                    } else {
+                        0
+                    };
+                ALPHABET[(c & 0x1f) as usize] as char
+            })
+            .collect()
+    }
+
+    fn decode(s: &str, len: usize) -> Option<Vec<u8>> {
+        if s.len() != (len * 8).div_ceil(5) {
+            return None;
+        }
+        let mut out = vec![0u8; len];
+        for (n, c) in s.bytes().rev().enumerate() {
+            let d = ALPHABET.iter().position(|&a| a == c)? as u16;
+            let b = n * 5;
+            let (i, j) = (b / 8, b % 8);
+            out[i] |= (d << j) as u8;
+            let carry = (d << j) >> 8;
+            if i + 1 < len {
+                out[i + 1] |= carry as u8;
+            } else if carry != 0 {
+                return None;
+            }
+        }
+        Some(out)
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("invalid hash: {0}")]
+    pub struct HashError(String);
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub struct NixHash {
+        algo: &'static str,
+        digest: Vec<u8>,
+    }
+
+    impl NixHash {
+        pub fn algo(&self) -> &'static str {
+            self.algo
+        }
+        pub fn sha256(digest: [u8; 32]) -> Self {
+            Self {
+                algo: "sha256",
+                digest: digest.to_vec(),
+            }
+        }
+    }
+
+    impl FromStr for NixHash {
+        type Err = HashError;
+        fn from_str(s: &str) -> Result<Self, HashError> {
+            let (algo, rest) = s
+                .split_once(':')
+                .ok_or_else(|| HashError("no algorithm".into()))?;
+            let (algo, len) = match algo {
+                "md5" => ("md5", 16),
+                "sha1" => ("sha1", 20),
+                "sha256" => ("sha256", 32),
+                "sha512" => ("sha512", 64),
+                _ => return Err(HashError(format!("unknown algorithm {algo:?}"))),
+            };
+            let digest = decode(rest, len).ok_or_else(|| HashError("bad nix32".into()))?;
+            Ok(Self { algo, digest })
+        }
+    }
+
+    impl fmt::Display for NixHash {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}:{}", self.algo, encode(&self.digest))
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+    #[error("invalid store path: {0}")]
+    pub struct StorePathError(String);
+
+    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct StorePath {
+        digest: [u8; 20],
+        name: String,
+    }
+
+    impl StorePath {
+        pub fn from_absolute_path(s: &str) -> Result<Self, StorePathError> {
+            s.strip_prefix("/nix/store/")
+                .ok_or_else(|| StorePathError("not in /nix/store".into()))?
+                .parse()
+        }
+        pub fn to_absolute(&self) -> String {
+            format!("/nix/store/{self}")
+        }
+        pub fn from_parts(digest: [u8; 20], name: &str) -> Result<Self, StorePathError> {
+            format!("{}-{name}", encode(&digest)).parse()
+        }
+    }
+
+    impl FromStr for StorePath {
+        type Err = StorePathError;
+        fn from_str(s: &str) -> Result<Self, StorePathError> {
+            let (h, name) = s
+                .split_at_checked(32)
+                .ok_or_else(|| StorePathError("too short".into()))?;
+            let name = name
+                .strip_prefix('-')
+                .ok_or_else(|| StorePathError("no dash".into()))?;
+            let digest: [u8; 20] = decode(h, 20)
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| StorePathError("bad hash".into()))?;
+            if name.is_empty()
+                || name.len() > 211
+                || name.starts_with('.')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+            {
+                return Err(StorePathError(format!("bad name {name:?}")));
+            }
+            Ok(Self {
+                digest,
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    impl fmt::Display for StorePath {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}-{}", encode(&self.digest), self.name)
+        }
+    }
+}
