@@ -33,6 +33,8 @@
 //! - every field may appear once, `Sig` once per distinct signature (Nix lets a
 //!   later line overwrite an earlier one);
 //! - `FileHash` and `NarHash` must be SHA-256 (Nix asserts this when it writes one);
+//!   like Nix, any of its hash forms is read (hex, nixbase32, base64, SRI), and
+//!   written back as `sha256:<nix32>`; `CA` likewise takes hex, nixbase32 or base64;
 //! - `Deriver: unknown-deriver` means no deriver (as Nix);
 //! - no empty values except `References`; no `\r`, no empty lines, no missing final
 //!   newline.
@@ -42,9 +44,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::hash::{HashAlgo, HashError, NixHash};
 use crate::signature::{self, KeyError, Signature, SigningKey, VerifyingKey};
-
-pub use shim::{HashError, NixHash, StorePath, StorePathError};
+use crate::store_path::{FileIngestionMethod, StorePath, StorePathError};
 
 /// Why a narinfo was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,58 +100,96 @@ pub enum NarInfoError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ContentAddress {
     /// `text:sha256:<nix32>`: a text file added with references to other paths
-    /// (`builtins.toFile`, `.drv` files). Always SHA-256.
-    Text(NixHash),
-    /// `fixed:<algo>:<nix32>`: a single file hashed flat (fixed-output derivations,
-    /// `nix-store --add-fixed`).
-    Flat(NixHash),
-    /// `fixed:r:<algo>:<nix32>`: the NAR of a path hashed (`nix-store --add`, source
-    /// paths).
-    Recursive(NixHash),
+    /// (`builtins.toFile`, `.drv` files); always SHA-256 of the file's contents.
+    Text {
+        /// SHA-256 of the file.
+        sha256: [u8; 32],
+    },
+    /// `fixed:<algo>:<nix32>` (flat: the file's bytes, as in `fetchurl` or
+    /// `nix-store --add-fixed`) or `fixed:r:<algo>:<nix32>` (recursive: the NAR, as
+    /// in `nix-store --add` and `source` paths).
+    Fixed {
+        /// Flat or recursive.
+        method: FileIngestionMethod,
+        /// The hash, of any algorithm.
+        hash: NixHash,
+    },
 }
 
 impl ContentAddress {
     /// The hash, whatever the method.
-    pub fn hash(&self) -> &NixHash {
+    pub fn hash(&self) -> NixHash {
         match self {
-            Self::Text(h) | Self::Flat(h) | Self::Recursive(h) => h,
+            Self::Text { sha256 } => NixHash::Sha256(*sha256),
+            Self::Fixed { hash, .. } => *hash,
         }
     }
+}
+
+/// Why a `CA` value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContentAddressError {
+    /// Neither `text:` nor `fixed:`.
+    #[error("expected `text:` or `fixed:`")]
+    UnknownPrefix,
+    /// A `text:` address with another algorithm than SHA-256.
+    #[error("a text content address must use sha256, not {0}")]
+    TextNotSha256(HashAlgo),
+    /// No `<algo>:` before the digest.
+    #[error("expected `<algo>:<digest>`")]
+    MissingAlgo,
+    /// The algorithm or digest is invalid.
+    #[error(transparent)]
+    Hash(#[from] HashError),
 }
 
 impl FromStr for ContentAddress {
-    type Err = String;
+    type Err = ContentAddressError;
 
-    /// Parses `text:sha256:…`, `fixed:<algo>:…` or `fixed:r:<algo>:…`, the hash in
-    /// nixbase32, as Nix writes it.
-    fn from_str(s: &str) -> Result<Self, String> {
+    /// Parses `text:sha256:…`, `fixed:<algo>:…` or `fixed:r:<algo>:…` as Nix's
+    /// `parseContentAddress` does: the digest in hex, nixbase32 or base64 (not SRI).
+    fn from_str(s: &str) -> Result<Self, ContentAddressError> {
+        let algo_hash = |rest: &str| -> Result<NixHash, ContentAddressError> {
+            let (algo, digest) = rest
+                .split_once(':')
+                .ok_or(ContentAddressError::MissingAlgo)?;
+            let algo: HashAlgo = algo.parse()?;
+            Ok(NixHash::parse_non_sri_unprefixed(digest, algo)?)
+        };
         if let Some(rest) = s.strip_prefix("text:") {
-            let h: NixHash = rest.parse().map_err(|e: HashError| e.to_string())?;
-            if h.algo() != "sha256" {
-                return Err(format!(
-                    "a text content address must use sha256, not {}",
-                    h.algo()
-                ));
+            match algo_hash(rest)? {
+                NixHash::Sha256(sha256) => Ok(Self::Text { sha256 }),
+                other => Err(ContentAddressError::TextNotSha256(other.algo())),
             }
-            Ok(Self::Text(h))
         } else if let Some(rest) = s.strip_prefix("fixed:") {
-            match rest.strip_prefix("r:") {
-                Some(rest) => rest.parse().map(Self::Recursive),
-                None => rest.parse().map(Self::Flat),
-            }
-            .map_err(|e: HashError| e.to_string())
+            let (method, rest) = match rest.strip_prefix("r:") {
+                Some(rest) => (FileIngestionMethod::Recursive, rest),
+                None => (FileIngestionMethod::Flat, rest),
+            };
+            Ok(Self::Fixed {
+                method,
+                hash: algo_hash(rest)?,
+            })
         } else {
-            Err("expected `text:` or `fixed:`".to_owned())
+            Err(ContentAddressError::UnknownPrefix)
         }
     }
 }
 
+/// Prints Nix's `renderContentAddress`: the digest in nixbase32.
 impl fmt::Display for ContentAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Text(h) => write!(f, "text:{h}"),
-            Self::Flat(h) => write!(f, "fixed:{h}"),
-            Self::Recursive(h) => write!(f, "fixed:r:{h}"),
+            Self::Text { .. } => write!(f, "text:{}", self.hash()),
+            Self::Fixed {
+                method: FileIngestionMethod::Flat,
+                hash,
+            } => write!(f, "fixed:{hash}"),
+            Self::Fixed {
+                method: FileIngestionMethod::Recursive,
+                hash,
+            } => write!(f, "fixed:r:{hash}"),
         }
     }
 }
@@ -286,9 +326,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| "does not fit in 64 bits".to_owned())
 }
 
+/// `NarHash` and `FileHash`: any form Nix's `Hash::parseAnyPrefixed` reads (Nix
+/// writes `sha256:<nix32>`), but only SHA-256.
 fn parse_sha256(s: &str) -> Result<NixHash, String> {
     let h: NixHash = s.parse().map_err(|e: HashError| e.to_string())?;
-    if h.algo() != "sha256" {
+    if h.algo() != HashAlgo::Sha256 {
         return Err(format!("expected a sha256 hash, not {}", h.algo()));
     }
     Ok(h)
@@ -375,7 +417,7 @@ impl NarInfo {
             let store_path_err = |e: StorePathError| invalid(e.to_string());
             match field {
                 "StorePath" => {
-                    store_path = Some(StorePath::from_absolute_path(value).map_err(store_path_err)?)
+                    store_path = Some(StorePath::parse_absolute(value).map_err(store_path_err)?)
                 }
                 "URL" => url = Some(value.parse::<FieldText>().map_err(invalid)?),
                 "Compression" => compression = Some(value.parse().map_err(invalid)?),
@@ -422,7 +464,13 @@ impl NarInfo {
                     signatures.push(sig);
                     sig_lines.push(line);
                 }
-                "CA" => ca = Some(value.parse().map_err(invalid)?),
+                "CA" => {
+                    ca = Some(
+                        value
+                            .parse()
+                            .map_err(|e: ContentAddressError| invalid(e.to_string()))?,
+                    )
+                }
                 _ => unreachable!("every entry of FIELDS is matched"),
             }
         }
@@ -531,156 +579,5 @@ impl fmt::Display for NarInfo {
             writeln!(f, "CA: {ca}")?;
         }
         Ok(())
-    }
-}
-
-/// Stand-ins for `crate::hash` and `crate::store_path` until they land.
-pub(crate) mod shim {
-    #![allow(missing_docs)]
-    use std::fmt;
-    use std::str::FromStr;
-
-    const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
-
-    fn encode(h: &[u8]) -> String {
-        let n = (h.len() * 8).div_ceil(5);
-        (0..n)
-            .rev()
-            .map(|k| {
-                let b = k * 5;
-                let (i, j) = (b / 8, b % 8);
-                let c = (h[i] as u16 >> j)
-                    | if i + 1 < h.len() {
-                        (h[i + 1] as u16) << (8 - j)
-                    } else {
-                        0
-                    };
-                ALPHABET[(c & 0x1f) as usize] as char
-            })
-            .collect()
-    }
-
-    fn decode(s: &str, len: usize) -> Option<Vec<u8>> {
-        if s.len() != (len * 8).div_ceil(5) {
-            return None;
-        }
-        let mut out = vec![0u8; len];
-        for (n, c) in s.bytes().rev().enumerate() {
-            let d = ALPHABET.iter().position(|&a| a == c)? as u16;
-            let b = n * 5;
-            let (i, j) = (b / 8, b % 8);
-            out[i] |= (d << j) as u8;
-            let carry = (d << j) >> 8;
-            if i + 1 < len {
-                out[i + 1] |= carry as u8;
-            } else if carry != 0 {
-                return None;
-            }
-        }
-        Some(out)
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-    #[error("invalid hash: {0}")]
-    pub struct HashError(String);
-
-    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-    pub struct NixHash {
-        algo: &'static str,
-        digest: Vec<u8>,
-    }
-
-    impl NixHash {
-        pub fn algo(&self) -> &'static str {
-            self.algo
-        }
-        pub fn sha256(digest: [u8; 32]) -> Self {
-            Self {
-                algo: "sha256",
-                digest: digest.to_vec(),
-            }
-        }
-    }
-
-    impl FromStr for NixHash {
-        type Err = HashError;
-        fn from_str(s: &str) -> Result<Self, HashError> {
-            let (algo, rest) = s
-                .split_once(':')
-                .ok_or_else(|| HashError("no algorithm".into()))?;
-            let (algo, len) = match algo {
-                "md5" => ("md5", 16),
-                "sha1" => ("sha1", 20),
-                "sha256" => ("sha256", 32),
-                "sha512" => ("sha512", 64),
-                _ => return Err(HashError(format!("unknown algorithm {algo:?}"))),
-            };
-            let digest = decode(rest, len).ok_or_else(|| HashError("bad nix32".into()))?;
-            Ok(Self { algo, digest })
-        }
-    }
-
-    impl fmt::Display for NixHash {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}:{}", self.algo, encode(&self.digest))
-        }
-    }
-
-    #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-    #[error("invalid store path: {0}")]
-    pub struct StorePathError(String);
-
-    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-    pub struct StorePath {
-        digest: [u8; 20],
-        name: String,
-    }
-
-    impl StorePath {
-        pub fn from_absolute_path(s: &str) -> Result<Self, StorePathError> {
-            s.strip_prefix("/nix/store/")
-                .ok_or_else(|| StorePathError("not in /nix/store".into()))?
-                .parse()
-        }
-        pub fn to_absolute(&self) -> String {
-            format!("/nix/store/{self}")
-        }
-        pub fn from_parts(digest: [u8; 20], name: &str) -> Result<Self, StorePathError> {
-            format!("{}-{name}", encode(&digest)).parse()
-        }
-    }
-
-    impl FromStr for StorePath {
-        type Err = StorePathError;
-        fn from_str(s: &str) -> Result<Self, StorePathError> {
-            let (h, name) = s
-                .split_at_checked(32)
-                .ok_or_else(|| StorePathError("too short".into()))?;
-            let name = name
-                .strip_prefix('-')
-                .ok_or_else(|| StorePathError("no dash".into()))?;
-            let digest: [u8; 20] = decode(h, 20)
-                .and_then(|d| d.try_into().ok())
-                .ok_or_else(|| StorePathError("bad hash".into()))?;
-            if name.is_empty()
-                || name.len() > 211
-                || name.starts_with('.')
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
-            {
-                return Err(StorePathError(format!("bad name {name:?}")));
-            }
-            Ok(Self {
-                digest,
-                name: name.to_owned(),
-            })
-        }
-    }
-
-    impl fmt::Display for StorePath {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}-{}", encode(&self.digest), self.name)
-        }
     }
 }

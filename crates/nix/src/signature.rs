@@ -38,7 +38,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use ed25519_dalek::Signer as _;
 
-use crate::narinfo::shim::{NixHash, StorePath};
+use crate::hash::NixHash;
+use crate::store_path::StorePath;
 
 /// Why a key or signature could not be made or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use cairn_nix::cache_info::CacheInfo;
 use cairn_nix::narinfo::{ContentAddress, NarInfo, NarInfoError};
 use cairn_nix::signature::{SigningKey, VerifyingKey};
+use cairn_nix::store_path::{FileIngestionMethod, StoreDir};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/narinfo")
@@ -63,9 +64,21 @@ fn fixtures_cover_every_kind_of_path() {
         .map(|(_, t)| t.parse().unwrap())
         .collect();
     let has = |f: &dyn Fn(&NarInfo) -> bool| all.iter().any(f);
-    assert!(has(&|i| matches!(i.ca, Some(ContentAddress::Text(_)))));
-    assert!(has(&|i| matches!(i.ca, Some(ContentAddress::Flat(_)))));
-    assert!(has(&|i| matches!(i.ca, Some(ContentAddress::Recursive(_)))));
+    assert!(has(&|i| matches!(i.ca, Some(ContentAddress::Text { .. }))));
+    assert!(has(&|i| matches!(
+        i.ca,
+        Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Flat,
+            ..
+        })
+    )));
+    assert!(has(&|i| matches!(
+        i.ca,
+        Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Recursive,
+            ..
+        })
+    )));
     assert!(has(&|i| i.ca.is_none() && i.deriver.is_some()));
     assert!(has(&|i| i.references.len() >= 3));
     assert!(has(&|i| i.references.contains(&i.store_path)));
@@ -87,6 +100,34 @@ fn fixtures_cover_every_kind_of_path() {
     ] {
         assert!(ca_texts.iter().any(|c| c.starts_with(prefix)), "{prefix}");
     }
+}
+
+#[test]
+fn content_addresses_give_the_store_path() {
+    // The CA field, references and name determine a CA path's store path: checks the
+    // CA parser against Nix's paths (and the store path module against the CA).
+    let mut checked = 0;
+    for (name, text) in narinfo_fixtures() {
+        let info: NarInfo = text.parse().unwrap();
+        let Some(ca) = &info.ca else { continue };
+        let self_ref = info.references.contains(&info.store_path);
+        let others = info.references.iter().filter(|r| **r != info.store_path);
+        let dir = StoreDir::default();
+        let path = match ca {
+            ContentAddress::Text { sha256 } => {
+                assert!(!self_ref, "{name}");
+                dir.make_text_path(info.store_path.name(), sha256, others)
+            }
+            ContentAddress::Fixed { method, hash } => {
+                dir.make_fixed_output_path(*method, hash, info.store_path.name(), others, self_ref)
+            }
+        }
+        .unwrap();
+        assert_eq!(path, info.store_path, "{name}");
+        assert_eq!(ca.to_string().parse::<ContentAddress>().unwrap(), *ca);
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked}");
 }
 
 #[test]
