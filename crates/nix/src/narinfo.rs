@@ -36,8 +36,10 @@
 //!   like Nix, any of its hash forms is read (hex, nixbase32, base64, SRI), and
 //!   written back as `sha256:<nix32>`; `CA` likewise takes hex, nixbase32 or base64;
 //! - `Deriver: unknown-deriver` means no deriver (as Nix);
+//! - `References` are basenames separated by single spaces, each at most once (Nix
+//!   splits on runs of spaces and drops duplicates);
 //! - no empty values except `References`; no `\r`, no empty lines, no missing final
-//!   newline.
+//!   newline (Nix reads an empty line as part of the next key).
 //!
 //! Every error names the line (1-based) and the field.
 
