@@ -57,7 +57,8 @@ pub enum CacheInfoError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CacheInfo {
     /// `StoreDir`: the store the cache's paths belong to (Nix refuses a cache whose
-    /// store dir differs from its own). Absolute, no control characters.
+    /// store dir differs from its own). Absolute, no control characters, no
+    /// trailing whitespace.
     store_dir: Option<String>,
     /// `WantMassQuery`: whether clients may query many paths at once.
     pub want_mass_query: Option<bool>,
@@ -80,12 +81,16 @@ fn check_store_dir(s: &str) -> Result<(), &'static str> {
     if s.chars().any(char::is_control) {
         return Err("contains a control character");
     }
+    // Values are read trimmed, so such a store dir could not be read back.
+    if s.ends_with([' ', '\t']) {
+        return Err("ends with whitespace");
+    }
     Ok(())
 }
 
 impl CacheInfo {
     /// A cache info with only `StoreDir`, as `nix copy` writes it; `None` if
-    /// `store_dir` is not absolute or has control characters.
+    /// `store_dir` is not absolute, has control characters or trailing whitespace.
     pub fn new(store_dir: &str) -> Option<Self> {
         check_store_dir(store_dir).ok()?;
         Some(Self {
@@ -256,5 +261,6 @@ mod tests {
             }
         ));
         assert!(CacheInfo::new("relative").is_none());
+        assert!(CacheInfo::new("/nix/store ").is_none());
     }
 }
