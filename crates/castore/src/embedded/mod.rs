@@ -2,22 +2,25 @@
 //! append-only pack files of compressed chunks.
 //!
 //! Layout of a data directory:
-//! - `index.redb`: tables `chunks` (chunk digest -> pack location, see
-//!   [`format`]), `blobs` (blob digest -> single chunk, or its ordered chunk list),
-//!   `directories` (digest -> canonical encoded Directory), `packs` (pack id ->
-//!   committed length).
+//! - `index.redb`: tables `chunks` (digest -> pack location, see [`format`]) of
+//!   every visible chunk: a blob of one chunk, or a chunk of a committed blob;
+//!   `blobs` (blob digest -> ordered chunk list) for blobs of several chunks;
+//!   `staged` (digest -> pack location) for chunks of blobs still being written;
+//!   `directories` (digest -> canonical encoded Directory); `packs` (pack id ->
+//!   committed length). A small file thus costs one index entry of 53 bytes.
 //! - `packs/NNNNNNNN.pack`: chunk bytes back to back, zstd-compressed unless
 //!   compression did not shrink them.
 //!
 //! Blobs are split by FastCDC (16 KiB min, 64 KiB average, 256 KiB max); a blob of
-//! one chunk is stored under its own digest. A multi-chunk blob's chunks also become
+//! one chunk is stored under its own digest. A multi-chunk blob's chunks become
 //! readable as blobs of their own when the blob commits (WIRE.md: chunk digests
 //! answer Read and Stat).
 //!
 //! Visibility and crashes: a blob becomes visible only when its writer closes, in
-//! the same durable redb transaction that records its chunk list. Chunks of a writer
-//! dropped before close (or killed) may already be in the `chunks` table but are not
-//! in `blobs`, so they are never visible; they are garbage for a future GC. All
+//! the same durable redb transaction that records its chunk list and moves its
+//! chunks from `staged` to `chunks`. Chunks of a writer dropped before close (or
+//! killed) may stay in `staged` (and their bytes in a pack), never visible; they are
+//! garbage for a future GC (a staged chunk is reused by later writers). All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
 //! durable commit refers to first.
@@ -44,6 +47,7 @@ pub use writer::EmbeddedBlobWriter;
 
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
+const STAGED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("staged");
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 
@@ -83,10 +87,13 @@ pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> EmbeddedError {
     EmbeddedError::Db(Box::new(e.into()))
 }
 
-/// What one writer asks the committer to make visible.
+/// What one writer asks the committer to record.
 #[derive(Default)]
 pub(crate) struct CommitReq {
+    /// Chunks that become visible.
     chunks: Vec<([u8; 32], ChunkLoc)>,
+    /// Chunks of a blob still being written (invisible until its commit).
+    staged: Vec<([u8; 32], ChunkLoc)>,
     blobs: Vec<([u8; 32], BlobEntry)>,
     directories: Vec<([u8; 32], Vec<u8>)>,
     /// Must be on disk when the reply arrives (otherwise only visible in-process).
@@ -146,6 +153,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(CHUNKS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
+        txn.open_table(STAGED).map_err(db_err)?;
         txn.open_table(DIRECTORIES).map_err(db_err)?;
         let committed = {
             let t = txn.open_table(PACKS).map_err(db_err)?;
@@ -206,12 +214,21 @@ impl EmbeddedStore {
     /// Whether blob `digest` is stored (including chunks of stored blobs).
     pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
+        let c = r.open_table(CHUNKS).map_err(db_err)?;
+        if c.get(digest).map_err(db_err)?.is_some() {
+            return Ok(true);
+        }
         let t = r.open_table(BLOBS).map_err(db_err)?;
         Ok(t.get(digest).map_err(db_err)?.is_some())
     }
 
+    /// `Single` for a visible chunk, the chunk list for a multi-chunk blob.
     fn blob_entry(&self, digest: &[u8; 32]) -> Result<Option<BlobEntry>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
+        let c = r.open_table(CHUNKS).map_err(db_err)?;
+        if c.get(digest).map_err(db_err)?.is_some() {
+            return Ok(Some(BlobEntry::Single));
+        }
         let t = r.open_table(BLOBS).map_err(db_err)?;
         match t.get(digest).map_err(db_err)? {
             None => Ok(None),
@@ -305,13 +322,14 @@ impl EmbeddedStore {
         Ok(raw)
     }
 
-    /// Which of `digests` are already in the chunk table (for dedup on write).
+    /// Which of `digests` are already stored or staged (for dedup on write).
     pub(crate) fn chunks_present(&self, digests: &[[u8; 32]]) -> Result<Vec<bool>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(CHUNKS).map_err(db_err)?;
+        let s = r.open_table(STAGED).map_err(db_err)?;
         digests
             .iter()
-            .map(|d| Ok(t.get(d).map_err(db_err)?.is_some()))
+            .map(|d| Ok(t.get(d).map_err(db_err)?.is_some() || s.get(d).map_err(db_err)?.is_some()))
             .collect()
     }
 
@@ -385,7 +403,7 @@ fn commit_batch(
     let durable = batch.iter().any(|(r, _)| r.durable);
     let mut pack_ends: HashMap<u32, u64> = HashMap::new();
     for (r, _) in batch {
-        for (_, loc) in &r.chunks {
+        for (_, loc) in r.chunks.iter().chain(&r.staged) {
             let end = loc.offset + u64::from(loc.stored_len);
             let e = pack_ends.entry(loc.pack).or_insert(0);
             *e = (*e).max(end);
@@ -412,25 +430,49 @@ fn commit_batch(
                 pt.insert(p, end).map_err(db_err)?;
             }
         }
+        let mut staged = txn.open_table(STAGED).map_err(db_err)?;
         for (r, _) in batch {
+            for (d, loc) in &r.staged {
+                if chunks.get(d).map_err(db_err)?.is_none()
+                    && staged.get(d).map_err(db_err)?.is_none()
+                {
+                    staged.insert(d, &loc.encode()[..]).map_err(db_err)?;
+                }
+            }
             for (d, loc) in &r.chunks {
                 // A concurrent writer may have stored the same chunk: keep the first.
                 if chunks.get(d).map_err(db_err)?.is_none() {
                     chunks.insert(d, &loc.encode()[..]).map_err(db_err)?;
                 }
+                staged.remove(d).map_err(db_err)?;
             }
             for (d, entry) in &r.blobs {
-                if blobs.get(d).map_err(db_err)?.is_some() {
-                    continue;
-                }
-                blobs.insert(d, &entry.encode()[..]).map_err(db_err)?;
-                if let BlobEntry::Chunked(list) = entry {
-                    let single = BlobEntry::Single.encode();
-                    for (c, _) in list {
-                        if blobs.get(c).map_err(db_err)?.is_none() {
-                            blobs.insert(c, &single[..]).map_err(db_err)?;
-                        }
+                // The chunks that must be visible for this blob.
+                let needed: Vec<[u8; 32]> = match entry {
+                    BlobEntry::Single => vec![*d],
+                    BlobEntry::Chunked(list) => list.iter().map(|c| c.0).collect(),
+                };
+                for c in &needed {
+                    if chunks.get(c).map_err(db_err)?.is_some() {
+                        continue;
                     }
+                    // Staged by this writer's earlier batches, or by another writer.
+                    let loc = staged
+                        .remove(c)
+                        .map_err(db_err)?
+                        .map(|v| v.value().to_vec());
+                    let loc = loc.ok_or_else(|| {
+                        EmbeddedError::Corrupt(format!(
+                            "chunk {} of blob {} is neither stored nor staged",
+                            hex(c),
+                            hex(d)
+                        ))
+                    })?;
+                    chunks.insert(c, &loc[..]).map_err(db_err)?;
+                }
+                if matches!(entry, BlobEntry::Chunked(_)) && blobs.get(d).map_err(db_err)?.is_none()
+                {
+                    blobs.insert(d, &entry.encode()[..]).map_err(db_err)?;
                 }
             }
             for (d, bytes) in &r.directories {

@@ -22,6 +22,14 @@ const PREFETCH: usize = 4;
 /// few KiB costs less than the hand-off.
 const INLINE_MAX: u64 = 16 * 1024;
 
+/// Corruption becomes `InvalidData`, so callers can tell it from I/O trouble.
+fn to_io(e: EmbeddedError) -> io::Error {
+    match e {
+        EmbeddedError::Corrupt(_) => io::Error::new(io::ErrorKind::InvalidData, e),
+        e => io::Error::other(e),
+    }
+}
+
 type Fetch = JoinHandle<Result<Vec<u8>, EmbeddedError>>;
 
 /// Reads one blob from an [`EmbeddedStore`]; see the module doc.
@@ -79,7 +87,7 @@ impl EmbeddedBlobReader {
         }
         let (d, s) = self.chunks[idx];
         if s <= INLINE_MAX && self.inflight.is_empty() {
-            let data = self.store.read_chunk(&d, s).map_err(io::Error::other)?;
+            let data = self.store.read_chunk(&d, s).map_err(to_io)?;
             self.current = Some((idx, data));
             return Poll::Ready(Ok(()));
         }
@@ -98,7 +106,7 @@ impl EmbeddedBlobReader {
         };
         let r = ready!(Pin::new(h).poll(cx));
         self.inflight.pop_front();
-        let data = r.map_err(io::Error::other)?.map_err(io::Error::other)?;
+        let data = r.map_err(io::Error::other)?.map_err(to_io)?;
         self.current = Some((idx, data));
         Poll::Ready(Ok(()))
     }

@@ -50,9 +50,10 @@ fn pack_bytes(store: &EmbeddedStore) -> u64 {
         .sum()
 }
 
+/// Entries that make something readable: visible chunks and chunk lists.
 fn blob_count(store: &EmbeddedStore) -> u64 {
     let r = store.inner.db.begin_read().unwrap();
-    r.open_table(BLOBS).unwrap().len().unwrap()
+    r.open_table(BLOBS).unwrap().len().unwrap() + r.open_table(CHUNKS).unwrap().len().unwrap()
 }
 
 #[tokio::test]
@@ -161,9 +162,28 @@ async fn dropped_writer_leaves_nothing_visible() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(blob_count(&store), 0);
     assert!(!store.has_blob(blake3::hash(&bytes).as_bytes()).unwrap());
+    let staged = store
+        .inner
+        .db
+        .begin_read()
+        .unwrap()
+        .open_table(STAGED)
+        .unwrap()
+        .len()
+        .unwrap();
+    assert!(staged > 0, "the writer's first batches were staged");
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(blob_count(&store), 0);
+    // The dropped writer's staged chunks are reused by the next writer of the same
+    // bytes, which must then publish them.
+    let d = put(&store, &bytes).await;
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let chunks = store.blob_chunks(&d).unwrap().unwrap();
+    assert!(chunks.len() > 2);
+    for (c, _) in &chunks {
+        assert!(store.has_blob(c).unwrap());
+    }
 }
 
 #[tokio::test]
@@ -235,6 +255,7 @@ async fn corruption_is_an_error_not_wrong_data() {
         let err = get(&store, &d)
             .await
             .expect_err("corrupt pack must not read back");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
         assert!(err.to_string().contains("corrupt store"), "{err}");
     }
 }

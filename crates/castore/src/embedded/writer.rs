@@ -17,7 +17,7 @@ use super::{CommitReq, EmbeddedError, EmbeddedStore};
 /// Bytes buffered before a batch is processed.
 const BATCH: usize = 4 * 1024 * 1024;
 /// Index entries a writer holds before handing them to the committer (not durably).
-const INDEX_BATCH: usize = 1024;
+const INDEX_BATCH: usize = 128;
 /// zstd level for chunks: fast, and most of the gain of higher levels on source trees.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -111,6 +111,11 @@ impl EmbeddedBlobWriter {
                 State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
             }
         }
+    }
+
+    /// Whether the blob was closed successfully already.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Done(_))
     }
 
     /// Finishes the blob and returns its BLAKE3 digest after it is durably stored.
@@ -219,10 +224,10 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
     if !last && job.pending.len() >= INDEX_BATCH {
         let chunks = std::mem::take(&mut job.pending);
         job.store.submit_blocking(CommitReq {
-            chunks,
+            staged: chunks,
             ..Default::default()
         })?;
-        // Committed chunks are found by chunks_present from now on.
+        // Staged chunks are found by chunks_present from now on.
         job.mine.clear();
     }
     Ok(job)
