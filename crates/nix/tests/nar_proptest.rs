@@ -16,6 +16,8 @@ enum Node {
     Dir(BTreeMap<Vec<u8>, Node>),
 }
 
+type Entries = BTreeMap<Vec<u8>, Node>;
+
 fn name() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(prop_oneof![1u8..=255, Just(b'a'), Just(b'.')], 1..6)
         .prop_filter("legal name", |n| {
@@ -61,7 +63,7 @@ fn to_nar(n: &Node) -> Vec<u8> {
 fn from_nar(bytes: &[u8]) -> Result<Node, nar::Error> {
     let mut r = Reader::new(bytes);
     // Open directories with the name they will be inserted under.
-    let mut stack: Vec<(Option<Vec<u8>>, BTreeMap<Vec<u8>, Node>)> = Vec::new();
+    let mut stack: Vec<(Option<Vec<u8>>, Entries)> = Vec::new();
     let mut name: Option<Vec<u8>> = None;
     let mut root = None;
     while let Some(ev) = r.next()? {
