@@ -459,3 +459,102 @@ fn writer_rejects_misuse() {
     );
     assert!(matches!(w.finish(), Err(nar::Error::Poisoned { .. })));
 }
+
+/// Hands out at most 1000 bytes per read, sync and async.
+struct Chunky<'a>(&'a [u8]);
+impl Read for Chunky<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = out.len().min(1000).min(self.0.len());
+        out[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+impl tokio::io::AsyncRead for Chunky<'_> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let n = buf.remaining().min(1000).min(this.0.len());
+        buf.put_slice(&this.0[..n]);
+        this.0 = &this.0[n..];
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn large_files_round_trip_through_every_read_path() {
+    // Larger than the reader's buffer and the writer's copy buffer, odd size.
+    let data: Vec<u8> = (0..3_000_005u32).map(|i| (i % 251) as u8).collect();
+    let mut w = Writer::new(Vec::new());
+    w.directory().unwrap();
+    w.entry(b"big").unwrap();
+    w.file(true, data.len() as u64, &mut &data[..]).unwrap();
+    w.entry(b"z").unwrap();
+    w.file(false, 3, &mut &b"end"[..]).unwrap();
+    w.end_directory().unwrap();
+    let bytes = w.finish().unwrap();
+
+    assert_eq!(rewrite(&bytes).unwrap(), bytes);
+    let mut w = Writer::new(Vec::new());
+    nar::copy(&mut Reader::new(Chunky(&bytes)), &mut w).unwrap();
+    assert_eq!(w.finish().unwrap(), bytes);
+
+    for chunky in [false, true] {
+        let mut w = AsyncWriter::new(Vec::new());
+        let mut r = if chunky {
+            AsyncReader::new(Box::new(Chunky(&bytes)) as Box<dyn tokio::io::AsyncRead + Unpin>)
+        } else {
+            AsyncReader::new(Box::new(&bytes[..]) as Box<dyn tokio::io::AsyncRead + Unpin>)
+        };
+        while let Some(ev) = r.next().await.unwrap() {
+            match ev {
+                AsyncEvent::Directory => w.directory().await.unwrap(),
+                AsyncEvent::Entry { name } => w.entry(name).await.unwrap(),
+                AsyncEvent::DirectoryEnd => w.end_directory().await.unwrap(),
+                AsyncEvent::Symlink { target } => w.symlink(target).await.unwrap(),
+                AsyncEvent::File {
+                    executable,
+                    size,
+                    mut contents,
+                    ..
+                } => w.file(executable, size, &mut contents).await.unwrap(),
+            }
+        }
+        assert_eq!(w.finish().await.unwrap(), bytes, "chunky: {chunky}");
+    }
+}
+
+#[tokio::test]
+async fn async_reader_rejects_like_the_sync_reader() {
+    let mut cases = vec![
+        dir_nar(&[b"b", b"a"]),
+        dir_nar(&[b"a", b"a"]),
+        dir_nar(&[b".."]),
+        nested(1100),
+    ];
+    let tree = fixture("tree");
+    cases.push(tree[..tree.len() - 1].to_vec());
+    let mut trailing = tree.clone();
+    trailing.push(0);
+    cases.push(trailing);
+    for case in cases {
+        let sync = read_all(&case).unwrap_err().to_string();
+        let mut r = AsyncReader::new(&case[..]);
+        let err = loop {
+            match r.next().await {
+                Ok(Some(AsyncEvent::File { mut contents, .. })) => {
+                    if let Err(e) = tokio::io::copy(&mut contents, &mut tokio::io::sink()).await {
+                        break nar::Error::from_io(e, 0);
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("accepted"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err.to_string(), sync);
+    }
+}
