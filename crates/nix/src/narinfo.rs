@@ -43,6 +43,7 @@
 //!
 //! Every error names the line (1-based) and the field.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -369,7 +370,10 @@ impl NarInfo {
         let mut deriver = None;
         let mut system = None;
         let mut signatures: Vec<Signature> = Vec::new();
-        let mut sig_lines = Vec::new();
+        // Sets, so that a narinfo with very many references or signatures costs
+        // linear, not quadratic, time.
+        let mut seen_refs = HashSet::new();
+        let mut sig_lines = HashMap::new();
         let mut ca = None;
 
         let mut rest = s;
@@ -439,7 +443,7 @@ impl NarInfo {
                             let r: StorePath = r.parse().map_err(|e: StorePathError| {
                                 invalid(format!("reference {:?}: {e}", excerpt(r)))
                             })?;
-                            if references.contains(&r) {
+                            if !seen_refs.insert(r.clone()) {
                                 return Err(invalid(format!("duplicate reference {r}")));
                             }
                             references.push(r);
@@ -456,15 +460,11 @@ impl NarInfo {
                     let sig: Signature = value
                         .parse()
                         .map_err(|e: KeyError| invalid(e.to_string()))?;
-                    if let Some(i) = signatures.iter().position(|s| *s == sig) {
-                        return Err(NarInfoError::Duplicate {
-                            line,
-                            field,
-                            first: sig_lines[i],
-                        });
+                    if let Some(&first) = sig_lines.get(&sig) {
+                        return Err(NarInfoError::Duplicate { line, field, first });
                     }
+                    sig_lines.insert(sig.clone(), line);
                     signatures.push(sig);
-                    sig_lines.push(line);
                 }
                 "CA" => {
                     ca = Some(
@@ -530,10 +530,10 @@ impl NarInfo {
     /// same key count once.
     pub fn verify(&self, keys: &[VerifyingKey]) -> usize {
         let fp = self.fingerprint();
-        let mut good: Vec<&str> = Vec::new();
+        let mut good: HashSet<&str> = HashSet::new();
         for sig in &self.signatures {
-            if !good.contains(&sig.name()) && keys.iter().any(|k| k.verify(fp.as_bytes(), sig)) {
-                good.push(sig.name());
+            if !good.contains(sig.name()) && keys.iter().any(|k| k.verify(fp.as_bytes(), sig)) {
+                good.insert(sig.name());
             }
         }
         good.len()
