@@ -1,4 +1,42 @@
-//! cairn's content-addressed layer (being written): the BLAKE3 Merkle DAG of blobs
-//! and directories, validated model types, the BlobService and DirectoryService
-//! traits with their backends, and the `tvix.castore.v1` gRPC API.
+//! cairn's content-addressed layer: the BLAKE3 Merkle DAG of the tvix-store design.
+//!
+//! - [`B3Digest`] names everything: a blob by BLAKE3 of its bytes, a [`Directory`] by
+//!   BLAKE3 of its canonical protobuf encoding.
+//! - [`model`](crate::model): validated [`PathComponent`], [`SymlinkTarget`], [`Node`]
+//!   and [`Directory`], built once from raw protobuf ([`proto`]) at the edge.
+//! - [`BlobService`] and [`DirectoryService`]: the storage traits, their contracts in
+//!   their docs, with backends: memory, the embedded persistent store, and gRPC
+//!   clients; `from_addr` picks one by URL.
+//! - `server`: the `tvix.castore.v1` gRPC services over any backend.
+//!
+//! This crate never sees a store path, a NAR or a narinfo: those belong to the store
+//! layer above it (and Nix's formats to `cairn-nix`). Names here are opaque bytes
+//! following the directory-entry rules only.
+//!
+//! ```
+//! use cairn_castore::{Directory, Node, PathComponent, B3Digest};
+//!
+//! let mut dir = Directory::new();
+//! dir.add(
+//!     PathComponent::try_from("hello").unwrap(),
+//!     Node::File { digest: B3Digest::of(b"hi"), size: 2, executable: false },
+//! ).unwrap();
+//! assert_eq!(dir.size(), 1);
+//! assert_eq!(Directory::decode(&dir.encode()).unwrap(), dir);
+//! ```
+
+pub mod blobservice;
+mod digest;
+pub mod directoryservice;
 pub mod embedded;
+mod error;
+pub mod model;
+pub mod proto;
+
+pub use blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+pub use digest::{B3Digest, DIGEST_LEN, DigestLenError};
+pub use directoryservice::{DirectoryPutter, DirectoryService};
+pub use error::{Error, ErrorKind};
+pub use model::{
+    Directory, DirectoryError, NameError, Node, NodeKind, PathComponent, SymlinkTarget, TargetError,
+};

@@ -1,0 +1,79 @@
+//! [`BlobService`]: storage of blobs (file contents) by their BLAKE3 digest.
+
+mod memory;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
+
+pub use memory::MemoryBlobService;
+
+use crate::{B3Digest, Error};
+
+/// One chunk of a blob stored in several chunks: its digest and length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkMeta {
+    /// BLAKE3 of the chunk's bytes; the chunk itself is readable as a blob by it.
+    pub digest: B3Digest,
+    /// Length of the chunk in bytes.
+    pub size: u64,
+}
+
+/// A blob's contents, readable from any offset. Seeking does not read the skipped
+/// bytes where the backend can avoid it (chunked blobs seek to the right chunk).
+pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncSeek + Send + Unpin + ?Sized> BlobReader for T {}
+
+/// A blob being written. Nothing becomes visible until [`BlobWriter::close`] returns
+/// its digest; a writer dropped before that leaves nothing behind.
+#[async_trait]
+pub trait BlobWriter: AsyncWrite + Send + Unpin {
+    /// Finishes the blob and returns the BLAKE3 digest of everything written. After
+    /// this the blob is readable; writing again or closing again is an error.
+    async fn close(&mut self) -> Result<B3Digest, Error>;
+}
+
+/// Blob storage by BLAKE3 digest.
+///
+/// Contract for every backend (checked by `tests/conformance.rs`):
+/// - An absent blob is `Ok(false)` / `Ok(None)`, never an error.
+/// - Reads are verified: a reader never hands out bytes that do not belong to the
+///   blob asked for. Where verification is only possible at the end of a stream (a
+///   blob received as one piece from a remote), corruption turns the final read into
+///   an `InvalidData` error instead of a clean end of file.
+/// - Writing the same content twice stores it once; concurrent writers of the same
+///   content are safe.
+/// - [`BlobService::chunks`] is `Some(vec![])` for a blob stored as one piece, and
+///   otherwise lists the chunks in order; each chunk digest answers
+///   [`BlobService::has`] and [`BlobService::open_read`] itself.
+#[async_trait]
+pub trait BlobService: Send + Sync {
+    /// Whether the blob (or chunk) is stored.
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error>;
+
+    /// A reader for the blob (or chunk), or `None` if it is not stored.
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
+
+    /// A writer for a new blob.
+    async fn open_write(&self) -> Box<dyn BlobWriter>;
+
+    /// The blob's chunks (empty when stored as one piece), or `None` if it is not
+    /// stored.
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+}
+
+#[async_trait]
+impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
+    async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
+        (**self).has(digest).await
+    }
+    async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
+        (**self).open_read(digest).await
+    }
+    async fn open_write(&self) -> Box<dyn BlobWriter> {
+        (**self).open_write().await
+    }
+    async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
+        (**self).chunks(digest).await
+    }
+}
