@@ -135,26 +135,27 @@ pub fn encode_into(input: &[u8], out: &mut [u8]) {
         encoded_len(input.len()),
         "nixbase32::encode_into: output buffer has the wrong length"
     );
-    // The input is a little-endian integer; the output prints its 5-bit groups from
-    // the most significant one, so fill the output from its end.
-    let mut pos = out.len();
-    let mut acc: u32 = 0;
-    let mut nbits: u32 = 0;
-    for &b in input {
-        acc |= u32::from(b) << nbits;
-        nbits += 8;
-        while nbits >= 5 {
-            pos -= 1;
-            out[pos] = ALPHABET[(acc & 0x1f) as usize];
-            acc >>= 5;
-            nbits -= 5;
+    // The input is a little-endian integer and the output prints its 5-bit groups
+    // most significant first, so the output is filled from its end. Each whole
+    // 5-byte group is 40 bits, exactly 8 characters.
+    let mut end = out.len();
+    let mut chunks = input.chunks_exact(5);
+    for chunk in &mut chunks {
+        let mut v = chunk.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+        for slot in out[end - 8..end].iter_mut().rev() {
+            *slot = ALPHABET[(v & 0x1f) as usize];
+            v >>= 5;
         }
+        end -= 8;
     }
-    if nbits > 0 {
-        pos -= 1;
-        out[pos] = ALPHABET[(acc & 0x1f) as usize];
+    // The last 0 to 4 bytes are the most significant and go first.
+    let rest = chunks.remainder();
+    let mut v = rest.iter().rev().fold(0u64, |v, &b| v << 8 | u64::from(b));
+    for slot in out[..end].iter_mut().rev() {
+        *slot = ALPHABET[(v & 0x1f) as usize];
+        v >>= 5;
     }
-    debug_assert_eq!(pos, 0);
+    debug_assert_eq!(end, encoded_len(rest.len()));
 }
 
 /// Decodes a nixbase32 string of any valid length.
@@ -188,32 +189,49 @@ pub fn decode_fixed<const N: usize>(input: impl AsRef<[u8]>) -> Result<[u8; N], 
 /// Decodes `input` into `out`; `input.len()` must be `encoded_len(out.len())`.
 fn decode_into(input: &[u8], out: &mut [u8]) -> Result<(), Nixbase32Error> {
     debug_assert_eq!(input.len(), encoded_len(out.len()));
-    let mut acc: u32 = 0;
-    let mut nbits: u32 = 0;
-    let mut o = 0;
-    // Walk from the last character, which holds the lowest bits.
-    for (position, &c) in input.iter().enumerate().rev() {
-        let digit = DECODE_TABLE[c as usize];
-        if digit == INVALID {
-            return Err(Nixbase32Error::InvalidChar { position, byte: c });
+    // The mirror of `encode_into`: the last 8 characters are the first 5 bytes, and
+    // so on; the first `head` characters hold the last `out.len() % 5` bytes and, in
+    // the first character, the unused high bits.
+    let groups = out.len() / 5;
+    let head = input.len() - 8 * groups;
+    // OR of all digit values: INVALID has bits above the low 5 set.
+    let mut seen = 0u8;
+    for (k, dst) in out.chunks_exact_mut(5).enumerate() {
+        let end = input.len() - 8 * k;
+        let mut v = 0u64;
+        for &c in &input[end - 8..end] {
+            let d = DECODE_TABLE[usize::from(c)];
+            seen |= d;
+            v = v << 5 | u64::from(d & 0x1f);
         }
-        acc |= u32::from(digit) << nbits;
-        nbits += 5;
-        if nbits >= 8 {
-            // With a valid length the last (first-written) characters never produce
-            // a byte past the end: only the first character can have spare bits.
-            if o < out.len() {
-                out[o] = acc as u8;
-                o += 1;
-            }
-            acc >>= 8;
-            nbits -= 8;
+        for b in dst.iter_mut() {
+            *b = v as u8;
+            v >>= 8;
         }
     }
-    if acc != 0 {
+    let mut v = 0u64;
+    for &c in &input[..head] {
+        let d = DECODE_TABLE[usize::from(c)];
+        seen |= d;
+        v = v << 5 | u64::from(d & 0x1f);
+    }
+    if seen & !0x1f != 0 {
+        let position = input
+            .iter()
+            .position(|&c| !is_valid_char(c))
+            .unwrap_or_else(|| unreachable!("an invalid digit was seen"));
+        return Err(Nixbase32Error::InvalidChar {
+            position,
+            byte: input[position],
+        });
+    }
+    for b in out[5 * groups..].iter_mut() {
+        *b = v as u8;
+        v >>= 8;
+    }
+    if v != 0 {
         return Err(Nixbase32Error::NonZeroPadding { byte: input[0] });
     }
-    debug_assert_eq!(o, out.len());
     Ok(())
 }
 
@@ -274,6 +292,22 @@ mod tests {
         assert_eq!(
             decode("8z"),
             Err(Nixbase32Error::NonZeroPadding { byte: b'8' })
+        );
+        // The first bad character is named, wherever it is.
+        assert_eq!(
+            decode(format!("{}e{}e", "0".repeat(40), "0".repeat(10))),
+            Err(Nixbase32Error::InvalidChar {
+                position: 40,
+                byte: b'e'
+            })
+        );
+        // A bad character wins over bad padding.
+        assert_eq!(
+            decode("8e"),
+            Err(Nixbase32Error::InvalidChar {
+                position: 1,
+                byte: b'e'
+            })
         );
         assert!(matches!(
             decode_fixed::<20>("00"),
