@@ -6,8 +6,8 @@
 //!   and [`Directory`], built once from raw protobuf ([`proto`]) at the edge.
 //! - [`BlobService`] and [`DirectoryService`]: the storage traits, their contracts in
 //!   their docs, with backends: memory, the embedded persistent store, and gRPC
-//!   clients; `from_addr` picks one by URL.
-//! - `server`: the `tvix.castore.v1` gRPC services over any backend.
+//!   clients; [`from_addr`] picks one by URL.
+//! - [`server`]: the `tvix.castore.v1` gRPC services over any backend.
 //!
 //! This crate never sees a store path, a NAR or a narinfo: those belong to the store
 //! layer above it (and Nix's formats to `cairn-nix`). Names here are opaque bytes
@@ -26,17 +26,22 @@
 //! ```
 
 pub mod blobservice;
+mod channel;
 mod digest;
 pub mod directoryservice;
 pub mod embedded;
 mod error;
+pub mod from_addr;
 pub mod model;
 pub mod proto;
+pub mod server;
 
 pub use blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+pub use channel::{GrpcAddr, MAX_DECODING_MESSAGE_SIZE};
 pub use digest::{B3Digest, DIGEST_LEN, DigestLenError};
 pub use directoryservice::{DirectoryPutter, DirectoryService};
 pub use error::{Error, ErrorKind};
+pub use from_addr::{blob_service_from_addr, directory_service_from_addr};
 pub use model::{
     Directory, DirectoryError, NameError, Node, NodeKind, PathComponent, SymlinkTarget, TargetError,
 };

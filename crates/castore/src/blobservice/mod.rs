@@ -1,10 +1,12 @@
 //! [`BlobService`]: storage of blobs (file contents) by their BLAKE3 digest.
 
+mod grpc;
 mod memory;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
 
+pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 
 use crate::{B3Digest, Error};

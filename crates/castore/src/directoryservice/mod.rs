@@ -2,6 +2,7 @@
 //! whole closures through a [`DirectoryPutter`].
 
 mod closure;
+mod grpc;
 mod memory;
 
 use std::collections::{HashSet, VecDeque};
@@ -10,6 +11,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 pub use closure::{ClosureValidator, DirectoryCommit, ValidatingPutter};
+pub use grpc::GrpcDirectoryService;
 pub use memory::MemoryDirectoryService;
 
 use crate::{B3Digest, Directory, Error};

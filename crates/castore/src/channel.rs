@@ -1,0 +1,82 @@
+//! gRPC channels for the `grpc+http://` and `grpc+unix://` client backends.
+
+use std::path::PathBuf;
+
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+
+/// Largest message a client or server of ours decodes. Blob data is sent in pieces
+/// of at most [`crate::server::MAX_BLOB_MESSAGE`]; only a huge flat directory can
+/// come near this, and such a directory must still be transferable.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Where a gRPC server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrpcAddr {
+    /// `grpc+http://host:port`: plaintext HTTP/2 over TCP.
+    Http(String),
+    /// `grpc+unix:///path`: plaintext HTTP/2 over a unix socket.
+    Unix(PathBuf),
+}
+
+impl GrpcAddr {
+    /// Parses `grpc+http://host:port` or `grpc+unix:///absolute/path`; `None` for other
+    /// schemes, an error for a malformed address of these schemes.
+    pub fn parse(url: &str) -> Option<Result<Self, Error>> {
+        if let Some(rest) = url.strip_prefix("grpc+http://") {
+            let ok = !rest.is_empty()
+                && !rest.contains(['/', '?', '#', '@'])
+                && rest.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                });
+            return Some(if ok {
+                Ok(GrpcAddr::Http(rest.to_string()))
+            } else {
+                Err(Error::InvalidArgument(format!(
+                    "{url:?}: expected grpc+http://host:port"
+                )))
+            });
+        }
+        if let Some(rest) = url.strip_prefix("grpc+unix://") {
+            return Some(
+                if rest.starts_with('/') && rest.len() > 1 && !rest.contains(['?', '#']) {
+                    Ok(GrpcAddr::Unix(PathBuf::from(rest)))
+                } else {
+                    Err(Error::InvalidArgument(format!(
+                        "{url:?}: expected grpc+unix:///absolute/path"
+                    )))
+                },
+            );
+        }
+        None
+    }
+
+    /// A channel that connects on first use (and reconnects when needed), so a
+    /// client can be set up before its server is up.
+    pub fn channel(&self) -> Result<Channel, Error> {
+        match self {
+            GrpcAddr::Http(hostport) => {
+                let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
+                    .map_err(|e| Error::InvalidArgument(format!("grpc+http://{hostport}: {e}")))?;
+                Ok(endpoint.connect_lazy())
+            }
+            GrpcAddr::Unix(path) => {
+                let path = path.clone();
+                // The URI is required by the API but unused: the connector decides.
+                let endpoint = Endpoint::from_static("http://[::]:50051");
+                Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
+                    move |_: tonic::transport::Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    },
+                )))
+            }
+        }
+    }
+}

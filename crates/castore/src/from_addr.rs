@@ -1,0 +1,89 @@
+//! Backends by URL: a `match` on the scheme.
+//!
+//! | URL | backend |
+//! |---|---|
+//! | `memory://` | [`MemoryBlobService`] / [`MemoryDirectoryService`] (for tests) |
+//! | `grpc+http://host:port` | gRPC client over TCP |
+//! | `grpc+unix:///path` | gRPC client over a unix socket |
+//!
+//! The embedded persistent store gets its scheme here when it implements the traits.
+
+use std::sync::Arc;
+
+use crate::blobservice::{GrpcBlobService, MemoryBlobService};
+use crate::channel::GrpcAddr;
+use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService};
+use crate::{BlobService, DirectoryService, Error};
+
+fn unsupported(url: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{url:?}: unsupported address (expected memory://, grpc+http://host:port or grpc+unix:///path)"
+    ))
+}
+
+/// The blob service a URL names. gRPC clients connect on first use.
+pub fn blob_service_from_addr(url: &str) -> Result<Arc<dyn BlobService>, Error> {
+    if url == "memory://" {
+        return Ok(Arc::new(MemoryBlobService::new()));
+    }
+    match GrpcAddr::parse(url) {
+        Some(addr) => Ok(Arc::new(GrpcBlobService::new(addr?.channel()?))),
+        None => Err(unsupported(url)),
+    }
+}
+
+/// The directory service a URL names. gRPC clients connect on first use.
+pub fn directory_service_from_addr(url: &str) -> Result<Arc<dyn DirectoryService>, Error> {
+    if url == "memory://" {
+        return Ok(Arc::new(MemoryDirectoryService::new()));
+    }
+    match GrpcAddr::parse(url) {
+        Some(addr) => Ok(Arc::new(GrpcDirectoryService::new(addr?.channel()?))),
+        None => Err(unsupported(url)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_and_rejected_urls() {
+        let accepted = [
+            "memory://",
+            "grpc+http://127.0.0.1:8000",
+            "grpc+http://localhost:1",
+            "grpc+http://[::1]:65535",
+            "grpc+unix:///run/cairn.sock",
+        ];
+        for url in accepted {
+            assert!(blob_service_from_addr(url).is_ok(), "{url}");
+            assert!(directory_service_from_addr(url).is_ok(), "{url}");
+        }
+        let rejected = [
+            "",
+            "memory",
+            "memory:///x",
+            "http://127.0.0.1:8000",
+            "grpc+http://127.0.0.1",
+            "grpc+http://127.0.0.1:0",
+            "grpc+http://127.0.0.1:99999",
+            "grpc+http://:8000",
+            "grpc+http://host:80/path",
+            "grpc+unix://relative/path",
+            "grpc+unix://",
+            "grpc+unix:///",
+            "grpc+https://example.com:443",
+            "redis://localhost:6379",
+        ];
+        for url in rejected {
+            let blob = blob_service_from_addr(url).err();
+            let dir = directory_service_from_addr(url).err();
+            assert!(
+                matches!(blob, Some(Error::InvalidArgument(_))),
+                "{url}: {blob:?}"
+            );
+            assert!(matches!(dir, Some(Error::InvalidArgument(_))), "{url}");
+        }
+    }
+}

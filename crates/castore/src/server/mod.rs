@@ -1,0 +1,103 @@
+//! The `tvix.castore.v1` gRPC services over any [`BlobService`] and
+//! [`DirectoryService`], and [`routes`]/[`serve`] helpers that add server reflection
+//! (v1 and v1alpha) and `grpc.health.v1`.
+//!
+//! Status codes: `NOT_FOUND` for absent blobs and directories, `INVALID_ARGUMENT`
+//! with a message naming the problem for anything malformed the client sent,
+//! `DATA_LOSS` for corruption found at rest, `INTERNAL` only for the server's own
+//! failures (see [`crate::Error`]'s conversion).
+
+mod blob;
+mod directory;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_stream::Stream;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+
+pub use blob::GrpcBlobServer;
+pub use directory::GrpcDirectoryServer;
+
+use crate::channel::MAX_DECODING_MESSAGE_SIZE;
+use crate::proto::blob_service_server::BlobServiceServer;
+use crate::proto::directory_service_server::DirectoryServiceServer;
+use crate::{BlobService, DirectoryService, Error};
+
+/// Largest piece of blob data the server puts in one `BlobChunk`, well under gRPC's
+/// 4 MiB default message limit.
+pub const MAX_BLOB_MESSAGE: usize = 1 << 20;
+
+/// Encoded file descriptor sets of everything [`routes`] serves, for reflection.
+/// A layer above that adds services passes its own sets as `extra_descriptors`.
+pub const DESCRIPTOR_SETS: &[&[u8]] = &[
+    crate::proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+];
+
+/// The BlobService and DirectoryService servers, gRPC reflection v1 and v1alpha
+/// (describing them and every set in `extra_descriptors`) and `grpc.health.v1`
+/// (reporting SERVING overall and for both services). Add more services to the
+/// returned `Routes`, and report their health through the returned reporter.
+pub async fn routes(
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    extra_descriptors: &[&'static [u8]],
+) -> Result<(Routes, tonic_health::server::HealthReporter), Error> {
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure();
+        for set in DESCRIPTOR_SETS.iter().chain(extra_descriptors) {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        builder
+    };
+    let bad_descriptor = |e: tonic_reflection::server::Error| {
+        Error::InvalidArgument(format!("cannot build reflection service: {e}"))
+    };
+    let v1 = reflection().build_v1().map_err(bad_descriptor)?;
+    let v1alpha = reflection().build_v1alpha().map_err(bad_descriptor)?;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<BlobServiceServer<GrpcBlobServer>>()
+        .await;
+    reporter
+        .set_serving::<DirectoryServiceServer<GrpcDirectoryServer>>()
+        .await;
+
+    let mut builder = Routes::builder();
+    builder
+        .add_service(
+            BlobServiceServer::new(GrpcBlobServer::new(blobs))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+        )
+        .add_service(
+            DirectoryServiceServer::new(GrpcDirectoryServer::new(directories))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+        )
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(health);
+    Ok((builder.routes(), reporter))
+}
+
+/// Serves `routes` on the connections of `incoming` (a TCP or unix listener
+/// stream) until `shutdown` completes.
+pub async fn serve<I, IO, IE>(
+    routes: Routes,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}

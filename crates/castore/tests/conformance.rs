@@ -1,0 +1,439 @@
+//! One suite of scenarios (every trait method, every rejection) run against every
+//! backend: memory, and the gRPC clients talking to the gRPC server (memory-backed)
+//! over loopback TCP and over a unix socket. Adding a backend is one
+//! `backend_suite!` line plus its constructor in `backends`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::SeekFrom;
+use std::sync::Arc;
+
+use cairn_castore::{
+    B3Digest, BlobService, Directory, DirectoryService, ErrorKind, Node, PathComponent,
+    SymlinkTarget,
+};
+use futures::TryStreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// A backend under test; dropping it stops whatever serves it.
+pub struct Backend {
+    /// The blob service under test.
+    pub blobs: Arc<dyn BlobService>,
+    /// The directory service under test.
+    pub dirs: Arc<dyn DirectoryService>,
+    _guard: Option<Box<dyn Send>>,
+}
+
+mod backends {
+    use super::*;
+    use cairn_castore::blobservice::MemoryBlobService;
+    use cairn_castore::directoryservice::MemoryDirectoryService;
+
+    struct Server {
+        task: tokio::task::JoinHandle<()>,
+        _dir: Option<tempfile::TempDir>,
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    pub async fn memory() -> Backend {
+        Backend {
+            blobs: Arc::new(MemoryBlobService::new()),
+            dirs: Arc::new(MemoryDirectoryService::new()),
+            _guard: None,
+        }
+    }
+
+    async fn routes() -> tonic::service::Routes {
+        cairn_castore::server::routes(
+            Arc::new(MemoryBlobService::new()),
+            Arc::new(MemoryDirectoryService::new()),
+            &[],
+        )
+        .await
+        .unwrap()
+        .0
+    }
+
+    fn clients(url: &str, guard: Server) -> Backend {
+        Backend {
+            blobs: cairn_castore::blob_service_from_addr(url).unwrap(),
+            dirs: cairn_castore::directory_service_from_addr(url).unwrap(),
+            _guard: Some(Box::new(guard)),
+        }
+    }
+
+    pub async fn grpc_tcp() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes = routes().await;
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            cairn_castore::server::serve(routes, incoming, std::future::pending())
+                .await
+                .unwrap();
+        });
+        clients(
+            &format!("grpc+http://127.0.0.1:{port}"),
+            Server { task, _dir: None },
+        )
+    }
+
+    pub async fn grpc_unix() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("castore.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let routes = routes().await;
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            cairn_castore::server::serve(routes, incoming, std::future::pending())
+                .await
+                .unwrap();
+        });
+        clients(
+            &format!("grpc+unix://{}", path.display()),
+            Server {
+                task,
+                _dir: Some(dir),
+            },
+        )
+    }
+}
+
+/// Deterministic, incompressible-ish test data.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn b3(bytes: &[u8]) -> B3Digest {
+    B3Digest::from(*blake3::hash(bytes).as_bytes())
+}
+
+fn name(n: &str) -> PathComponent {
+    PathComponent::try_from(n).unwrap()
+}
+
+async fn put_blob(b: &Backend, content: &[u8]) -> B3Digest {
+    let mut w = b.blobs.open_write().await;
+    // Odd piece sizes, to cross every internal boundary.
+    for piece in content.chunks(100_003) {
+        w.write_all(piece).await.unwrap();
+    }
+    w.close().await.unwrap()
+}
+
+async fn read_all(b: &Backend, digest: &B3Digest) -> Vec<u8> {
+    let mut r = b.blobs.open_read(digest).await.unwrap().unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+mod scenarios {
+    use super::*;
+
+    pub async fn blob_absent(b: &Backend) {
+        let d = b3(b"not there");
+        assert!(!b.blobs.has(&d).await.unwrap());
+        assert!(b.blobs.open_read(&d).await.unwrap().is_none());
+        assert!(b.blobs.chunks(&d).await.unwrap().is_none());
+    }
+
+    pub async fn blob_roundtrip(b: &Backend) {
+        let d = put_blob(b, b"hello world").await;
+        assert_eq!(d, b3(b"hello world"));
+        assert!(b.blobs.has(&d).await.unwrap());
+        assert_eq!(read_all(b, &d).await, b"hello world");
+        assert_eq!(b.blobs.chunks(&d).await.unwrap(), Some(vec![]));
+    }
+
+    pub async fn blob_empty(b: &Backend) {
+        let d = put_blob(b, b"").await;
+        assert_eq!(
+            d.to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert!(b.blobs.has(&d).await.unwrap());
+        assert_eq!(read_all(b, &d).await, b"");
+    }
+
+    pub async fn blob_large_seek_and_chunks(b: &Backend) {
+        let content = data(5 << 20, 1);
+        let d = put_blob(b, &content).await;
+        assert_eq!(d, b3(&content));
+        assert_eq!(read_all(b, &d).await, content);
+
+        let mut r = b.blobs.open_read(&d).await.unwrap().unwrap();
+        assert_eq!(r.seek(SeekFrom::Start(3_000_000)).await.unwrap(), 3_000_000);
+        let mut buf = vec![0; 5000];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, content[3_000_000..3_005_000]);
+        assert_eq!(r.seek(SeekFrom::Current(-10_000)).await.unwrap(), 2_995_000);
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, content[2_995_000..3_000_000]);
+        r.seek(SeekFrom::Start(content.len() as u64 - 10))
+            .await
+            .unwrap();
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(tail, content[content.len() - 10..]);
+
+        // Chunks, if any, are readable by their own digests and make up the blob.
+        let chunks = b.blobs.chunks(&d).await.unwrap().unwrap();
+        let mut joined = Vec::new();
+        for c in &chunks {
+            assert!(b.blobs.has(&c.digest).await.unwrap());
+            let bytes = read_all(b, &c.digest).await;
+            assert_eq!(bytes.len() as u64, c.size);
+            assert_eq!(b3(&bytes), c.digest);
+            joined.extend_from_slice(&bytes);
+        }
+        if !chunks.is_empty() {
+            assert_eq!(joined, content);
+        }
+    }
+
+    pub async fn blob_written_twice_and_concurrently(b: &Backend) {
+        let content = data(300_000, 2);
+        let (d1, d2) = tokio::join!(put_blob(b, &content), put_blob(b, &content));
+        assert_eq!(d1, d2);
+        assert_eq!(put_blob(b, &content).await, d1);
+        assert_eq!(read_all(b, &d1).await, content);
+    }
+
+    pub async fn blob_dropped_writer_leaves_nothing(b: &Backend) {
+        let content = data(2_000_000, 3);
+        let mut w = b.blobs.open_write().await;
+        w.write_all(&content).await.unwrap();
+        drop(w);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!b.blobs.has(&b3(&content)).await.unwrap());
+    }
+
+    pub async fn blob_closed_writer_refuses_more(b: &Backend) {
+        let mut w = b.blobs.open_write().await;
+        w.write_all(b"x").await.unwrap();
+        w.close().await.unwrap();
+        assert!(w.close().await.is_err());
+        assert!(w.write_all(b"y").await.is_err());
+    }
+
+    fn leaf() -> Directory {
+        let mut d = Directory::new();
+        d.add(
+            name("file"),
+            Node::File {
+                digest: b3(b"hello world"),
+                size: 11,
+                executable: true,
+            },
+        )
+        .unwrap();
+        d
+    }
+
+    fn parent_of(children: &[(&str, &Directory, u64)]) -> Directory {
+        let mut d = Directory::new();
+        for (n, child, size) in children {
+            d.add(
+                name(n),
+                Node::Directory {
+                    digest: child.digest(),
+                    size: *size,
+                },
+            )
+            .unwrap();
+        }
+        d
+    }
+
+    pub async fn dir_absent(b: &Backend) {
+        let d = b3(b"no dir");
+        assert!(b.dirs.get(&d).await.unwrap().is_none());
+        let err = b
+            .dirs
+            .get_recursive(&d)
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
+    pub async fn dir_put_get(b: &Backend) {
+        let leaf = leaf();
+        let digest = b.dirs.put(leaf.clone()).await.unwrap();
+        assert_eq!(digest, leaf.digest());
+        assert_eq!(b.dirs.get(&digest).await.unwrap(), Some(leaf.clone()));
+        let empty = b.dirs.put(Directory::new()).await.unwrap();
+        assert_eq!(
+            empty.to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        // A parent of stored children can be put alone.
+        let parent = parent_of(&[("a", &leaf, 1), ("e", &Directory::new(), 0)]);
+        assert_eq!(b.dirs.put(parent.clone()).await.unwrap(), parent.digest());
+        // Two entries plus the leaf's one.
+        assert_eq!(parent.size(), 3);
+    }
+
+    pub async fn dir_closure_recursive(b: &Backend) {
+        let leaf = leaf();
+        let mut mid = parent_of(&[("leaf", &leaf, 1)]);
+        mid.add(
+            name("link"),
+            Node::Symlink {
+                target: SymlinkTarget::try_from("../x").unwrap(),
+            },
+        )
+        .unwrap();
+        // leaf is reachable twice: directly and through mid.
+        let root = parent_of(&[("again", &leaf, 1), ("mid", &mid, 3)]);
+        let mut p = b.dirs.put_multiple_start();
+        p.put(leaf.clone()).await.unwrap();
+        p.put(mid.clone()).await.unwrap();
+        p.put(root.clone()).await.unwrap();
+        assert_eq!(p.close().await.unwrap(), root.digest());
+        drop(p);
+
+        let got: Vec<Directory> = b
+            .dirs
+            .get_recursive(&root.digest())
+            .try_collect()
+            .await
+            .unwrap();
+        // Root first, breadth-first, each digest once.
+        assert_eq!(got, vec![root.clone(), leaf.clone(), mid.clone()]);
+        assert_eq!(b.dirs.get(&mid.digest()).await.unwrap(), Some(mid));
+    }
+
+    async fn rejected_closure(b: &Backend, closure: Vec<Directory>) {
+        let mut p = b.dirs.put_multiple_start();
+        let mut result = Ok(());
+        for d in &closure {
+            result = p.put(d.clone()).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = match result {
+            Err(e) => e,
+            Ok(()) => p.close().await.unwrap_err(),
+        };
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        drop(p);
+        for d in &closure {
+            assert!(
+                b.dirs.get(&d.digest()).await.unwrap().is_none(),
+                "{d:?} visible"
+            );
+        }
+    }
+
+    pub async fn dir_unknown_reference_rejects_all(b: &Backend) {
+        let mut sub = Directory::new();
+        sub.add(
+            name("x"),
+            Node::Symlink {
+                target: SymlinkTarget::try_from("y").unwrap(),
+            },
+        )
+        .unwrap();
+        let unknown = parent_of(&[("never-sent", &sub, 1)]);
+        rejected_closure(b, vec![leaf(), unknown]).await;
+    }
+
+    pub async fn dir_wrong_size_rejects_all(b: &Backend) {
+        let leaf = leaf();
+        // Correct: 1; legacy: 2; anything else is wrong.
+        for size in [0, 3, 7] {
+            rejected_closure(b, vec![leaf.clone(), parent_of(&[("l", &leaf, size)])]).await;
+        }
+    }
+
+    pub async fn dir_empty_closure_rejected(b: &Backend) {
+        let mut p = b.dirs.put_multiple_start();
+        let err = p.close().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+
+    pub async fn dir_legacy_size_accepted_and_corrected(b: &Backend) {
+        let leaf = leaf();
+        let legacy_mid = parent_of(&[("l", &leaf, 2)]);
+        // tvix's legacy size of legacy_mid is 2 * 1 + 2 = 4.
+        let legacy_root = parent_of(&[("m", &legacy_mid, 4)]);
+        let mut p = b.dirs.put_multiple_start();
+        p.put(leaf.clone()).await.unwrap();
+        p.put(legacy_mid.clone()).await.unwrap();
+        p.put(legacy_root.clone()).await.unwrap();
+        let root_digest = p.close().await.unwrap();
+        drop(p);
+
+        let mid = parent_of(&[("l", &leaf, 1)]);
+        let root = parent_of(&[("m", &mid, 2)]);
+        assert_eq!(root_digest, root.digest());
+        let got: Vec<Directory> = b
+            .dirs
+            .get_recursive(&root_digest)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(got, vec![root, mid, leaf]);
+        assert!(b.dirs.get(&legacy_root.digest()).await.unwrap().is_none());
+    }
+
+    pub async fn dir_dropped_putter_leaves_nothing(b: &Backend) {
+        let leaf = leaf();
+        let mut p = b.dirs.put_multiple_start();
+        p.put(leaf.clone()).await.unwrap();
+        drop(p);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(b.dirs.get(&leaf.digest()).await.unwrap().is_none());
+    }
+}
+
+macro_rules! one_test {
+    ($make:path, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            let backend = $make().await;
+            scenarios::$scenario(&backend).await;
+        }
+    };
+}
+
+macro_rules! backend_suite {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use super::*;
+            one_test!($make, blob_absent);
+            one_test!($make, blob_roundtrip);
+            one_test!($make, blob_empty);
+            one_test!($make, blob_large_seek_and_chunks);
+            one_test!($make, blob_written_twice_and_concurrently);
+            one_test!($make, blob_dropped_writer_leaves_nothing);
+            one_test!($make, blob_closed_writer_refuses_more);
+            one_test!($make, dir_absent);
+            one_test!($make, dir_put_get);
+            one_test!($make, dir_closure_recursive);
+            one_test!($make, dir_unknown_reference_rejects_all);
+            one_test!($make, dir_wrong_size_rejects_all);
+            one_test!($make, dir_empty_closure_rejected);
+            one_test!($make, dir_legacy_size_accepted_and_corrected);
+            one_test!($make, dir_dropped_putter_leaves_nothing);
+        }
+    };
+}
+
+backend_suite!(memory, crate::backends::memory);
+backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
+backend_suite!(grpc_unix, crate::backends::grpc_unix);
