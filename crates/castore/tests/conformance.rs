@@ -391,6 +391,24 @@ mod scenarios {
         assert!(b.dirs.get(&legacy_root.digest()).await.unwrap().is_none());
     }
 
+    pub async fn dir_legacy_size_of_stored_child(b: &Backend) {
+        let leaf = leaf();
+        let mid = parent_of(&[("l", &leaf, 1)]);
+        let mut p = b.dirs.put_multiple_start();
+        p.put(leaf.clone()).await.unwrap();
+        p.put(mid.clone()).await.unwrap();
+        p.close().await.unwrap();
+        drop(p);
+        // Referencing the stored mid with tvix's legacy size: 2 * 1 + 2 = 4.
+        let legacy_root = parent_of(&[("m", &mid, 4), ("n", &mid, 2)]);
+        let root = parent_of(&[("m", &mid, 2), ("n", &mid, 2)]);
+        assert_eq!(b.dirs.put(legacy_root).await.unwrap(), root.digest());
+        assert_eq!(b.dirs.get(&root.digest()).await.unwrap(), Some(root));
+        // 3 is neither the size (2) nor the legacy size (4).
+        let err = b.dirs.put(parent_of(&[("m", &mid, 3)])).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+
     pub async fn dir_dropped_putter_leaves_nothing(b: &Backend) {
         let leaf = leaf();
         let mut p = b.dirs.put_multiple_start();
@@ -429,6 +447,7 @@ macro_rules! backend_suite {
             one_test!($make, dir_wrong_size_rejects_all);
             one_test!($make, dir_empty_closure_rejected);
             one_test!($make, dir_legacy_size_accepted_and_corrected);
+            one_test!($make, dir_legacy_size_of_stored_child);
             one_test!($make, dir_dropped_putter_leaves_nothing);
         }
     };
