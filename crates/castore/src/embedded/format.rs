@@ -11,6 +11,8 @@ pub(crate) const MAX_CHUNK: usize = 256 * 1024;
 pub(crate) const MIN_CHUNK: usize = 16 * 1024;
 /// Average chunk size the chunker aims for.
 pub(crate) const AVG_CHUNK: usize = 64 * 1024;
+/// Largest encoded Directory stored (gRPC messages stay under 4 MiB anyway).
+pub(crate) const MAX_DIRECTORY: usize = 16 * 1024 * 1024;
 
 /// Where a chunk's stored bytes live: `pack` file, byte range, and how to decode them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +41,9 @@ impl ChunkLoc {
         out
     }
 
-    pub fn decode(b: &[u8]) -> Result<Self, EmbeddedError> {
+    /// Decodes a location whose raw length may be at most `max_raw` (the bound of
+    /// the buffer a read allocates).
+    pub fn decode(b: &[u8], max_raw: usize) -> Result<Self, EmbeddedError> {
         let b: &[u8; LOC_LEN] = b.try_into().map_err(|_| {
             EmbeddedError::Corrupt(format!(
                 "chunk location of {} bytes, want {LOC_LEN}",
@@ -57,9 +61,11 @@ impl ChunkLoc {
                 f => return Err(EmbeddedError::Corrupt(format!("chunk flag {f}"))),
             },
         };
-        if loc.raw_len as usize > MAX_CHUNK || loc.stored_len as usize > MAX_CHUNK + 1024 {
+        // zstd's worst case adds well under 1% + 1 KiB to incompressible input.
+        if loc.raw_len as usize > max_raw || loc.stored_len as usize > max_raw + max_raw / 64 + 1024
+        {
             return Err(EmbeddedError::Corrupt(format!(
-                "chunk lengths stored {} raw {} exceed the maximum chunk size",
+                "object lengths stored {} raw {} exceed the maximum of {max_raw}",
                 loc.stored_len, loc.raw_len
             )));
         }
@@ -149,24 +155,24 @@ mod tests {
             raw_len: 300,
             compressed: true,
         };
-        assert_eq!(ChunkLoc::decode(&l.encode()).unwrap(), l);
-        assert!(ChunkLoc::decode(&l.encode()[..20]).is_err());
+        assert_eq!(ChunkLoc::decode(&l.encode(), MAX_CHUNK).unwrap(), l);
+        assert!(ChunkLoc::decode(&l.encode()[..20], MAX_CHUNK).is_err());
         let mut bad = l.encode();
         bad[20] = 9;
-        assert!(ChunkLoc::decode(&bad).is_err());
+        assert!(ChunkLoc::decode(&bad, MAX_CHUNK).is_err());
         let raw = ChunkLoc {
             compressed: false,
             ..l
         };
         assert!(
-            ChunkLoc::decode(&raw.encode()).is_err(),
+            ChunkLoc::decode(&raw.encode(), MAX_CHUNK).is_err(),
             "raw with stored != raw len"
         );
         let huge = ChunkLoc {
             raw_len: u32::MAX,
             ..l
         };
-        assert!(ChunkLoc::decode(&huge.encode()).is_err());
+        assert!(ChunkLoc::decode(&huge.encode(), MAX_CHUNK).is_err());
     }
 
     #[test]

@@ -292,4 +292,10 @@ async fn directories_put_get() {
     assert_eq!(store.get_directory(&a.0).unwrap(), Some(a.1));
     assert!(store.has_directory(&b.0).unwrap());
     assert_eq!(store.get_directory(&[0; 32]).unwrap(), None);
+    // Survives reopen, and a corrupt directory is an error, not other bytes.
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.get_directory(&b.0).unwrap(), Some(b.1));
+    corrupt_packs(&store, 0);
+    assert!(store.get_directory(&a.0).is_err());
 }

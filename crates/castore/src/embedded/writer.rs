@@ -12,14 +12,12 @@ use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
 use super::format::{AVG_CHUNK, BlobEntry, ChunkLoc, MAX_CHUNK, MIN_CHUNK};
-use super::{CommitReq, EmbeddedError, EmbeddedStore};
+use super::{CommitReq, Compressor, EmbeddedError, EmbeddedStore};
 
 /// Bytes buffered before a batch is processed.
 const BATCH: usize = 4 * 1024 * 1024;
 /// Index entries a writer holds before handing them to the committer (not durably).
 const INDEX_BATCH: usize = 128;
-/// zstd level for chunks: fast, and most of the gain of higher levels on source trees.
-const ZSTD_LEVEL: i32 = 3;
 
 struct Job {
     store: EmbeddedStore,
@@ -31,7 +29,7 @@ struct Job {
     /// Chunks this writer stored and not yet committed, for dedup within the blob.
     mine: HashSet<[u8; 32]>,
     pending: Vec<([u8; 32], ChunkLoc)>,
-    compressor: Option<zstd::bulk::Compressor<'static>>,
+    compressor: Compressor,
 }
 
 enum State {
@@ -60,7 +58,7 @@ impl EmbeddedBlobWriter {
                 chunks: Vec::new(),
                 mine: HashSet::new(),
                 pending: Vec::new(),
-                compressor: None,
+                compressor: Compressor::new(),
             })),
         }
     }
@@ -190,34 +188,11 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
         if present || job.mine.contains(d) {
             continue;
         }
-        let data = &job.buf[r.clone()];
-        let comp = match &mut job.compressor {
-            Some(c) => c,
-            None => job.compressor.insert(
-                zstd::bulk::Compressor::new(ZSTD_LEVEL)
-                    .map_err(|e| EmbeddedError::Corrupt(format!("zstd compressor: {e}")))?,
-            ),
-        };
-        let z = comp
-            .compress(data)
-            .map_err(|e| EmbeddedError::Corrupt(format!("zstd compress: {e}")))?;
-        let (stored, compressed) = if z.len() < data.len() {
-            (&z[..], true)
-        } else {
-            (data, false)
-        };
-        let (pack, offset) = job.store.inner.packs.append(stored)?;
+        let loc = job
+            .compressor
+            .store(&job.store.inner.packs, &job.buf[r.clone()])?;
         job.mine.insert(*d);
-        job.pending.push((
-            *d,
-            ChunkLoc {
-                pack,
-                offset,
-                stored_len: stored.len() as u32,
-                raw_len: data.len() as u32,
-                compressed,
-            },
-        ));
+        job.pending.push((*d, loc));
     }
     job.buf.drain(..pos);
     job.hashed = job.buf.len();
