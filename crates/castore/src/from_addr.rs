@@ -5,19 +5,30 @@
 //! | `memory://` | [`MemoryBlobService`] / [`MemoryDirectoryService`] (for tests) |
 //! | `grpc+http://host:port` | gRPC client over TCP |
 //! | `grpc+unix:///path` | gRPC client over a unix socket |
-//!
-//! The embedded persistent store gets its scheme here when it implements the traits.
+//! | `redb:///path/to/datadir` | the embedded persistent store ([`EmbeddedStore`]) in that data directory; blob and directory services of one URL share it |
 
 use std::sync::Arc;
 
 use crate::blobservice::{GrpcBlobService, MemoryBlobService};
 use crate::channel::GrpcAddr;
 use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService};
+use crate::embedded::EmbeddedStore;
 use crate::{BlobService, DirectoryService, Error};
+
+/// The embedded store of a `redb:///absolute/path` URL, or `None` for other schemes.
+fn embedded(url: &str) -> Option<Result<EmbeddedStore, Error>> {
+    let path = url.strip_prefix("redb://")?;
+    if !path.starts_with('/') || path.len() < 2 {
+        return Some(Err(Error::InvalidArgument(format!(
+            "{url:?}: redb:// needs an absolute data directory path (redb:///path)"
+        ))));
+    }
+    Some(EmbeddedStore::open_shared(path).map_err(Error::from))
+}
 
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported address (expected memory://, grpc+http://host:port or grpc+unix:///path)"
+        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port or grpc+unix:///path)"
     ))
 }
 
@@ -25,6 +36,9 @@ fn unsupported(url: &str) -> Error {
 pub fn blob_service_from_addr(url: &str) -> Result<Arc<dyn BlobService>, Error> {
     if url == "memory://" {
         return Ok(Arc::new(MemoryBlobService::new()));
+    }
+    if let Some(store) = embedded(url) {
+        return Ok(Arc::new(store?));
     }
     match GrpcAddr::parse(url) {
         Some(addr) => Ok(Arc::new(GrpcBlobService::new(addr?.channel()?))),
@@ -36,6 +50,9 @@ pub fn blob_service_from_addr(url: &str) -> Result<Arc<dyn BlobService>, Error> 
 pub fn directory_service_from_addr(url: &str) -> Result<Arc<dyn DirectoryService>, Error> {
     if url == "memory://" {
         return Ok(Arc::new(MemoryDirectoryService::new()));
+    }
+    if let Some(store) = embedded(url) {
+        return Ok(Arc::new(store?));
     }
     match GrpcAddr::parse(url) {
         Some(addr) => Ok(Arc::new(GrpcDirectoryService::new(addr?.channel()?))),
@@ -56,7 +73,9 @@ mod tests {
             "grpc+http://[::1]:65535",
             "grpc+unix:///run/cairn.sock",
         ];
-        for url in accepted {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let redb = format!("redb://{}", tmp.path().join("data").display());
+        for url in accepted.iter().copied().chain([redb.as_str()]) {
             assert!(blob_service_from_addr(url).is_ok(), "{url}");
             assert!(directory_service_from_addr(url).is_ok(), "{url}");
         }
@@ -75,6 +94,9 @@ mod tests {
             "grpc+unix:///",
             "grpc+https://example.com:443",
             "redis://localhost:6379",
+            "redb://",
+            "redb:///",
+            "redb://relative/dir",
         ];
         for url in rejected {
             let blob = blob_service_from_addr(url).err();

@@ -1,5 +1,5 @@
 //! One suite of scenarios (every trait method, every rejection) run against every
-//! backend: memory, and the gRPC clients talking to the gRPC server (memory-backed)
+//! backend: memory, the embedded store, and the gRPC clients talking to the gRPC server (memory-backed)
 //! over loopback TCP and over a unix socket. Adding a backend is one
 //! `backend_suite!` line plus its constructor in `backends`.
 #![allow(clippy::unwrap_used)]
@@ -35,6 +35,16 @@ mod backends {
     impl Drop for Server {
         fn drop(&mut self) {
             self.task.abort();
+        }
+    }
+
+    pub async fn embedded() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let store = cairn_castore::embedded::EmbeddedStore::open(dir.path()).unwrap();
+        Backend {
+            blobs: Arc::new(store.clone()),
+            dirs: Arc::new(store),
+            _guard: Some(Box::new(dir)),
         }
     }
 
@@ -454,5 +464,6 @@ macro_rules! backend_suite {
 }
 
 backend_suite!(memory, crate::backends::memory);
+backend_suite!(embedded, crate::backends::embedded);
 backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
 backend_suite!(grpc_unix, crate::backends::grpc_unix);

@@ -30,12 +30,13 @@
 mod format;
 mod pack;
 mod reader;
+mod services;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -190,6 +191,36 @@ impl EmbeddedStore {
                 dir,
             }),
         })
+    }
+
+    /// Opens `dir` like [`EmbeddedStore::open`], or returns the handle this process
+    /// already has open for it (redb allows one opener per data directory, and a
+    /// blob and a directory service from the same URL share it).
+    pub fn open_shared(dir: impl AsRef<Path>) -> Result<Self, EmbeddedError> {
+        static OPEN: Mutex<Vec<(PathBuf, Weak<Inner>)>> = Mutex::new(Vec::new());
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| EmbeddedError::Io {
+            what: "create",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let key = dir.canonicalize().map_err(|source| EmbeddedError::Io {
+            what: "resolve",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut open = OPEN.lock().unwrap_or_else(PoisonError::into_inner);
+        open.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(inner) = open
+            .iter()
+            .find(|(p, _)| *p == key)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return Ok(EmbeddedStore { inner });
+        }
+        let store = EmbeddedStore::open(&key)?;
+        open.push((key, Arc::downgrade(&store.inner)));
+        Ok(store)
     }
 
     /// Sends `req` to the committer; await the receiver (or `blocking_recv` it).
