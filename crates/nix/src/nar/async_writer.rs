@@ -4,8 +4,8 @@ use std::io;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::Error;
 use super::writer::{COPY_BUF_SIZE, State};
+use super::{AlignedBuf, Error};
 
 /// A streaming NAR writer over [`AsyncWrite`]; see [`super::Writer`] for the rules.
 /// Give it a buffered `W` (such as [`tokio::io::BufWriter`]).
@@ -13,7 +13,7 @@ pub struct AsyncWriter<W> {
     w: W,
     state: State,
     scratch: Vec<u8>,
-    buf: Vec<u8>,
+    buf: Option<AlignedBuf>,
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWriter<W> {
@@ -23,7 +23,7 @@ impl<W: AsyncWrite + Unpin> AsyncWriter<W> {
             w,
             state: State::new(),
             scratch: Vec::with_capacity(512),
-            buf: Vec::new(),
+            buf: None,
         }
     }
 
@@ -99,16 +99,14 @@ impl<W: AsyncWrite + Unpin> AsyncWriter<W> {
         contents: &mut R,
     ) -> Result<(), Error> {
         let start = self.state.offset;
-        if self.buf.is_empty() && size > 0 {
-            self.buf = vec![0; COPY_BUF_SIZE];
-        }
+        let buf = self
+            .buf
+            .get_or_insert_with(|| AlignedBuf::new(COPY_BUF_SIZE));
         let mut left = size;
         let io_err = |source, offset| Error::Io { offset, source };
         while left > 0 {
-            let want = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match contents.read(&mut self.buf[..want]).await {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = match contents.read(&mut buf[..want]).await {
                 Ok(0) => {
                     return Err(Error::ContentsSize {
                         offset: start,
@@ -121,7 +119,7 @@ impl<W: AsyncWrite + Unpin> AsyncWriter<W> {
                 Err(e) => return Err(io_err(e, self.state.offset)),
             };
             self.w
-                .write_all(&self.buf[..n])
+                .write_all(&buf[..n])
                 .await
                 .map_err(|e| io_err(e, self.state.offset))?;
             self.state.offset += n as u64;

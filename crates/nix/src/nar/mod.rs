@@ -302,6 +302,40 @@ pub fn copy<R: io::Read, W: io::Write>(
     Ok(())
 }
 
+/// Alignment of I/O buffers.
+pub(crate) const ALIGN: usize = 4096;
+
+/// A zeroed byte buffer starting at a 4096-byte boundary. The kernel copies into
+/// (and out of) page-aligned memory much faster on some CPUs: 256 KiB reads from the
+/// page cache ran at 3.6 GB/s into an aligned buffer and 0.9 GB/s into one 16 bytes
+/// off (AMD EPYC, Linux), which made an unaligned `nar dump` 2x slower than Nix.
+pub(crate) struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(crate) fn new(len: usize) -> Self {
+        let mem = vec![0; len + ALIGN];
+        let start = (ALIGN - mem.as_ptr() as usize % ALIGN) % ALIGN;
+        AlignedBuf { mem, start, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.mem[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + self.len]
+    }
+}
+
 /// Zero bytes after a string of `len` bytes, up to the next multiple of 8.
 pub(crate) fn padding_len(len: u64) -> usize {
     ((8 - (len % 8)) % 8) as usize

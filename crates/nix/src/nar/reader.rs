@@ -3,7 +3,7 @@
 use std::io::{self, Read};
 
 use super::grammar::{Grammar, Step, Stop};
-use super::{Error, ErrorKind, Limits};
+use super::{ALIGN, AlignedBuf, Error, ErrorKind, Limits};
 
 /// Default read buffer: large enough that small-file NARs need few reads.
 pub(crate) const BUF_SIZE: usize = 64 * 1024;
@@ -43,7 +43,7 @@ pub enum Event<'a, R> {
 
 /// Input buffer with stream offset tracking, shared by the sync and async readers.
 pub(crate) struct Input {
-    pub(crate) buf: Box<[u8]>,
+    pub(crate) buf: AlignedBuf,
     pub(crate) pos: usize,
     pub(crate) end: usize,
     /// Stream offset of `buf[pos]`.
@@ -57,9 +57,10 @@ pub(crate) struct Input {
 
 impl Input {
     pub(crate) fn new(limits: &Limits) -> Self {
-        let size = BUF_SIZE.max(Grammar::max_step_len(limits));
+        // Room for one step plus the alignment slack `compact` may add.
+        let size = BUF_SIZE.max(Grammar::max_step_len(limits) + ALIGN);
         Input {
-            buf: vec![0; size].into_boxed_slice(),
+            buf: AlignedBuf::new(size),
             pos: 0,
             end: 0,
             offset: 0,
@@ -78,12 +79,16 @@ impl Input {
         self.offset += n as u64;
     }
 
-    /// Moves unread bytes to the front, so the free space at the end is maximal.
+    /// Moves unread bytes to the front, so that the free space after them starts
+    /// at an aligned offset (reads into it are faster, see [`AlignedBuf`]) and is
+    /// nearly maximal.
     pub(crate) fn compact(&mut self) {
-        if self.pos > 0 {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.pos = 0;
+        let unread = self.end - self.pos;
+        let to = (ALIGN - unread % ALIGN) % ALIGN;
+        if self.pos != to {
+            self.buf.copy_within(self.pos..self.end, to);
+            self.pos = to;
+            self.end = to + unread;
         }
     }
 

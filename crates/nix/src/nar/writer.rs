@@ -2,7 +2,9 @@
 
 use std::io::{self, Read, Write};
 
-use super::{Error, ErrorKind, MAGIC, check_name, check_target, escape, padding_len, push_str};
+use super::{
+    AlignedBuf, Error, ErrorKind, MAGIC, check_name, check_target, escape, padding_len, push_str,
+};
 
 /// Size of the buffer file contents are copied through.
 pub(crate) const COPY_BUF_SIZE: usize = 256 * 1024;
@@ -201,7 +203,7 @@ pub struct Writer<W> {
     w: W,
     state: State,
     scratch: Vec<u8>,
-    buf: Vec<u8>,
+    buf: Option<AlignedBuf>,
 }
 
 impl<W: Write> Writer<W> {
@@ -211,7 +213,7 @@ impl<W: Write> Writer<W> {
             w,
             state: State::new(),
             scratch: Vec::with_capacity(512),
-            buf: Vec::new(),
+            buf: None,
         }
     }
 
@@ -287,16 +289,14 @@ impl<W: Write> Writer<W> {
         contents: &mut R,
     ) -> Result<(), Error> {
         let start = self.state.offset;
-        if self.buf.is_empty() && size > 0 {
-            self.buf = vec![0; COPY_BUF_SIZE];
-        }
+        let buf = self
+            .buf
+            .get_or_insert_with(|| AlignedBuf::new(COPY_BUF_SIZE));
         let mut left = size;
         let io_err = |source, offset| Error::Io { offset, source };
         while left > 0 {
-            let want = usize::try_from(left)
-                .unwrap_or(usize::MAX)
-                .min(self.buf.len());
-            let n = match contents.read(&mut self.buf[..want]) {
+            let want = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            let n = match contents.read(&mut buf[..want]) {
                 Ok(0) => {
                     return Err(Error::ContentsSize {
                         offset: start,
@@ -309,7 +309,7 @@ impl<W: Write> Writer<W> {
                 Err(e) => return Err(io_err(e, self.state.offset)),
             };
             self.w
-                .write_all(&self.buf[..n])
+                .write_all(&buf[..n])
                 .map_err(|e| io_err(e, self.state.offset))?;
             self.state.offset += n as u64;
             left -= n as u64;
