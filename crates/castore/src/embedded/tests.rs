@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::*;
 
-/// Deterministic bytes that compress about 2:1 (random words over a small alphabet
+/// Deterministic bytes that compress somewhat (random words over a small alphabet
 /// mixed with random bytes), so both the compressed and the raw path are taken.
 pub(crate) fn data(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
