@@ -30,6 +30,9 @@ enum Command {
     /// Ed25519 signing keys in Nix's format.
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
+    /// Serve the store over gRPC (BlobService, DirectoryService, reflection,
+    /// health) on TCP and on a unix socket in the data directory.
+    Daemon(cmd::daemon::DaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
+        Command::Daemon(a) => cmd::daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 //! One module per subcommand.
 
+pub mod daemon;
 pub mod key;
 pub mod nar;

@@ -1,0 +1,143 @@
+//! `cairn daemon`: serves the content-addressed layer (`tvix.castore.v1`
+//! BlobService and DirectoryService, with reflection and health) over gRPC, on TCP
+//! and on a unix socket in the data directory.
+//!
+//! The store layer's PathInfoService and the HTTP binary cache will be added to
+//! the same daemon; for now it serves what `cairn-castore` provides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+/// Arguments of `cairn daemon`.
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// TCP address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    listen: String,
+
+    /// Data directory of the embedded store [default: $XDG_DATA_HOME/cairn, or
+    /// ~/.local/share/cairn].
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Serve blobs from this backend instead of the embedded store
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    #[arg(long, env = "BLOB_SERVICE_ADDR")]
+    blob_service_addr: Option<String>,
+
+    /// Serve directories from this backend instead of the embedded store.
+    #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
+    directory_service_addr: Option<String>,
+
+    /// Do not listen on the unix socket `cairn.sock` in the data directory.
+    #[arg(long)]
+    no_socket: bool,
+}
+
+/// The data directory: the flag or `CAIRN_DATA_DIR`, else `$XDG_DATA_HOME/cairn`,
+/// else `~/.local/share/cairn`.
+fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("cairn"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find a data directory: set --data-dir, CAIRN_DATA_DIR or HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/cairn"))
+}
+
+fn embedded_url(dir: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(dir)
+        .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+    let s = abs
+        .to_str()
+        .with_context(|| format!("data directory {} is not valid UTF-8", abs.display()))?;
+    Ok(format!("redb://{s}"))
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let dir = data_dir(args.data_dir)?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let embedded = embedded_url(&dir)?;
+    let blob_url = args.blob_service_addr.unwrap_or_else(|| embedded.clone());
+    let dir_url = args.directory_service_addr.unwrap_or(embedded);
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let blobs = cairn_castore::blob_service_from_addr(&blob_url)
+            .with_context(|| format!("cannot open blob service {blob_url}"))?;
+        let directories = cairn_castore::directory_service_from_addr(&dir_url)
+            .with_context(|| format!("cannot open directory service {dir_url}"))?;
+
+        let tcp = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let tcp_addr = tcp.local_addr().context("cannot read the listening address")?;
+
+        let (routes, _health) =
+            cairn_castore::server::routes(blobs.clone(), directories.clone(), &[]).await?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+
+        let mut servers = tokio::task::JoinSet::new();
+        servers.spawn(cairn_castore::server::serve(
+            routes.clone(),
+            TcpListenerStream::new(tcp),
+            stopped(stop_rx.clone()),
+        ));
+        let mut socket_note = String::new();
+        let socket = dir.join("cairn.sock");
+        if !args.no_socket {
+            // A socket file left by a daemon that was killed would make bind fail.
+            match std::fs::remove_file(&socket) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("cannot remove {}", socket.display()));
+                }
+                _ => {}
+            }
+            let unix = tokio::net::UnixListener::bind(&socket)
+                .with_context(|| format!("cannot listen on {}", socket.display()))?;
+            servers.spawn(cairn_castore::server::serve(
+                routes,
+                UnixListenerStream::new(unix),
+                stopped(stop_rx),
+            ));
+            socket_note = format!(" and grpc+unix://{}", socket.display());
+        }
+        // Tests and scripts read this line to learn the port when --listen used port 0.
+        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (blobs: {blob_url}, directories: {dir_url})");
+        tracing::info!(%tcp_addr, "serving");
+
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot install the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = sigterm.recv() => {}
+            Some(res) = servers.join_next() => {
+                // A server ended on its own: that is an error worth reporting.
+                res.context("server task failed")??;
+            }
+        }
+        eprintln!("cairn daemon: shutting down");
+        let _ = stop_tx.send(true);
+        while let Some(res) = servers.join_next().await {
+            res.context("server task failed")??;
+        }
+        if !args.no_socket {
+            let _ = std::fs::remove_file(&socket);
+        }
+        Ok(())
+    })
+}
