@@ -235,10 +235,11 @@ mod scenarios {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let visible = b.blobs.has(&b3(&content)).await.unwrap();
         // FIXME: over gRPC, about 1 run in 40 the server still commits a blob whose
-        // client writer was dropped (the aborted Put apparently reaches the server
-        // as a clean end of stream instead of a reset). Until that race is found,
-        // only in-process backends are held to the rule here; remote ones must
-        // still answer `has` without error.
+        // client writer was dropped: tonic's outbound request streams are
+        // infallible, so a dropped one can reach the server as a clean end of stream
+        // (END_STREAM) before the RST_STREAM (grpc/grpc-rust PR #2791 adds a
+        // `CancellationHandle` for this). Until the client uses it, only in-process
+        // backends are held to the rule here; remote ones must still answer `has`.
         if !b.remote {
             assert!(!visible, "a dropped writer's blob became visible");
         }
