@@ -1,0 +1,15 @@
+//! cairn's store layer: turns the content-addressed layer into a Nix store.
+//!
+//! - [`pathinfo`]: the validated `PathInfo` (store path -> root node, references,
+//!   NAR hash and size, signatures, deriver, CA), the `PathInfoService` trait, its
+//!   backends (memory, embedded redb in the data directory, gRPC client) and the
+//!   `tvix.store.v1` gRPC server.
+//! - [`nar`]: rendering a root node as a NAR stream byte-identical to Nix's, and
+//!   ingesting a NAR stream into blobs and directories.
+//!
+//! Blobs and directories belong to `cairn-castore`, Nix's formats to `cairn-nix`;
+//! this crate owns the mapping between them.
+
+pub mod nar;
+pub mod pathinfo;
+pub mod proto;

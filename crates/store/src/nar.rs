@@ -1,0 +1,1 @@
+//! NAR rendering and ingestion (to be filled).

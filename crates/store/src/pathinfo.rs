@@ -1,0 +1,1 @@
+//! Path info (to be filled).
