@@ -1,1 +1,0 @@
-//! Path info (to be filled).

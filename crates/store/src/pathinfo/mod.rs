@@ -1,0 +1,129 @@
+//! Path info: what Nix knows about a store path, mapped onto castore content.
+//!
+//! - [`PathInfo`]: the validated form of a protobuf `PathInfo` (WIRE.md,
+//!   `tvix.store.v1`), with the narinfo, fingerprint and `nix path-info --json` views
+//!   Nix clients need.
+//! - [`PathInfoService`]: the storage trait, its contract in its doc, with backends:
+//!   [`MemoryPathInfoService`], [`RedbPathInfoService`] (a `pathinfo.redb` next to the
+//!   embedded castore in its data directory) and [`GrpcPathInfoService`];
+//!   [`path_info_service_from_addr`] picks one by URL.
+//! - [`GrpcPathInfoServer`] and [`routes`]: the `tvix.store.v1.PathInfoService` gRPC
+//!   server, and the one call that serves it together with castore's services.
+//!
+//! Errors are [`cairn_castore::Error`], so one status mapping covers all three
+//! services: a malformed `PathInfo` is `InvalidArgument` naming the field, a
+//! `PathInfo` whose content is not stored is `InvalidArgument` naming the missing
+//! blob or directory.
+
+mod grpc;
+mod memory;
+mod model;
+mod redb;
+mod server;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_castore::{BlobService, DirectoryService, Error, GrpcAddr, Node};
+use futures::stream::BoxStream;
+
+pub use grpc::GrpcPathInfoService;
+pub use memory::MemoryPathInfoService;
+pub use model::{PathInfo, PathInfoError};
+pub use redb::RedbPathInfoService;
+pub use server::{GrpcPathInfoServer, NarCalculator, routes};
+
+/// Stores [`PathInfo`]s by the 20-byte digest of their store path.
+///
+/// Contract:
+/// - `get` of an absent path is `Ok(None)`; what it returns is valid and has the
+///   digest asked for.
+/// - `put` stores `info` (replacing an earlier one for the same path) only if its
+///   root node's content is present in the castore the service was built with: the
+///   blob of a file root, the directory (and so, since directory closures are put
+///   all-or-nothing, its closure) of a directory root; otherwise it fails with
+///   `InvalidArgument` naming what is missing. It returns what was stored.
+///   Once `put` returns, the entry survives a restart of a persistent backend.
+/// - `list` streams every stored entry once, in no particular order, without
+///   holding them all in memory (except the memory backend).
+#[async_trait]
+pub trait PathInfoService: Send + Sync {
+    /// The entry for the store path with this digest.
+    async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error>;
+
+    /// Validates that `info`'s content is present and stores it.
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error>;
+
+    /// Every stored entry.
+    fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>>;
+}
+
+/// Checks that the content of `info`'s root node is in the castore.
+pub async fn check_content(
+    info: &PathInfo,
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+) -> Result<(), Error> {
+    match &info.node {
+        Node::Directory { digest, .. } => {
+            if directories.get(digest).await?.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "node: directory {digest} of {} is not in the directory service",
+                    info.store_path
+                )));
+            }
+        }
+        Node::File { digest, .. } => {
+            if !blobs.has(digest).await? {
+                return Err(Error::InvalidArgument(format!(
+                    "node: blob {digest} of {} is not in the blob service",
+                    info.store_path
+                )));
+            }
+        }
+        Node::Symlink { .. } => {}
+    }
+    Ok(())
+}
+
+fn unsupported(url: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "{url:?}: unsupported path info address (expected memory://, redb:///path, grpc+http://host:port or grpc+unix:///path)"
+    ))
+}
+
+/// The path info service a URL names:
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://` | [`MemoryPathInfoService`] |
+/// | `redb:///path/to/datadir` | [`RedbPathInfoService`] on `pathinfo.redb` in that directory (shared within the process) |
+/// | `grpc+http://host:port`, `grpc+unix:///path` | [`GrpcPathInfoService`] (connects on first use; the server checks content) |
+///
+/// `blobs` and `directories` are what `put` checks content against (unused by the
+/// gRPC client).
+pub fn path_info_service_from_addr(
+    url: &str,
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+) -> Result<Arc<dyn PathInfoService>, Error> {
+    if url == "memory://" {
+        return Ok(Arc::new(MemoryPathInfoService::new(blobs, directories)));
+    }
+    if let Some(path) = url.strip_prefix("redb://") {
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "{url:?}: redb:// needs an absolute data directory path (redb:///path)"
+            )));
+        }
+        return Ok(Arc::new(RedbPathInfoService::open_shared(
+            path,
+            blobs,
+            directories,
+        )?));
+    }
+    match GrpcAddr::parse(url) {
+        Some(addr) => Ok(Arc::new(GrpcPathInfoService::new(addr?.channel()?))),
+        None => Err(unsupported(url)),
+    }
+}

@@ -1,0 +1,209 @@
+//! [`GrpcPathInfoServer`]: the `tvix.store.v1.PathInfoService` gRPC service over any
+//! [`PathInfoService`], and [`routes`] to serve it next to castore's services.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cairn_castore::{BlobService, DirectoryService, Error, Node};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+use super::{PathInfo, PathInfoService};
+use crate::proto;
+use crate::proto::path_info_service_server::PathInfoServiceServer;
+
+/// Computes a root node's NAR size and SHA-256 (see `crate::nar`).
+pub type NarCalculator = Arc<
+    dyn Fn(
+            Arc<dyn BlobService>,
+            Arc<dyn DirectoryService>,
+            Node,
+        ) -> BoxFuture<'static, Result<(u64, [u8; 32]), Error>>
+        + Send
+        + Sync,
+>;
+
+/// How many CalculateNAR results the server remembers.
+const NAR_CACHE_ENTRIES: usize = 4096;
+
+/// Remembered CalculateNAR results, oldest evicted first.
+#[derive(Default)]
+struct NarCache {
+    map: HashMap<Node, (u64, [u8; 32])>,
+    order: VecDeque<Node>,
+}
+
+impl NarCache {
+    fn get(&self, node: &Node) -> Option<(u64, [u8; 32])> {
+        self.map.get(node).copied()
+    }
+
+    fn insert(&mut self, node: Node, value: (u64, [u8; 32])) {
+        if self.map.insert(node.clone(), value).is_none() {
+            self.order.push_back(node);
+            while self.order.len() > NAR_CACHE_ENTRIES {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// Serves a [`PathInfoService`] (and CalculateNAR over the castore it checks content
+/// against). Malformed requests are `INVALID_ARGUMENT` naming the field; absent
+/// paths `NOT_FOUND`.
+pub struct GrpcPathInfoServer {
+    pathinfos: Arc<dyn PathInfoService>,
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    calculate: NarCalculator,
+    cache: Mutex<NarCache>,
+}
+
+impl GrpcPathInfoServer {
+    /// A server for `pathinfos`, computing NARs of content in `blobs`/`directories`.
+    pub fn new(
+        pathinfos: Arc<dyn PathInfoService>,
+        blobs: Arc<dyn BlobService>,
+        directories: Arc<dyn DirectoryService>,
+    ) -> Self {
+        Self::with_calculator(pathinfos, blobs, directories, Arc::new(default_calculator))
+    }
+
+    /// Like [`GrpcPathInfoServer::new`] with another NAR calculator (tests count
+    /// calls through it).
+    pub fn with_calculator(
+        pathinfos: Arc<dyn PathInfoService>,
+        blobs: Arc<dyn BlobService>,
+        directories: Arc<dyn DirectoryService>,
+        calculate: NarCalculator,
+    ) -> Self {
+        Self {
+            pathinfos,
+            blobs,
+            directories,
+            calculate,
+            cache: Mutex::default(),
+        }
+    }
+}
+
+fn default_calculator(
+    _blobs: Arc<dyn BlobService>,
+    _directories: Arc<dyn DirectoryService>,
+    _node: Node,
+) -> BoxFuture<'static, Result<(u64, [u8; 32]), Error>> {
+    // FIXME: call crate::nar::calculate once it lands.
+    Box::pin(async {
+        Err(Error::InvalidArgument(
+            "CalculateNAR: not implemented yet".into(),
+        ))
+    })
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl proto::path_info_service_server::PathInfoService for GrpcPathInfoServer {
+    async fn get(
+        &self,
+        request: Request<proto::GetPathInfoRequest>,
+    ) -> Result<Response<proto::PathInfo>, Status> {
+        let digest = match request.into_inner().by_what {
+            None => return Err(invalid("by_what: missing")),
+            Some(proto::get_path_info_request::ByWhat::ByOutputHash(d)) => {
+                <[u8; 20]>::try_from(d.as_ref()).map_err(|_| {
+                    invalid(format!("by_output_hash: {} bytes, expected 20", d.len()))
+                })?
+            }
+        };
+        match self.pathinfos.get(digest).await? {
+            Some(info) => Ok(Response::new(proto::PathInfo::from(&info))),
+            None => Err(Status::not_found(format!(
+                "path info {} not found",
+                cairn_nix::nixbase32::encode(&digest)
+            ))),
+        }
+    }
+
+    async fn put(
+        &self,
+        request: Request<proto::PathInfo>,
+    ) -> Result<Response<proto::PathInfo>, Status> {
+        let info = PathInfo::try_from(request.into_inner()).map_err(invalid)?;
+        let stored = self.pathinfos.put(info).await?;
+        Ok(Response::new(proto::PathInfo::from(&stored)))
+    }
+
+    async fn calculate_nar(
+        &self,
+        request: Request<cairn_castore::proto::Node>,
+    ) -> Result<Response<proto::CalculateNarResponse>, Status> {
+        // The name does not enter the NAR: accept empty (current clients) or any.
+        let (_, node) = Node::try_from_proto_unnamed(request.into_inner())
+            .map_err(|e| invalid(format!("node: {e}")))?;
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node);
+        let (nar_size, nar_sha256) = match cached {
+            Some(v) => v,
+            None => {
+                let v =
+                    (self.calculate)(self.blobs.clone(), self.directories.clone(), node.clone())
+                        .await?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(node, v);
+                v
+            }
+        };
+        Ok(Response::new(proto::CalculateNarResponse {
+            nar_size,
+            nar_sha256: bytes::Bytes::copy_from_slice(&nar_sha256),
+        }))
+    }
+
+    type ListStream = BoxStream<'static, Result<proto::PathInfo, Status>>;
+
+    async fn list(
+        &self,
+        _request: Request<proto::ListPathInfoRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
+        let stream = self.pathinfos.list().map(|r| {
+            r.map(|info| proto::PathInfo::from(&info))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// castore's routes (blob and directory services, reflection describing all of
+/// `tvix.castore.v1` and `tvix.store.v1`, health) plus the PathInfoService server,
+/// reported SERVING: everything `cairn daemon` serves, in one call.
+pub async fn routes(
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    pathinfos: Arc<dyn PathInfoService>,
+) -> Result<(Routes, tonic_health::server::HealthReporter), Error> {
+    let (routes, reporter) = cairn_castore::server::routes(
+        blobs.clone(),
+        directories.clone(),
+        &[crate::proto::FILE_DESCRIPTOR_SET],
+    )
+    .await?;
+    reporter
+        .set_serving::<PathInfoServiceServer<GrpcPathInfoServer>>()
+        .await;
+    let server = PathInfoServiceServer::new(GrpcPathInfoServer::new(pathinfos, blobs, directories))
+        .max_decoding_message_size(cairn_castore::MAX_DECODING_MESSAGE_SIZE);
+    Ok((routes.add_service(server), reporter))
+}

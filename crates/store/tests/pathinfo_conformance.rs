@@ -1,0 +1,619 @@
+//! One suite of scenarios run against every PathInfoService backend: memory, redb
+//! in a data directory (next to the embedded castore), and the gRPC client talking
+//! to the gRPC server (memory-backed) over loopback TCP and over a unix socket.
+//! Adding a backend is one `backend_suite!` line plus its constructor in `backends`.
+//!
+//! Malformed messages cannot be built as a [`PathInfo`]; for gRPC backends they are
+//! sent raw with the generated client and must come back `INVALID_ARGUMENT` naming
+//! the field, for in-process backends the conversion must fail naming it.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_castore::{
+    B3Digest, BlobService, Directory, DirectoryService, ErrorKind, Node, PathComponent,
+    SymlinkTarget,
+};
+use cairn_nix::hash::NixHash;
+use cairn_nix::narinfo::ContentAddress;
+use cairn_nix::signature::Signature;
+use cairn_nix::store_path::{FileIngestionMethod, StorePath};
+use cairn_store::pathinfo::{PathInfo, PathInfoService, path_info_service_from_addr};
+use cairn_store::proto;
+use cairn_store::proto::path_info_service_client::PathInfoServiceClient;
+use futures::TryStreamExt;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+/// A backend under test; dropping it stops whatever serves it.
+pub struct Backend {
+    blobs: Arc<dyn BlobService>,
+    dirs: Arc<dyn DirectoryService>,
+    pathinfos: Arc<dyn PathInfoService>,
+    /// The raw client, for gRPC backends.
+    raw: Option<PathInfoServiceClient<Channel>>,
+    _guard: Option<Box<dyn Send>>,
+}
+
+mod backends {
+    use super::*;
+
+    struct Server {
+        task: tokio::task::JoinHandle<()>,
+        _dir: Option<tempfile::TempDir>,
+    }
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    fn local(url: &str, guard: Option<Box<dyn Send>>) -> Backend {
+        let blobs = cairn_castore::blob_service_from_addr(url).unwrap();
+        let dirs = cairn_castore::directory_service_from_addr(url).unwrap();
+        let pathinfos = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).unwrap();
+        Backend {
+            blobs,
+            dirs,
+            pathinfos,
+            raw: None,
+            _guard: guard,
+        }
+    }
+
+    pub async fn memory() -> Backend {
+        local("memory://", None)
+    }
+
+    pub async fn embedded() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("redb://{}", dir.path().join("data").display());
+        local(&url, Some(Box::new(dir)))
+    }
+
+    async fn routes() -> tonic::service::Routes {
+        let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let pathinfos =
+            path_info_service_from_addr("memory://", blobs.clone(), dirs.clone()).unwrap();
+        cairn_store::pathinfo::routes(blobs, dirs, pathinfos)
+            .await
+            .unwrap()
+            .0
+    }
+
+    fn clients(url: &str, guard: Server) -> Backend {
+        let blobs = cairn_castore::blob_service_from_addr(url).unwrap();
+        let dirs = cairn_castore::directory_service_from_addr(url).unwrap();
+        let pathinfos = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).unwrap();
+        let channel = cairn_castore::GrpcAddr::parse(url)
+            .unwrap()
+            .unwrap()
+            .channel()
+            .unwrap();
+        Backend {
+            blobs,
+            dirs,
+            pathinfos,
+            raw: Some(PathInfoServiceClient::new(channel)),
+            _guard: Some(Box::new(guard)),
+        }
+    }
+
+    pub async fn grpc_tcp() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let routes = routes().await;
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            cairn_castore::server::serve(routes, incoming, std::future::pending())
+                .await
+                .unwrap();
+        });
+        clients(
+            &format!("grpc+http://127.0.0.1:{port}"),
+            Server { task, _dir: None },
+        )
+    }
+
+    pub async fn grpc_unix() -> Backend {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let routes = routes().await;
+        let task = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            cairn_castore::server::serve(routes, incoming, std::future::pending())
+                .await
+                .unwrap();
+        });
+        clients(
+            &format!("grpc+unix://{}", path.display()),
+            Server {
+                task,
+                _dir: Some(dir),
+            },
+        )
+    }
+}
+
+fn digest(i: u32) -> [u8; 20] {
+    let mut d = [0u8; 20];
+    d[..4].copy_from_slice(&i.to_be_bytes());
+    d[19] = 0xa5;
+    d
+}
+
+fn path(i: u32, name: &str) -> StorePath {
+    StorePath::new(digest(i), name).unwrap()
+}
+
+async fn put_blob(b: &Backend, content: &[u8]) -> B3Digest {
+    let mut w = b.blobs.open_write().await;
+    w.write_all(content).await.unwrap();
+    w.close().await.unwrap()
+}
+
+/// A directory holding one file, stored; its root node.
+async fn put_tree(b: &Backend, content: &[u8]) -> Node {
+    let blob = put_blob(b, content).await;
+    let mut dir = Directory::new();
+    dir.add(
+        PathComponent::try_from("file").unwrap(),
+        Node::File {
+            digest: blob,
+            size: content.len() as u64,
+            executable: false,
+        },
+    )
+    .unwrap();
+    let size = dir.size();
+    let digest = b.dirs.put(dir).await.unwrap();
+    Node::Directory { digest, size }
+}
+
+/// A path info with every optional field set.
+fn full_info(i: u32, node: Node) -> PathInfo {
+    PathInfo {
+        store_path: path(i, "full-1.0"),
+        node,
+        references: vec![path(1000 + i, "dep-b"), path(2000 + i, "dep-a")],
+        nar_size: 1234,
+        nar_sha256: [i as u8; 32],
+        signatures: vec![Signature::new("cache.example.org-1", [7; 64]).unwrap()],
+        deriver: Some(path(3000 + i, "full-1.0.drv")),
+        ca: Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Recursive,
+            hash: NixHash::Sha256([9; 32]),
+        }),
+    }
+}
+
+/// A path info with every optional field empty.
+fn bare_info(i: u32, node: Node) -> PathInfo {
+    PathInfo {
+        store_path: path(i, "bare"),
+        node,
+        references: vec![],
+        nar_size: 120,
+        nar_sha256: [1; 32],
+        signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
+
+fn symlink() -> Node {
+    Node::Symlink {
+        target: SymlinkTarget::try_from(&b"/somewhere/else"[..]).unwrap(),
+    }
+}
+
+mod scenarios {
+    use super::*;
+
+    pub async fn get_absent(b: &Backend) {
+        assert!(b.pathinfos.get(digest(77)).await.unwrap().is_none());
+    }
+
+    pub async fn put_get_each_root_kind(b: &Backend) {
+        let tree = put_tree(b, b"hello").await;
+        let blob = put_blob(b, b"a flat file").await;
+        let file = Node::File {
+            digest: blob,
+            size: 11,
+            executable: true,
+        };
+        let infos = [
+            full_info(1, tree),
+            bare_info(2, file),
+            full_info(3, symlink()),
+        ];
+        for info in infos {
+            let stored = b.pathinfos.put(info.clone()).await.unwrap();
+            assert_eq!(stored, info);
+            let got = b.pathinfos.get(*info.store_path.digest()).await.unwrap();
+            assert_eq!(got, Some(info));
+        }
+    }
+
+    pub async fn put_every_ca_kind(b: &Backend) {
+        use FileIngestionMethod::{Flat, Recursive};
+        let cas = [
+            ContentAddress::Text { sha256: [3; 32] },
+            ContentAddress::Fixed {
+                method: Flat,
+                hash: NixHash::Md5([1; 16]),
+            },
+            ContentAddress::Fixed {
+                method: Flat,
+                hash: NixHash::Sha1([1; 20]),
+            },
+            ContentAddress::Fixed {
+                method: Flat,
+                hash: NixHash::Sha256([1; 32]),
+            },
+            ContentAddress::Fixed {
+                method: Flat,
+                hash: NixHash::Sha512([1; 64]),
+            },
+            ContentAddress::Fixed {
+                method: Recursive,
+                hash: NixHash::Md5([2; 16]),
+            },
+            ContentAddress::Fixed {
+                method: Recursive,
+                hash: NixHash::Sha1([2; 20]),
+            },
+            ContentAddress::Fixed {
+                method: Recursive,
+                hash: NixHash::Sha256([2; 32]),
+            },
+            ContentAddress::Fixed {
+                method: Recursive,
+                hash: NixHash::Sha512([2; 64]),
+            },
+        ];
+        for (i, ca) in cas.into_iter().enumerate() {
+            let mut info = bare_info(100 + i as u32, symlink());
+            info.ca = Some(ca);
+            b.pathinfos.put(info.clone()).await.unwrap();
+            let got = b.pathinfos.get(*info.store_path.digest()).await.unwrap();
+            assert_eq!(got, Some(info));
+        }
+    }
+
+    pub async fn put_replaces(b: &Backend) {
+        let first = bare_info(5, symlink());
+        b.pathinfos.put(first.clone()).await.unwrap();
+        let mut second = first.clone();
+        second.signatures = vec![Signature::new("other-1", [3; 64]).unwrap()];
+        b.pathinfos.put(second.clone()).await.unwrap();
+        assert_eq!(b.pathinfos.get(digest(5)).await.unwrap(), Some(second));
+        assert_eq!(
+            b.pathinfos
+                .list()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    pub async fn put_missing_content_rejected(b: &Backend) {
+        let absent_dir = Node::Directory {
+            digest: B3Digest::of(b"no such directory"),
+            size: 1,
+        };
+        let absent_blob = Node::File {
+            digest: B3Digest::of(b"no such blob"),
+            size: 12,
+            executable: false,
+        };
+        for (node, what) in [(absent_dir, "directory"), (absent_blob, "blob")] {
+            let info = bare_info(9, node);
+            let err = b.pathinfos.put(info).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+            assert!(err.to_string().contains(what), "{err}");
+            assert!(b.pathinfos.get(digest(9)).await.unwrap().is_none());
+        }
+        // A directory whose child file is missing cannot be stored at all, so a
+        // stored root directory always has its closure.
+        let mut dir = Directory::new();
+        dir.add(
+            PathComponent::try_from("sub").unwrap(),
+            Node::Directory {
+                digest: B3Digest::of(b"missing child"),
+                size: 0,
+            },
+        )
+        .unwrap();
+        assert!(b.dirs.put(dir).await.is_err());
+    }
+
+    pub async fn malformed_rejected(b: &Backend) {
+        let valid = proto::PathInfo::from(&full_info(1, symlink()));
+        let mut cases: Vec<(&str, proto::PathInfo)> = Vec::new();
+        let mut case = |label: &'static str, f: &dyn Fn(&mut proto::PathInfo)| {
+            let mut p = valid.clone();
+            f(&mut p);
+            cases.push((label, p));
+        };
+        let set_name = |p: &mut proto::PathInfo, name: &'static [u8]| {
+            if let Some(cairn_castore::proto::node::Node::Symlink(s)) =
+                p.node.as_mut().unwrap().node.as_mut()
+            {
+                s.name = Bytes::from_static(name);
+            }
+        };
+        case("node", &|p| p.node = None);
+        case("node", &|p| {
+            p.node = Some(cairn_castore::proto::Node { node: None })
+        });
+        case("node", &|p| {
+            p.node = Some(cairn_castore::proto::Node {
+                node: Some(cairn_castore::proto::node::Node::File(
+                    cairn_castore::proto::FileNode {
+                        name: Bytes::from_static(b"00000000000000000000000000000000-x"),
+                        digest: Bytes::from_static(b"short"),
+                        size: 1,
+                        executable: false,
+                    },
+                )),
+            })
+        });
+        case("node.name", &|p| set_name(p, b""));
+        case("node.name", &|p| set_name(p, b"hello"));
+        case("node.name", &|p| {
+            set_name(p, b"00000000000000000000000000000000-")
+        });
+        case("node.name", &|p| {
+            set_name(p, b"e0000000000000000000000000000000-x")
+        });
+        case("node.name", &|p| {
+            set_name(p, b"00000000000000000000000000000000-a/b")
+        });
+        case("references[1]", &|p| {
+            p.references[1] = Bytes::from_static(&[0; 19])
+        });
+        case("references[0]", &|p| {
+            p.references[0] = Bytes::from_static(&[0; 32])
+        });
+        case("narinfo", &|p| p.narinfo = None);
+        case("narinfo.reference_names", &|p| {
+            narinfo(p).reference_names.pop();
+        });
+        case("narinfo.reference_names", &|p| {
+            p.references.pop();
+        });
+        case("narinfo.reference_names[0]", &|p| {
+            narinfo(p).reference_names[0] = "not-a-path".into()
+        });
+        case("narinfo.reference_names[1]", &|p| {
+            // A valid basename, but of another digest than references[1].
+            let other = narinfo(p).reference_names[0].clone();
+            narinfo(p).reference_names[1] = other;
+        });
+        case("narinfo.nar_sha256", &|p| {
+            narinfo(p).nar_sha256 = Bytes::from_static(&[0; 31])
+        });
+        case("narinfo.nar_sha256", &|p| {
+            narinfo(p).nar_sha256 = Bytes::new()
+        });
+        case("narinfo.signatures[0]", &|p| {
+            narinfo(p).signatures[0].data = Bytes::from_static(&[0; 63])
+        });
+        case("narinfo.signatures[0]", &|p| {
+            narinfo(p).signatures[0].name = String::new()
+        });
+        case("narinfo.signatures[0]", &|p| {
+            narinfo(p).signatures[0].name = "has:colon".into()
+        });
+        case("narinfo.deriver", &|p| {
+            narinfo(p).deriver.as_mut().unwrap().digest = Bytes::from_static(&[0; 21])
+        });
+        case("narinfo.deriver", &|p| {
+            narinfo(p).deriver.as_mut().unwrap().name = String::new()
+        });
+        case("narinfo.deriver", &|p| {
+            narinfo(p).deriver.as_mut().unwrap().name = "bad name".into()
+        });
+        case("narinfo.ca.type", &|p| {
+            narinfo(p).ca.as_mut().unwrap().r#type = 9
+        });
+        case("narinfo.ca.type", &|p| {
+            narinfo(p).ca.as_mut().unwrap().r#type = -1
+        });
+        case("narinfo.ca.digest", &|p| {
+            narinfo(p).ca.as_mut().unwrap().digest = Bytes::from_static(&[0; 20])
+        });
+        case("narinfo.ca.digest", &|p| {
+            // TEXT_SHA256 with an MD5-sized digest.
+            let ca = narinfo(p).ca.as_mut().unwrap();
+            ca.r#type = 4;
+            ca.digest = Bytes::from_static(&[0; 16]);
+        });
+        case("narinfo.ca.digest", &|p| {
+            // FLAT_SHA512 with a SHA-256-sized digest.
+            narinfo(p).ca.as_mut().unwrap().r#type = 8;
+        });
+
+        assert!(PathInfo::try_from(valid.clone()).is_ok());
+        for (field, p) in cases {
+            match &b.raw {
+                None => {
+                    let err = PathInfo::try_from(p.clone()).unwrap_err();
+                    assert!(err.to_string().starts_with(field), "{field}: {err}");
+                }
+                Some(client) => {
+                    let status = client.clone().put(p.clone()).await.unwrap_err();
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::InvalidArgument,
+                        "{field}: {status:?}"
+                    );
+                    assert!(
+                        status.message().starts_with(field),
+                        "{field}: {}",
+                        status.message()
+                    );
+                }
+            }
+        }
+        // Nothing was stored.
+        assert!(
+            b.pathinfos
+                .list()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub async fn get_malformed_request_rejected(b: &Backend) {
+        let Some(client) = &b.raw else { return };
+        use proto::get_path_info_request::ByWhat;
+        for by_what in [
+            None,
+            Some(ByWhat::ByOutputHash(Bytes::new())),
+            Some(ByWhat::ByOutputHash(Bytes::from_static(&[0; 19]))),
+            Some(ByWhat::ByOutputHash(Bytes::from_static(&[0; 32]))),
+        ] {
+            let status = client
+                .clone()
+                .get(proto::GetPathInfoRequest {
+                    by_what: by_what.clone(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{by_what:?}");
+        }
+        let status = client
+            .clone()
+            .get(proto::GetPathInfoRequest {
+                by_what: Some(ByWhat::ByOutputHash(Bytes::copy_from_slice(&digest(4242)))),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+    }
+
+    pub async fn list_many(b: &Backend) {
+        assert!(
+            b.pathinfos
+                .list()
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let mut expected = BTreeSet::new();
+        for i in 0..700 {
+            let info = if i % 2 == 0 {
+                full_info(i, symlink())
+            } else {
+                bare_info(i, symlink())
+            };
+            b.pathinfos.put(info.clone()).await.unwrap();
+            expected.insert(proto::PathInfo::from(&info).encode_to_vec_sorted());
+        }
+        let listed: Vec<PathInfo> = b.pathinfos.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 700);
+        let got: BTreeSet<Vec<u8>> = listed
+            .iter()
+            .map(|i| proto::PathInfo::from(i).encode_to_vec_sorted())
+            .collect();
+        assert_eq!(got, expected);
+    }
+}
+
+fn narinfo(p: &mut proto::PathInfo) -> &mut proto::NarInfo {
+    p.narinfo.as_mut().unwrap()
+}
+
+/// Encodings compare equal exactly when the messages are equal (prost encodes in
+/// field order), which gives a set of `PathInfo`s without an `Ord` on them.
+trait EncodeSorted {
+    fn encode_to_vec_sorted(&self) -> Vec<u8>;
+}
+impl EncodeSorted for proto::PathInfo {
+    fn encode_to_vec_sorted(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
+/// The redb backend keeps what was put across a reopen of its data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_persists_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}", dir.path().join("data").display());
+    let info = {
+        let b = {
+            let blobs = cairn_castore::blob_service_from_addr(&url).unwrap();
+            let dirs = cairn_castore::directory_service_from_addr(&url).unwrap();
+            let pathinfos = path_info_service_from_addr(&url, blobs.clone(), dirs.clone()).unwrap();
+            Backend {
+                blobs,
+                dirs,
+                pathinfos,
+                raw: None,
+                _guard: None,
+            }
+        };
+        let tree = put_tree(&b, b"persistent").await;
+        let info = full_info(1, tree);
+        b.pathinfos.put(info.clone()).await.unwrap();
+        b.pathinfos.put(bare_info(2, symlink())).await.unwrap();
+        info
+    };
+    // Everything was dropped: the files can be opened again (the lock is released).
+    let blobs = cairn_castore::blob_service_from_addr(&url).unwrap();
+    let dirs = cairn_castore::directory_service_from_addr(&url).unwrap();
+    let pathinfos = path_info_service_from_addr(&url, blobs, dirs).unwrap();
+    assert_eq!(pathinfos.get(digest(1)).await.unwrap(), Some(info));
+    assert_eq!(
+        pathinfos
+            .list()
+            .try_collect::<Vec<_>>()
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(dir.path().join("data/pathinfo.redb").exists());
+}
+
+macro_rules! one_test {
+    ($make:path, $scenario:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            let backend = $make().await;
+            scenarios::$scenario(&backend).await;
+        }
+    };
+}
+
+macro_rules! backend_suite {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use super::*;
+            one_test!($make, get_absent);
+            one_test!($make, put_get_each_root_kind);
+            one_test!($make, put_every_ca_kind);
+            one_test!($make, put_replaces);
+            one_test!($make, put_missing_content_rejected);
+            one_test!($make, malformed_rejected);
+            one_test!($make, get_malformed_request_rejected);
+            one_test!($make, list_many);
+        }
+    };
+}
+
+backend_suite!(memory, crate::backends::memory);
+backend_suite!(embedded, crate::backends::embedded);
+backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
+backend_suite!(grpc_unix, crate::backends::grpc_unix);
