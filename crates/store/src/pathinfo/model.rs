@@ -124,6 +124,9 @@ pub enum PathInfoError {
         /// Length of the algorithm's digests.
         expected: usize,
     },
+    /// A narinfo's `NarHash` is not SHA-256 (only for [`PathInfo::from_narinfo`]).
+    #[error("NarHash: {0} hash, expected sha256")]
+    NarHashNotSha256(HashAlgo),
 }
 
 /// Keeps error messages bounded whatever the input.
@@ -354,6 +357,26 @@ impl PathInfo {
     /// The NAR hash as a [`NixHash`].
     pub fn nar_hash(&self) -> NixHash {
         NixHash::Sha256(self.nar_sha256)
+    }
+
+    /// The path info a narinfo describes, with `node` as its content (what ingesting
+    /// the narinfo's NAR gave). `URL`, `Compression`, `FileHash`, `FileSize` and
+    /// `System` describe the cache's file, not the path, and are dropped.
+    pub fn from_narinfo(narinfo: &NarInfo, node: Node) -> Result<PathInfo, PathInfoError> {
+        let nar_sha256 = match narinfo.nar_hash {
+            NixHash::Sha256(d) => d,
+            other => return Err(PathInfoError::NarHashNotSha256(other.algo())),
+        };
+        Ok(PathInfo {
+            store_path: narinfo.store_path.clone(),
+            node,
+            references: narinfo.references.clone(),
+            nar_size: narinfo.nar_size,
+            nar_sha256,
+            signatures: narinfo.signatures.clone(),
+            deriver: narinfo.deriver.clone(),
+            ca: narinfo.ca.clone(),
+        })
     }
 
     /// The references sorted and without duplicates, as Nix keeps them (a

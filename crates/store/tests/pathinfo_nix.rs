@@ -1,0 +1,262 @@
+//! `PathInfo`'s Nix views against the real Nix 2.8, at test time: a chroot store
+//! gets content-addressed paths (recursive, flat sha256 and sha1, text `.drv`s with
+//! references) and built input-addressed paths (references, a self-reference, a
+//! deriver, two signatures), is copied to an uncompressed `file://` cache, and for
+//! every path:
+//! - the narinfo Nix wrote, parsed and turned into a `PathInfo`, renders back
+//!   byte-for-byte (`to_narinfo`);
+//! - `to_json` equals the object `nix path-info --json --all` prints for it, minus
+//!   `registrationTime` and `ultimate` (local database facts a PathInfo lacks);
+//! - every signature Nix made verifies against `fingerprint()`;
+//! - the protobuf round trip keeps it.
+//!
+//! Needs Nix on PATH (`../shared/oracle/install.sh` or Debian's `nix-bin`); fails
+//! without it.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_castore::{Node, SymlinkTarget};
+use cairn_nix::narinfo::NarInfo;
+use cairn_nix::signature::VerifyingKey;
+use cairn_store::pathinfo::PathInfo;
+use cairn_store::proto;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn nix(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("XDG_CACHE_HOME", self.dir.path().join("xdg"))
+            .env(
+                "NIX_CONFIG",
+                "experimental-features = nix-command\nsandbox = false\nsubstituters =\n\
+                 narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0",
+            )
+            .env_remove("NIX_REMOTE");
+        c
+    }
+
+    fn ok(&self, cmd: &mut Command) -> String {
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!(
+                "cannot run {cmd:?}: {e}; this test needs the real Nix (apt-get install nix-bin)"
+            )
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn store_cmd(&self, program: &str, args: &[&str]) -> String {
+        let mut c = self.nix(program);
+        c.arg("--store").arg(self.path("store")).args(args);
+        self.ok(&mut c).trim().to_owned()
+    }
+}
+
+fn write(path: &Path, content: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+/// Splits the JSON array `nix path-info --json` prints into its objects, by path.
+/// The objects hold no nested objects, and no value contains a brace.
+fn split_json(array: &str) -> BTreeMap<String, String> {
+    let inner = array
+        .trim()
+        .strip_prefix("[{")
+        .unwrap()
+        .strip_suffix("}]")
+        .unwrap();
+    inner
+        .split("},{")
+        .map(|o| {
+            let o = format!("{{{o}}}");
+            let path = o
+                .strip_prefix("{\"path\":\"")
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap()
+                .to_owned();
+            (path, o)
+        })
+        .collect()
+}
+
+/// Drops `"registrationTime":<n>` and `"ultimate":true` from one object.
+fn without_local_fields(o: &str) -> String {
+    let mut s = o.replace(",\"ultimate\":true", "");
+    let key = ",\"registrationTime\":";
+    let at = s
+        .find(key)
+        .unwrap_or_else(|| panic!("no registrationTime in {o}"));
+    let digits = s[at + key.len()..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    assert!(digits > 0, "{o}");
+    s.replace_range(at..at + key.len() + digits, "");
+    s
+}
+
+#[test]
+fn narinfo_json_and_fingerprint_match_nix() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
+
+    // Content-addressed paths.
+    write(&env.path("src/tree/file"), "hello\n");
+    write(&env.path("src/tree/sub/run"), "#!/bin/sh\n");
+    std::fs::set_permissions(
+        env.path("src/tree/sub/run"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("file", env.path("src/tree/link")).unwrap();
+    write(&env.path("src/flat"), "flat contents\n");
+    let tree = env.store_cmd(
+        "nix-store",
+        &["--add", env.path("src/tree").to_str().unwrap()],
+    );
+    let flat = env.store_cmd(
+        "nix-store",
+        &[
+            "--add-fixed",
+            "sha256",
+            env.path("src/flat").to_str().unwrap(),
+        ],
+    );
+    env.store_cmd(
+        "nix-store",
+        &[
+            "--add-fixed",
+            "sha1",
+            env.path("src/flat").to_str().unwrap(),
+        ],
+    );
+
+    // Built paths (and their `.drv`s, text-addressed with references).
+    write(
+        &env.path("ia.nix"),
+        r#"let
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem;
+    builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ]; };
+  dep = mk "pi-dep" "mkdir $out; echo dep > $out/file; ln -s file $out/link";
+  dep2 = mk "a-pi-dep" "echo x > $out";
+in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $out/self"
+"#,
+    );
+    let top = env.store_cmd(
+        "nix-build",
+        &[
+            "--option",
+            "extra-sandbox-paths",
+            "/bin /lib /lib64 /usr",
+            "--no-out-link",
+            env.path("ia.nix").to_str().unwrap(),
+        ],
+    );
+
+    // Two keys; the closure of `top` signed by both, one CA path by one.
+    let mut keys = Vec::new();
+    for name in ["pi-test-1", "another-2"] {
+        let (sk, pk) = (
+            env.path(&format!("{name}.sk")),
+            env.path(&format!("{name}.pk")),
+        );
+        env.ok(env
+            .nix("nix-store")
+            .args(["--generate-binary-cache-key", name])
+            .arg(&sk)
+            .arg(&pk));
+        let sk = sk.to_str().unwrap().to_owned();
+        env.store_cmd("nix", &["store", "sign", "--key-file", &sk, "-r", &top]);
+        keys.push(
+            std::fs::read_to_string(&pk)
+                .unwrap()
+                .parse::<VerifyingKey>()
+                .unwrap(),
+        );
+    }
+    let sk = env.path("pi-test-1.sk").to_str().unwrap().to_owned();
+    env.store_cmd("nix", &["store", "sign", "--key-file", &sk, &tree, &flat]);
+
+    let json = split_json(&env.store_cmd("nix", &["path-info", "--json", "--all"]));
+    let cache = env.path("cache");
+    env.store_cmd(
+        "nix",
+        &[
+            "copy",
+            "--all",
+            "--to",
+            &format!("file://{}?compression=none", cache.display()),
+        ],
+    );
+
+    let dummy = Node::Symlink {
+        target: SymlinkTarget::try_from(&b"x"[..]).unwrap(),
+    };
+    let mut seen = 0;
+    let (mut with_ca, mut with_deriver, mut with_sigs, mut with_refs) = (0, 0, 0, 0);
+    for entry in std::fs::read_dir(&cache).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_none_or(|e| e != "narinfo") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let narinfo = NarInfo::parse(&text).unwrap();
+        let info = PathInfo::from_narinfo(&narinfo, dummy.clone()).unwrap();
+        let path = info.store_path.to_absolute();
+
+        let rendered = info.to_narinfo(
+            narinfo.url.clone(),
+            narinfo.compression.clone(),
+            narinfo.file_hash,
+            narinfo.file_size,
+        );
+        assert_eq!(rendered.to_string(), text, "{path}");
+
+        let nix_json = json
+            .get(&path)
+            .unwrap_or_else(|| panic!("{path} not in {json:?}"));
+        assert_eq!(info.to_json(), without_local_fields(nix_json), "{path}");
+
+        for sig in &info.signatures {
+            let key = keys.iter().find(|k| k.name() == sig.name()).unwrap();
+            assert!(
+                key.verify(info.fingerprint().as_bytes(), sig),
+                "{path}: {sig} does not verify against {}",
+                info.fingerprint()
+            );
+        }
+
+        let back = PathInfo::try_from(proto::PathInfo::from(&info)).unwrap();
+        assert_eq!(back, info);
+
+        seen += 1;
+        with_ca += usize::from(info.ca.is_some());
+        with_deriver += usize::from(info.deriver.is_some());
+        with_sigs += usize::from(info.signatures.len() >= 2);
+        with_refs += usize::from(info.references.len() >= 2);
+    }
+    // Three CA paths, three .drvs, three outputs.
+    assert_eq!(seen, 9);
+    assert_eq!(with_ca, 6);
+    assert_eq!(with_deriver, 3);
+    assert_eq!(with_sigs, 3);
+    assert!(with_refs >= 2);
+}
