@@ -1,1 +1,0 @@
-//! NAR rendering and ingestion (to be filled).

@@ -1,0 +1,198 @@
+//! [`ingest`]: a NAR stream into blobs and directories.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use cairn_castore::{
+    B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent, SymlinkTarget,
+};
+use cairn_nix::nar::{AsyncEvent, AsyncReader, Limits};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+
+use super::NarError;
+
+/// Size of the buffer file contents are copied through.
+const COPY_BUF: usize = 256 * 1024;
+
+/// What [`ingest`] stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// The tree's root node (its name is the store path's, chosen by the caller).
+    pub root: Node,
+    /// Length of the NAR in bytes.
+    pub nar_size: u64,
+    /// sha256 of the NAR.
+    pub nar_sha256: [u8; 32],
+}
+
+/// Reads a NAR from `nar` and stores its tree: each file's contents as a blob,
+/// streamed as the NAR is read (never a whole file in memory), and its directories
+/// through one [`DirectoryService::put_multiple_start`] upload, leaves first.
+///
+/// The NAR is checked by `cairn-nix`'s strict reader (canonical form only, entry
+/// names and symlink targets as castore allows them: names up to 255 bytes,
+/// targets up to 4095). On any error (malformed or truncated NAR, failing
+/// service) the directory upload is dropped, so no directory of the tree becomes
+/// visible. Blobs written before the error stay: they are content-addressed and
+/// unreachable without a directory referencing them.
+///
+/// Memory is bounded by the width of the directories open at once, not by file or
+/// NAR sizes; the directory upload itself holds what the backend holds until it
+/// commits (the in-process backends keep the closure's directories).
+pub async fn ingest<R: AsyncRead + Unpin + Send>(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    nar: R,
+) -> Result<Ingested, NarError> {
+    let limits = Limits {
+        max_name_len: cairn_castore::model::MAX_NAME_LEN,
+        max_target_len: cairn_castore::model::MAX_TARGET_LEN,
+        ..Limits::default()
+    };
+    let mut input = Hashing {
+        inner: nar,
+        hasher: Sha256::new(),
+    };
+    let mut reader = AsyncReader::with_limits(&mut input, limits);
+    let mut putter = directories.put_multiple_start();
+    let mut stack: Vec<(Option<PathComponent>, Directory)> = Vec::new();
+    let mut name: Option<PathComponent> = None;
+    let mut root: Option<Node> = None;
+    let mut root_directory: Option<B3Digest> = None;
+    let mut buf = vec![0u8; COPY_BUF];
+
+    loop {
+        let at = reader.offset();
+        let (entry, node) = match reader.next().await? {
+            None => break,
+            Some(AsyncEvent::Directory) => {
+                stack.push((name.take(), Directory::new()));
+                continue;
+            }
+            Some(AsyncEvent::Entry { name: n }) => {
+                let n = PathComponent::try_from(n)
+                    .map_err(|source| NarError::Name { offset: at, source })?;
+                name = Some(n);
+                continue;
+            }
+            Some(AsyncEvent::Symlink { target }) => {
+                let target = SymlinkTarget::try_from(target)
+                    .map_err(|source| NarError::Target { offset: at, source })?;
+                (name.take(), Node::Symlink { target })
+            }
+            Some(AsyncEvent::File {
+                executable,
+                size,
+                offset,
+                mut contents,
+            }) => {
+                let mut writer = blobs.open_write().await;
+                let write_err = |source| NarError::BlobWrite { offset, source };
+                loop {
+                    let n = contents
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| NarError::Nar(cairn_nix::nar::Error::from_io(e, offset)))?;
+                    if n == 0 {
+                        break;
+                    }
+                    writer.write_all(&buf[..n]).await.map_err(write_err)?;
+                }
+                writer.flush().await.map_err(write_err)?;
+                let digest = writer.close().await?;
+                (
+                    name.take(),
+                    Node::File {
+                        digest,
+                        size,
+                        executable,
+                    },
+                )
+            }
+            Some(AsyncEvent::DirectoryEnd) => {
+                let offset = reader.offset();
+                let Some((entry, dir)) = stack.pop() else {
+                    // The reader only ends directories it started.
+                    return Err(NarError::Nar(cairn_nix::nar::Error::Usage {
+                        offset,
+                        message: "directory end without a directory",
+                    }));
+                };
+                let digest = dir.digest();
+                let size = dir.size();
+                putter.put(dir).await?;
+                if stack.is_empty() {
+                    root_directory = Some(digest);
+                }
+                (entry, Node::Directory { digest, size })
+            }
+        };
+        match (stack.last_mut(), entry) {
+            (Some((_, parent)), Some(entry)) => {
+                parent
+                    .add(entry, node)
+                    .map_err(|source| NarError::Directory {
+                        offset: reader.offset(),
+                        source,
+                    })?
+            }
+            (None, None) => root = Some(node),
+            // The reader gives every node inside a directory an entry name first,
+            // and the root none.
+            _ => {
+                return Err(NarError::Nar(cairn_nix::nar::Error::Usage {
+                    offset: reader.offset(),
+                    message: "node without an entry name inside a directory",
+                }));
+            }
+        }
+    }
+    let nar_size = reader.offset();
+    drop(reader);
+    let Some(root) = root else {
+        return Err(NarError::Nar(cairn_nix::nar::Error::Usage {
+            offset: nar_size,
+            message: "the NAR ended without a root node",
+        }));
+    };
+    if let Some(expected) = root_directory {
+        let returned = putter.close().await?;
+        if returned != expected {
+            return Err(NarError::DigestMismatch {
+                what: "root directory",
+                expected,
+                returned,
+            });
+        }
+    }
+    Ok(Ingested {
+        root,
+        nar_size,
+        nar_sha256: input.hasher.finalize().into(),
+    })
+}
+
+/// Hashes everything read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            let new = &buf.filled()[before..];
+            this.hasher.update(new);
+        }
+        res
+    }
+}
