@@ -127,3 +127,50 @@ pub fn path_info_service_from_addr(
         None => Err(unsupported(url)),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_and_rejected_urls() {
+        let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let redb = format!("redb://{}", tmp.path().join("data").display());
+        for url in [
+            "memory://",
+            "grpc+http://127.0.0.1:8000",
+            "grpc+http://[::1]:65535",
+            "grpc+unix:///run/cairn.sock",
+            redb.as_str(),
+            // The same data directory again: shared, not a second opener.
+            redb.as_str(),
+        ] {
+            assert!(
+                path_info_service_from_addr(url, blobs.clone(), dirs.clone()).is_ok(),
+                "{url}"
+            );
+        }
+        assert!(tmp.path().join("data/pathinfo.redb").exists());
+        for url in [
+            "",
+            "memory",
+            "memory:///x",
+            "http://127.0.0.1:8000",
+            "grpc+http://127.0.0.1",
+            "grpc+unix://relative",
+            "redb://",
+            "redb:///",
+            "redb://relative/dir",
+            "sled:///tmp/x",
+        ] {
+            let err = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).err();
+            assert!(
+                matches!(err, Some(Error::InvalidArgument(_))),
+                "{url}: {err:?}"
+            );
+        }
+    }
+}

@@ -207,3 +207,103 @@ pub async fn routes(
         .max_decoding_message_size(cairn_castore::MAX_DECODING_MESSAGE_SIZE);
     Ok((routes.add_service(server), reporter))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use cairn_castore::B3Digest;
+    use cairn_castore::blobservice::MemoryBlobService;
+    use cairn_castore::directoryservice::MemoryDirectoryService;
+
+    use super::*;
+    use crate::pathinfo::MemoryPathInfoService;
+    use crate::proto::path_info_service_server::PathInfoService as _;
+
+    /// CalculateNAR computes once per root node, whatever name the node comes with,
+    /// and does not cache failures.
+    #[tokio::test]
+    async fn calculate_nar_is_cached_per_node() {
+        let blobs: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let calculate: NarCalculator = Arc::new(move |_, _, node: Node| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                match node {
+                    Node::File { size, .. } if size > 0 => Ok((size * 2, [size as u8; 32])),
+                    _ => Err(Error::InvalidArgument("refused".into())),
+                }
+            })
+        });
+        let server = GrpcPathInfoServer::with_calculator(
+            Arc::new(MemoryPathInfoService::new(blobs.clone(), dirs.clone())),
+            blobs,
+            dirs,
+            calculate,
+        );
+        let file = |size: u64| Node::File {
+            digest: B3Digest::of(b"x"),
+            size,
+            executable: false,
+        };
+        for (name, node, expected_calls) in [
+            ("", file(7), 1),
+            ("00bgd045z0d4icpbc2yyz4gx48ak44la-a", file(7), 1),
+            ("other", file(7), 1),
+            ("", file(8), 2),
+            ("", file(7), 2),
+        ] {
+            let response = server
+                .calculate_nar(Request::new(node.clone().into_proto(Bytes::from(name))))
+                .await
+                .unwrap()
+                .into_inner();
+            let Node::File { size, .. } = node else {
+                unreachable!()
+            };
+            assert_eq!(response.nar_size, size * 2);
+            assert_eq!(response.nar_sha256.as_ref(), &[size as u8; 32]);
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                expected_calls,
+                "{name} {size}"
+            );
+        }
+        for _ in 0..2 {
+            let status = server
+                .calculate_nar(Request::new(file(0).into_proto(Bytes::new())))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        let status = server
+            .calculate_nar(Request::new(cairn_castore::proto::Node { node: None }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().starts_with("node"), "{}", status.message());
+    }
+
+    /// The cache stays bounded: the oldest entries go first.
+    #[test]
+    fn nar_cache_is_bounded() {
+        let mut cache = NarCache::default();
+        let node = |i: u64| Node::File {
+            digest: B3Digest::of(b"y"),
+            size: i,
+            executable: false,
+        };
+        for i in 0..(NAR_CACHE_ENTRIES as u64 + 10) {
+            cache.insert(node(i), (i, [0; 32]));
+        }
+        assert_eq!(cache.map.len(), NAR_CACHE_ENTRIES);
+        assert_eq!(cache.order.len(), NAR_CACHE_ENTRIES);
+        assert!(cache.get(&node(9)).is_none());
+        assert_eq!(cache.get(&node(10)), Some((10, [0; 32])));
+    }
+}
