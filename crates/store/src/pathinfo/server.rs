@@ -15,7 +15,8 @@ use super::{PathInfo, PathInfoService};
 use crate::proto;
 use crate::proto::path_info_service_server::PathInfoServiceServer;
 
-/// Computes a root node's NAR size and SHA-256 (see `crate::nar`).
+/// Computes a root node's NAR size and SHA-256; the default is
+/// [`crate::nar::calculate`].
 pub type NarCalculator = Arc<
     dyn Fn(
             Arc<dyn BlobService>,
@@ -93,15 +94,14 @@ impl GrpcPathInfoServer {
 }
 
 fn default_calculator(
-    _blobs: Arc<dyn BlobService>,
-    _directories: Arc<dyn DirectoryService>,
-    _node: Node,
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    node: Node,
 ) -> BoxFuture<'static, Result<(u64, [u8; 32]), Error>> {
-    // FIXME: call crate::nar::calculate once it lands.
-    Box::pin(async {
-        Err(Error::InvalidArgument(
-            "CalculateNAR: not implemented yet".into(),
-        ))
+    Box::pin(async move {
+        crate::nar::calculate(blobs.as_ref(), directories.as_ref(), &node)
+            .await
+            .map_err(Error::from)
     })
 }
 
