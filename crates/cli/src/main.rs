@@ -33,6 +33,13 @@ enum Command {
     /// Serve the store over gRPC (BlobService, DirectoryService, reflection,
     /// health) on TCP and on a unix socket in the data directory.
     Daemon(cmd::daemon::DaemonArgs),
+    /// Add files, directories or symlinks to the store as content-addressed store
+    /// paths, printing one store path per line: the path `nix-store --add PATH`
+    /// prints.
+    ///
+    /// Files are read once and uploaded in parallel; a progress line shows files
+    /// and bytes on a terminal. Importing the same tree again stores nothing new.
+    Import(cmd::import::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +56,7 @@ fn main() -> ExitCode {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
         Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Import(a) => cmd::import::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,10 +6,12 @@
 //!   `tvix.store.v1` gRPC server.
 //! - [`nar`]: rendering a root node as a NAR stream byte-identical to Nix's, and
 //!   ingesting a NAR stream into blobs and directories.
+//! - [`fs`]: importing a tree from the file system (with its NAR hash) and exporting one.
 //!
 //! Blobs and directories belong to `cairn-castore`, Nix's formats to `cairn-nix`;
 //! this crate owns the mapping between them.
 
+pub mod fs;
 pub mod nar;
 pub mod pathinfo;
 pub mod proto;

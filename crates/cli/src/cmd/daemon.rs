@@ -5,11 +5,13 @@
 //! The store layer's PathInfoService and the HTTP binary cache will be added to
 //! the same daemon; for now it serves what `cairn-castore` provides.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use super::store::{data_dir, embedded_url};
 
 /// Arguments of `cairn daemon`.
 #[derive(Args)]
@@ -35,30 +37,6 @@ pub struct DaemonArgs {
     /// Do not listen on the unix socket `cairn.sock` in the data directory.
     #[arg(long)]
     no_socket: bool,
-}
-
-/// The data directory: the flag or `CAIRN_DATA_DIR`, else `$XDG_DATA_HOME/cairn`,
-/// else `~/.local/share/cairn`.
-fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = flag {
-        return Ok(dir);
-    }
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(xdg).join("cairn"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .context("cannot find a data directory: set --data-dir, CAIRN_DATA_DIR or HOME")?;
-    Ok(PathBuf::from(home).join(".local/share/cairn"))
-}
-
-fn embedded_url(dir: &Path) -> anyhow::Result<String> {
-    let abs = std::path::absolute(dir)
-        .with_context(|| format!("cannot make {} absolute", dir.display()))?;
-    let s = abs
-        .to_str()
-        .with_context(|| format!("data directory {} is not valid UTF-8", abs.display()))?;
-    Ok(format!("redb://{s}"))
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.

@@ -1,0 +1,128 @@
+//! Opening the store the commands work on, shared by every store command and the
+//! daemon: the data directory, and which backend serves blobs, directories and
+//! path info.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_castore::{BlobService, DirectoryService};
+use clap::Args;
+
+/// Where the store is: flags shared by every store command.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Data directory of the embedded store [default: $XDG_DATA_HOME/cairn, or
+    /// ~/.local/share/cairn]. While a daemon serves it, commands use the daemon's
+    /// socket DIR/cairn.sock instead of opening it.
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Use this daemon for blobs, directories and path info
+    /// (grpc+http://host:port or grpc+unix:///path); overrides the three
+    /// per-service addresses.
+    #[arg(long, env = "CAIRN_STORE")]
+    pub store: Option<String>,
+
+    /// Blob service (memory://, redb:///datadir, grpc+http://host:port,
+    /// grpc+unix:///path) [default: the data directory's].
+    #[arg(long, env = "BLOB_SERVICE_ADDR")]
+    pub blob_service_addr: Option<String>,
+
+    /// Directory service [default: the data directory's].
+    #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
+    pub directory_service_addr: Option<String>,
+
+    /// Path info service [default: the data directory's].
+    #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
+    pub path_info_service_addr: Option<String>,
+}
+
+/// The data directory: the flag or `CAIRN_DATA_DIR`, else `$XDG_DATA_HOME/cairn`,
+/// else `~/.local/share/cairn`.
+pub fn data_dir(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = flag {
+        return Ok(dir);
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("cairn"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .context("cannot find a data directory: set --data-dir, CAIRN_DATA_DIR or HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/cairn"))
+}
+
+/// `redb:///absolute/dir`: the embedded store in `dir`.
+pub fn embedded_url(dir: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(dir)
+        .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+    let s = abs
+        .to_str()
+        .with_context(|| format!("data directory {} is not valid UTF-8", abs.display()))?;
+    Ok(format!("redb://{s}"))
+}
+
+/// The services a command works on.
+pub struct Store {
+    /// Blobs.
+    pub blobs: Arc<dyn BlobService>,
+    /// Directories.
+    pub directories: Arc<dyn DirectoryService>,
+}
+
+impl StoreArgs {
+    /// The URLs of the blob, directory and path info services. Services without
+    /// an address of their own use the data directory: through a running daemon's
+    /// socket if one answers there (a daemon holds the embedded store's lock),
+    /// else the embedded store itself.
+    pub fn urls(&self) -> anyhow::Result<[String; 3]> {
+        if let Some(store) = &self.store {
+            if !store.starts_with("grpc+") {
+                anyhow::bail!(
+                    "--store {store}: expected grpc+http://host:port or grpc+unix:///path"
+                );
+            }
+            return Ok([store.clone(), store.clone(), store.clone()]);
+        }
+        let explicit = [
+            &self.blob_service_addr,
+            &self.directory_service_addr,
+            &self.path_info_service_addr,
+        ];
+        let default = if explicit.iter().all(|a| a.is_some()) {
+            String::new()
+        } else {
+            let dir = data_dir(self.data_dir.clone())?;
+            let socket = std::path::absolute(dir.join("cairn.sock"))
+                .with_context(|| format!("cannot make {} absolute", dir.display()))?;
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                let s = socket
+                    .to_str()
+                    .with_context(|| format!("{} is not valid UTF-8", socket.display()))?;
+                tracing::debug!(socket = s, "using the daemon of the data directory");
+                format!("grpc+unix://{s}")
+            } else {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+                embedded_url(&dir)?
+            }
+        };
+        Ok(explicit.map(|a| a.clone().unwrap_or_else(|| default.clone())))
+    }
+
+    /// Opens the services. Needs a tokio runtime (gRPC clients are created in it).
+    pub fn open(&self) -> anyhow::Result<Store> {
+        let [blob_url, dir_url, _info_url] = self.urls()?;
+        let blobs = cairn_castore::blob_service_from_addr(&blob_url)
+            .with_context(|| format!("cannot open blob service {blob_url}"))?;
+        let directories = cairn_castore::directory_service_from_addr(&dir_url)
+            .with_context(|| format!("cannot open directory service {dir_url}"))?;
+        Ok(Store { blobs, directories })
+    }
+}
+
+/// A multi-threaded tokio runtime for a command.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("cannot start the tokio runtime")
+}

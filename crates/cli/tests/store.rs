@@ -1,0 +1,310 @@
+//! The store commands against the real Nix, run at test time on generated trees:
+//! `cairn import` vs `nix-store --add` (into a chroot store), `cairn dump` vs
+//! `nix-store --dump`, `cairn export` then `nix-hash`, `cairn add-nar`,
+//! `cairn path-info --json` vs `nix path-info --json`, `ls`/`cat`, `verify` on a
+//! corrupted data directory, the commands through a running daemon's socket, and a
+//! crash test (kill -9 during imports, then verify).
+//!
+//! These tests need Nix (`nix-store`, `nix-hash`, `nix`; Debian's `nix-bin`, which
+//! `./test.sh` installs) and fail when it is missing.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const NIX_CONFIG: &str = "experimental-features = nix-command\nsandbox = false\nsubstituters =";
+
+/// `cairn` on the data directory `data` (through `CAIRN_DATA_DIR`, as a user would
+/// set it), with no other store settings from the environment.
+fn cairn_at(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    run(
+        Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .env("CAIRN_DATA_DIR", data)
+            .env_remove("CAIRN_STORE")
+            .env_remove("BLOB_SERVICE_ADDR")
+            .env_remove("DIRECTORY_SERVICE_ADDR")
+            .env_remove("PATH_INFO_SERVICE_ADDR"),
+        stdin,
+    )
+}
+
+fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!(
+            "cannot run {cmd:?}: {e}. Nix is required: install Debian's nix-bin (./test.sh does)"
+        )
+    });
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        // A writer thread, so a child that fails early does not block us.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a Nix command with the test settings; panics with its stderr on failure.
+fn nix(program: &str, args: &[&str]) -> Vec<u8> {
+    let cache = tempfile::tempdir().unwrap();
+    let out = run(
+        Command::new(program)
+            .args(args)
+            .env("XDG_CACHE_HOME", cache.path())
+            .env("NIX_CONFIG", NIX_CONFIG),
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn ok(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "cairn failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn text(out: Vec<u8>) -> String {
+    String::from_utf8(out).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) {
+    fs::write(path, data).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Deterministic bytes that are not all alike, so misplaced data shows.
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// A tree with every kind of node and the odd cases Nix must agree on.
+fn make_tree(root: &Path) {
+    fs::create_dir(root).unwrap();
+    // Files of every size around the 8-byte padding and the copy buffers' sizes.
+    let sizes = fs::create_dir(root.join("sizes"))
+        .map(|()| root.join("sizes"))
+        .unwrap();
+    let mut lens: Vec<usize> = (0..=17).collect();
+    lens.extend([
+        63, 64, 65, 4095, 4096, 4097, 65535, 65536, 65537, 262143, 262144, 262145,
+    ]);
+    for len in lens {
+        write(&sizes.join(format!("f{len}")), &data(len, len as u8), 0o644);
+    }
+    fs::write(root.join("empty-file"), b"").unwrap();
+    fs::create_dir(root.join("empty-dir")).unwrap();
+    // Executable means the owner's x bit, nothing else.
+    write(&root.join("exec-755"), b"#!/bin/sh\n", 0o755);
+    write(&root.join("exec-700"), b"x", 0o700);
+    write(&root.join("exec-100"), b"x", 0o500);
+    write(&root.join("group-x-only"), b"x", 0o654);
+    write(&root.join("other-x-only"), b"x", 0o645);
+    write(&root.join("empty-exec"), b"", 0o755);
+    // Symlinks of all kinds.
+    let l = root.join("links");
+    fs::create_dir(&l).unwrap();
+    symlink("../exec-755", l.join("relative")).unwrap();
+    symlink("/etc/passwd", l.join("absolute")).unwrap();
+    symlink("nowhere/at/all", l.join("dangling")).unwrap();
+    symlink("..", l.join("to-parent-dir")).unwrap();
+    symlink(".", l.join("to-self-dir")).unwrap();
+    symlink("to-loop-b", l.join("to-loop-a")).unwrap();
+    symlink("to-loop-a", l.join("to-loop-b")).unwrap();
+    symlink("x".repeat(1000), l.join("long-1000")).unwrap();
+    symlink("y/".repeat(2047) + "z", l.join("long-4095")).unwrap();
+    symlink("with space\nand newline", l.join("odd-target")).unwrap();
+    // Names that sort differently bytewise than by locale, and odd but legal ones.
+    let n = root.join("names");
+    fs::create_dir(&n).unwrap();
+    for name in [
+        "A",
+        "a",
+        "B",
+        "b",
+        "_",
+        "-",
+        ".x",
+        "..x",
+        "...",
+        "x.",
+        "with space",
+        " lead",
+        "trail ",
+        "new\nline",
+        "tab\there",
+        "ünïcödé",
+        "日本語",
+        "emoji-🦀",
+        "Z",
+        "~",
+        "#",
+        "'quote'",
+        "\"dq\"",
+        "back\\slash",
+    ] {
+        fs::write(n.join(name), name.as_bytes()).unwrap();
+    }
+    use std::os::unix::ffi::OsStrExt;
+    fs::write(
+        n.join(std::ffi::OsStr::from_bytes(b"non-utf8-\xff\xfe")),
+        b"raw",
+    )
+    .unwrap();
+    fs::write(n.join("n".repeat(255)), b"longest name").unwrap();
+    // Deep nesting.
+    let mut deep = root.join("deep");
+    for i in 0..200 {
+        deep = deep.join(format!("{}", i % 10));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("bottom"), b"deep down").unwrap();
+}
+
+/// Adds a multi-MiB file (several chunks, streamed) to `make_tree`'s tree.
+fn make_full_tree(root: &Path) {
+    make_tree(root);
+    let mut big = data(5 << 20, 3);
+    big[12345] = 0; // not periodic at the start
+    write(&root.join("big"), &big, 0o644);
+}
+
+/// Sub-paths of `make_full_tree`'s tree to import on their own (one of each kind
+/// of root node), with the whole tree first.
+const ROOTS: &[&str] = &[
+    "",
+    "empty-file",
+    "empty-dir",
+    "exec-755",
+    "group-x-only",
+    "sizes/f9",
+    "big",
+    "links/relative",
+    "links/dangling",
+    "links/long-4095",
+    "names",
+    "deep",
+];
+
+#[test]
+fn import_prints_the_paths_nix_store_add_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let chroot = tmp.path().join("nix");
+    let data = tmp.path().join("data");
+    let paths: Vec<PathBuf> = ROOTS.iter().map(|r| root.join(r)).collect();
+    let mut args = vec!["--store", s(&chroot), "--add"];
+    args.extend(paths.iter().map(|p| s(p)));
+    let theirs = text(nix("nix-store", &args));
+    let mut args = vec!["import"];
+    args.extend(paths.iter().map(|p| s(p)));
+    let ours = text(ok(cairn_at(&data, &args, None)));
+    assert_eq!(ours, theirs);
+    assert_eq!(ours.lines().count(), ROOTS.len());
+
+    // Again: the same paths, and nothing new in the data directory.
+    let size = dir_size(&data);
+    let again = text(ok(cairn_at(&data, &args, None)));
+    assert_eq!(again, theirs);
+    assert_eq!(dir_size(&data), size, "a second import stored something");
+}
+
+#[test]
+fn import_with_name_and_relative_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("x"), b"x").unwrap();
+    let chroot = tmp.path().join("nix");
+    let data = tmp.path().join("data");
+    // `nix-store --add` names a path by the argument's last component, as given
+    // (`tree/.` is named ".").
+    for arg in [
+        format!("{}/", s(&root)),
+        format!("{}/../tree", s(&root)),
+        format!("{}/./", s(&root)),
+    ] {
+        let theirs = text(nix("nix-store", &["--store", s(&chroot), "--add", &arg]));
+        let ours = text(ok(cairn_at(&data, &["import", &arg], None)));
+        assert_eq!(ours, theirs, "{arg}");
+    }
+    // --name: the path `nix-store --add` gives a tree of that name.
+    let named = tmp.path().join("other-name");
+    fs::rename(&root, &named).unwrap();
+    let theirs = text(nix(
+        "nix-store",
+        &["--store", s(&chroot), "--add", s(&named)],
+    ));
+    let ours = text(ok(cairn_at(
+        &data,
+        &["import", "--name", "other-name", s(&named)],
+        None,
+    )));
+    assert_eq!(ours, theirs);
+    // A name Nix refuses is refused before anything is read.
+    let out = cairn_at(&data, &["import", "--name", "bad name", s(&named)], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad name"));
+}
+
+#[test]
+fn import_refuses_a_fifo_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    fs::create_dir(&root).unwrap();
+    fs::write(root.join("a"), b"a").unwrap();
+    let fifo = root.join("pipe");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = cairn_at(&tmp.path().join("data"), &["import", s(&root)], None);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(s(&fifo)) && err.contains("FIFO"), "{err}");
+}
+
+/// Bytes under `dir`, recursively.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        if m.is_dir() {
+            total += dir_size(&e.path());
+        } else {
+            total += m.len();
+        }
+    }
+    total
+}
