@@ -56,6 +56,22 @@ pub trait PathInfoService: Send + Sync {
 
     /// Every stored entry.
     fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>>;
+
+    /// The NAR size and SHA-256 of `node` if this backend remembers them from an
+    /// earlier [`PathInfoService::remember_nar`] (the gRPC server's CalculateNAR
+    /// asks before rendering). Backends without a persistent cache keep the default:
+    /// `Ok(None)`.
+    async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
+        let _ = node;
+        Ok(None)
+    }
+
+    /// Remembers the NAR size and SHA-256 of `node` (a pure function of the node,
+    /// content being addressed by digest). The default forgets it.
+    async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
+        let _ = (node, nar);
+        Ok(())
+    }
 }
 
 /// Checks that the content of `info`'s root node is in the castore.

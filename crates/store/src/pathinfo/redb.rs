@@ -1,16 +1,20 @@
 //! [`RedbPathInfoService`]: path infos in `pathinfo.redb`, a redb file next to the
 //! embedded castore's `index.redb` in the same data directory.
 //!
-//! One table, `pathinfo`: store path digest (20 bytes) -> the canonical protobuf
-//! encoding of the `PathInfo` (as [`PathInfo`] converts it). Values are validated
-//! again when read, so a damaged file shows up as `Corrupt`, not as bad data.
+//! Tables:
+//! - `pathinfo`: store path digest (20 bytes) -> the canonical protobuf encoding of
+//!   the `PathInfo` (as [`PathInfo`] converts it). Values are validated again when
+//!   read, so a damaged file shows up as `Corrupt`, not as bad data.
+//! - `nar_cache`: canonical protobuf encoding of a root `Node` with an empty name ->
+//!   its NAR size (u64 little-endian) and SHA-256 (32 bytes), for CalculateNAR. A
+//!   malformed value counts as absent (it is recomputed and overwritten).
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use async_trait::async_trait;
-use cairn_castore::{BlobService, DirectoryService, Error};
+use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use futures::stream::BoxStream;
 use prost::Message;
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -19,6 +23,11 @@ use super::{PathInfo, PathInfoService, check_content};
 use crate::proto;
 
 const PATHINFO: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("pathinfo");
+const NAR_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nar_cache");
+
+fn nar_cache_key(node: &Node) -> Vec<u8> {
+    node.clone().into_proto(bytes::Bytes::new()).encode_to_vec()
+}
 
 /// The file's name inside the data directory.
 pub const FILE_NAME: &str = "pathinfo.redb";
@@ -125,6 +134,7 @@ fn open_db(dir: &Path) -> Result<Database, Error> {
     let db = Database::create(dir.join(FILE_NAME)).map_err(storage)?;
     let txn = db.begin_write().map_err(storage)?;
     txn.open_table(PATHINFO).map_err(storage)?;
+    txn.open_table(NAR_CACHE).map_err(storage)?;
     txn.commit().map_err(storage)?;
     Ok(db)
 }
@@ -160,6 +170,55 @@ impl PathInfoService for RedbPathInfoService {
         })
         .await?;
         Ok(info)
+    }
+
+    async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
+        let db = self.db.clone();
+        let key = nar_cache_key(node);
+        blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(NAR_CACHE).map_err(storage)?;
+            let Some(v) = table.get(key.as_slice()).map_err(storage)? else {
+                return Ok(None);
+            };
+            let v = v.value();
+            match (v.get(..8), v.get(8..)) {
+                (Some(size), Some(sha)) if v.len() == 40 => {
+                    let mut size_le = [0u8; 8];
+                    size_le.copy_from_slice(size);
+                    let mut sha256 = [0u8; 32];
+                    sha256.copy_from_slice(sha);
+                    Ok(Some((u64::from_le_bytes(size_le), sha256)))
+                }
+                _ => {
+                    tracing::warn!(
+                        len = v.len(),
+                        "{FILE_NAME}: malformed nar_cache value, recomputing"
+                    );
+                    Ok(None)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
+        let db = self.db.clone();
+        let key = nar_cache_key(node);
+        let mut value = Vec::with_capacity(40);
+        value.extend_from_slice(&nar.0.to_le_bytes());
+        value.extend_from_slice(&nar.1);
+        blocking(move || {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut table = txn.open_table(NAR_CACHE).map_err(storage)?;
+                table
+                    .insert(key.as_slice(), value.as_slice())
+                    .map_err(storage)?;
+            }
+            txn.commit().map_err(storage)
+        })
+        .await
     }
 
     fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {

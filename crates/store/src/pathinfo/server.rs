@@ -156,9 +156,22 @@ impl proto::path_info_service_server::PathInfoService for GrpcPathInfoServer {
         let (nar_size, nar_sha256) = match cached {
             Some(v) => v,
             None => {
-                let v =
-                    (self.calculate)(self.blobs.clone(), self.directories.clone(), node.clone())
+                let v = match self.pathinfos.cached_nar(&node).await? {
+                    Some(v) => v,
+                    None => {
+                        let v = (self.calculate)(
+                            self.blobs.clone(),
+                            self.directories.clone(),
+                            node.clone(),
+                        )
                         .await?;
+                        // The answer is right whether or not it could be kept.
+                        if let Err(e) = self.pathinfos.remember_nar(&node, v).await {
+                            tracing::warn!(error = %e, "cannot persist a CalculateNAR result");
+                        }
+                        v
+                    }
+                };
                 self.cache
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -287,6 +300,48 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().starts_with("node"), "{}", status.message());
+    }
+
+    /// With the redb backend, a result survives a restart of the server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calculate_nar_persists_with_redb() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::new());
+        let node = Node::File {
+            digest: B3Digest::of(b"z"),
+            size: 3,
+            executable: true,
+        };
+        let calls = Arc::new(AtomicUsize::new(0));
+        let server = || {
+            let counter = calls.clone();
+            let calculate: NarCalculator = Arc::new(move |_, _, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok((1234, [42; 32])) })
+            });
+            let pathinfos =
+                crate::pathinfo::RedbPathInfoService::open(tmp.path(), blobs.clone(), dirs.clone())
+                    .unwrap();
+            GrpcPathInfoServer::with_calculator(
+                Arc::new(pathinfos),
+                blobs.clone(),
+                dirs.clone(),
+                calculate,
+            )
+        };
+        for round in 0..2 {
+            let s = server();
+            for name in ["", "x"] {
+                let r = s
+                    .calculate_nar(Request::new(node.clone().into_proto(Bytes::from(name))))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!((r.nar_size, r.nar_sha256.as_ref()), (1234, &[42; 32][..]));
+            }
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
+        }
     }
 
     /// The cache stays bounded: the oldest entries go first.
