@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The HTTP binary cache, on loopback, with the real Nix:
+#  1. upload: `nix copy --to http://` (cairn, embedded store) vs `nix copy --to
+#     file://` of the same closure (a 256 MiB random file + 2000 small files), each
+#     with compression=none and zstd; time ratio cairn/file (lower is better).
+#  2. narinfo: keep-alive load generator, N connections for S seconds over the
+#     uploaded paths' narinfos (signed on the fly): requests/s, p50/p99 latency.
+#     Target: p50 <= 100 us.
+#  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
+#     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
+# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}
+W=$(mktemp -d)
+PID=
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
+export XDG_CACHE_HOME=$W/xdg
+export NIX_CONFIG="experimental-features = nix-command
+sandbox = false
+substituters =
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0"
+cargo build -q --release -p cairn-cache --example cache_bench
+B=target/release/examples/cache_bench
+
+mkdir -p "$W/src/small"
+head -c $((BIG_MIB << 20)) /dev/urandom > "$W/src/big"
+for i in $(seq 2000); do echo "file $i $RANDOM" > "$W/src/small/f$i"; done
+S=$W/store
+P=$(nix-store --store "$S" --add "$W/src")
+SMALL=()
+for i in $(seq 200); do
+  echo "path $i" > "$W/p$i"; SMALL+=("$(nix-store --store "$S" --add "$W/p$i")")
+done
+
+secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'; }
+echo "== upload: nix copy of a $(nix path-info --store "$S" -S "$P" | awk '{printf "%.0f MiB", $2/1048576}') path + ${#SMALL[@]} small paths"
+for comp in none zstd; do
+  "$B" serve "$W/data-$comp" "$W/port" & PID=$!
+  for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
+  PORT=$(cat "$W/port"); rm -f "$W/port"
+  th=$(secs nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
+  tf=$(secs nix copy --store "$S" --to "file://$W/file-$comp?compression=$comp" "$P" "${SMALL[@]}")
+  printf '%-5s http (cairn) %6.2f s   file:// %6.2f s   ratio %.2f\n' "$comp" "$th" "$tf" "$(awk -v a="$th" -v b="$tf" 'BEGIN { print a / b }')"
+  if [ "$comp" = zstd ]; then break; fi
+  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+done
+URL=http://127.0.0.1:$PORT
+nix path-info --store "$URL" "$P" >/dev/null
+
+echo "== narinfo ($CONNS keep-alive connections, ${SECS}s, ${#SMALL[@]} paths)"
+HASHES=()
+for p in "${SMALL[@]}"; do h=${p#/nix/store/}; HASHES+=("${h%%-*}"); done
+"$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"
+"$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}"
+
+echo "== NAR download"
+h=${P#/nix/store/}; h=${h%%-*}
+NARURL=$(curl -sf "$URL/$h.narinfo" | sed -n 's/^URL: //p')
+"$B" nar "$URL" "/$NARURL" 1 4
+"$B" nar "$URL" "/$NARURL" 16 1

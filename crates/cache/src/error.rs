@@ -1,0 +1,94 @@
+//! [`CacheError`]: every way a request can fail, and the HTTP status each one gets.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Why a request failed. Client mistakes carry a message saying what was wrong,
+/// sent as the (plain text) response body; server failures are logged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The path, NAR or file does not exist here.
+    #[error("not found")]
+    NotFound,
+    /// Malformed or inconsistent input from the client (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// An upload without valid credentials (401).
+    #[error("uploads need a valid token (Authorization: Bearer or Basic)")]
+    Unauthorized,
+    /// A narinfo not signed by a trusted key (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A narinfo for a path already registered with other contents (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// A method this URL does not accept (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A body larger than this endpoint accepts (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A `Range` outside the NAR (416); carries the NAR size.
+    #[error("range not satisfiable (the NAR has {0} bytes)")]
+    RangeNotSatisfiable(u64),
+    /// The server's own failure (storage, I/O): 500, logged.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CacheError {
+    /// The status code this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CacheError::NotFound => StatusCode::NOT_FOUND,
+            CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CacheError::Unauthorized => StatusCode::UNAUTHORIZED,
+            CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CacheError::Conflict(_) => StatusCode::CONFLICT,
+            CacheError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            CacheError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CacheError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            CacheError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A castore/store error: the caller's mistake is a 400 naming it, anything
+    /// else is the server's failure.
+    pub(crate) fn from_store(e: cairn_castore::Error) -> Self {
+        match e.kind() {
+            cairn_castore::ErrorKind::InvalidArgument => CacheError::BadRequest(e.to_string()),
+            _ => CacheError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for CacheError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        } else {
+            tracing::debug!(error = %self, %status, "request refused");
+        }
+        let mut resp = (status, format!("{self}\n")).into_response();
+        let headers = resp.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            CacheError::Unauthorized => {
+                // curl (and so Nix) sends netrc credentials after this challenge.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"cairn\""),
+                );
+            }
+            CacheError::RangeNotSatisfiable(size) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    headers.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,754 @@
+//! The HTTP routes of the binary cache, over the blob, directory and path info
+//! services.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use cairn_castore::{BlobService, DirectoryService};
+use cairn_nix::cache_info::CacheInfo;
+use cairn_nix::hash::NixHash;
+use cairn_nix::narinfo::{self, FieldText, NarInfo};
+use cairn_nix::nixbase32;
+use cairn_nix::signature::{SigningKey, VerifyingKey};
+use cairn_nix::store_path::{DIGEST_LEN, FileIngestionMethod, HASH_PART_LEN};
+use cairn_store::nar::NarError;
+use cairn_store::pathinfo::{PathInfo, PathInfoService};
+use futures::TryStreamExt as _;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::auth::UploadToken;
+use crate::compression::Compression;
+use crate::error::CacheError;
+use crate::hashing::HashingReader;
+use crate::listing::listing;
+use crate::pending::{PendingNar, PendingUploads};
+
+/// What a cache serves and accepts, beyond its storage.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Served as `/nix-cache-info`.
+    pub cache_info: CacheInfo,
+    /// Every narinfo served is signed with each of these (in addition to the
+    /// signatures stored with the path).
+    pub sign_keys: Vec<SigningKey>,
+    /// If not empty, an uploaded narinfo is accepted only with a valid signature
+    /// by one of these.
+    pub trusted_keys: Vec<VerifyingKey>,
+    /// If set, uploads (PUT) must carry this token; reads stay open.
+    pub upload_token: Option<UploadToken>,
+}
+
+impl Default for CacheConfig {
+    /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
+    /// cache.nixos.org), no keys, uploads open.
+    fn default() -> Self {
+        let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();
+        cache_info.want_mass_query = Some(true);
+        cache_info.priority = Some(40);
+        Self {
+            cache_info,
+            sign_keys: Vec::new(),
+            trusted_keys: Vec::new(),
+            upload_token: None,
+        }
+    }
+}
+
+/// A binary cache over a store: build one, then serve [`router`].
+pub struct BinaryCache {
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    pending: PendingUploads,
+    config: CacheConfig,
+    cache_info_text: Bytes,
+}
+
+impl BinaryCache {
+    /// A cache serving and storing into these services; `pending` records NARs
+    /// waiting for their narinfo.
+    pub fn new(
+        blobs: Arc<dyn BlobService>,
+        directories: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        pending: PendingUploads,
+        config: CacheConfig,
+    ) -> Self {
+        let cache_info_text = Bytes::from(config.cache_info.to_string());
+        Self {
+            blobs,
+            directories,
+            path_info,
+            pending,
+            config,
+            cache_info_text,
+        }
+    }
+}
+
+type Cache = State<Arc<BinaryCache>>;
+
+/// The routes: `/nix-cache-info`, `/<hash>.narinfo`, `/<hash>.ls`,
+/// `/nar/<file>`.
+pub fn router(cache: Arc<BinaryCache>) -> Router {
+    Router::new()
+        .route("/nix-cache-info", get(get_cache_info).put(put_cache_info))
+        .route(
+            "/nar/{file}",
+            get(get_nar).put(put_nar).layer(DefaultBodyLimit::disable()),
+        )
+        // Narinfos and listings are small: axum's default limit (2 MiB) holds
+        // a narinfo with tens of thousands of references.
+        .route("/{file}", get(get_file).put(put_file))
+        .fallback(|| async { CacheError::NotFound })
+        .with_state(cache)
+}
+
+/// Serves `router` on `listener` (keep-alive HTTP/1.1, `TCP_NODELAY`) until
+/// `shutdown` completes, then lets open requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Small responses (narinfo) must not wait for Nagle's algorithm.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Objects whose URL names their content: never change.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// A narinfo can gain signatures; its NAR never changes.
+const NARINFO_CACHE: &str = "public, max-age=3600";
+
+fn response(ctype: &'static str, cache: &'static str, body: impl Into<Body>) -> Response {
+    let mut r = Response::new(body.into());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+fn check_upload(cache: &BinaryCache, headers: &HeaderMap) -> Result<(), CacheError> {
+    match &cache.config.upload_token {
+        Some(t) if !t.check(headers) => Err(CacheError::Unauthorized),
+        _ => Ok(()),
+    }
+}
+
+async fn get_cache_info(State(cache): Cache) -> Response {
+    response(
+        "text/x-nix-cache-info",
+        "public, max-age=300",
+        cache.cache_info_text.clone(),
+    )
+}
+
+/// Nix sends its `nix-cache-info` only when it found none; cairn keeps its own
+/// but refuses a store directory it does not serve.
+async fn put_cache_info(
+    State(cache): Cache,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, CacheError> {
+    check_upload(&cache, &headers)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| CacheError::BadRequest("nix-cache-info: not UTF-8".into()))?;
+    let info = CacheInfo::parse(text).map_err(|e| CacheError::BadRequest(e.to_string()))?;
+    if let (Some(theirs), Some(ours)) = (info.store_dir(), cache.config.cache_info.store_dir())
+        && theirs != ours
+    {
+        return Err(CacheError::BadRequest(format!(
+            "nix-cache-info: this cache serves StoreDir {ours}, not {theirs}"
+        )));
+    }
+    Ok(StatusCode::CREATED)
+}
+
+/// The store path digest of a URL's hash part.
+fn parse_hash_part(s: &str) -> Option<[u8; DIGEST_LEN]> {
+    if s.len() != HASH_PART_LEN {
+        return None;
+    }
+    nixbase32::decode(s.as_bytes()).ok()?.try_into().ok()
+}
+
+fn parse_sha256_nix32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 52 {
+        return None;
+    }
+    nixbase32::decode(s.as_bytes()).ok()?.try_into().ok()
+}
+
+/// Where the NAR of `info` is served: named by its store path and NAR hash, so
+/// the URL's content never changes.
+fn nar_url(info: &PathInfo) -> String {
+    format!(
+        "nar/{}-{}.nar",
+        info.store_path.hash_part(),
+        nixbase32::encode(&info.nar_sha256)
+    )
+}
+
+async fn lookup(cache: &BinaryCache, digest: [u8; DIGEST_LEN]) -> Result<PathInfo, CacheError> {
+    cache
+        .path_info
+        .get(digest)
+        .await
+        .map_err(CacheError::from_store)?
+        .ok_or(CacheError::NotFound)
+}
+
+async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Response, CacheError> {
+    if let Some(hash) = file.strip_suffix(".narinfo") {
+        let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
+        let info = lookup(&cache, digest).await?;
+        let url = FieldText::try_from(nar_url(&info))
+            .map_err(|e| CacheError::Internal(format!("NAR URL: {e}")))?;
+        let mut ni = info.to_narinfo(
+            url,
+            "none"
+                .parse()
+                .map_err(|e| CacheError::Internal(format!("compression: {e}")))?,
+            Some(info.nar_hash()),
+            Some(info.nar_size),
+        );
+        for key in &cache.config.sign_keys {
+            ni.sign(key);
+        }
+        return Ok(response(
+            "text/x-nix-narinfo",
+            NARINFO_CACHE,
+            ni.to_string(),
+        ));
+    }
+    if let Some(hash) = file.strip_suffix(".ls") {
+        let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
+        let info = lookup(&cache, digest).await?;
+        let json = listing(cache.directories.as_ref(), &info.node).await?;
+        return Ok(response("application/json", IMMUTABLE, json));
+    }
+    Err(CacheError::NotFound)
+}
+
+async fn put_file(
+    State(cache): Cache,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, CacheError> {
+    check_upload(&cache, &headers)?;
+    if let Some(hash) = file.strip_suffix(".narinfo") {
+        let digest = parse_hash_part(hash).ok_or_else(|| {
+            CacheError::BadRequest(format!("{file}: not <store path hash>.narinfo"))
+        })?;
+        return put_narinfo(&cache, digest, &body).await;
+    }
+    if file.ends_with(".ls") {
+        // `write-nar-listing=true` uploads Nix's listing; cairn makes its own from
+        // the tree, so there is nothing to keep.
+        return Ok(StatusCode::CREATED);
+    }
+    Err(CacheError::NotFound)
+}
+
+/// Checks an uploaded narinfo against its uploaded NAR and registers the path.
+async fn put_narinfo(
+    cache: &BinaryCache,
+    digest: [u8; DIGEST_LEN],
+    body: &[u8],
+) -> Result<StatusCode, CacheError> {
+    let bad = CacheError::BadRequest;
+    let text = std::str::from_utf8(body).map_err(|_| bad("narinfo: not UTF-8".into()))?;
+    let ni = NarInfo::parse(text).map_err(|e| bad(e.to_string()))?;
+    if ni.store_path.digest() != &digest {
+        return Err(bad(format!(
+            "narinfo: StorePath {} does not match the URL's hash {}",
+            ni.store_path,
+            nixbase32::encode(&digest)
+        )));
+    }
+    let url = ni.url.as_str();
+    let (file_sha256, compression) = url
+        .strip_prefix("nar/")
+        .and_then(Compression::split_file_name)
+        .and_then(|(stem, c)| Some((parse_sha256_nix32(stem)?, c)))
+        .ok_or_else(|| {
+            bad(format!(
+                "narinfo: URL {url:?} is not nar/<file sha256>.nar[.xz|.zst|.bz2|.br]"
+            ))
+        })?;
+    if ni.compression.as_str() != compression.name() {
+        return Err(bad(format!(
+            "narinfo: Compression {} does not match URL {url}",
+            ni.compression
+        )));
+    }
+    if let Some(fh) = &ni.file_hash
+        && fh.digest() != file_sha256
+    {
+        return Err(bad(format!(
+            "narinfo: FileHash {fh} does not match URL {url}"
+        )));
+    }
+    let nar = cache.pending.get(file_sha256).await?.ok_or_else(|| {
+        bad(format!(
+            "narinfo for {}: its NAR {url} has not been uploaded",
+            ni.store_path
+        ))
+    })?;
+    if let Some(size) = ni.file_size
+        && size != nar.file_size
+    {
+        return Err(bad(format!(
+            "narinfo: FileSize {size}, but {url} has {} bytes",
+            nar.file_size
+        )));
+    }
+    let nar_hash = NixHash::Sha256(nar.nar_sha256);
+    if ni.nar_hash != nar_hash {
+        return Err(bad(format!(
+            "narinfo: NarHash {}, but the NAR in {url} has {nar_hash}",
+            ni.nar_hash
+        )));
+    }
+    if ni.nar_size != nar.nar_size {
+        return Err(bad(format!(
+            "narinfo: NarSize {}, but the NAR in {url} has {} bytes",
+            ni.nar_size, nar.nar_size
+        )));
+    }
+    if let Some(narinfo::ContentAddress::Fixed {
+        method: FileIngestionMethod::Recursive,
+        hash: NixHash::Sha256(h),
+    }) = &ni.ca
+        && *h != nar.nar_sha256
+    {
+        return Err(bad(format!(
+            "narinfo: CA {} does not match the NAR's hash {nar_hash}",
+            ni.ca.as_ref().map(ToString::to_string).unwrap_or_default()
+        )));
+    }
+    for r in &ni.references {
+        if r == &ni.store_path {
+            continue;
+        }
+        if cache
+            .path_info
+            .get(*r.digest())
+            .await
+            .map_err(CacheError::from_store)?
+            .is_none()
+        {
+            return Err(bad(format!(
+                "narinfo for {}: reference {r} is not in this cache (upload it first)",
+                ni.store_path
+            )));
+        }
+    }
+    if !cache.config.trusted_keys.is_empty() && ni.verify(&cache.config.trusted_keys) == 0 {
+        let names: Vec<&str> = cache.config.trusted_keys.iter().map(|k| k.name()).collect();
+        return Err(CacheError::Forbidden(format!(
+            "narinfo for {}: no valid signature by a trusted key ({})",
+            ni.store_path,
+            names.join(", ")
+        )));
+    }
+    let mut info = PathInfo {
+        store_path: ni.store_path.clone(),
+        node: nar.root,
+        references: ni.references,
+        nar_size: nar.nar_size,
+        nar_sha256: nar.nar_sha256,
+        signatures: ni.signatures,
+        deriver: ni.deriver,
+        ca: ni.ca,
+    };
+    let mut status = StatusCode::CREATED;
+    if let Some(old) = cache
+        .path_info
+        .get(digest)
+        .await
+        .map_err(CacheError::from_store)?
+    {
+        if old.nar_sha256 != info.nar_sha256 || old.node != info.node {
+            return Err(CacheError::Conflict(format!(
+                "{} is already in this cache with NarHash {}",
+                info.store_path,
+                old.nar_hash()
+            )));
+        }
+        // The same path again: keep what was known, add new signatures.
+        let mut merged = old.signatures.clone();
+        for s in info.signatures.drain(..) {
+            if !merged.contains(&s) {
+                merged.push(s);
+            }
+        }
+        if merged.len() == old.signatures.len() {
+            return Ok(StatusCode::OK);
+        }
+        info = PathInfo {
+            signatures: merged,
+            ..old
+        };
+        status = StatusCode::OK;
+    }
+    cache
+        .path_info
+        .put(info)
+        .await
+        .map_err(CacheError::from_store)?;
+    Ok(status)
+}
+
+/// What a `/nar/` file name refers to.
+enum NarFile {
+    /// A NAR this cache serves: `<store path hash>-<NAR sha256>.nar[.ext]`.
+    Served {
+        digest: [u8; DIGEST_LEN],
+        nar_sha256: [u8; 32],
+        compression: Compression,
+    },
+    /// An uploaded file, by its SHA-256: `<file sha256>.nar[.ext]`.
+    Uploaded { file_sha256: [u8; 32] },
+}
+
+fn parse_nar_file(file: &str) -> Option<NarFile> {
+    let (stem, compression) = Compression::split_file_name(file)?;
+    match stem.split_once('-') {
+        Some((sp, nh)) => Some(NarFile::Served {
+            digest: parse_hash_part(sp)?,
+            nar_sha256: parse_sha256_nix32(nh)?,
+            compression,
+        }),
+        None => Some(NarFile::Uploaded {
+            file_sha256: parse_sha256_nix32(stem)?,
+        }),
+    }
+}
+
+/// A single byte range of a `size`-byte object: `Ok(None)` for none (or one
+/// cairn does not serve as a range: several ranges), `Err` if unsatisfiable.
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, CacheError> {
+    let Some(v) = headers.get(header::RANGE) else {
+        return Ok(None);
+    };
+    let Some(spec) = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().strip_prefix("bytes="))
+    else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (start, end) = if a.is_empty() {
+        // The last `n` bytes.
+        let Some(n) = num(b) else { return Ok(None) };
+        if n == 0 {
+            return Err(CacheError::RangeNotSatisfiable(size));
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let Some(start) = num(a) else { return Ok(None) };
+        let end = if b.is_empty() {
+            size
+        } else {
+            let Some(last) = num(b) else { return Ok(None) };
+            if last < start {
+                return Ok(None);
+            }
+            last.saturating_add(1).min(size)
+        };
+        (start, end)
+    };
+    if start >= size {
+        return Err(CacheError::RangeNotSatisfiable(size));
+    }
+    Ok(Some((start, end)))
+}
+
+fn stream_body<R: AsyncRead + Send + 'static>(reader: R) -> Body {
+    // A read error (a blob missing mid-stream) ends the body with an error: hyper
+    // then closes the connection without completing the response, so a client
+    // never mistakes a truncated NAR for a whole one.
+    Body::from_stream(
+        ReaderStream::with_capacity(reader, 256 * 1024).inspect_err(|e| {
+            tracing::warn!(error = %e, "NAR download aborted");
+        }),
+    )
+}
+
+async fn get_nar(
+    State(cache): Cache,
+    method: Method,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, CacheError> {
+    let (digest, nar_sha256, compression) = match parse_nar_file(&file) {
+        None => return Err(CacheError::NotFound),
+        Some(NarFile::Uploaded { file_sha256 }) => {
+            // Nix asks (HEAD) whether a NAR file exists before uploading it: an
+            // uploaded file is known, but served only under its path's URL.
+            if method == Method::HEAD && cache.pending.get(file_sha256).await?.is_some() {
+                return Ok(response("application/x-nix-nar", "no-store", Body::empty()));
+            }
+            return Err(CacheError::NotFound);
+        }
+        Some(NarFile::Served {
+            digest,
+            nar_sha256,
+            compression,
+        }) => (digest, nar_sha256, compression),
+    };
+    let info = lookup(&cache, digest).await?;
+    if info.nar_sha256 != nar_sha256 {
+        return Err(CacheError::NotFound);
+    }
+    let ctype = "application/x-nix-nar";
+    if compression != Compression::None {
+        if compression.encoder(tokio::io::empty()).is_none() {
+            return Err(CacheError::NotFound);
+        }
+        let mut r = response(ctype, IMMUTABLE, Body::empty());
+        if method != Method::HEAD {
+            let nar =
+                cairn_store::nar::render(cache.blobs.clone(), cache.directories.clone(), info.node);
+            if let Some(enc) = compression.encoder(nar) {
+                *r.body_mut() = stream_body(enc);
+            }
+        }
+        return Ok(r);
+    }
+    let size = info.nar_size;
+    let range = parse_range(&headers, size)?;
+    let (start, end) = range.unwrap_or((0, size));
+    let mut r = response(ctype, IMMUTABLE, Body::empty());
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    if method == Method::HEAD {
+        return Ok(r);
+    }
+    let body = if start == 0 {
+        let nar =
+            cairn_store::nar::render(cache.blobs.clone(), cache.directories.clone(), info.node);
+        stream_body(nar.take(end))
+    } else {
+        let nar = cairn_store::nar::render_from(
+            cache.blobs.clone(),
+            cache.directories.clone(),
+            info.node,
+            start,
+        )
+        .await
+        .map_err(nar_error)?;
+        stream_body(nar.take(end - start))
+    };
+    *r.body_mut() = body;
+    Ok(r)
+}
+
+fn nar_error(e: NarError) -> CacheError {
+    match e {
+        NarError::Nar(_)
+        | NarError::Name { .. }
+        | NarError::Target { .. }
+        | NarError::Directory { .. } => CacheError::BadRequest(format!("invalid NAR: {e}")),
+        other => CacheError::Internal(other.to_string()),
+    }
+}
+
+async fn put_nar(
+    State(cache): Cache,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, CacheError> {
+    check_upload(&cache, &headers)?;
+    let Some(NarFile::Uploaded { file_sha256 }) = parse_nar_file(&file) else {
+        return Err(CacheError::BadRequest(format!(
+            "nar/{file}: uploads go to nar/<file sha256 in nixbase32>.nar[.xz|.zst|.bz2|.br]"
+        )));
+    };
+    let Some((_, compression)) = Compression::split_file_name(&file) else {
+        return Err(CacheError::NotFound);
+    };
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let input = BufReader::with_capacity(256 * 1024, HashingReader::new(StreamReader::new(stream)));
+    use async_compression::tokio::bufread as dec;
+    let (ingested, input) = match compression {
+        Compression::None => ingest_all(&cache, input, |d| d).await?,
+        Compression::Xz => {
+            ingest_all(
+                &cache,
+                dec::XzDecoder::new(input),
+                dec::XzDecoder::into_inner,
+            )
+            .await?
+        }
+        Compression::Zstd => {
+            ingest_all(
+                &cache,
+                dec::ZstdDecoder::new(input),
+                dec::ZstdDecoder::into_inner,
+            )
+            .await?
+        }
+        Compression::Bzip2 => {
+            ingest_all(
+                &cache,
+                dec::BzDecoder::new(input),
+                dec::BzDecoder::into_inner,
+            )
+            .await?
+        }
+        Compression::Brotli => {
+            ingest_all(
+                &cache,
+                dec::BrotliDecoder::new(input),
+                dec::BrotliDecoder::into_inner,
+            )
+            .await?
+        }
+    };
+    let (got_sha256, file_size) = input.into_inner().finish();
+    if got_sha256 != file_sha256 {
+        return Err(CacheError::BadRequest(format!(
+            "nar/{file}: the file's SHA-256 is {}, not the one its name says",
+            nixbase32::encode(&got_sha256)
+        )));
+    }
+    let nar = PendingNar {
+        root: ingested.root,
+        nar_size: ingested.nar_size,
+        nar_sha256: ingested.nar_sha256,
+        file_size,
+        compression,
+    };
+    cache.pending.put(file_sha256, &nar).await?;
+    tracing::debug!(file, nar_size = nar.nar_size, file_size, "NAR uploaded");
+    Ok(StatusCode::CREATED)
+}
+
+type Input<S> = BufReader<HashingReader<StreamReader<S, Bytes>>>;
+
+/// Ingests the NAR read from `decoder`, then checks that nothing follows it (in
+/// the decompressed stream, then in the upload), reading the upload to its end so
+/// that its hash covers every byte.
+async fn ingest_all<S, D>(
+    cache: &BinaryCache,
+    mut decoder: D,
+    into_input: impl FnOnce(D) -> Input<S>,
+) -> Result<(cairn_store::nar::Ingested, Input<S>), CacheError>
+where
+    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
+    D: AsyncRead + Send + Unpin,
+    Input<S>: AsyncBufRead,
+{
+    let ingested = cairn_store::nar::ingest(
+        cache.blobs.as_ref(),
+        cache.directories.as_ref(),
+        &mut decoder,
+    )
+    .await
+    .map_err(nar_error)?;
+    let mut probe = [0u8; 1];
+    let n = decoder
+        .read(&mut probe)
+        .await
+        .map_err(|e| CacheError::BadRequest(format!("reading the upload: {e}")))?;
+    if n != 0 {
+        return Err(CacheError::BadRequest(
+            "the upload has data after the end of the NAR".into(),
+        ));
+    }
+    let mut input = into_input(decoder);
+    let n = input
+        .read(&mut probe)
+        .await
+        .map_err(|e| CacheError::BadRequest(format!("reading the upload: {e}")))?;
+    if n != 0 {
+        return Err(CacheError::BadRequest(
+            "the upload has data after the end of the compressed stream".into(),
+        ));
+    }
+    Ok((ingested, input))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<(u64, u64)>, u16> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, v.parse().unwrap());
+        parse_range(&h, size).map_err(|e| e.status().as_u16())
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-99", 1000), Ok(Some((0, 100))));
+        assert_eq!(range("bytes=500-", 1000), Ok(Some((500, 1000))));
+        assert_eq!(range("bytes=-100", 1000), Ok(Some((900, 1000))));
+        assert_eq!(range("bytes=-2000", 1000), Ok(Some((0, 1000))));
+        assert_eq!(range("bytes=990-5000", 1000), Ok(Some((990, 1000))));
+        assert_eq!(range("bytes=1000-", 1000), Err(416));
+        assert_eq!(range("bytes=-0", 1000), Err(416));
+        // Ignored (served whole): several ranges, nonsense, other units.
+        assert_eq!(range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(range("bytes=5-1", 1000), Ok(None));
+        assert_eq!(range("bytes=x-", 1000), Ok(None));
+        assert_eq!(range("items=0-1", 1000), Ok(None));
+    }
+
+    #[test]
+    fn nar_file_names() {
+        let h = "0f8hj6j4c64b13ncpyx3pcwak3h3gx2p92ynyd9f4w6kd3sv0mas";
+        let sp = "x4rvp8xvig6hlhp3p0m3wxy847wc38v0";
+        assert!(matches!(
+            parse_nar_file(&format!("{h}.nar.xz")),
+            Some(NarFile::Uploaded { .. })
+        ));
+        assert!(matches!(
+            parse_nar_file(&format!("{sp}-{h}.nar.zst")),
+            Some(NarFile::Served {
+                compression: Compression::Zstd,
+                ..
+            })
+        ));
+        assert!(parse_nar_file(&format!("{h}.nar.gz")).is_none());
+        assert!(parse_nar_file(&format!("{sp}.nar")).is_none());
+        assert!(parse_nar_file("../x.nar").is_none());
+    }
+}

@@ -1,0 +1,732 @@
+//! End-to-end: the real Nix 2.8 (`nix copy`, `nix path-info`, `nix store verify`)
+//! against an in-process cairn binary cache on 127.0.0.1, and the uploads Nix would
+//! never send (wrong hashes, truncated NARs, missing references, bad signatures,
+//! wrong tokens), sent with curl. These tests need Nix and curl and fail without
+//! them (`scripts/install-test-deps.sh` installs both).
+//!
+//! The store paths come from one chroot store built once per test binary, as
+//! `shared/oracle/cache_roundtrip.sh` does: a content-addressed path
+//! (`nix-store --add`) and an input-addressed closure of two built paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+
+use cairn_cache::{BinaryCache, CacheConfig, PendingUploads, UploadToken};
+use cairn_nix::signature::SigningKey;
+use cairn_store::pathinfo::PathInfoService;
+
+const NIX_CONFIG: &str = "experimental-features = nix-command
+sandbox = false
+substituters =
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    store: String,
+    /// Content-addressed: a directory with a file, an executable, a symlink,
+    /// an empty file and a subdirectory.
+    ca: String,
+    /// Input-addressed, refers to `dep`.
+    top: String,
+    dep: String,
+    /// `nix copy --to file://...?compression=none&write-nar-listing=true` of
+    /// everything: Nix's own narinfos, NARs and listings.
+    file_cache: PathBuf,
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("cannot run {cmd:?} (is Nix installed? scripts/install-test-deps.sh): {e}")
+    });
+    out
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A Nix command with the test settings and its own narinfo disk cache.
+fn nix(xdg: &Path, prog: &str) -> Command {
+    let mut c = Command::new(prog);
+    c.env("XDG_CACHE_HOME", xdg).env("NIX_CONFIG", NIX_CONFIG);
+    c
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let xdg = root.join("xdg");
+        let store = root.join("store").to_str().unwrap().to_owned();
+        let src = root.join("src/demo");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/file"), "hello\n").unwrap();
+        std::fs::write(src.join("empty"), "").unwrap();
+        std::fs::write(src.join("run"), "#!/bin/sh\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(src.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("sub/file", src.join("link")).unwrap();
+        // Names Nix's JSON writer escapes.
+        std::fs::write(src.join("quo\"te\tand\\back"), "x").unwrap();
+        let ca = ok(nix(&xdg, "nix-store").args(["--store", &store, "--add"]).arg(&src))
+            .trim()
+            .to_owned();
+        let expr = root.join("ia.nix");
+        std::fs::write(
+            &expr,
+            r#"let
+  mk = name: script: derivation { inherit name; system = builtins.currentSystem;
+    builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ]; };
+  dep = mk "cairn-cache-dep" "mkdir $out; echo dep > $out/file; ln -s file $out/link; head -c 300000 /dev/urandom > $out/big";
+in mk "cairn-cache-top" "mkdir $out; echo ${dep}/file > $out/ref; ln -s ${dep} $out/dep"
+"#,
+        )
+        .unwrap();
+        let top = ok(nix(&xdg, "nix-build")
+            .args(["--store", &store, "--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"])
+            .arg("--no-out-link")
+            .arg(&expr))
+        .trim()
+        .to_owned();
+        let refs = ok(nix(&xdg, "nix-store").args(["--store", &store, "-q", "--references", &top]));
+        let dep = refs.trim().to_owned();
+        assert!(dep.ends_with("-cairn-cache-dep"), "references of top: {refs}");
+        let file_cache = root.join("file-cache");
+        ok(nix(&xdg, "nix").args([
+            "copy",
+            "--store",
+            &store,
+            "--to",
+            &format!(
+                "file://{}?compression=none&write-nar-listing=true",
+                file_cache.display()
+            ),
+            &ca,
+            &top,
+        ]));
+        Fixture {
+            _dir: dir,
+            root,
+            store,
+            ca,
+            top,
+            dep,
+            file_cache,
+        }
+    })
+}
+
+struct Server {
+    url: String,
+    infos: Arc<dyn PathInfoService>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: CacheConfig) -> Server {
+        Self::start_with(config, PendingUploads::in_memory().unwrap(), None).await
+    }
+
+    async fn start_with(
+        config: CacheConfig,
+        pending: PendingUploads,
+        infos: Option<(
+            Arc<dyn cairn_castore::BlobService>,
+            Arc<dyn cairn_castore::DirectoryService>,
+            Arc<dyn PathInfoService>,
+        )>,
+    ) -> Server {
+        let (blobs, dirs, infos) = infos.unwrap_or_else(|| {
+            let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+            let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+            let infos = cairn_store::pathinfo::path_info_service_from_addr(
+                "memory://",
+                blobs.clone(),
+                dirs.clone(),
+            )
+            .unwrap();
+            (blobs, dirs, infos)
+        });
+        let cache = BinaryCache::new(blobs, dirs, infos.clone(), pending, config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(cairn_cache::serve(
+            listener,
+            cairn_cache::router(Arc::new(cache)),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Server {
+            url,
+            infos,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn has(&self, path: &str) -> bool {
+        let sp = cairn_nix::store_path::StorePath::parse_absolute(path).unwrap();
+        self.infos.get(*sp.digest()).await.unwrap().is_some()
+    }
+}
+
+fn key() -> (SigningKey, String) {
+    let sk = SigningKey::from_seed("cairn-test-1", &[42; 32]).unwrap();
+    let pk = sk.to_verifying_key().to_string();
+    (sk, pk)
+}
+
+/// curl: status code, body.
+fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out = run(Command::new("curl")
+        .args(["-sS", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args));
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = std::str::from_utf8(&body[nl + 1..])
+        .unwrap()
+        .parse()
+        .unwrap();
+    body.truncate(nl);
+    (code, body)
+}
+
+fn put(url: &str, data: &Path, extra: &[&str]) -> (u16, String) {
+    let mut args = vec!["-X", "PUT", "--data-binary"];
+    let at = format!("@{}", data.display());
+    args.push(&at);
+    args.extend_from_slice(extra);
+    args.push(url);
+    let (code, body) = curl(&args);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn hash_part(path: &str) -> &str {
+    &path["/nix/store/".len().."/nix/store/".len() + 32]
+}
+
+/// Nix's narinfo of `path` in the file cache, and its NAR file.
+fn file_cache_entry(f: &Fixture, path: &str) -> (String, PathBuf) {
+    let ni =
+        std::fs::read_to_string(f.file_cache.join(format!("{}.narinfo", hash_part(path)))).unwrap();
+    let url = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+    (ni.clone(), f.file_cache.join(url))
+}
+
+fn path_info_json(xdg: &Path, store: &str, path: &str) -> serde_json::Value {
+    let out = ok(nix(xdg, "nix").args(["path-info", "--json", "-r", "--store", store, path]));
+    let mut v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // What a cache cannot know about a local store, and signatures (cairn adds its
+    // own).
+    for p in v.as_array_mut().unwrap() {
+        let o = p.as_object_mut().unwrap();
+        for k in [
+            "registrationTime",
+            "ultimate",
+            "signatures",
+            "downloadSize",
+            "downloadHash",
+            "url",
+            "compression",
+        ] {
+            o.remove(k);
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_copy_to_and_from_each_compression() {
+    let f = fixture();
+    let (sk, pk) = key();
+    for compression in ["xz", "zstd", "none"] {
+        let xdg = tempfile::tempdir().unwrap();
+        let xdg = xdg.path();
+        let server = Server::start(CacheConfig {
+            sign_keys: vec![sk.clone()],
+            ..CacheConfig::default()
+        })
+        .await;
+        let to = format!("{}?compression={compression}", server.url);
+        let (store, top, ca) = (f.store.clone(), f.top.clone(), f.ca.clone());
+        let x = xdg.to_owned();
+        tokio::task::spawn_blocking(move || {
+            ok(nix(&x, "nix").args(["copy", "--store", &store, "--to", &to, &top, &ca]));
+        })
+        .await
+        .unwrap();
+        assert!(server.has(&f.top).await && server.has(&f.dep).await && server.has(&f.ca).await);
+
+        let (url, xdg2, store, top, ca, pk2) = (
+            server.url.clone(),
+            xdg.to_owned(),
+            f.store.clone(),
+            f.top.clone(),
+            f.ca.clone(),
+            pk.clone(),
+        );
+        let fresh = f.root.join(format!("fresh-{compression}"));
+        tokio::task::spawn_blocking(move || {
+            // Same metadata as the source store.
+            assert_eq!(
+                path_info_json(&xdg2, &url, &top),
+                path_info_json(&xdg2, &store, &top)
+            );
+            assert_eq!(
+                path_info_json(&xdg2, &url, &ca),
+                path_info_json(&xdg2, &store, &ca)
+            );
+            let fresh = fresh.to_str().unwrap();
+            // Without cairn's key the input-addressed paths are refused ...
+            let out = run(nix(&xdg2, "nix").args(["copy", "--from", &url, "--to", fresh, &top]));
+            assert!(!out.status.success(), "unsigned copy accepted");
+            // ... with it, accepted, and the contents verify.
+            ok(nix(&xdg2, "nix").args([
+                "copy",
+                "--option",
+                "trusted-public-keys",
+                &pk2,
+                "--from",
+                &url,
+                "--to",
+                fresh,
+                &top,
+                &ca,
+            ]));
+            ok(nix(&xdg2, "nix").args([
+                "store",
+                "verify",
+                "--option",
+                "trusted-public-keys",
+                &pk2,
+                "--store",
+                fresh,
+                "-r",
+                &top,
+                &ca,
+            ]));
+            ok(nix(&xdg2, "nix").args([
+                "store",
+                "verify",
+                "--trusted-public-keys",
+                &pk2,
+                "--store",
+                &url,
+                "-r",
+                &top,
+            ]));
+            // The copy is the same as the source, byte for byte.
+            let dump = |s: &str, p: &str| {
+                run(nix(&xdg2, "nix").args(["store", "dump-path", "--store", s, p])).stdout
+            };
+            assert_eq!(dump(fresh, &top), dump(&store, &top));
+            assert_eq!(dump(fresh, &ca), dump(&store, &ca));
+        })
+        .await
+        .unwrap();
+        server.stop().await;
+    }
+}
+
+/// Uploads `paths` with `nix copy --to` (no compression).
+async fn upload(server: &Server, paths: &[&str]) {
+    let f = fixture();
+    let mut args = vec![
+        "copy".to_owned(),
+        "--store".into(),
+        f.store.clone(),
+        "--to".into(),
+        format!("{}?compression=none", server.url),
+    ];
+    args.extend(paths.iter().map(|p| p.to_string()));
+    let xdg = tempfile::tempdir().unwrap();
+    let x = xdg.path().to_owned();
+    tokio::task::spawn_blocking(move || ok(nix(&x, "nix").args(&args)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_range_and_downloads() {
+    let f = fixture();
+    let server = Server::start(CacheConfig::default()).await;
+    upload(&server, &[&f.ca, &f.top]).await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let xdg = tempfile::tempdir().unwrap();
+        let dump = |p: &str| {
+            run(nix(xdg.path(), "nix").args(["store", "dump-path", "--store", &f.store, p])).stdout
+        };
+        for path in [&f.ca, &f.top, &f.dep] {
+            let h = hash_part(path);
+            // .ls: byte-identical to Nix's write-nar-listing.
+            let (code, ls) = curl(&[&format!("{url}/{h}.ls")]);
+            assert_eq!(code, 200);
+            let nix_ls = std::fs::read(f.file_cache.join(format!("{h}.ls"))).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&ls),
+                String::from_utf8_lossy(&nix_ls),
+                "{path}"
+            );
+            let (code, ni) = curl(&[&format!("{url}/{h}.narinfo")]);
+            assert_eq!(code, 200);
+            let ni = String::from_utf8(ni).unwrap();
+            let nar_url = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+            let nar = dump(path);
+            // Whole, identity.
+            let (code, body) = curl(&[&format!("{url}/{nar_url}")]);
+            assert_eq!((code, body.len()), (200, nar.len()));
+            assert!(body == nar);
+            // Ranges: inside, to the end, the last bytes.
+            let n = nar.len();
+            for (spec, want) in [
+                (format!("{}-{}", n / 3, n / 2), &nar[n / 3..=n / 2]),
+                (format!("{}-", n - 100), &nar[n - 100..]),
+                ("-10".to_owned(), &nar[n - 10..]),
+            ] {
+                let (code, body) = curl(&[
+                    "-H",
+                    &format!("Range: bytes={spec}"),
+                    &format!("{url}/{nar_url}"),
+                ]);
+                assert_eq!(code, 206, "{spec}");
+                assert!(body == want, "range {spec} of {path}");
+            }
+            let (code, _) = curl(&[
+                "-H",
+                &format!("Range: bytes={n}-"),
+                &format!("{url}/{nar_url}"),
+            ]);
+            assert_eq!(code, 416);
+            // zstd and xz by URL.
+            for (ext, tool) in [("zst", "zstd"), ("xz", "xz")] {
+                let (code, body) = curl(&[&format!("{url}/{nar_url}.{ext}")]);
+                assert_eq!(code, 200);
+                let tmp = f.root.join(format!("dl-{h}.{ext}"));
+                std::fs::write(&tmp, &body).unwrap();
+                let out = run(Command::new(tool).arg("-dc").arg(&tmp));
+                assert!(out.status.success(), "{tool} -dc");
+                assert!(out.stdout == nar, "{ext} download of {path}");
+            }
+            // A NAR URL with another hash is absent.
+            let other = nar_url.replace(
+                &nar_url[nar_url.len() - 10..nar_url.len() - 4],
+                "0000000000",
+            );
+            assert_eq!(curl(&[&format!("{url}/{other}")]).0, 404);
+        }
+        let (code, info) = curl(&[&format!("{url}/nix-cache-info")]);
+        assert_eq!(code, 200);
+        assert_eq!(
+            String::from_utf8(info).unwrap(),
+            "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+        );
+        assert_eq!(curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]).0, 404);
+        assert_eq!(curl(&[&format!("{url}/nonsense")]).0, 404);
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rejected_uploads_register_nothing() {
+    let f = fixture();
+    let server = Server::start(CacheConfig::default()).await;
+    let url = server.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (ca, dep, top) = (f.ca.clone(), f.dep.clone(), f.top.clone());
+    tokio::task::spawn_blocking(move || {
+        let (ni, nar) = file_cache_entry(f, &ca);
+        let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
+        let ni_url = format!("{url}/{}.narinfo", hash_part(&ca));
+        let write = |name: &str, data: &[u8]| {
+            let p = d.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        };
+
+        // narinfo before its NAR.
+        let (code, msg) = put(&ni_url, &write("ni", ni.as_bytes()), &[]);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("has not been uploaded"), "{msg}");
+
+        // A truncated NAR, named by its own hash (so only the truncation is wrong).
+        let bytes = std::fs::read(&nar).unwrap();
+        let cut = &bytes[..bytes.len() - 24];
+        let cut_hash = cairn_nix::hash::HashAlgo::Sha256.digest(cut).to_nix32();
+        let (code, msg) = put(
+            &format!("{url}/nar/{cut_hash}.nar"),
+            &write("cut", cut),
+            &[],
+        );
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("NAR"), "{msg}");
+        assert_eq!(curl(&["-I", &format!("{url}/nar/{cut_hash}.nar")]).0, 404);
+
+        // A NAR whose bytes do not match the hash in its name.
+        let (code, msg) = put(&format!("{url}/nar/{nar_name}"), &write("cut2", cut), &[]);
+        assert_eq!(code, 400, "{msg}");
+
+        // Data after the NAR.
+        let mut long = bytes.clone();
+        long.extend_from_slice(&[0; 8]);
+        let long_hash = cairn_nix::hash::HashAlgo::Sha256.digest(&long).to_nix32();
+        let (code, msg) = put(
+            &format!("{url}/nar/{long_hash}.nar"),
+            &write("long", &long),
+            &[],
+        );
+        assert_eq!(code, 400, "{msg}");
+
+        // The real NAR: accepted; HEAD now finds it.
+        let (code, msg) = put(&format!("{url}/nar/{nar_name}"), &nar, &[]);
+        assert_eq!(code, 201, "{msg}");
+        assert_eq!(curl(&["-I", &format!("{url}/nar/{nar_name}")]).0, 200);
+
+        // Wrong NarHash, wrong NarSize, wrong StorePath for the URL.
+        let nar_hash_line = ni.lines().find(|l| l.starts_with("NarHash: ")).unwrap();
+        let bad_hash = ni.replace(
+            nar_hash_line,
+            &format!("NarHash: sha256:{}", "1".repeat(52)),
+        );
+        let (code, msg) = put(&ni_url, &write("ni", bad_hash.as_bytes()), &[]);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("NarHash"), "{msg}");
+        let size_line = ni.lines().find(|l| l.starts_with("NarSize: ")).unwrap();
+        let bad_size = ni.replace(size_line, "NarSize: 8");
+        let (code, msg) = put(&ni_url, &write("ni", bad_size.as_bytes()), &[]);
+        assert_eq!(code, 400, "{msg}");
+        let other_url = format!("{url}/{}.narinfo", hash_part(&dep));
+        let (code, msg) = put(&other_url, &write("ni", ni.as_bytes()), &[]);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("does not match the URL"), "{msg}");
+        let (code, msg) = put(&ni_url, &write("ni", b"StorePath: nonsense\n"), &[]);
+        assert_eq!(code, 400, "{msg}");
+        for p in [&ca, &dep] {
+            assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(p))]).0, 404);
+        }
+
+        // A missing reference: top's NAR uploaded, its dependency not.
+        let (top_ni, top_nar) = file_cache_entry(f, &top);
+        let top_nar_name = top_nar.file_name().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            put(&format!("{url}/nar/{top_nar_name}"), &top_nar, &[]).0,
+            201
+        );
+        let (code, msg) = put(
+            &format!("{url}/{}.narinfo", hash_part(&top)),
+            &write("ni", top_ni.as_bytes()),
+            &[],
+        );
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("is not in this cache"), "{msg}");
+        assert_eq!(
+            curl(&[&format!("{url}/{}.narinfo", hash_part(&top))]).0,
+            404
+        );
+
+        // The right narinfo is accepted, and its NAR served.
+        let (code, msg) = put(&ni_url, &write("ni", ni.as_bytes()), &[]);
+        assert_eq!(code, 201, "{msg}");
+        assert_eq!(curl(&[&ni_url]).0, 200);
+    })
+    .await
+    .unwrap();
+    assert!(!server.has(&f.top).await);
+    assert!(server.has(&f.ca).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trusted_keys_and_tokens() {
+    let f = fixture();
+    let (sk, pk) = key();
+    let other = SigningKey::from_seed("other-1", &[7; 32]).unwrap();
+    let server = Server::start(CacheConfig {
+        trusted_keys: vec![pk.parse().unwrap()],
+        upload_token: UploadToken::new("t0ken"),
+        ..CacheConfig::default()
+    })
+    .await;
+    let url = server.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let ca = f.ca.clone();
+    let top = f.top.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ni, nar) = file_cache_entry(f, &ca);
+        let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
+        let ni_url = format!("{url}/{}.narinfo", hash_part(&ca));
+        let nar_url = format!("{url}/nar/{nar_name}");
+        let write = |name: &str, data: &[u8]| {
+            let p = d.join(name);
+            std::fs::write(&p, data).unwrap();
+            p
+        };
+        // Wrong or missing token: 401, nothing stored.
+        assert_eq!(put(&nar_url, &nar, &[]).0, 401);
+        assert_eq!(
+            put(&nar_url, &nar, &["-H", "Authorization: Bearer wrong"]).0,
+            401
+        );
+        assert_eq!(put(&nar_url, &nar, &["-u", "nix:wrong"]).0, 401);
+        assert_eq!(curl(&["-I", &nar_url]).0, 404);
+        // Right token (Basic, as from a netrc).
+        assert_eq!(put(&nar_url, &nar, &["-u", "nix:t0ken"]).0, 201);
+        let auth = ["-H", "Authorization: Bearer t0ken"];
+
+        let parsed = cairn_nix::narinfo::NarInfo::parse(&ni).unwrap();
+        // Unsigned, and signed by an untrusted key: 403.
+        let (code, msg) = put(&ni_url, &write("ni", ni.as_bytes()), &auth);
+        assert_eq!(code, 403, "{msg}");
+        let mut by_other = parsed.clone();
+        by_other.sign(&other);
+        let (code, msg) = put(
+            &ni_url,
+            &write("ni", by_other.to_string().as_bytes()),
+            &auth,
+        );
+        assert_eq!(code, 403, "{msg}");
+        // A signature under the trusted key's name that does not verify.
+        let mut forged = parsed.clone();
+        let mut wrong = parsed.clone();
+        wrong.nar_size += 1;
+        forged.add_signature(sk.sign(wrong.fingerprint().as_bytes()));
+        let (code, msg) = put(&ni_url, &write("ni", forged.to_string().as_bytes()), &auth);
+        assert_eq!(code, 403, "{msg}");
+        assert_eq!(curl(&[&ni_url]).0, 404);
+        // Signed by the trusted key: accepted; the token is still needed.
+        let mut signed = parsed.clone();
+        signed.sign(&sk);
+        let signed_file = write("ni", signed.to_string().as_bytes());
+        assert_eq!(put(&ni_url, &signed_file, &[]).0, 401);
+        let (code, msg) = put(&ni_url, &signed_file, &auth);
+        assert_eq!(code, 201, "{msg}");
+        let (code, served) = curl(&[&ni_url]);
+        assert_eq!(code, 200);
+        assert!(
+            String::from_utf8(served)
+                .unwrap()
+                .contains(&signed.signatures[0].to_string())
+        );
+
+        // nix copy with a netrc: the wrong password fails, the right one works.
+        let xdg = tempfile::tempdir().unwrap();
+        let host = url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        for (password, good) in [("nope", false), ("t0ken", true)] {
+            let netrc = write(
+                "netrc",
+                format!("machine {host} login nix password {password}\n").as_bytes(),
+            );
+            let out = run(nix(xdg.path(), "nix").args([
+                "copy",
+                "--option",
+                "netrc-file",
+                netrc.to_str().unwrap(),
+                "--option",
+                "secret-key-files",
+                "",
+                "--store",
+                &f.store,
+                "--to",
+                &url,
+                &top,
+            ]));
+            // Built paths are unsigned, so even the right token is refused by the
+            // trusted-key check (403), which shows the token passed.
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!out.status.success());
+            if good {
+                assert!(err.contains("403"), "{err}");
+            } else {
+                assert!(err.contains("401"), "{err}");
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!server.has(&f.top).await && !server.has(&f.dep).await);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pending_upload_survives_restart() {
+    let f = fixture();
+    let data = tempfile::tempdir().unwrap();
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let infos = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    let services = (blobs, dirs, infos);
+    let (ni, nar) = file_cache_entry(f, &f.ca);
+    let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
+
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::open(data.path()).unwrap(),
+        Some(services.clone()),
+    )
+    .await;
+    let url = server.url.clone();
+    let n = nar.clone();
+    let code =
+        tokio::task::spawn_blocking(move || put(&format!("{url}/nar/{nar_name}"), &n, &[]).0)
+            .await
+            .unwrap();
+    assert_eq!(code, 201);
+    server.stop().await;
+
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::open(data.path()).unwrap(),
+        Some(services),
+    )
+    .await;
+    let url = server.url.clone();
+    let ni_file = data.path().join("ni");
+    std::fs::write(&ni_file, &ni).unwrap();
+    let h = hash_part(&f.ca).to_owned();
+    let (code, msg) =
+        tokio::task::spawn_blocking(move || put(&format!("{url}/{h}.narinfo"), &ni_file, &[]))
+            .await
+            .unwrap();
+    assert_eq!(code, 201, "{msg}");
+    assert!(server.has(&f.ca).await);
+    server.stop().await;
+}
