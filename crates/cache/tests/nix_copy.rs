@@ -39,10 +39,9 @@ struct Fixture {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| {
+    cmd.output().unwrap_or_else(|e| {
         panic!("cannot run {cmd:?} (is Nix installed? scripts/install-test-deps.sh): {e}")
-    });
-    out
+    })
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -128,6 +127,12 @@ in mk "cairn-cache-top" "mkdir $out; echo ${dep}/file > $out/ref; ln -s ${dep} $
     })
 }
 
+type Services = (
+    Arc<dyn cairn_castore::BlobService>,
+    Arc<dyn cairn_castore::DirectoryService>,
+    Arc<dyn PathInfoService>,
+);
+
 struct Server {
     url: String,
     infos: Arc<dyn PathInfoService>,
@@ -143,11 +148,7 @@ impl Server {
     async fn start_with(
         config: CacheConfig,
         pending: PendingUploads,
-        infos: Option<(
-            Arc<dyn cairn_castore::BlobService>,
-            Arc<dyn cairn_castore::DirectoryService>,
-            Arc<dyn PathInfoService>,
-        )>,
+        infos: Option<Services>,
     ) -> Server {
         let (blobs, dirs, infos) = infos.unwrap_or_else(|| {
             let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
