@@ -30,8 +30,8 @@ enum Command {
     /// Ed25519 signing keys in Nix's format.
     #[command(subcommand)]
     Key(cmd::key::KeyCommand),
-    /// Serve the store over gRPC (BlobService, DirectoryService, reflection,
-    /// health) on TCP and on a unix socket in the data directory.
+    /// Serve the store over gRPC (BlobService, DirectoryService, PathInfoService,
+    /// reflection, health) on TCP and on a unix socket in the data directory.
     Daemon(cmd::daemon::DaemonArgs),
     /// Add files, directories or symlinks to the store as content-addressed store
     /// paths, printing one store path per line: the path `nix-store --add PATH`
@@ -40,6 +40,25 @@ enum Command {
     /// Files are read once and uploaded in parallel; a progress line shows files
     /// and bytes on a terminal. Importing the same tree again stores nothing new.
     Import(cmd::import::ImportArgs),
+    /// Write the NAR of a store path to stdout (what `nix-store --dump` writes for
+    /// the tree it was made from).
+    Dump(cmd::paths::DumpArgs),
+    /// Materialize a store path at a new path DEST (files, executable bits,
+    /// symlinks as stored); on error nothing is left at DEST.
+    Export(cmd::paths::ExportArgs),
+    /// Add a NAR (file or `-` for stdin) as a content-addressed store path named
+    /// NAME and print the path.
+    AddNar(cmd::paths::AddNarArgs),
+    /// Show store paths' path info (with --json, as `nix path-info --json`).
+    PathInfo(cmd::paths::PathInfoArgs),
+    /// List a directory in a store path, as `nix store ls`.
+    Ls(cmd::paths::LsArgs),
+    /// Print a file in a store path, as `nix store cat`.
+    Cat(cmd::paths::CatArgs),
+    /// Check store paths (all if none given): re-render each NAR, reading and
+    /// checking every blob, and compare its hash and size with the path info.
+    /// Exits non-zero naming each path that fails.
+    Verify(cmd::paths::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +76,13 @@ fn main() -> ExitCode {
         Command::Key(c) => cmd::key::run(c),
         Command::Daemon(a) => cmd::daemon::run(a),
         Command::Import(a) => cmd::import::run(a),
+        Command::Dump(a) => cmd::paths::dump(a),
+        Command::Export(a) => cmd::paths::export(a),
+        Command::AddNar(a) => cmd::paths::add_nar(a),
+        Command::PathInfo(a) => cmd::paths::path_info(a),
+        Command::Ls(a) => cmd::paths::ls(a),
+        Command::Cat(a) => cmd::paths::cat(a),
+        Command::Verify(a) => cmd::paths::verify(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

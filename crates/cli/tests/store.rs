@@ -308,3 +308,262 @@ fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Imports `make_full_tree` and each of `ROOTS` into a fresh data directory and
+/// Nix's chroot store; returns (tmp, tree root, data dir, chroot, store paths).
+fn imported_tree() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<String>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let chroot = tmp.path().join("nix");
+    let data = tmp.path().join("data");
+    let paths: Vec<PathBuf> = ROOTS.iter().map(|r| root.join(r)).collect();
+    let mut args = vec!["--store", s(&chroot), "--add"];
+    args.extend(paths.iter().map(|p| s(p)));
+    let theirs = text(nix("nix-store", &args));
+    let mut args = vec!["import"];
+    args.extend(paths.iter().map(|p| s(p)));
+    let ours = text(ok(cairn_at(&data, &args, None)));
+    assert_eq!(ours, theirs);
+    let store_paths = ours.lines().map(str::to_owned).collect();
+    (tmp, root, data, chroot, store_paths)
+}
+
+#[test]
+fn dump_and_export_match_nix() {
+    let (tmp, root, data, _, store_paths) = imported_tree();
+    for (rel, store_path) in ROOTS.iter().zip(&store_paths) {
+        let src = root.join(rel);
+        let theirs = nix("nix-store", &["--dump", s(&src)]);
+        let ours = ok(cairn_at(&data, &["dump", store_path], None));
+        assert!(
+            ours == theirs,
+            "cairn dump {store_path} differs from nix-store --dump {rel}"
+        );
+
+        let dest = tmp.path().join(format!("export-{}", rel.replace('/', "_")));
+        ok(cairn_at(&data, &["export", store_path, s(&dest)], None));
+        let hash = |p: &Path| text(nix("nix-hash", &["--type", "sha256", s(p)]));
+        assert_eq!(hash(&dest), hash(&src), "export of {rel}");
+        // And what Nix itself dumps of the exported tree is the same NAR.
+        assert!(
+            nix("nix-store", &["--dump", s(&dest)]) == theirs,
+            "export of {rel}"
+        );
+    }
+    // Export refuses an existing destination and changes nothing there.
+    let dest = tmp.path().join("exists");
+    fs::create_dir(&dest).unwrap();
+    let out = cairn_at(&data, &["export", &store_paths[0], s(&dest)], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+    // Unknown paths are errors naming the path.
+    let absent = "/nix/store/00000000000000000000000000000000-absent";
+    for cmd in [
+        &["dump", absent][..],
+        &["path-info", absent],
+        &["verify", absent],
+    ] {
+        let out = cairn_at(&data, cmd, None);
+        assert!(!out.status.success(), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(absent),
+            "{cmd:?}"
+        );
+    }
+}
+
+/// `nix path-info --json` minus `registrationTime` (a local database's field).
+fn without_registration_time(json: &str) -> String {
+    let mut out = String::new();
+    let mut rest = json;
+    while let Some(i) = rest.find(",\"registrationTime\":") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + ",\"registrationTime\":".len()..];
+        rest = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn path_info_ls_and_cat_match_nix() {
+    let (_tmp, _root, data, chroot, store_paths) = imported_tree();
+    let store = s(&chroot);
+    let mut args = vec!["path-info", "--json"];
+    args.extend(store_paths.iter().map(String::as_str));
+    let ours = text(ok(cairn_at(&data, &args, None)));
+    let mut nix_args = vec!["path-info", "--json", "--store", store];
+    nix_args.extend(store_paths.iter().map(String::as_str));
+    let theirs = text(nix("nix", &nix_args));
+    assert_eq!(ours, without_registration_time(&theirs));
+    // Without --json: the paths.
+    let ours = text(ok(cairn_at(
+        &data,
+        &args[..1]
+            .iter()
+            .chain(&args[2..])
+            .copied()
+            .collect::<Vec<_>>(),
+        None,
+    )));
+    let mut nix_args = vec!["path-info", "--store", store];
+    nix_args.extend(store_paths.iter().map(String::as_str));
+    assert_eq!(ours, text(nix("nix", &nix_args)));
+
+    let tree = &store_paths[0];
+    let mut targets: Vec<String> = store_paths.clone();
+    for sub in [
+        "sizes",
+        "sizes/f9",
+        "links",
+        "links/relative",
+        "names",
+        "empty-dir",
+        "deep/0/1",
+    ] {
+        targets.push(format!("{tree}/{sub}"));
+    }
+    for target in &targets {
+        for flags in [
+            &[][..],
+            &["-l"],
+            &["-R"],
+            &["-lR"],
+            &["--json"],
+            &["--json", "-R"],
+        ] {
+            let mut ours_args = vec!["ls"];
+            ours_args.extend(flags);
+            ours_args.push(target);
+            let mut nix_args = vec!["store", "ls", "--store", store];
+            nix_args.extend(flags);
+            nix_args.push(target);
+            assert_eq!(
+                ok(cairn_at(&data, &ours_args, None)),
+                nix("nix", &nix_args),
+                "ls {flags:?} {target}"
+            );
+        }
+    }
+    for file in [
+        "big",
+        "sizes/f9",
+        "sizes/f65537",
+        "exec-755",
+        "empty-file",
+        "names/日本語",
+    ] {
+        let target = format!("{tree}/{file}");
+        assert!(
+            ok(cairn_at(&data, &["cat", &target], None))
+                == nix("nix", &["store", "cat", "--store", store, &target]),
+            "cat {file}"
+        );
+    }
+    let out = cairn_at(&data, &["cat", &format!("{tree}/sizes")], None);
+    assert!(!out.status.success());
+    let out = cairn_at(&data, &["ls", &format!("{tree}/no/such")], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn add_nar_round_trips_nix_nars() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let chroot = tmp.path().join("nix");
+    let data = tmp.path().join("data");
+    for rel in ["", "big", "links/relative", "names"] {
+        let src = root.join(rel);
+        let nar = nix("nix-store", &["--dump", s(&src)]);
+        let name = src.file_name().unwrap().to_str().unwrap();
+        let theirs = text(nix("nix-store", &["--store", s(&chroot), "--add", s(&src)]));
+        // From stdin and from a file.
+        let ours = text(ok(cairn_at(
+            &data,
+            &["add-nar", "-", "--name", name],
+            Some(&nar),
+        )));
+        assert_eq!(ours, theirs, "{rel}");
+        let file = tmp.path().join("x.nar");
+        fs::write(&file, &nar).unwrap();
+        let ours = text(ok(cairn_at(
+            &data,
+            &["add-nar", s(&file), "--name", name],
+            None,
+        )));
+        assert_eq!(ours, theirs, "{rel}");
+        let dumped = ok(cairn_at(&data, &["dump", ours.trim_end()], None));
+        assert!(dumped == nar, "{rel}");
+    }
+    // A truncated NAR is refused and registers nothing.
+    let nar = nix("nix-store", &["--dump", s(&root)]);
+    let out = cairn_at(
+        &data,
+        &["add-nar", "-", "--name", "cut"],
+        Some(&nar[..nar.len() - 9]),
+    );
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    ok(cairn_at(&data, &["verify"], None));
+}
+
+/// The largest file under `dir`.
+fn largest_file(dir: &Path) -> PathBuf {
+    let mut best = (0, PathBuf::new());
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = fs::metadata(&p).unwrap();
+        if m.is_dir() {
+            let f = largest_file(&p);
+            let len = fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+            if len > best.0 {
+                best = (len, f);
+            }
+        } else if m.len() > best.0 {
+            best = (m.len(), p);
+        }
+    }
+    best.1
+}
+
+#[test]
+fn verify_finds_a_corrupted_byte_and_names_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let data = tmp.path().join("data");
+    // The big file first, alone: its chunks are then the start of the first pack.
+    let big = text(ok(cairn_at(&data, &["import", s(&root.join("big"))], None)));
+    let pack = largest_file(&data.join("packs"));
+    let big_end = fs::metadata(&pack).unwrap().len();
+    let paths: Vec<PathBuf> = ROOTS.iter().map(|r| root.join(r)).collect();
+    let mut args = vec!["import"];
+    args.extend(paths.iter().map(|p| s(p)));
+    let out = text(ok(cairn_at(&data, &args, None)));
+    let store_paths: Vec<String> = out.lines().map(str::to_owned).collect();
+    assert_eq!(store_paths[6], big.trim_end());
+    ok(cairn_at(&data, &["verify"], None));
+    let mut args = vec!["verify"];
+    args.extend(store_paths.iter().map(String::as_str));
+    ok(cairn_at(&data, &args, None));
+
+    // Flip a byte in the middle of the big file's chunks.
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[big_end as usize / 2] ^= 0x55;
+    fs::write(&pack, &bytes).unwrap();
+
+    let out = cairn_at(&data, &["verify"], None);
+    assert!(!out.status.success(), "verify passed on a corrupted store");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The whole tree and the "big" path contain the file.
+    assert!(err.contains(&store_paths[0]), "{err}");
+    assert!(err.contains(&store_paths[6]), "{err}");
+    // A path without that file still verifies.
+    ok(cairn_at(&data, &["verify", &store_paths[1]], None));
+    let out = cairn_at(&data, &["verify", &store_paths[6]], None);
+    assert!(!out.status.success());
+}

@@ -1,9 +1,8 @@
-//! `cairn daemon`: serves the content-addressed layer (`tvix.castore.v1`
-//! BlobService and DirectoryService, with reflection and health) over gRPC, on TCP
-//! and on a unix socket in the data directory.
-//!
-//! The store layer's PathInfoService and the HTTP binary cache will be added to
-//! the same daemon; for now it serves what `cairn-castore` provides.
+//! `cairn daemon`: serves the store (`tvix.castore.v1` BlobService and
+//! DirectoryService, `tvix.store.v1` PathInfoService, with reflection and health)
+//! over gRPC, on TCP and on a unix socket in the data directory. The other
+//! commands find that socket and use the daemon instead of the data directory,
+//! which the daemon holds locked.
 
 use std::path::PathBuf;
 
@@ -34,6 +33,11 @@ pub struct DaemonArgs {
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
     directory_service_addr: Option<String>,
 
+    /// Serve path info from this backend instead of the embedded store
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
+    path_info_service_addr: Option<String>,
+
     /// Do not listen on the unix socket `cairn.sock` in the data directory.
     #[arg(long)]
     no_socket: bool,
@@ -46,7 +50,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let embedded = embedded_url(&dir)?;
     let blob_url = args.blob_service_addr.unwrap_or_else(|| embedded.clone());
-    let dir_url = args.directory_service_addr.unwrap_or(embedded);
+    let dir_url = args
+        .directory_service_addr
+        .unwrap_or_else(|| embedded.clone());
+    let info_url = args.path_info_service_addr.unwrap_or(embedded);
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
@@ -60,8 +67,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let tcp_addr = tcp.local_addr().context("cannot read the listening address")?;
 
+        let path_info = cairn_store::pathinfo::path_info_service_from_addr(
+            &info_url,
+            blobs.clone(),
+            directories.clone(),
+        )
+        .with_context(|| format!("cannot open path info service {info_url}"))?;
         let (routes, _health) =
-            cairn_castore::server::routes(blobs.clone(), directories.clone(), &[]).await?;
+            cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -94,7 +107,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             socket_note = format!(" and grpc+unix://{}", socket.display());
         }
         // Tests and scripts read this line to learn the port when --listen used port 0.
-        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (blobs: {blob_url}, directories: {dir_url})");
+        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
         tracing::info!(%tcp_addr, "serving");
 
         let mut sigterm =

@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_castore::Node;
 use cairn_nix::hash::NixHash;
+use cairn_nix::narinfo::ContentAddress;
 use cairn_nix::store_path::{FileIngestionMethod, StorePath, make_fixed_output_path};
 use cairn_store::fs::{Imported, Progress, import_path};
+use cairn_store::pathinfo::PathInfo;
 use clap::Args;
 
 use super::store::{Store, StoreArgs, runtime};
@@ -100,15 +103,53 @@ pub async fn import_one(store: &Store, path: &Path, name: &str) -> anyhow::Resul
         ticker.abort();
         bar.finish_and_clear();
     }
-    let Imported { nar_sha256, .. } =
-        result.with_context(|| format!("importing {}", path.display()))?;
-    let store_path = make_fixed_output_path(
-        FileIngestionMethod::Recursive,
-        &NixHash::Sha256(nar_sha256),
-        name,
-        [],
-        false,
-    )?;
+    let Imported {
+        root,
+        nar_size,
+        nar_sha256,
+    } = result.with_context(|| format!("importing {}", path.display()))?;
+    register_ca(store, name, root, nar_size, nar_sha256).await
+}
+
+/// Registers a tree just stored as the content-addressed ("source", recursive
+/// sha256 of the NAR) store path `name`, without references, and returns its path.
+pub async fn register_ca(
+    store: &Store,
+    name: &str,
+    root: Node,
+    nar_size: u64,
+    nar_sha256: [u8; 32],
+) -> anyhow::Result<StorePath> {
+    let hash = NixHash::Sha256(nar_sha256);
+    let store_path =
+        make_fixed_output_path(FileIngestionMethod::Recursive, &hash, name, [], false)?;
+    let info = PathInfo {
+        store_path: store_path.clone(),
+        node: root,
+        references: Vec::new(),
+        nar_size,
+        nar_sha256,
+        signatures: Vec::new(),
+        deriver: None,
+        ca: Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Recursive,
+            hash,
+        }),
+    };
+    // Registered already (the same tree imported again): write nothing.
+    let known = store
+        .path_info
+        .get(*store_path.digest())
+        .await
+        .with_context(|| format!("looking up {}", store_path.to_absolute()))?;
+    if known.as_ref() == Some(&info) {
+        return Ok(store_path);
+    }
+    store
+        .path_info
+        .put(info)
+        .await
+        .with_context(|| format!("registering {}", store_path.to_absolute()))?;
     Ok(store_path)
 }
 

@@ -4,4 +4,5 @@ pub mod daemon;
 pub mod import;
 pub mod key;
 pub mod nar;
+pub mod paths;
 pub mod store;

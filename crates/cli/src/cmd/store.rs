@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use cairn_castore::{BlobService, DirectoryService};
+use cairn_nix::store_path::StorePath;
+use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use clap::Args;
 
 /// Where the store is: flags shared by every store command.
@@ -69,6 +71,8 @@ pub struct Store {
     pub blobs: Arc<dyn BlobService>,
     /// Directories.
     pub directories: Arc<dyn DirectoryService>,
+    /// Path info.
+    pub path_info: Arc<dyn PathInfoService>,
 }
 
 impl StoreArgs {
@@ -113,16 +117,47 @@ impl StoreArgs {
 
     /// Opens the services. Needs a tokio runtime (gRPC clients are created in it).
     pub fn open(&self) -> anyhow::Result<Store> {
-        let [blob_url, dir_url, _info_url] = self.urls()?;
+        let [blob_url, dir_url, info_url] = self.urls()?;
         let blobs = cairn_castore::blob_service_from_addr(&blob_url)
             .with_context(|| format!("cannot open blob service {blob_url}"))?;
         let directories = cairn_castore::directory_service_from_addr(&dir_url)
             .with_context(|| format!("cannot open directory service {dir_url}"))?;
-        Ok(Store { blobs, directories })
+        let path_info = cairn_store::pathinfo::path_info_service_from_addr(
+            &info_url,
+            blobs.clone(),
+            directories.clone(),
+        )
+        .with_context(|| format!("cannot open path info service {info_url}"))?;
+        Ok(Store {
+            blobs,
+            directories,
+            path_info,
+        })
     }
 }
 
 /// A multi-threaded tokio runtime for a command.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("cannot start the tokio runtime")
+}
+
+impl Store {
+    /// The path info of `path`, or an error saying it is not in the store.
+    pub async fn path_info(&self, path: &StorePath) -> anyhow::Result<PathInfo> {
+        let info = self
+            .path_info
+            .get(*path.digest())
+            .await
+            .with_context(|| format!("looking up {}", path.to_absolute()))?;
+        match info {
+            Some(info) if info.store_path == *path => Ok(info),
+            _ => anyhow::bail!("path '{}' is not in the store", path.to_absolute()),
+        }
+    }
+}
+
+/// Parses an absolute store path argument (`/nix/store/<hash>-<name>`).
+pub fn parse_store_path(arg: &str) -> anyhow::Result<StorePath> {
+    StorePath::parse_absolute(arg.trim_end_matches('/'))
+        .with_context(|| format!("{arg:?} is not a store path"))
 }

@@ -1,0 +1,539 @@
+//! The commands on store paths already in the store: `dump`, `export`, `add-nar`,
+//! `path-info`, `ls`, `cat` and `verify`.
+
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use cairn_castore::Node;
+use cairn_nix::store_path::StorePath;
+use cairn_store::pathinfo::PathInfo;
+use clap::Args;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::store::{Store, StoreArgs, parse_store_path, runtime};
+
+/// Bytes copied to stdout at a time.
+const OUT_BUF: usize = 256 * 1024;
+
+/// Arguments of `cairn dump`.
+#[derive(Args)]
+pub struct DumpArgs {
+    /// Store path (/nix/store/<hash>-<name>) whose NAR to write.
+    path: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn export`.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Store path to materialize.
+    path: String,
+    /// Where to create it; must not exist yet (its parent must).
+    dest: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn add-nar`.
+#[derive(Args)]
+pub struct AddNarArgs {
+    /// NAR file to add; `-` reads stdin.
+    file: PathBuf,
+    /// Name of the store path.
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn path-info`.
+#[derive(Args)]
+pub struct PathInfoArgs {
+    /// Store paths.
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Print a JSON array, as `nix path-info --json` does (without its
+    /// `registrationTime`, which belongs to a local store's database).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn ls`.
+#[derive(Args)]
+pub struct LsArgs {
+    /// Store path, optionally followed by a path inside it
+    /// (/nix/store/<hash>-<name>/sub/dir).
+    path: String,
+    /// Show type, permissions and size, as `nix store ls -l`.
+    #[arg(short = 'l', long)]
+    long: bool,
+    /// List subdirectories too.
+    #[arg(short = 'R', long)]
+    recursive: bool,
+    /// Print JSON, as `nix store ls --json`.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn cat`.
+#[derive(Args)]
+pub struct CatArgs {
+    /// A file in a store path (/nix/store/<hash>-<name>[/sub/file]).
+    path: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Arguments of `cairn verify`.
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Store paths to check [default: every path in the store].
+    paths: Vec<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// Stdout as a plain file: `io::Stdout` is line-buffered and would split writes
+/// at newlines.
+fn raw_stdout() -> anyhow::Result<std::fs::File> {
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot use stdout")?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Copies `r` to stdout.
+async fn to_stdout(mut r: impl tokio::io::AsyncRead + Unpin) -> anyhow::Result<()> {
+    let mut out = raw_stdout()?;
+    let mut buf = vec![0u8; OUT_BUF];
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        // A blocking write: stdout is a pipe or file the runtime cannot poll.
+        tokio::task::block_in_place(|| out.write_all(&buf[..n]))?;
+    }
+}
+
+/// Runs `cairn dump`.
+pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
+    let path = parse_store_path(&args.path)?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let info = store.path_info(&path).await?;
+        let nar =
+            cairn_store::nar::render(store.blobs.clone(), store.directories.clone(), info.node);
+        to_stdout(nar)
+            .await
+            .with_context(|| format!("writing the NAR of {}", path.to_absolute()))
+    })
+}
+
+/// Runs `cairn export`.
+pub fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let path = parse_store_path(&args.path)?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let info = store.path_info(&path).await?;
+        cairn_store::fs::export(
+            store.blobs.clone(),
+            &*store.directories,
+            &info.node,
+            &args.dest,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "exporting {} to {}",
+                path.to_absolute(),
+                args.dest.display()
+            )
+        })
+    })
+}
+
+/// Runs `cairn add-nar`.
+pub fn add_nar(args: AddNarArgs) -> anyhow::Result<()> {
+    // Check the name before reading anything.
+    cairn_nix::store_path::validate_name(&args.name)
+        .with_context(|| format!("cannot name a store path {:?}", args.name))?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let what = if args.file.as_os_str() == "-" {
+            "stdin".to_string()
+        } else {
+            args.file.display().to_string()
+        };
+        let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if args.file.as_os_str() == "-" {
+            Box::new(tokio::io::stdin())
+        } else {
+            Box::new(
+                tokio::fs::File::open(&args.file)
+                    .await
+                    .with_context(|| format!("cannot open {what}"))?,
+            )
+        };
+        let input = tokio::io::BufReader::with_capacity(OUT_BUF, input);
+        let ingested = cairn_store::nar::ingest(&*store.blobs, &*store.directories, input)
+            .await
+            .with_context(|| format!("adding the NAR {what}"))?;
+        let path = super::import::register_ca(
+            &store,
+            &args.name,
+            ingested.root,
+            ingested.nar_size,
+            ingested.nar_sha256,
+        )
+        .await?;
+        println!("{}", path.to_absolute());
+        Ok(())
+    })
+}
+
+/// Runs `cairn path-info`.
+pub fn path_info(args: PathInfoArgs) -> anyhow::Result<()> {
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| parse_store_path(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let mut infos = Vec::new();
+        for path in &paths {
+            infos.push(store.path_info(path).await?);
+        }
+        // Nix prints a set of paths: sorted, each once.
+        infos.sort_by(|a, b| a.store_path.cmp(&b.store_path));
+        infos.dedup_by(|a, b| a.store_path == b.store_path);
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            let items: Vec<String> = infos.iter().map(PathInfo::to_json).collect();
+            write!(out, "[{}]", items.join(","))?;
+        } else {
+            for info in &infos {
+                writeln!(out, "{}", info.store_path.to_absolute())?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    })
+}
+
+/// A path inside a store path: the store path, the node there, and the name to
+/// show for it.
+struct Resolved {
+    node: Node,
+    /// What `nix store ls` prints for the node itself: the last component.
+    name: String,
+}
+
+/// Resolves `/nix/store/<hash>-<name>[/sub/path]` to a node, without following
+/// symlinks.
+async fn resolve(store: &Store, arg: &str) -> anyhow::Result<Resolved> {
+    let (path, sub) = StorePath::parse_absolute_with_subpath(arg)
+        .with_context(|| format!("{arg:?} is not a path in the store"))?;
+    let info = store.path_info(&path).await?;
+    let mut node = info.node;
+    let mut name = path.to_string();
+    for component in sub.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        let Node::Directory { digest, .. } = node else {
+            bail!("path '{arg}' does not exist");
+        };
+        let dir = store
+            .directories
+            .get(&digest)
+            .await
+            .with_context(|| format!("reading directory {digest} of {arg}"))?
+            .with_context(|| format!("directory {digest} of {arg} is missing"))?;
+        node = match dir.get(component.as_bytes()) {
+            Some(n) => n.clone(),
+            None => bail!("path '{arg}' does not exist"),
+        };
+        name = component.to_string();
+    }
+    Ok(Resolved { node, name })
+}
+
+/// Runs `cairn ls`.
+pub fn ls(args: LsArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let target = resolve(&store, args.path.trim_end_matches('/')).await?;
+        let mut out = Vec::new();
+        if args.json {
+            ls_json(&store, &target.node, args.recursive, true, &mut out).await?;
+        } else {
+            let rel = match target.node {
+                Node::Directory { .. } => ".".to_string(),
+                _ => target.name,
+            };
+            ls_text(
+                &store,
+                &target.node,
+                rel.into_bytes(),
+                &args,
+                true,
+                &mut out,
+            )
+            .await?;
+        }
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&out)?;
+        stdout.flush()?;
+        Ok(())
+    })
+}
+
+/// `nix store ls` (Nix 2.8 `MixLs`): a directory lists its entries as `./name`
+/// (recursively with -R), anything else is shown as itself; with -l, each line is
+/// `{type and mode} {size:>20} {path}[ -> {target}]`.
+fn ls_text<'a>(
+    store: &'a Store,
+    node: &'a Node,
+    rel: Vec<u8>,
+    args: &'a LsArgs,
+    top: bool,
+    out: &'a mut Vec<u8>,
+) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(async move {
+        if let (Node::Directory { digest, .. }, true) = (node, top || args.recursive) {
+            let dir = store
+                .directories
+                .get(digest)
+                .await?
+                .with_context(|| format!("directory {digest} is missing"))?;
+            for (name, child) in dir.nodes() {
+                let mut child_rel = rel.clone();
+                child_rel.push(b'/');
+                child_rel.extend_from_slice(name.as_bytes());
+                show(node_line(child, &child_rel, args.long), out);
+                if matches!(child, Node::Directory { .. }) && args.recursive {
+                    ls_text(store, child, child_rel, args, false, out).await?;
+                }
+            }
+            return Ok(());
+        }
+        show(node_line(node, &rel, args.long), out);
+        Ok(())
+    })
+}
+
+fn show(line: Vec<u8>, out: &mut Vec<u8>) {
+    out.extend_from_slice(&line);
+    out.push(b'\n');
+}
+
+fn node_line(node: &Node, rel: &[u8], long: bool) -> Vec<u8> {
+    if !long {
+        return rel.to_vec();
+    }
+    let (mode, size) = match node {
+        Node::File {
+            executable: true,
+            size,
+            ..
+        } => ("-r-xr-xr-x", *size),
+        Node::File { size, .. } => ("-r--r--r--", *size),
+        Node::Symlink { .. } => ("lrwxrwxrwx", 0),
+        Node::Directory { .. } => ("dr-xr-xr-x", 0),
+    };
+    let mut line = format!("{mode} {size:>20} ").into_bytes();
+    line.extend_from_slice(rel);
+    if let Node::Symlink { target } = node {
+        line.extend_from_slice(b" -> ");
+        line.extend_from_slice(target.as_bytes());
+    }
+    line
+}
+
+/// `nix store ls --json`: a directory's entries are `{}` unless recursive.
+fn ls_json<'a>(
+    store: &'a Store,
+    node: &'a Node,
+    recursive: bool,
+    top: bool,
+    out: &'a mut Vec<u8>,
+) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+    Box::pin(async move {
+        match node {
+            Node::File {
+                size, executable, ..
+            } => {
+                out.extend_from_slice(format!(r#"{{"type":"regular","size":{size}"#).as_bytes());
+                if *executable {
+                    out.extend_from_slice(br#","executable":true"#);
+                }
+                out.push(b'}');
+            }
+            Node::Symlink { target } => {
+                out.extend_from_slice(br#"{"type":"symlink","target":"#);
+                json_str(out, target.as_bytes());
+                out.push(b'}');
+            }
+            Node::Directory { digest, .. } => {
+                out.extend_from_slice(br#"{"type":"directory","entries":{"#);
+                if top || recursive {
+                    let dir = store
+                        .directories
+                        .get(digest)
+                        .await?
+                        .with_context(|| format!("directory {digest} is missing"))?;
+                    for (i, (name, child)) in dir.nodes().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        json_str(out, name.as_bytes());
+                        out.push(b':');
+                        if recursive {
+                            ls_json(store, child, recursive, false, out).await?;
+                        } else {
+                            out.extend_from_slice(b"{}");
+                        }
+                    }
+                }
+                out.extend_from_slice(b"}}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Appends `s` as a JSON string the way Nix 2.8 writes it: `"`, `\` and control
+/// characters escaped, every other byte as is.
+fn json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &b in s {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0..0x20 => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 15) as usize],
+            ]),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// Runs `cairn cat`.
+pub fn cat(args: CatArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let target = resolve(&store, &args.path).await?;
+        let Node::File { digest, size, .. } = target.node else {
+            bail!("path '{}' is not a regular file", args.path);
+        };
+        let reader = store
+            .blobs
+            .open_read(&digest)
+            .await
+            .with_context(|| format!("reading {}", args.path))?
+            .with_context(|| format!("blob {digest} of {} is missing", args.path))?;
+        // Exactly the size the directory records: a longer blob is an error below.
+        let mut limited = reader.take(size + 1);
+        let mut counted = Counted {
+            inner: &mut limited,
+            n: 0,
+        };
+        to_stdout(&mut counted).await?;
+        if counted.n != size {
+            bail!(
+                "{}: blob {digest} has {} bytes, its directory says {size}",
+                args.path,
+                counted.n
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.n += n;
+        r
+    }
+}
+
+/// Runs `cairn verify`: re-renders each path's NAR (every blob read is checked
+/// against its BLAKE3 digest) and compares its size and sha256 with the path info.
+pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| parse_store_path(p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let mut failed = 0usize;
+        let mut checked = 0usize;
+        let mut check = async |info: PathInfo| {
+            checked += 1;
+            let path = info.store_path.to_absolute();
+            match cairn_store::nar::calculate(&*store.blobs, &*store.directories, &info.node)
+                .await
+            {
+                Ok((size, sha256)) if size == info.nar_size && sha256 == info.nar_sha256 => {}
+                Ok((size, sha256)) => {
+                    failed += 1;
+                    eprintln!(
+                        "path '{path}' was modified! expected NAR hash '{}' ({} bytes), got '{}' ({size} bytes)",
+                        info.nar_hash().to_sri(),
+                        info.nar_size,
+                        cairn_nix::hash::NixHash::Sha256(sha256).to_sri()
+                    );
+                }
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("path '{path}' is damaged: {e}");
+                }
+            }
+        };
+        if paths.is_empty() {
+            let mut all = store.path_info.list();
+            while let Some(info) = all.next().await {
+                check(info.context("listing the store's paths")?).await;
+            }
+        } else {
+            for path in &paths {
+                let info = store.path_info(path).await?;
+                check(info).await;
+            }
+        }
+        if failed > 0 {
+            bail!("{failed} of {checked} paths failed verification");
+        }
+        Ok(())
+    })
+}
