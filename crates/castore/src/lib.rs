@@ -35,6 +35,7 @@ pub mod from_addr;
 pub mod model;
 pub mod proto;
 pub mod server;
+mod upload;
 
 pub use blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 pub use channel::{GrpcAddr, MAX_DECODING_MESSAGE_SIZE};

@@ -20,9 +20,8 @@ pub struct Backend {
     pub blobs: Arc<dyn BlobService>,
     /// The directory service under test.
     pub dirs: Arc<dyn DirectoryService>,
-    /// Whether the services are gRPC clients of a server (see the FIXME in
-    /// `blob_dropped_writer_leaves_nothing`).
-    pub remote: bool,
+    /// The server's address when the services are gRPC clients of a server.
+    pub url: Option<String>,
     _guard: Option<Box<dyn Send>>,
 }
 
@@ -47,7 +46,7 @@ mod backends {
         Backend {
             blobs: Arc::new(store.clone()),
             dirs: Arc::new(store),
-            remote: false,
+            url: None,
             _guard: Some(Box::new(dir)),
         }
     }
@@ -56,7 +55,7 @@ mod backends {
         Backend {
             blobs: Arc::new(MemoryBlobService::new()),
             dirs: Arc::new(MemoryDirectoryService::new()),
-            remote: false,
+            url: None,
             _guard: None,
         }
     }
@@ -76,7 +75,7 @@ mod backends {
         Backend {
             blobs: cairn_castore::blob_service_from_addr(url).unwrap(),
             dirs: cairn_castore::directory_service_from_addr(url).unwrap(),
-            remote: true,
+            url: Some(url.to_string()),
             _guard: Some(Box::new(guard)),
         }
     }
@@ -234,15 +233,45 @@ mod scenarios {
         drop(w);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let visible = b.blobs.has(&b3(&content)).await.unwrap();
-        // FIXME: over gRPC, about 1 run in 40 the server still commits a blob whose
-        // client writer was dropped: tonic's outbound request streams are
-        // infallible, so a dropped one can reach the server as a clean end of stream
-        // (END_STREAM) before the RST_STREAM (grpc/grpc-rust PR #2791 adds a
-        // `CancellationHandle` for this). Until the client uses it, only in-process
-        // backends are held to the rule here; remote ones must still answer `has`.
-        if !b.remote {
-            assert!(!visible, "a dropped writer's blob became visible");
+        assert!(!visible, "a dropped writer's blob became visible");
+    }
+
+    /// A client that resets its upload with `RST_STREAM(CANCEL)` (what tonic and
+    /// hyper clients do when a call is dropped; tonic's server decoder takes it for
+    /// the end of the stream) gets nothing stored. For gRPC backends.
+    pub async fn blob_cancelled_upload_leaves_nothing(b: &Backend) {
+        use cairn_castore::proto::{BlobChunk, blob_service_client::BlobServiceClient};
+        let url = b.url.as_ref().expect("a gRPC backend");
+        let channel = cairn_castore::GrpcAddr::parse(url)
+            .unwrap()
+            .unwrap()
+            .channel()
+            .unwrap();
+        let content = data(2_000_000, 4);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let cancel = request.cancellation_handle();
+        let call = tokio::spawn(async move { BlobServiceClient::new(channel).put(request).await });
+        for piece in content.chunks(1 << 20) {
+            tx.send(BlobChunk {
+                data: piece.to_vec().into(),
+            })
+            .await
+            .unwrap();
         }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        cancel.cancel();
+        let answer = call.await.unwrap();
+        assert!(
+            answer.is_err(),
+            "a cancelled upload was answered {answer:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !b.blobs.has(&b3(&content)).await.unwrap(),
+            "a cancelled upload became visible"
+        );
+        drop(tx);
     }
 
     pub async fn blob_closed_writer_refuses_more(b: &Backend) {
@@ -441,11 +470,7 @@ mod scenarios {
         drop(p);
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         let visible = b.dirs.get(&leaf.digest()).await.unwrap().is_some();
-        // FIXME: the same race as in `blob_dropped_writer_leaves_nothing`: over
-        // gRPC a dropped putter's stream is occasionally committed by the server.
-        if !b.remote {
-            assert!(!visible, "a dropped putter's directory became visible");
-        }
+        assert!(!visible, "a dropped putter's directory became visible");
     }
 }
 
@@ -487,3 +512,16 @@ backend_suite!(memory, crate::backends::memory);
 backend_suite!(embedded, crate::backends::embedded);
 backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
 backend_suite!(grpc_unix, crate::backends::grpc_unix);
+
+/// Scenarios of a client talking to the server directly, for gRPC backends only.
+macro_rules! server_suite {
+    ($name:ident, $make:path) => {
+        mod $name {
+            use super::*;
+            one_test!($make, blob_cancelled_upload_leaves_nothing);
+        }
+    };
+}
+
+server_suite!(grpc_tcp_server, crate::backends::grpc_tcp);
+server_suite!(grpc_unix_server, crate::backends::grpc_unix);

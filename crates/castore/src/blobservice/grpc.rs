@@ -16,6 +16,7 @@ use tonic::transport::Channel;
 
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 use crate::proto::blob_service_client::BlobServiceClient;
+use crate::upload::{Upload, upload};
 use crate::{B3Digest, Error, proto};
 
 /// Largest piece of blob data put in one gRPC message.
@@ -26,14 +27,16 @@ const MAX_PIECE: usize = 1 << 20;
 #[derive(Clone)]
 pub struct GrpcBlobService {
     client: BlobServiceClient<Channel>,
+    channel: Channel,
 }
 
 impl GrpcBlobService {
     /// A client on `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: BlobServiceClient::new(channel)
+            client: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::channel::MAX_DECODING_MESSAGE_SIZE),
+            channel,
         }
     }
 
@@ -88,7 +91,7 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
-        Box::new(GrpcBlobWriter::new(self.client.clone()))
+        Box::new(GrpcBlobWriter::new(self.channel.clone()))
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -357,8 +360,8 @@ enum Piece {
 
 /// Streams a blob to the server as it is written. The `Put` call runs in a task fed
 /// through a channel; the stream ends cleanly only on [`BlobWriter::close`]. A writer
-/// dropped before that aborts the call, so the server sees a cancelled stream and
-/// stores nothing.
+/// dropped before that makes the stream fail (see [`crate::upload`]), so the server
+/// stores nothing; the task then ends with the server's answer.
 struct GrpcBlobWriter {
     tx: PollSender<Piece>,
     task: Option<JoinHandle<Result<proto::PutBlobResponse, tonic::Status>>>,
@@ -367,19 +370,25 @@ struct GrpcBlobWriter {
 }
 
 impl GrpcBlobWriter {
-    fn new(mut client: BlobServiceClient<Channel>) -> Self {
+    fn new(channel: Channel) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(8);
         let body = async_stream::stream! {
             while let Some(piece) = rx.recv().await {
                 match piece {
-                    Piece::Data(data) => yield proto::BlobChunk { data },
+                    Piece::Data(data) => yield Upload::Item(proto::BlobChunk { data }),
                     Piece::Finish => return,
                 }
             }
-            // Sender gone without Finish: never end cleanly; the task is aborted.
-            futures::future::pending::<()>().await;
+            // Sender gone without Finish: the writer was dropped.
+            yield Upload::Abandon;
         };
-        let task = tokio::spawn(async move { Ok(client.put(body).await?.into_inner()) });
+        let task = tokio::spawn(upload(
+            channel,
+            "tvix.castore.v1.BlobService",
+            "Put",
+            "/tvix.castore.v1.BlobService/Put",
+            body,
+        ));
         Self {
             tx: PollSender::new(tx),
             task: Some(task),
@@ -460,13 +469,5 @@ impl BlobWriter for GrpcBlobWriter {
             )));
         }
         Ok(local)
-    }
-}
-
-impl Drop for GrpcBlobWriter {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
     }
 }

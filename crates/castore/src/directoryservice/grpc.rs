@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::{DirectoryPutter, DirectoryService};
 use crate::proto::directory_service_client::DirectoryServiceClient;
+use crate::upload::{Upload, upload};
 use crate::{B3Digest, Directory, Error, proto};
 
 /// Talks to a remote DirectoryService. Everything received is validated and checked
@@ -18,14 +19,16 @@ use crate::{B3Digest, Directory, Error, proto};
 #[derive(Clone)]
 pub struct GrpcDirectoryService {
     client: DirectoryServiceClient<Channel>,
+    channel: Channel,
 }
 
 impl GrpcDirectoryService {
     /// A client on `channel`.
     pub fn new(channel: Channel) -> Self {
         Self {
-            client: DirectoryServiceClient::new(channel)
+            client: DirectoryServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::channel::MAX_DECODING_MESSAGE_SIZE),
+            channel,
         }
     }
 
@@ -125,7 +128,7 @@ impl DirectoryService for GrpcDirectoryService {
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
         Box::new(GrpcDirectoryPutter {
-            client: self.client.clone(),
+            channel: self.channel.clone(),
             call: None,
             failed: false,
         })
@@ -140,10 +143,10 @@ enum Msg {
 type PutTask = JoinHandle<Result<proto::PutDirectoryResponse, tonic::Status>>;
 
 /// Streams a closure to the server, which validates it. The call starts with the
-/// first directory; it only ends cleanly on close, and is aborted (nothing stored)
-/// when the putter is dropped before.
+/// first directory; it only ends cleanly on close, and fails (nothing stored, see
+/// [`crate::upload`]) when the putter is dropped before.
 struct GrpcDirectoryPutter {
-    client: DirectoryServiceClient<Channel>,
+    channel: Channel,
     call: Option<(mpsc::Sender<Msg>, PutTask)>,
     failed: bool,
 }
@@ -174,14 +177,20 @@ impl DirectoryPutter for GrpcDirectoryPutter {
             let body = async_stream::stream! {
                 while let Some(msg) = rx.recv().await {
                     match msg {
-                        Msg::Dir(d) => yield d,
+                        Msg::Dir(d) => yield Upload::Item(d),
                         Msg::Finish => return,
                     }
                 }
-                futures::future::pending::<()>().await;
+                // Sender gone without Finish: the putter was dropped.
+                yield Upload::Abandon;
             };
-            let mut client = self.client.clone();
-            let task = tokio::spawn(async move { Ok(client.put(body).await?.into_inner()) });
+            let task = tokio::spawn(upload(
+                self.channel.clone(),
+                "tvix.castore.v1.DirectoryService",
+                "Put",
+                "/tvix.castore.v1.DirectoryService/Put",
+                body,
+            ));
             (tx, task)
         });
         if tx.send(Msg::Dir(directory.to_proto())).await.is_err() {
@@ -211,13 +220,5 @@ impl DirectoryPutter for GrpcDirectoryPutter {
         let response = self.outcome().await?;
         B3Digest::try_from(&response.root_digest)
             .map_err(|e| Error::Corrupt(format!("server answered a malformed root digest: {e}")))
-    }
-}
-
-impl Drop for GrpcDirectoryPutter {
-    fn drop(&mut self) {
-        if let Some((_, task)) = self.call.take() {
-            task.abort();
-        }
     }
 }

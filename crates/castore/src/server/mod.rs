@@ -9,6 +9,7 @@
 
 mod blob;
 mod directory;
+mod reset;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,14 +70,14 @@ pub async fn routes(
 
     let mut builder = Routes::builder();
     builder
-        .add_service(
+        .add_service(reset::NoResetEof(
             BlobServiceServer::new(GrpcBlobServer::new(blobs))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-        )
-        .add_service(
+        ))
+        .add_service(reset::NoResetEof(
             DirectoryServiceServer::new(GrpcDirectoryServer::new(directories))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-        )
+        ))
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(health);
