@@ -567,3 +567,213 @@ fn verify_finds_a_corrupted_byte_and_names_the_path() {
     let out = cairn_at(&data, &["verify", &store_paths[6]], None);
     assert!(!out.status.success());
 }
+
+/// A running daemon, killed if the test fails before stopping it.
+struct Daemon(Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `cairn daemon` on `data` and a free port; returns it with its TCP address.
+fn start_daemon(data: &Path) -> (Daemon, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR")
+        .env_remove("PATH_INFO_SERVICE_ADDR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc+http://"))
+        .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (Daemon(Some(child)), format!("grpc+http://{addr}"))
+}
+
+fn stop_daemon(mut daemon: Daemon) {
+    let mut child = daemon.0.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn commands_use_a_running_daemon_of_the_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let chroot = tmp.path().join("nix");
+    let data = tmp.path().join("data");
+    let theirs = text(nix(
+        "nix-store",
+        &["--store", s(&chroot), "--add", s(&root)],
+    ));
+    let (daemon, addr) = start_daemon(&data);
+
+    // The daemon holds the data directory's lock: these go through its socket.
+    let ours = text(ok(cairn_at(&data, &["import", s(&root)], None)));
+    assert_eq!(ours, theirs);
+    let path = ours.trim_end();
+    let nar = nix("nix-store", &["--dump", s(&root)]);
+    assert!(ok(cairn_at(&data, &["dump", path], None)) == nar);
+    ok(cairn_at(&data, &["verify"], None));
+    let json = text(ok(cairn_at(&data, &["path-info", "--json", path], None)));
+    let theirs_json = text(nix(
+        "nix",
+        &["path-info", "--json", "--store", s(&chroot), path],
+    ));
+    assert_eq!(json, without_registration_time(&theirs_json));
+
+    // --store names the daemon explicitly, whatever the data directory.
+    let other = tmp.path().join("other");
+    let via_tcp = ["--store", addr.as_str()];
+    let mut args = vec!["dump", path];
+    args.extend(via_tcp);
+    assert!(ok(cairn_at(&other, &args, None)) == nar);
+    let dest = tmp.path().join("exported");
+    let mut args = vec!["export", path, s(&dest)];
+    args.extend(via_tcp);
+    ok(cairn_at(&other, &args, None));
+    assert_eq!(
+        nix("nix-hash", &["--type", "sha256", s(&dest)]),
+        nix("nix-hash", &["--type", "sha256", s(&root)])
+    );
+    let mut args = vec!["add-nar", "-", "--name", "from-nar"];
+    args.extend(via_tcp);
+    let added = text(ok(cairn_at(&other, &args, Some(&nar))));
+    assert!(
+        !other.exists(),
+        "--store must not create the data directory"
+    );
+
+    stop_daemon(daemon);
+    // Without the daemon, the data directory itself has everything it stored.
+    let out = text(ok(cairn_at(
+        &data,
+        &["path-info", path, added.trim_end()],
+        None,
+    )));
+    assert_eq!(out.lines().count(), 2);
+    ok(cairn_at(&data, &["verify"], None));
+}
+
+/// Tiny deterministic PRNG (xorshift), so the crash test needs no dependency.
+fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+#[test]
+fn kill_9_during_imports_loses_nothing_printed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("data");
+    // 8 trees of 300 small files and one 4 MiB file each, imported in one command.
+    let mut roots = Vec::new();
+    for t in 0..8u8 {
+        let root = tmp.path().join(format!("t{t}"));
+        fs::create_dir(&root).unwrap();
+        for i in 0..300u32 {
+            let dir = root.join(format!("d{}", i % 7));
+            fs::create_dir_all(&dir).unwrap();
+            let mut content = data((i as usize * 37) % 5000, t.wrapping_add(i as u8));
+            content.extend_from_slice(&i.to_le_bytes());
+            content.push(t);
+            fs::write(dir.join(format!("f{i}")), content).unwrap();
+        }
+        let mut big = data(4 << 20, t);
+        big[..8].copy_from_slice(&u64::from(t).to_le_bytes());
+        fs::write(root.join("big"), big).unwrap();
+        roots.push(root);
+    }
+    let mut args: Vec<&str> = vec!["import"];
+    args.extend(roots.iter().map(|p| s(p)));
+
+    // How long a full import takes, to kill within it.
+    let start = std::time::Instant::now();
+    let full = text(ok(cairn_at(&tmp.path().join("timing"), &args, None)));
+    let full_ms = start.elapsed().as_millis().max(50) as u64;
+    let expected: Vec<&str> = full.lines().collect();
+    assert_eq!(expected.len(), roots.len());
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    // Rounds killed before the end, and among them those that printed a path.
+    let (mut interrupted, mut partial) = (0, 0);
+    for round in 0..20 {
+        use std::io::Read;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(&args)
+            .env("CAIRN_DATA_DIR", &store_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = next_rand(&mut seed) % full_ms;
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let mut printed = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut printed)
+            .unwrap();
+        // Every path printed is a prefix of the full run's output.
+        let printed: Vec<&str> = printed.lines().collect();
+        assert_eq!(printed[..], expected[..printed.len()], "round {round}");
+        if printed.len() < expected.len() {
+            interrupted += 1;
+            partial += usize::from(!printed.is_empty());
+        }
+        // The store opens, verifies whole, and has every printed path complete.
+        let out = cairn_at(&store_dir, &["verify"], None);
+        assert!(
+            out.status.success(),
+            "round {round} (killed after {delay} ms): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if !printed.is_empty() {
+            let mut v = vec!["verify"];
+            v.extend(&printed);
+            ok(cairn_at(&store_dir, &v, None));
+            let last = printed[printed.len() - 1];
+            let i = printed.len() - 1;
+            assert!(
+                ok(cairn_at(&store_dir, &["dump", last], None))
+                    == nix("nix-store", &["--dump", s(&roots[i])]),
+                "round {round}: {last}"
+            );
+        }
+    }
+    // Kills must have hit imports in progress, or the test proves nothing.
+    assert!(
+        interrupted >= 5 && partial >= 2,
+        "only {interrupted} rounds interrupted ({partial} after printing a path)"
+    );
+    // And a last, uninterrupted run completes on the crashed-into store.
+    assert_eq!(text(ok(cairn_at(&store_dir, &args, None))), full);
+    ok(cairn_at(&store_dir, &["verify"], None));
+}
