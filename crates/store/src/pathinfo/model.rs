@@ -158,9 +158,16 @@ fn ca_from_proto(ca: &proto::nar_info::Ca) -> Result<ContentAddress, PathInfoErr
             expected: algo.digest_len(),
         })?;
     Ok(match (method, hash) {
-        (None, NixHash::Sha256(sha256)) => ContentAddress::Text { sha256 },
         (Some(method), hash) => ContentAddress::Fixed { method, hash },
-        (None, _) => unreachable!("text content addresses are built from sha256 only"),
+        (None, NixHash::Sha256(sha256)) => ContentAddress::Text { sha256 },
+        // Only TEXT_SHA256 has no method, and its digest was parsed as SHA-256.
+        (None, other) => {
+            return Err(PathInfoError::InvalidCaDigest {
+                ty: ty.as_str_name(),
+                len: other.digest().len(),
+                expected: 32,
+            });
+        }
     })
 }
 
