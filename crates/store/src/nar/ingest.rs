@@ -8,13 +8,85 @@ use cairn_castore::{
     B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent, SymlinkTarget,
 };
 use cairn_nix::nar::{AsyncEvent, AsyncReader, Limits};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::NarError;
 
-/// Size of the buffer file contents are copied through.
+/// Size of the buffer large files' contents are copied through.
 const COPY_BUF: usize = 256 * 1024;
+/// Files up to this size are read whole, hashed here and uploaded concurrently
+/// (a store's per-blob commit or round trip would otherwise serialise them);
+/// larger ones stream through one writer.
+const SMALL_FILE: u64 = 256 * 1024;
+/// Small-file uploads in flight at most.
+const UPLOADS: usize = 64;
+/// Bytes of small files held in flight at most.
+const UPLOAD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Small files being uploaded: their bytes held until each is stored.
+struct Uploads<'a> {
+    blobs: &'a dyn BlobService,
+    running: FuturesUnordered<BoxFuture<'a, Result<usize, NarError>>>,
+    bytes: usize,
+}
+
+impl<'a> Uploads<'a> {
+    /// Starts storing `data` (the contents of the file at `offset`) and returns its
+    /// digest, computed here; the upload's own digest is checked against it.
+    async fn start(&mut self, data: Vec<u8>, offset: u64) -> Result<B3Digest, NarError> {
+        while !self.running.is_empty()
+            && (self.running.len() >= UPLOADS || self.bytes + data.len() > UPLOAD_BYTES)
+        {
+            self.wait_one().await?;
+        }
+        let expected = B3Digest::from(blake3::hash(&data));
+        let blobs = self.blobs;
+        let len = data.len();
+        self.bytes += len;
+        self.running.push(Box::pin(async move {
+            let write_err = |source| NarError::BlobWrite { offset, source };
+            let mut writer = blobs.open_write().await;
+            writer.write_all(&data).await.map_err(write_err)?;
+            writer.flush().await.map_err(write_err)?;
+            let returned = writer.close().await?;
+            if returned != expected {
+                return Err(NarError::DigestMismatch {
+                    what: "blob",
+                    expected,
+                    returned,
+                });
+            }
+            Ok(len)
+        }));
+        // Poll them now so their work starts (stores hand it to their own threads);
+        // collect whatever has finished.
+        while let Some(done) = self.running.next().now_or_never() {
+            match done {
+                Some(r) => self.bytes -= r?,
+                None => break,
+            }
+        }
+        Ok(expected)
+    }
+
+    async fn wait_one(&mut self) -> Result<(), NarError> {
+        if let Some(r) = self.running.next().await {
+            self.bytes -= r?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), NarError> {
+        while !self.running.is_empty() {
+            self.wait_one().await?;
+        }
+        Ok(())
+    }
+}
 
 /// What [`ingest`] stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,6 +134,11 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
     let mut root: Option<Node> = None;
     let mut root_directory: Option<B3Digest> = None;
     let mut buf = vec![0u8; COPY_BUF];
+    let mut uploads = Uploads {
+        blobs,
+        running: FuturesUnordered::new(),
+        bytes: 0,
+    };
 
     loop {
         let at = reader.offset();
@@ -88,20 +165,25 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
                 offset,
                 mut contents,
             }) => {
-                let mut writer = blobs.open_write().await;
-                let write_err = |source| NarError::BlobWrite { offset, source };
-                loop {
-                    let n = contents
-                        .read(&mut buf)
-                        .await
-                        .map_err(|e| NarError::Nar(cairn_nix::nar::Error::from_io(e, offset)))?;
-                    if n == 0 {
-                        break;
+                let read_err = |e| NarError::Nar(cairn_nix::nar::Error::from_io(e, offset));
+                let digest = if size <= SMALL_FILE {
+                    // size <= SMALL_FILE: fits in usize
+                    let mut data = Vec::with_capacity(size as usize);
+                    contents.read_to_end(&mut data).await.map_err(read_err)?;
+                    uploads.start(data, offset).await?
+                } else {
+                    let mut writer = blobs.open_write().await;
+                    let write_err = |source| NarError::BlobWrite { offset, source };
+                    loop {
+                        let n = contents.read(&mut buf).await.map_err(read_err)?;
+                        if n == 0 {
+                            break;
+                        }
+                        writer.write_all(&buf[..n]).await.map_err(write_err)?;
                     }
-                    writer.write_all(&buf[..n]).await.map_err(write_err)?;
-                }
-                writer.flush().await.map_err(write_err)?;
-                let digest = writer.close().await?;
+                    writer.flush().await.map_err(write_err)?;
+                    writer.close().await?
+                };
                 (
                     name.take(),
                     Node::File {
@@ -157,6 +239,8 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
             message: "the NAR ended without a root node",
         }));
     };
+    // Every blob is stored before any directory referencing it can be.
+    uploads.finish().await?;
     if let Some(expected) = root_directory {
         let returned = putter.close().await?;
         if returned != expected {

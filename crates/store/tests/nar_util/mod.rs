@@ -152,6 +152,55 @@ pub struct Backend {
     pub blobs: Arc<dyn BlobService>,
     pub dirs: Arc<dyn DirectoryService>,
     _dir: Option<tempfile::TempDir>,
+    _server: Option<AbortOnDrop>,
+}
+
+/// Stops a spawned server when dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// gRPC clients of a castore server (memory backends) on loopback TCP.
+pub async fn grpc() -> Backend {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (routes, _) = cairn_castore::server::routes(
+        Arc::new(cairn_castore::blobservice::MemoryBlobService::new()),
+        Arc::new(cairn_castore::directoryservice::MemoryDirectoryService::new()),
+        &[],
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        cairn_castore::server::serve(routes, incoming, std::future::pending())
+            .await
+            .unwrap();
+    });
+    let url = format!("grpc+http://127.0.0.1:{port}");
+    Backend {
+        name: "grpc",
+        blobs: cairn_castore::blob_service_from_addr(&url).unwrap(),
+        dirs: cairn_castore::directory_service_from_addr(&url).unwrap(),
+        _dir: None,
+        _server: Some(AbortOnDrop(task)),
+    }
+}
+
+/// (offset, size) of every file's contents in a NAR, by `cairn-nix`'s reader.
+pub fn contents_ranges(nar: &[u8]) -> Vec<(u64, u64)> {
+    let mut reader = cairn_nix::nar::Reader::new(nar);
+    let mut out = Vec::new();
+    while let Some(ev) = reader.next().unwrap() {
+        if let cairn_nix::nar::Event::File { offset, size, .. } = ev {
+            out.push((offset, size));
+        }
+    }
+    out
 }
 
 pub fn memory() -> Backend {
@@ -160,6 +209,7 @@ pub fn memory() -> Backend {
         blobs: Arc::new(cairn_castore::blobservice::MemoryBlobService::new()),
         dirs: Arc::new(cairn_castore::directoryservice::MemoryDirectoryService::new()),
         _dir: None,
+        _server: None,
     }
 }
 
@@ -171,6 +221,7 @@ pub fn embedded() -> Backend {
         blobs: cairn_castore::blob_service_from_addr(&url).unwrap(),
         dirs: cairn_castore::directory_service_from_addr(&url).unwrap(),
         _dir: Some(dir),
+        _server: None,
     }
 }
 
