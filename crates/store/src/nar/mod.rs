@@ -13,6 +13,9 @@
 //!   (streamed, never a whole file in memory) and one all-or-nothing directory
 //!   closure upload.
 //!
+//! - [`walk`]: every node of the tree with its path and NAR offset (for files, of
+//!   the contents: Nix's `narOffset`), in NAR order, from the directories alone.
+//!
 //! The root's name never enters a NAR: a NAR is a node, and names belong to
 //! directory entries only.
 
@@ -22,9 +25,11 @@ mod ingest;
 mod layout;
 mod render;
 mod segments;
+mod walk;
 
 pub use ingest::{Ingested, ingest};
 pub use render::{NarRenderer, calculate, nar_size, render, render_from};
+pub use walk::{Entry, walk};
 
 #[cfg(doc)]
 use cairn_castore::Node;
