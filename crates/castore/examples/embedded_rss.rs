@@ -1,6 +1,8 @@
 //! Writes one blob of the given size (MiB) into a fresh embedded store and reads it
 //! back in full, verified; run under `/usr/bin/time -v` to see that peak memory
-//! does not grow with the blob's size (bench/embedded_rss.sh).
+//! does not grow with the blob's size (bench/embedded_rss.sh). Also prints the CPU
+//! time (user + system, all threads) of each phase: on a machine where other jobs
+//! run, CPU seconds per GiB compare runs better than wall-clock speed.
 #![allow(missing_docs)]
 
 use std::time::Instant;
@@ -9,6 +11,20 @@ use cairn_castore::embedded::EmbeddedStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 include!("common/gen.rs");
+
+/// CPU seconds (user + system) this process has used so far, from /proc/self/stat
+/// (fields 14 and 15, in clock ticks of 1/100 s on Linux).
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields after its ')' are plain.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // rest starts at field 3, so fields 14 and 15 are at 11 and 12.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -21,7 +37,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(dir.path())?;
     let g = Gen::new();
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), cpu_secs());
     let mut w = store.blob_writer();
     let mut buf = vec![0u8; BLOCK];
     for i in 0..len / BLOCK as u64 {
@@ -29,8 +45,8 @@ async fn main() -> anyhow::Result<()> {
         w.write_all(&buf).await?;
     }
     let d = w.close().await?;
-    let wt = t.elapsed().as_secs_f64();
-    let t = Instant::now();
+    let (wt, wc) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    let (t, c) = (Instant::now(), cpu_secs());
     let mut r = store
         .open_blob(&d)?
         .ok_or_else(|| anyhow::anyhow!("blob missing"))?;
@@ -44,11 +60,14 @@ async fn main() -> anyhow::Result<()> {
         n += k as u64;
     }
     anyhow::ensure!(n == len, "read {n} of {len} bytes");
-    let rt = t.elapsed().as_secs_f64();
+    let (rt, rc) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    let gib = len as f64 / f64::from(1u32 << 30);
     println!(
-        "{mib} MiB: write {:.0} MB/s, read {:.0} MB/s, data dir {} bytes",
+        "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB), read {:.0} MB/s ({:.2} CPU s/GiB), data dir {} bytes",
         len as f64 / wt / 1e6,
+        wc / gib,
         len as f64 / rt / 1e6,
+        rc / gib,
         tree_bytes(dir.path())
     );
     Ok(())

@@ -57,6 +57,14 @@ const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 /// A blob's chunks in order: (BLAKE3 digest, size in bytes).
 pub type ChunkList = Vec<([u8; 32], u64)>;
 
+/// Where a blob's bytes are.
+enum Layout {
+    /// One chunk, stored under the blob's digest.
+    Single(ChunkLoc),
+    /// Several chunks, each in `chunks` under its own digest.
+    Chunked(ChunkList),
+}
+
 /// Errors of the embedded store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -259,57 +267,60 @@ impl EmbeddedStore {
         Ok(t.get(digest).map_err(db_err)?.is_some())
     }
 
-    /// `Single` for a visible chunk, the chunk list for a multi-chunk blob.
-    fn blob_entry(&self, digest: &[u8; 32]) -> Result<Option<BlobEntry>, EmbeddedError> {
+    /// Where blob `digest`'s bytes are, in one read transaction.
+    fn blob_layout(&self, digest: &[u8; 32]) -> Result<Option<Layout>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let c = r.open_table(CHUNKS).map_err(db_err)?;
-        if c.get(digest).map_err(db_err)?.is_some() {
-            return Ok(Some(BlobEntry::Single));
+        if let Some(v) = c.get(digest).map_err(db_err)? {
+            return Ok(Some(Layout::Single(ChunkLoc::decode(
+                v.value(),
+                MAX_CHUNK,
+            )?)));
         }
         let t = r.open_table(BLOBS).map_err(db_err)?;
         match t.get(digest).map_err(db_err)? {
             None => Ok(None),
-            Some(v) => BlobEntry::decode(v.value()).map(Some),
+            Some(v) => match BlobEntry::decode(v.value())? {
+                BlobEntry::Chunked(list) => Ok(Some(Layout::Chunked(list))),
+                BlobEntry::Single => Err(EmbeddedError::Corrupt(format!(
+                    "blob {} has no chunk",
+                    hex(digest)
+                ))),
+            },
         }
     }
 
-    fn chunk_loc(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
+    /// The locations of `digests`, in one read transaction.
+    pub(crate) fn chunk_locs(&self, digests: &[[u8; 32]]) -> Result<Vec<ChunkLoc>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(CHUNKS).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            None => Ok(None),
-            Some(v) => ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some),
-        }
+        digests
+            .iter()
+            .map(|d| match t.get(d).map_err(db_err)? {
+                None => Err(EmbeddedError::Corrupt(format!(
+                    "chunk {} is missing",
+                    hex(d)
+                ))),
+                Some(v) => ChunkLoc::decode(v.value(), MAX_CHUNK),
+            })
+            .collect()
     }
 
     /// The ordered (digest, size) chunks of blob `digest`: `None` if absent, empty
     /// if the blob is stored as a single chunk.
     pub fn blob_chunks(&self, digest: &[u8; 32]) -> Result<Option<ChunkList>, EmbeddedError> {
-        Ok(self.blob_entry(digest)?.map(|e| match e {
-            BlobEntry::Single => Vec::new(),
-            BlobEntry::Chunked(list) => list,
+        Ok(self.blob_layout(digest)?.map(|l| match l {
+            Layout::Single(_) => Vec::new(),
+            Layout::Chunked(list) => list,
         }))
     }
 
     /// The size of blob `digest`, if stored.
     pub fn blob_size(&self, digest: &[u8; 32]) -> Result<Option<u64>, EmbeddedError> {
-        Ok(self
-            .blob_layout(digest)?
-            .map(|l| l.iter().map(|c| c.1).sum()))
-    }
-
-    /// The chunks to read for blob `digest` (itself, for a single-chunk blob).
-    fn blob_layout(&self, digest: &[u8; 32]) -> Result<Option<ChunkList>, EmbeddedError> {
-        match self.blob_entry(digest)? {
-            None => Ok(None),
-            Some(BlobEntry::Chunked(list)) => Ok(Some(list)),
-            Some(BlobEntry::Single) => {
-                let loc = self.chunk_loc(digest)?.ok_or_else(|| {
-                    EmbeddedError::Corrupt(format!("blob {} has no chunk", hex(digest)))
-                })?;
-                Ok(Some(vec![(*digest, u64::from(loc.raw_len))]))
-            }
-        }
+        Ok(self.blob_layout(digest)?.map(|l| match l {
+            Layout::Single(loc) => u64::from(loc.raw_len),
+            Layout::Chunked(list) => list.iter().map(|c| c.1).sum(),
+        }))
     }
 
     /// Opens blob `digest` for verified reading with seek, or `None` if absent.
@@ -317,20 +328,24 @@ impl EmbeddedStore {
         &self,
         digest: &[u8; 32],
     ) -> Result<Option<EmbeddedBlobReader>, EmbeddedError> {
-        Ok(self
-            .blob_layout(digest)?
-            .map(|l| EmbeddedBlobReader::new(self.clone(), l)))
+        Ok(self.blob_layout(digest)?.map(|l| match l {
+            Layout::Single(loc) => EmbeddedBlobReader::new(
+                self.clone(),
+                vec![(*digest, u64::from(loc.raw_len))],
+                Some(loc),
+            ),
+            Layout::Chunked(list) => EmbeddedBlobReader::new(self.clone(), list, None),
+        }))
     }
 
-    /// Reads chunk `digest`, decompresses it and checks its BLAKE3 digest and size.
-    pub(crate) fn read_chunk(
+    /// Reads chunk `digest` of `size` bytes stored at `loc`, decompresses it and
+    /// checks its BLAKE3 digest and size.
+    pub(crate) fn read_chunk_at(
         &self,
         digest: &[u8; 32],
         size: u64,
+        loc: &ChunkLoc,
     ) -> Result<Vec<u8>, EmbeddedError> {
-        let loc = self
-            .chunk_loc(digest)?
-            .ok_or_else(|| EmbeddedError::Corrupt(format!("chunk {} is missing", hex(digest))))?;
         if u64::from(loc.raw_len) != size {
             return Err(EmbeddedError::Corrupt(format!(
                 "chunk {} has size {} where its blob says {size}",
@@ -338,7 +353,7 @@ impl EmbeddedStore {
                 loc.raw_len
             )));
         }
-        self.read_verified(&loc, digest, "chunk")
+        self.read_verified(loc, digest, "chunk")
     }
 
     /// Reads the object at `loc`, decompresses it and checks it hashes to `digest`.
@@ -348,17 +363,27 @@ impl EmbeddedStore {
         digest: &[u8; 32],
         what: &str,
     ) -> Result<Vec<u8>, EmbeddedError> {
-        let stored = self
-            .inner
-            .packs
-            .read(loc.pack, loc.offset, loc.stored_len as usize)?;
         let raw = if loc.compressed {
-            // raw_len was bounded when the location was decoded, so is this buffer.
-            zstd::bulk::decompress(&stored, loc.raw_len as usize).map_err(|e| {
-                EmbeddedError::Corrupt(format!("{what} {} does not decompress: {e}", hex(digest)))
+            PACK_BUF.with(|cell| {
+                let mut stored = cell.borrow_mut();
+                self.inner.packs.read_into(
+                    loc.pack,
+                    loc.offset,
+                    loc.stored_len as usize,
+                    &mut stored,
+                )?;
+                // raw_len was bounded when the location was decoded, so is this buffer.
+                decode(&stored, loc.raw_len as usize).map_err(|e| {
+                    EmbeddedError::Corrupt(format!(
+                        "{what} {} does not decompress: {e}",
+                        hex(digest)
+                    ))
+                })
             })?
         } else {
-            stored
+            self.inner
+                .packs
+                .read(loc.pack, loc.offset, loc.stored_len as usize)?
         };
         if raw.len() != loc.raw_len as usize || blake3::hash(&raw).as_bytes() != digest {
             return Err(EmbeddedError::Corrupt(format!(
@@ -415,7 +440,6 @@ impl EmbeddedStore {
 
     /// Compresses and appends the Directories not stored yet.
     fn pack_directories(&self, dirs: Vec<([u8; 32], Vec<u8>)>) -> Result<CommitReq, EmbeddedError> {
-        let mut z = Compressor::new();
         let mut locs = Vec::with_capacity(dirs.len());
         for (d, bytes) in dirs {
             if bytes.len() > MAX_DIRECTORY {
@@ -428,7 +452,7 @@ impl EmbeddedStore {
             if self.has_directory(&d)? {
                 continue;
             }
-            locs.push((d, z.store(&self.inner.packs, &bytes)?));
+            locs.push((d, store_object(&self.inner.packs, &bytes)?));
         }
         Ok(CommitReq {
             directories: locs,
@@ -461,48 +485,135 @@ impl EmbeddedStore {
     }
 }
 
-/// zstd level for stored objects. Measured on 8 tokio releases (bench/storage.sh):
-/// level 3 left the packs 7% larger than 6; 9 gains 1% more at twice the time.
-const ZSTD_LEVEL: i32 = 6;
+/// How an object is compressed, by what it is (measurements in docs/FORMATS.md,
+/// "Compression").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// A whole object: a blob of one chunk (a small file) or a Directory. zstd
+    /// level 9: source trees are mostly such objects, where the ratio decides the
+    /// storage target and the time goes to commits, not compression.
+    Whole,
+    /// One chunk of a blob of several: zstd level 1, the fastest (a large blob's
+    /// write speed is its compression speed), and on the measured data no larger
+    /// than level 3.
+    Chunk,
+}
 
-/// Compresses objects and appends them to the packs, reusing one zstd context.
-pub(crate) struct Compressor(Option<zstd::bulk::Compressor<'static>>);
-
-impl Compressor {
-    pub fn new() -> Self {
-        Compressor(None)
+impl Level {
+    fn zstd(self) -> i32 {
+        match self {
+            Level::Whole => 9,
+            Level::Chunk => 1,
+        }
     }
+}
 
-    /// Appends `data` (compressed unless that does not shrink it) to the packs.
-    pub fn store(&mut self, packs: &Packs, data: &[u8]) -> Result<ChunkLoc, EmbeddedError> {
-        let c = match &mut self.0 {
+/// Order-0 entropy (bits per byte, of a sample) above which a chunk is stored raw
+/// without trying zstd: random or already compressed bytes. zstd would find
+/// nothing in them and spend its time for it (level 6 ran at ~20 MB/s on random
+/// input, level 3 at ~300 MB/s).
+const RAW_ENTROPY: f64 = 7.9;
+
+/// Whether `data` looks incompressible: the byte histogram of up to 8192 bytes
+/// sampled evenly across it is almost flat. Random bytes repeated within one chunk
+/// are misjudged and stored raw (across chunks, dedup catches repeats): it costs
+/// space, never correctness.
+fn looks_incompressible(data: &[u8]) -> bool {
+    if data.len() < 4096 {
+        return false;
+    }
+    let step = (data.len() / 8192).max(1);
+    let mut hist = [0u32; 256];
+    let mut n = 0u32;
+    for b in data.iter().step_by(step) {
+        hist[usize::from(*b)] += 1;
+        n += 1;
+    }
+    let n = f64::from(n);
+    let bits: f64 = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    bits > RAW_ENTROPY
+}
+
+thread_local! {
+    /// One zstd context per thread, reused (its level set per object): creating
+    /// one per object costs more than compressing a small one.
+    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    /// Compressed bytes of the object being read (at most 257 KiB for a chunk).
+    static PACK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `data` zstd-compressed, or `None` when it is to be stored raw (compression
+/// would not shrink it, or it looks incompressible).
+pub(crate) fn encode(data: &[u8], level: Level) -> Result<Option<Vec<u8>>, EmbeddedError> {
+    if data.is_empty() || looks_incompressible(data) {
+        return Ok(None);
+    }
+    let z = ZSTD.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let c = match &mut *cell {
             Some(c) => c,
-            None => self.0.insert(
-                zstd::bulk::Compressor::new(ZSTD_LEVEL)
+            None => cell.insert(
+                zstd::bulk::Compressor::new(level.zstd())
                     .map_err(|e| EmbeddedError::Commit(format!("zstd compressor: {e}")))?,
             ),
         };
-        let z = c
-            .compress(data)
-            .map_err(|e| EmbeddedError::Commit(format!("zstd compress: {e}")))?;
-        let (stored, compressed) = if z.len() < data.len() {
-            (&z[..], true)
-        } else {
-            (data, false)
+        c.set_compression_level(level.zstd())
+            .map_err(|e| EmbeddedError::Commit(format!("zstd level: {e}")))?;
+        c.compress(data)
+            .map_err(|e| EmbeddedError::Commit(format!("zstd compress: {e}")))
+    })?;
+    Ok((z.len() < data.len()).then_some(z))
+}
+
+/// Decompresses `stored` into exactly `raw_len` bytes.
+fn decode(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    UNZSTD.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let d = match &mut *cell {
+            Some(d) => d,
+            None => cell.insert(zstd::bulk::Decompressor::new()?),
         };
-        let too_big =
-            |_| EmbeddedError::Commit(format!("object of {} bytes too large", data.len()));
-        let stored_len = u32::try_from(stored.len()).map_err(too_big)?;
-        let raw_len = u32::try_from(data.len()).map_err(too_big)?;
-        let (pack, offset) = packs.append(stored)?;
-        Ok(ChunkLoc {
-            pack,
-            offset,
-            stored_len,
-            raw_len,
-            compressed,
-        })
-    }
+        d.decompress(stored, raw_len)
+    })
+}
+
+/// Appends `data`, stored as `encoded` (from [`encode`]), to the packs.
+pub(crate) fn append_encoded(
+    packs: &Packs,
+    data: &[u8],
+    encoded: Option<&[u8]>,
+) -> Result<ChunkLoc, EmbeddedError> {
+    let (stored, compressed) = match encoded {
+        Some(z) => (z, true),
+        None => (data, false),
+    };
+    let too_big = |_| EmbeddedError::Commit(format!("object of {} bytes too large", data.len()));
+    let stored_len = u32::try_from(stored.len()).map_err(too_big)?;
+    let raw_len = u32::try_from(data.len()).map_err(too_big)?;
+    let (pack, offset) = packs.append(stored)?;
+    Ok(ChunkLoc {
+        pack,
+        offset,
+        stored_len,
+        raw_len,
+        compressed,
+    })
+}
+
+/// Compresses `data` (a whole object) if that pays and appends it to the packs.
+pub(crate) fn store_object(packs: &Packs, data: &[u8]) -> Result<ChunkLoc, EmbeddedError> {
+    let z = encode(data, Level::Whole)?;
+    append_encoded(packs, data, z.as_deref())
 }
 
 /// Creates an empty index atomically: a kill while redb initialises a new file

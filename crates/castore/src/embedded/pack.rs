@@ -180,6 +180,21 @@ impl Packs {
         Ok(buf)
     }
 
+    /// Reads exactly `len` bytes at `offset` of pack `id` into `buf` (replacing its
+    /// contents; its allocation is reused).
+    pub fn read_into(
+        &self,
+        id: u32,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), EmbeddedError> {
+        let f = self.file(id)?;
+        buf.resize(len, 0);
+        f.read_exact_at(buf, offset)
+            .map_err(|e| io_err("read pack", &self.dir.join(pack_name(id)), e))
+    }
+
     /// Makes everything appended to pack `id` so far durable.
     pub fn sync(&self, id: u32) -> Result<(), EmbeddedError> {
         self.file(id)?

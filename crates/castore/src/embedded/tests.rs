@@ -299,3 +299,57 @@ async fn directories_put_get() {
     corrupt_packs(&store, 0);
     assert!(store.get_directory(&a.0).is_err());
 }
+
+/// Uniformly random bytes (xorshift output, every byte of every word).
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn raw_or_compressed() {
+    // Random bytes are stored raw without trying zstd, whatever their size.
+    for len in [4096, 16 * 1024, 64 * 1024, 256 * 1024] {
+        assert!(looks_incompressible(&random(1, len)), "{len} random bytes");
+        assert!(
+            encode(&random(2, len), Level::Chunk).unwrap().is_none(),
+            "{len} random bytes"
+        );
+    }
+    // Text, the partly compressible test data and a short random tail are tried.
+    let text = "fn main() { println!(\"hello\"); }\n".repeat(2000);
+    assert!(!looks_incompressible(text.as_bytes()));
+    let z = encode(text.as_bytes(), Level::Whole).unwrap().unwrap();
+    assert!(z.len() < text.len() / 10, "text compressed to {}", z.len());
+    assert!(!looks_incompressible(&data(3, 64 * 1024)));
+    assert!(!looks_incompressible(&random(4, 4095)));
+    // Random bytes repeated within a chunk are the known miss: stored raw.
+    assert!(looks_incompressible(&random(6, 32 * 1024).repeat(2)));
+    assert_eq!(decode(&z, text.len()).unwrap(), text.as_bytes());
+}
+
+#[tokio::test]
+async fn random_blob_is_stored_raw_and_text_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = random(5, 3 << 20);
+    let d = put(&store, &bytes).await;
+    assert_eq!(
+        pack_bytes(&store),
+        bytes.len() as u64,
+        "raw: exactly its size"
+    );
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let text = "a line of source code, repeated\n".repeat(100_000);
+    let d = put(&store, text.as_bytes()).await;
+    assert!(pack_bytes(&store) < bytes.len() as u64 + text.len() as u64 / 10);
+    assert_eq!(get(&store, &d).await.unwrap(), text.as_bytes());
+}
