@@ -1,6 +1,7 @@
 //! Throughput of NAR ingest and render, in process, on the memory and embedded
 //! backends: one large file (default 256 MiB; `CAIRN_BENCH_NAR_MIB` to change) and
-//! 10k small files (0..4 KiB, 100 directories). Each ingest goes into a fresh store
+//! 10k small files (0..4 KiB, 100 directories; also through the gRPC clients of a
+//! memory-backed server on loopback TCP). Each ingest goes into a fresh store
 //! (so the embedded store really compresses and writes every chunk); renders read
 //! a store ingested once. File bytes are pseudo-random (incompressible).
 #![allow(missing_docs, clippy::unwrap_used)]
@@ -63,14 +64,57 @@ struct Backend {
     blobs: Arc<dyn BlobService>,
     dirs: Arc<dyn DirectoryService>,
     _dir: Option<tempfile::TempDir>,
+    _server: Option<Server>,
 }
 
-fn backend(kind: &str) -> Backend {
+struct Server(tokio::task::JoinHandle<()>);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn backend(rt: &tokio::runtime::Runtime, kind: &str) -> Backend {
     match kind {
+        "grpc" => rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let (routes, _) = cairn_castore::server::routes(
+                Arc::new(cairn_castore::blobservice::MemoryBlobService::new()),
+                Arc::new(cairn_castore::directoryservice::MemoryDirectoryService::new()),
+                &[],
+            )
+            .await
+            .unwrap();
+            let task = tokio::spawn(async move {
+                // Without TCP_NODELAY on the accepted streams (which `serve` leaves as
+                // they are), each small blob read waits ~40 ms for a delayed ACK.
+                let incoming = futures::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    |s| {
+                        s.inspect(|s| {
+                            let _ = s.set_nodelay(true);
+                        })
+                    },
+                );
+                cairn_castore::server::serve(routes, incoming, std::future::pending())
+                    .await
+                    .unwrap();
+            });
+            let url = format!("grpc+http://127.0.0.1:{port}");
+            Backend {
+                blobs: cairn_castore::blob_service_from_addr(&url).unwrap(),
+                dirs: cairn_castore::directory_service_from_addr(&url).unwrap(),
+                _dir: None,
+                _server: Some(Server(task)),
+            }
+        }),
         "memory" => Backend {
             blobs: Arc::new(cairn_castore::blobservice::MemoryBlobService::new()),
             dirs: Arc::new(cairn_castore::directoryservice::MemoryDirectoryService::new()),
             _dir: None,
+            _server: None,
         },
         _ => {
             let dir = tempfile::tempdir().unwrap();
@@ -79,6 +123,7 @@ fn backend(kind: &str) -> Backend {
                 blobs: cairn_castore::blob_service_from_addr(&url).unwrap(),
                 dirs: cairn_castore::directory_service_from_addr(&url).unwrap(),
                 _dir: Some(dir),
+                _server: None,
             }
         }
     }
@@ -91,9 +136,9 @@ async fn ingest(b: &Backend, nar: &[u8]) -> Node {
         .root
 }
 
-fn bench_nar(c: &mut Criterion, name: &str, nar: &[u8]) {
+fn bench_nar(c: &mut Criterion, name: &str, nar: &[u8], kinds: &[&str]) {
     let rt = rt();
-    for kind in ["memory", "embedded"] {
+    for &kind in kinds {
         let mut grp = c.benchmark_group(format!("nar_{name}_{kind}"));
         grp.throughput(Throughput::Bytes(nar.len() as u64))
             .sample_size(10)
@@ -103,7 +148,7 @@ fn bench_nar(c: &mut Criterion, name: &str, nar: &[u8]) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let store = backend(kind);
+                    let store = backend(&rt, kind);
                     let t = Instant::now();
                     rt.block_on(ingest(&store, nar));
                     total += t.elapsed();
@@ -111,7 +156,7 @@ fn bench_nar(c: &mut Criterion, name: &str, nar: &[u8]) {
                 total
             })
         });
-        let store = backend(kind);
+        let store = backend(&rt, kind);
         let root = rt.block_on(ingest(&store, nar));
         grp.bench_function("render", |b| {
             b.iter(|| {
@@ -137,11 +182,21 @@ fn large_file(c: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
-    bench_nar(c, "large_file", &big_nar(mib << 20));
+    bench_nar(
+        c,
+        "large_file",
+        &big_nar(mib << 20),
+        &["memory", "embedded"],
+    );
 }
 
 fn small_files(c: &mut Criterion) {
-    bench_nar(c, "10k_files", &small_nar());
+    bench_nar(
+        c,
+        "10k_files",
+        &small_nar(),
+        &["memory", "embedded", "grpc"],
+    );
 }
 
 criterion_group!(benches, large_file, small_files);

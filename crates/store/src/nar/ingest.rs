@@ -5,7 +5,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use cairn_castore::{
-    B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent, SymlinkTarget,
+    B3Digest, BlobService, Directory, DirectoryPutter, DirectoryService, Node, PathComponent,
+    SymlinkTarget,
 };
 use cairn_nix::nar::{AsyncEvent, AsyncReader, Limits};
 use futures::future::BoxFuture;
@@ -128,7 +129,9 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
         hasher: Sha256::new(),
     };
     let mut reader = AsyncReader::with_limits(&mut input, limits);
-    let mut putter = directories.put_multiple_start();
+    // Started at the first directory: a NAR of a single file or symlink opens no
+    // upload (over gRPC, a stream) at all.
+    let mut putter: Option<Box<dyn DirectoryPutter + '_>> = None;
     let mut stack: Vec<(Option<PathComponent>, Directory)> = Vec::new();
     let mut name: Option<PathComponent> = None;
     let mut root: Option<Node> = None;
@@ -204,7 +207,10 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
                 };
                 let digest = dir.digest();
                 let size = dir.size();
-                putter.put(dir).await?;
+                putter
+                    .get_or_insert_with(|| directories.put_multiple_start())
+                    .put(dir)
+                    .await?;
                 if stack.is_empty() {
                     root_directory = Some(digest);
                 }
@@ -241,7 +247,7 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
     };
     // Every blob is stored before any directory referencing it can be.
     uploads.finish().await?;
-    if let Some(expected) = root_directory {
+    if let (Some(expected), Some(putter)) = (root_directory, putter.as_mut()) {
         let returned = putter.close().await?;
         if returned != expected {
             return Err(NarError::DigestMismatch {

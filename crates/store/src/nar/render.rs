@@ -18,10 +18,11 @@ use super::layout;
 use super::segments::{Borrowed, Seg, Services, Shared, Walker, directory_len, get_directory};
 
 /// Segments being loaded ahead of the reader: blobs opened (and small ones read)
-/// concurrently, in order.
-const BLOB_WINDOW: usize = 32;
+/// concurrently, in order. A file is about two segments (framing, contents), so
+/// this keeps ~32 blob reads in flight, which is what hides gRPC round trips.
+const BLOB_WINDOW: usize = 64;
 /// Files up to this size are read whole while ahead; larger ones are streamed from
-/// their open reader. Bounds the read-ahead memory to `BLOB_WINDOW` x this.
+/// their open reader. Bounds the read-ahead memory to `BLOB_WINDOW` x this (4 MiB).
 const SMALL_FILE: u64 = 64 * 1024;
 
 /// A segment ready to be served.
@@ -227,7 +228,7 @@ impl std::fmt::Debug for NarRenderer {
 }
 
 /// Renders the NAR of `root`. Directories are fetched and blobs opened ahead of
-/// the reader in a bounded window (a few dozen files, at most ~2 MiB read ahead),
+/// the reader in a bounded window (a few dozen files, at most ~4 MiB read ahead),
 /// so memory does not grow with the tree or its files.
 pub fn render(
     blobs: Arc<dyn BlobService>,
