@@ -731,3 +731,100 @@ async fn pending_upload_survives_restart() {
     assert!(server.has(&f.ca).await);
     server.stop().await;
 }
+
+/// curl's exit code and the HTTP status it saw, for downloads expected to fail.
+fn curl_status(args: &[&str]) -> (i32, String) {
+    let out = run(Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_blob_aborts_the_download() {
+    use cairn_castore::{B3Digest, Directory, Node, PathComponent};
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let infos = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    // A directory whose first file is stored and whose second (1 MiB) is not.
+    let mut w = blobs.open_write().await;
+    tokio::io::AsyncWriteExt::write_all(&mut w, b"present\n")
+        .await
+        .unwrap();
+    let present = w.close().await.unwrap();
+    let mut dir = Directory::new();
+    let file = |digest, size| Node::File {
+        digest,
+        size,
+        executable: false,
+    };
+    dir.add(PathComponent::try_from("a").unwrap(), file(present, 8))
+        .unwrap();
+    dir.add(
+        PathComponent::try_from("b").unwrap(),
+        file(B3Digest::of(b"never stored"), 1 << 20),
+    )
+    .unwrap();
+    let size = dir.size();
+    let digest = dirs.put(dir).await.unwrap();
+    let root = Node::Directory { digest, size };
+    let nar_size = cairn_store::nar::nar_size(dirs.as_ref(), &root)
+        .await
+        .unwrap();
+    let store_path =
+        cairn_nix::store_path::StorePath::from_basename("00000000000000000000000000000000-broken")
+            .unwrap();
+    infos
+        .put(cairn_store::pathinfo::PathInfo {
+            store_path,
+            node: root,
+            references: vec![],
+            nar_size,
+            nar_sha256: [1; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        })
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::in_memory().unwrap(),
+        Some((blobs, dirs, infos)),
+    )
+    .await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
+        assert_eq!(code, 200);
+        let ni = String::from_utf8(ni).unwrap();
+        let nar_url = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        // Identity (Content-Length), a range from the start of the missing file's
+        // neighbourhood, and zstd (chunked): every one is a failed transfer for
+        // curl, never a complete response.
+        for args in [
+            vec![format!("{url}/{nar_url}")],
+            vec![
+                "-H".into(),
+                "Range: bytes=100-".into(),
+                format!("{url}/{nar_url}"),
+            ],
+            vec![format!("{url}/{nar_url}.zst")],
+        ] {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (exit, status) = curl_status(&args);
+            assert_ne!(exit, 0, "{args:?} ended cleanly with status {status}");
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}

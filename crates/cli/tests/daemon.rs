@@ -65,7 +65,14 @@ impl Drop for Daemon {
 /// Starts the daemon on a free port and returns it with its TCP address.
 fn start(data_dir: &Path) -> (Daemon, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -164,7 +171,14 @@ fn daemon_serves_the_embedded_store_and_keeps_it_across_restarts() {
 fn daemon_refuses_a_bad_backend_url_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(tmp.path())
         .args(["--blob-service-addr", "ftp://nowhere"])
         .output()

@@ -584,7 +584,14 @@ impl Drop for Daemon {
 fn start_daemon(data: &Path) -> (Daemon, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["daemon", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .env_remove("BLOB_SERVICE_ADDR")
         .env_remove("DIRECTORY_SERVICE_ADDR")

@@ -41,6 +41,9 @@ pub struct DaemonArgs {
     /// Do not listen on the unix socket `cairn.sock` in the data directory.
     #[arg(long)]
     no_socket: bool,
+
+    #[command(flatten)]
+    http: super::daemon_http::HttpArgs,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -74,7 +77,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         )
         .with_context(|| format!("cannot open path info service {info_url}"))?;
         let (routes, _health) =
-            cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info).await?;
+            cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info.clone()).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -87,6 +90,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             TcpListenerStream::new(tcp),
             stopped(stop_rx.clone()),
         ));
+        let mut http_note = String::new();
+        if let Some((addr, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
+            servers.spawn(server);
+            http_note = format!(", binary cache on http://{addr}");
+        }
         let mut socket_note = String::new();
         let socket = dir.join("cairn.sock");
         if !args.no_socket {
@@ -107,7 +115,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             socket_note = format!(" and grpc+unix://{}", socket.display());
         }
         // Tests and scripts read this line to learn the port when --listen used port 0.
-        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note}{http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
         tracing::info!(%tcp_addr, "serving");
 
         let mut sigterm =

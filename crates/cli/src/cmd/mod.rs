@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod daemon;
+pub mod daemon_http;
 pub mod import;
 pub mod key;
 pub mod nar;

@@ -1,0 +1,119 @@
+//! The Nix binary cache part of `cairn daemon`: its flags and its HTTP listener
+//! (the cache itself is `cairn-cache`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn_castore::{BlobService, DirectoryService};
+use cairn_store::pathinfo::PathInfoService;
+use clap::{ArgAction, Args};
+
+/// Flags of `cairn daemon` for the binary cache.
+#[derive(Args)]
+pub struct HttpArgs {
+    /// TCP address to serve the Nix binary cache on over HTTP (port 0 picks a free
+    /// port): `nix copy --to/--from http://ADDR`, substituters.
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
+    http_listen: String,
+
+    /// Do not serve the binary cache.
+    #[arg(long)]
+    no_http: bool,
+
+    /// Sign every narinfo served with this secret key file (Nix's format, as
+    /// `cairn key generate` or `nix key generate-secret` write it), in addition to
+    /// the signatures stored with the path. Repeatable.
+    #[arg(long = "sign-key", value_name = "FILE")]
+    sign_keys: Vec<PathBuf>,
+
+    /// Accept an uploaded narinfo only if it carries a valid signature by this
+    /// public key (`name:base64`, as in Nix's trusted-public-keys). Repeatable.
+    #[arg(long = "trusted-key", value_name = "KEY")]
+    trusted_keys: Vec<String>,
+
+    /// Uploads (PUT) must carry the token in this file, as `Authorization: Bearer
+    /// TOKEN` or as the password of Basic authentication (a netrc line `machine
+    /// HOST login ANY password TOKEN` for Nix). Reads stay open.
+    #[arg(long, value_name = "FILE")]
+    upload_token_file: Option<PathBuf>,
+
+    /// `Priority` in /nix-cache-info (lower is preferred among substituters).
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    cache_priority: i32,
+
+    /// `WantMassQuery` in /nix-cache-info.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    want_mass_query: bool,
+}
+
+impl HttpArgs {
+    /// The cache's settings, reading the key and token files.
+    fn config(&self) -> anyhow::Result<cairn_cache::CacheConfig> {
+        let mut config = cairn_cache::CacheConfig::default();
+        config.cache_info.priority = Some(self.cache_priority);
+        config.cache_info.want_mass_query = Some(self.want_mass_query);
+        for f in &self.sign_keys {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read signing key {}", f.display()))?;
+            let key = text
+                .trim()
+                .parse()
+                .with_context(|| format!("signing key {}", f.display()))?;
+            config.sign_keys.push(key);
+        }
+        for k in &self.trusted_keys {
+            config
+                .trusted_keys
+                .push(k.parse().with_context(|| format!("--trusted-key {k:?}"))?);
+        }
+        if let Some(f) = &self.upload_token_file {
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read upload token {}", f.display()))?;
+            config.upload_token = Some(
+                cairn_cache::UploadToken::new(&text)
+                    .with_context(|| format!("upload token file {} is empty", f.display()))?,
+            );
+        }
+        Ok(config)
+    }
+}
+
+/// Binds the binary cache's listener (unless `--no-http`) and returns its address
+/// and the server future, which runs until `shutdown` completes. Pending uploads
+/// are kept in `data_dir`.
+pub async fn bind(
+    args: &HttpArgs,
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    data_dir: &Path,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<
+    Option<(
+        SocketAddr,
+        impl Future<Output = Result<(), cairn_castore::Error>> + Send + 'static,
+    )>,
+> {
+    if args.no_http {
+        return Ok(None);
+    }
+    let config = args.config()?;
+    let pending = cairn_cache::PendingUploads::open(data_dir)
+        .with_context(|| format!("cannot open the pending uploads in {}", data_dir.display()))?;
+    let cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config);
+    let listener = tokio::net::TcpListener::bind(&args.http_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let router = cairn_cache::router(Arc::new(cache));
+    Ok(Some((addr, async move {
+        cairn_cache::serve(listener, router, shutdown)
+            .await
+            .map_err(cairn_castore::Error::Io)
+    })))
+}
