@@ -12,6 +12,24 @@ use crate::Error;
 /// come near this, and such a directory must still be transferable.
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
 
+/// HTTP/2 flow-control windows and frame size of our clients and servers. The
+/// defaults (64 KiB windows, 16 KiB frames) stall a blob stream once per 64 KiB
+/// waiting for a WINDOW_UPDATE; these let a 1 MiB blob message travel in one frame
+/// and several of them be in flight. Memory: a receiver buffers at most one
+/// connection window per connection.
+pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
+/// See [`STREAM_WINDOW`].
+pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
+/// See [`STREAM_WINDOW`].
+pub(crate) const MAX_FRAME: u32 = 1 << 20;
+
+fn tuned(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+}
+
 /// Where a gRPC server listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GrpcAddr {
@@ -60,12 +78,12 @@ impl GrpcAddr {
             GrpcAddr::Http(hostport) => {
                 let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
                     .map_err(|e| Error::InvalidArgument(format!("grpc+http://{hostport}: {e}")))?;
-                Ok(endpoint.connect_lazy())
+                Ok(tuned(endpoint).connect_lazy())
             }
             GrpcAddr::Unix(path) => {
                 let path = path.clone();
                 // The URI is required by the API but unused: the connector decides.
-                let endpoint = Endpoint::from_static("http://[::]:50051");
+                let endpoint = tuned(Endpoint::from_static("http://[::]:50051"));
                 Ok(endpoint.connect_with_connector_lazy(tower::service_fn(
                     move |_: tonic::transport::Uri| {
                         let path = path.clone();

@@ -147,7 +147,8 @@ struct GrpcBlobReader {
     segments: Vec<Segment>,
     total: Option<u64>,
     pos: u64,
-    /// Hash of everything handed out, while that is the blob from its start.
+    /// Hash of everything handed out, while that is the blob from its start (not
+    /// kept when the only segment is the blob itself: its own check is the same).
     whole: Option<blake3::Hasher>,
     state: ReadState,
 }
@@ -176,13 +177,15 @@ impl GrpcBlobReader {
             }
             (segments, Some(start))
         };
+        let one_piece = matches!(&segments[..], [only] if only.digest == digest);
+        let whole = (!one_piece).then(blake3::Hasher::new);
         Self {
             client,
             digest,
             segments,
             total,
             pos: 0,
-            whole: Some(blake3::Hasher::new()),
+            whole,
             state: ReadState::Idle,
         }
     }
