@@ -20,7 +20,7 @@ use cairn_nix::signature::{SigningKey, VerifyingKey};
 use cairn_nix::store_path::{DIGEST_LEN, FileIngestionMethod, HASH_PART_LEN};
 use cairn_store::nar::NarError;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
-use futures::TryStreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
@@ -105,8 +105,6 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
             "/nar/{file}",
             get(get_nar).put(put_nar).layer(DefaultBodyLimit::disable()),
         )
-        // Narinfos and listings are small: axum's default limit (2 MiB) holds
-        // a narinfo with tens of thousands of references.
         .route("/{file}", get(get_file).put(put_file))
         .fallback(|| async { CacheError::NotFound })
         .with_state(cache)
@@ -243,22 +241,35 @@ async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Respo
     Err(CacheError::NotFound)
 }
 
+/// The largest narinfo accepted: tens of thousands of references and signatures.
+const MAX_NARINFO: usize = 4 << 20;
+
 async fn put_file(
     State(cache): Cache,
     Path(file): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, CacheError> {
     check_upload(&cache, &headers)?;
     if let Some(hash) = file.strip_suffix(".narinfo") {
         let digest = parse_hash_part(hash).ok_or_else(|| {
             CacheError::BadRequest(format!("{file}: not <store path hash>.narinfo"))
         })?;
+        let body = axum::body::to_bytes(body, MAX_NARINFO).await.map_err(|_| {
+            CacheError::TooLarge(format!(
+                "{file}: larger than {MAX_NARINFO} bytes, or the upload failed"
+            ))
+        })?;
         return put_narinfo(&cache, digest, &body).await;
     }
     if file.ends_with(".ls") {
         // `write-nar-listing=true` uploads Nix's listing; cairn makes its own from
-        // the tree, so there is nothing to keep.
+        // the tree, so there is nothing to keep (but the body, which can be large,
+        // is read to its end so the connection stays usable).
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            chunk.map_err(|e| CacheError::BadRequest(format!("{file}: {e}")))?;
+        }
         return Ok(StatusCode::CREATED);
     }
     Err(CacheError::NotFound)

@@ -273,7 +273,11 @@ async fn nix_copy_to_and_from_each_compression() {
             ..CacheConfig::default()
         })
         .await;
-        let to = format!("{}?compression={compression}", server.url);
+        // With Nix's own listing uploads (which cairn reads and drops).
+        let to = format!(
+            "{}?compression={compression}&write-nar-listing=true",
+            server.url
+        );
         let (store, top, ca) = (f.store.clone(), f.top.clone(), f.ca.clone());
         let x = xdg.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -533,6 +537,11 @@ async fn rejected_uploads_register_nothing() {
         for p in [&ca, &dep] {
             assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(p))]).0, 404);
         }
+
+        // An oversized narinfo: 413.
+        let huge = format!("{ni}{}", "X-Pad: x\n".repeat(600_000));
+        let (code, msg) = put(&ni_url, &write("huge", huge.as_bytes()), &[]);
+        assert_eq!(code, 413, "{msg}");
 
         // A missing reference: top's NAR uploaded, its dependency not.
         let (top_ni, top_nar) = file_cache_entry(f, &top);
