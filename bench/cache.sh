@@ -8,6 +8,8 @@
 #     Target: p50 <= 100 us.
 #  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
+#  4. the same in one process over memory services, with the store alone (render,
+#     narinfo get+sign+format) next to it: the HTTP layer's own cost.
 # Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,3 +62,6 @@ h=${P#/nix/store/}; h=${h%%-*}
 NARURL=$(curl -sf "$URL/$h.narinfo" | sed -n 's/^URL: //p')
 "$B" nar "$URL" "/$NARURL" 1 4
 "$B" nar "$URL" "/$NARURL" 16 1
+
+echo "== in-process, memory services ($BIG_MIB MiB NAR): store alone vs through HTTP"
+"$B" inproc "$BIG_MIB"

@@ -8,6 +8,12 @@
 //! - `cache_bench nar URL PATH CONNECTIONS ROUNDS`: each connection GETs the NAR
 //!   at URL/PATH ROUNDS times over one keep-alive connection: aggregate MB/s.
 //!
+//! - `cache_bench inproc MIB`: memory services in this process, one path whose
+//!   NAR is a MIB-MiB file of random bytes and 200 small paths; measures the store
+//!   alone (render the NAR; get + sign + format a narinfo) and the same through
+//!   HTTP on loopback, so that the HTTP layer's own cost shows as a ratio whatever
+//!   the machine's load.
+//!
 //! The client is a minimal HTTP/1.1 client over one TCP connection (GET,
 //! `Content-Length` bodies only), so that its own cost stays small.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -183,6 +189,162 @@ async fn serve(data: String, port_file: String, key: Option<String>) {
     .unwrap();
 }
 
+fn nar_string(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s);
+    out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+}
+
+/// The NAR of a single regular file with these contents.
+fn file_nar(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 256);
+    for t in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        nar_string(&mut out, t);
+    }
+    nar_string(&mut out, data);
+    nar_string(&mut out, b")");
+    out
+}
+
+async fn inproc(mib: usize) {
+    use cairn_store::pathinfo::PathInfo;
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let infos = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut hashes = Vec::new();
+    let mut big = None;
+    for i in 0..201 {
+        let nar = if i == 0 {
+            file_nar(&data)
+        } else {
+            file_nar(format!("path {i}\n").as_bytes())
+        };
+        let ing = cairn_store::nar::ingest(blobs.as_ref(), dirs.as_ref(), &nar[..])
+            .await
+            .unwrap();
+        let digest = cairn_nix::hash::HashAlgo::Sha256.digest(format!("p{i}"));
+        let sp = cairn_nix::store_path::StorePath::new(
+            cairn_nix::store_path::compress_hash(digest.digest()),
+            &format!("bench-{i}"),
+        )
+        .unwrap();
+        let info = PathInfo {
+            store_path: sp.clone(),
+            node: ing.root,
+            references: vec![],
+            nar_size: ing.nar_size,
+            nar_sha256: ing.nar_sha256,
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        };
+        infos.put(info.clone()).await.unwrap();
+        if i == 0 {
+            big = Some(info);
+        } else {
+            hashes.push(sp.hash_part());
+        }
+    }
+    let big = big.unwrap();
+    let key: cairn_nix::signature::SigningKey =
+        cairn_nix::signature::SigningKey::from_seed("bench-1", &[1; 32]).unwrap();
+
+    // The store alone.
+    let t = Instant::now();
+    let mut r = cairn_store::nar::render(blobs.clone(), dirs.clone(), big.node.clone());
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n = 0u64;
+    loop {
+        let k = r.read(&mut buf).await.unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+    }
+    let s = t.elapsed().as_secs_f64();
+    println!(
+        "store alone: render {:.0} MiB: {:.0} MB/s",
+        n as f64 / 1048576.0,
+        n as f64 / s / 1e6
+    );
+    let mut lat = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    while Instant::now() < end {
+        let t = Instant::now();
+        let sp = cairn_nix::store_path::StorePath::from_basename(format!(
+            "{}-x",
+            hashes[i % hashes.len()]
+        ))
+        .unwrap();
+        let info = infos.get(*sp.digest()).await.unwrap().unwrap();
+        let mut ni = info.to_narinfo(
+            "nar/x.nar".parse().unwrap(),
+            "none".parse().unwrap(),
+            Some(info.nar_hash()),
+            Some(info.nar_size),
+        );
+        ni.sign(&key);
+        std::hint::black_box(ni.to_string());
+        lat.push(t.elapsed().as_nanos() as u64);
+        i += 1;
+    }
+    lat.sort_unstable();
+    println!(
+        "store alone: narinfo get+sign+format p50 {:.0} us, p99 {:.0} us ({} done)",
+        lat[lat.len() / 2] as f64 / 1000.0,
+        lat[lat.len() * 99 / 100] as f64 / 1000.0,
+        lat.len()
+    );
+
+    // The same through HTTP.
+    let mut config = cairn_cache::CacheConfig::default();
+    config.sign_keys.push(key);
+    let cache = cairn_cache::BinaryCache::new(
+        blobs,
+        dirs,
+        infos,
+        cairn_cache::PendingUploads::in_memory().unwrap(),
+        config,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cairn_cache::serve(
+        listener,
+        cairn_cache::router(Arc::new(cache)),
+        std::future::pending(),
+    ));
+    narinfo(url.clone(), 3, 1, hashes.clone()).await;
+    narinfo(url.clone(), 3, 8, hashes).await;
+    let path = format!(
+        "/nar/{}-{}.nar",
+        big.store_path.hash_part(),
+        cairn_nix::nixbase32::encode(&big.nar_sha256)
+    );
+    nar(url.clone(), path.clone(), 1, 2).await;
+    nar(url, path, 16, 1).await;
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -196,6 +358,7 @@ fn main() {
             a[3].parse().unwrap(),
             a[4..].to_vec(),
         )),
+        Some("inproc") if a.len() == 2 => rt.block_on(inproc(a[1].parse().unwrap())),
         Some("nar") if a.len() == 5 => rt.block_on(nar(
             a[1].clone(),
             a[2].clone(),
