@@ -1,8 +1,9 @@
 //! The HTTP routes of the binary cache, over the blob, directory and path info
 //! services.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -16,7 +17,7 @@ use cairn_nix::cache_info::CacheInfo;
 use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::{self, FieldText, NarInfo};
 use cairn_nix::nixbase32;
-use cairn_nix::signature::{SigningKey, VerifyingKey};
+use cairn_nix::signature::{Signature, SigningKey, VerifyingKey};
 use cairn_nix::store_path::{DIGEST_LEN, FileIngestionMethod, HASH_PART_LEN};
 use cairn_store::nar::NarError;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
@@ -70,7 +71,13 @@ pub struct BinaryCache {
     pending: PendingUploads,
     config: CacheConfig,
     cache_info_text: Bytes,
+    /// The configured keys' signatures by fingerprint: ed25519 signing is most of
+    /// a narinfo request's cost, and a fingerprint's signatures never change.
+    signatures: Mutex<HashMap<String, Vec<Signature>>>,
 }
+
+/// Entries in the signature cache before it is emptied (a few hundred bytes each).
+const MAX_CACHED_SIGNATURES: usize = 1 << 16;
 
 impl BinaryCache {
     /// A cache serving and storing into these services; `pending` records NARs
@@ -90,7 +97,37 @@ impl BinaryCache {
             pending,
             config,
             cache_info_text,
+            signatures: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl BinaryCache {
+    /// The configured keys' signatures of `fingerprint`.
+    fn sign(&self, fingerprint: &str) -> Vec<Signature> {
+        if self.config.sign_keys.is_empty() {
+            return Vec::new();
+        }
+        let lock = || {
+            self.signatures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        };
+        if let Some(sigs) = lock().get(fingerprint) {
+            return sigs.clone();
+        }
+        let sigs: Vec<Signature> = self
+            .config
+            .sign_keys
+            .iter()
+            .map(|k| k.sign(fingerprint.as_bytes()))
+            .collect();
+        let mut cached = lock();
+        if cached.len() >= MAX_CACHED_SIGNATURES {
+            cached.clear();
+        }
+        cached.insert(fingerprint.to_owned(), sigs.clone());
+        sigs
     }
 }
 
@@ -223,8 +260,8 @@ async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Respo
             Some(info.nar_hash()),
             Some(info.nar_size),
         );
-        for key in &cache.config.sign_keys {
-            ni.sign(key);
+        for sig in cache.sign(&ni.fingerprint()) {
+            ni.add_signature(sig);
         }
         return Ok(response(
             "text/x-nix-narinfo",
