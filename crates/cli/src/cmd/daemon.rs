@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 
 use super::store::{data_dir, embedded_url};
 
@@ -87,7 +87,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let mut servers = tokio::task::JoinSet::new();
         servers.spawn(cairn_castore::server::serve(
             routes.clone(),
-            TcpListenerStream::new(tcp),
+            cairn_castore::server::tcp_incoming(tcp),
             stopped(stop_rx.clone()),
         ));
         let mut http_note = String::new();
