@@ -89,10 +89,10 @@ peak_rss_kb() {
 
 row() { # tree op cairn_cmd nix_cmd cairn_prep nix_prep
   local c n rc rn
-  c=$(mean_time "$3" "$5")
-  n=$(mean_time "$4" "$6")
-  rc=$(peak_rss_kb "$3" "$5")
-  rn=$(peak_rss_kb "$4" "$6")
+  c=$(mean_time "$3" "${5:-true}")
+  n=$(mean_time "$4" "${6:-true}")
+  rc=$(peak_rss_kb "$3" "${5:-true}")
+  rn=$(peak_rss_kb "$4" "${6:-true}")
   printf '%-6s %-9s %9.2f %9.2f %9.2f %12s %12s\n' "$1" "$2" "$c" "$n" "$(echo "$n / $c" | bc -l)" "$rc" "$rn"
 }
 

@@ -45,7 +45,10 @@ const LARGE_FILE_KIB: u32 = 8 * 1024;
 /// Blocks of a large file queued for its upload (each up to the NAR writer's 256 KiB).
 const LARGE_FILE_QUEUE: usize = 8;
 /// Uploads in flight at once. Many, because a blob's durable commit waits for a
-/// group commit: concurrent small files share one fsync.
+/// group commit: concurrent small files share one fsync. Measured on 100k small
+/// files into the embedded store (2 cores): 16 in flight 43 s and 63 MB RSS, 64
+/// 24 s and 84 MB, 128 18 s and 107 MB, 256 16 s and 131 MB (each writer holds
+/// its own buffers and compressor).
 const MAX_UPLOADS: usize = 128;
 
 /// What [`import_path`] stored.
