@@ -2,7 +2,8 @@
 //!
 //! - `cache_bench serve DATA_DIR PORT_FILE [SIGN_KEY_FILE]`: a cairn binary cache
 //!   over the embedded store in DATA_DIR (`redb://`), on 127.0.0.1 (free port
-//!   written to PORT_FILE), until killed.
+//!   written to PORT_FILE), until killed; path infos cached in memory as `cairn
+//!   daemon` does (NARINFO_CACHE=entries, 0 for none).
 //! - `cache_bench narinfo URL SECONDS CONNECTIONS HASH...`: keep-alive load on
 //!   `GET /<hash>.narinfo` (hashes round-robin): requests/s, p50/p99/max latency.
 //! - `cache_bench nar URL PATH CONNECTIONS ROUNDS`: each connection GETs the NAR
@@ -168,6 +169,11 @@ async fn serve(data: String, port_file: String, key: Option<String>) {
     let infos =
         cairn_store::pathinfo::path_info_service_from_addr(&url, blobs.clone(), dirs.clone())
             .unwrap();
+    // As `cairn daemon` serves the embedded store. NARINFO_CACHE=0 measures without.
+    let entries = std::env::var("NARINFO_CACHE").map_or(65_536, |v| v.parse().unwrap());
+    let infos: Arc<dyn cairn_store::pathinfo::PathInfoService> = Arc::new(
+        cairn_store::pathinfo::CachingPathInfoService::new(infos, entries),
+    );
     let mut config = cairn_cache::CacheConfig::default();
     if let Some(k) = key {
         config

@@ -5,12 +5,17 @@
 //! which the daemon holds locked.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::store::{data_dir, embedded_url};
+
+/// Path infos the daemon keeps in memory in front of the embedded store (each a few
+/// hundred bytes plus references and signatures).
+const PATH_INFO_CACHE_ENTRIES: usize = 65_536;
 
 /// Arguments of `cairn daemon`.
 #[derive(Args)]
@@ -76,6 +81,18 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             directories.clone(),
         )
         .with_context(|| format!("cannot open path info service {info_url}"))?;
+        // The embedded store's lookups are redb reads on a blocking thread; this one
+        // instance serves both gRPC and HTTP, so every write to it passes the cache.
+        // Not for a remote service: others may write to it behind our back.
+        let path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> =
+            if info_url.starts_with("redb://") {
+                Arc::new(cairn_store::pathinfo::CachingPathInfoService::new(
+                    path_info,
+                    PATH_INFO_CACHE_ENTRIES,
+                ))
+            } else {
+                path_info
+            };
         let (routes, _health) =
             cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info.clone()).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -15,6 +15,7 @@
 //! `PathInfo` whose content is not stored is `InvalidArgument` naming the missing
 //! blob or directory.
 
+mod caching;
 mod grpc;
 mod memory;
 mod model;
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 use cairn_castore::{BlobService, DirectoryService, Error, GrpcAddr, Node};
 use futures::stream::BoxStream;
 
+pub use caching::CachingPathInfoService;
 pub use grpc::GrpcPathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use model::{PathInfo, PathInfoError};

@@ -1,0 +1,260 @@
+//! [`CachingPathInfoService`]: a bounded in-memory cache in front of another
+//! [`PathInfoService`], so repeated lookups (narinfo requests) skip the backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use cairn_castore::{Error, Node};
+use futures::stream::BoxStream;
+
+use super::{PathInfo, PathInfoService};
+
+/// Caches what `inner.get` found, at most `capacity` entries, least recently used
+/// evicted first.
+///
+/// Coherent only if every write to `inner` goes through this instance (the daemon:
+/// one instance shared by its gRPC server and its binary cache, other processes
+/// reaching the data directory through it). Absent paths are not cached, so a
+/// later `put` is visible at once. A `put` drops the cached entry rather than
+/// inserting what it stored: two concurrent `put`s of one path could otherwise
+/// leave the older in the cache; the next `get` reads the backend again.
+pub struct CachingPathInfoService {
+    inner: Arc<dyn PathInfoService>,
+    capacity: usize,
+    state: Mutex<Lru>,
+}
+
+#[derive(Default)]
+struct Lru {
+    /// digest -> (entry, its stamp in `order`).
+    entries: HashMap<[u8; 20], (PathInfo, u64)>,
+    /// stamp -> digest, oldest use first.
+    order: BTreeMap<u64, [u8; 20]>,
+    next_stamp: u64,
+    /// Bumped by every `put` after `inner.put` returns: a `get` that read the
+    /// backend while it changed must not cache what it read, which may be stale.
+    epoch: u64,
+}
+
+impl Lru {
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp += 1;
+        self.next_stamp
+    }
+
+    fn remove(&mut self, digest: &[u8; 20]) {
+        if let Some((_, stamp)) = self.entries.remove(digest) {
+            self.order.remove(&stamp);
+        }
+    }
+}
+
+impl CachingPathInfoService {
+    /// A cache of at most `capacity` entries in front of `inner` (0 caches nothing).
+    pub fn new(inner: Arc<dyn PathInfoService>, capacity: usize) -> Self {
+        Self {
+            inner,
+            capacity,
+            state: Mutex::default(),
+        }
+    }
+
+    /// How many entries are cached now.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+        // The state is consistent between statements, so a panic elsewhere leaves
+        // it usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl PathInfoService for CachingPathInfoService {
+    async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
+        let epoch = {
+            let mut lru = self.lock();
+            let stamp = lru.stamp();
+            if let Some((info, old)) = lru.entries.get_mut(&digest) {
+                let (info, old) = (info.clone(), std::mem::replace(old, stamp));
+                lru.order.remove(&old);
+                lru.order.insert(stamp, digest);
+                return Ok(Some(info));
+            }
+            lru.epoch
+        };
+        let found = self.inner.get(digest).await?;
+        if let Some(info) = &found
+            && self.capacity > 0
+        {
+            let mut lru = self.lock();
+            if lru.epoch == epoch && !lru.entries.contains_key(&digest) {
+                while lru.entries.len() >= self.capacity {
+                    match lru.order.pop_first() {
+                        Some((_, oldest)) => {
+                            lru.entries.remove(&oldest);
+                        }
+                        None => break,
+                    }
+                }
+                let stamp = lru.stamp();
+                lru.order.insert(stamp, digest);
+                lru.entries.insert(digest, (info.clone(), stamp));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        let digest = *info.store_path.digest();
+        let result = self.inner.put(info).await;
+        // Even on error: the backend may have stored it before failing.
+        let mut lru = self.lock();
+        lru.epoch += 1;
+        lru.remove(&digest);
+        result
+    }
+
+    fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {
+        self.inner.list()
+    }
+
+    async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
+        self.inner.cached_nar(node).await
+    }
+
+    async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
+        self.inner.remember_nar(node, nar).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::pathinfo::MemoryPathInfoService;
+
+    /// Counts the backend's `get`s, to tell cache hits from misses.
+    struct Counting {
+        inner: MemoryPathInfoService,
+        gets: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl PathInfoService for Counting {
+        async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(digest).await
+        }
+        async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+            self.inner.put(info).await
+        }
+        fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {
+            self.inner.list()
+        }
+    }
+
+    fn setup(capacity: usize) -> (Arc<Counting>, CachingPathInfoService) {
+        let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let counting = Arc::new(Counting {
+            inner: MemoryPathInfoService::new(blobs, dirs),
+            gets: AtomicUsize::new(0),
+        });
+        let cache = CachingPathInfoService::new(counting.clone(), capacity);
+        (counting, cache)
+    }
+
+    /// A symlink-rooted entry (no castore content needed) for digest byte `n`.
+    fn info(n: u8, target: &str) -> PathInfo {
+        use cairn_nix::store_path::StorePath;
+        PathInfo {
+            store_path: StorePath::new([n; 20], &format!("p{n}")).unwrap(),
+            node: Node::Symlink {
+                target: cairn_castore::SymlinkTarget::try_from(target).unwrap(),
+            },
+            references: vec![],
+            nar_size: 128,
+            nar_sha256: [n; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn second_get_is_a_hit() {
+        let (backend, cache) = setup(8);
+        let a = info(1, "a");
+        cache.put(a.clone()).await.unwrap();
+        assert_eq!(cache.get([1; 20]).await.unwrap(), Some(a.clone()));
+        assert_eq!(cache.get([1; 20]).await.unwrap(), Some(a));
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn put_replaces_a_cached_entry() {
+        let (_, cache) = setup(8);
+        cache.put(info(1, "old")).await.unwrap();
+        assert_eq!(cache.get([1; 20]).await.unwrap(), Some(info(1, "old")));
+        cache.put(info(1, "new")).await.unwrap();
+        assert_eq!(cache.get([1; 20]).await.unwrap(), Some(info(1, "new")));
+    }
+
+    #[tokio::test]
+    async fn absent_is_not_cached() {
+        let (backend, cache) = setup(8);
+        assert_eq!(cache.get([2; 20]).await.unwrap(), None);
+        assert!(cache.is_empty());
+        // Written behind the cache's back: still found, so nothing negative was kept.
+        backend.inner.put(info(2, "late")).await.unwrap();
+        assert_eq!(cache.get([2; 20]).await.unwrap(), Some(info(2, "late")));
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn bounded_evicting_least_recently_used() {
+        let (backend, cache) = setup(3);
+        for n in 1..=4 {
+            cache.put(info(n, "t")).await.unwrap();
+        }
+        for n in 1..=3 {
+            cache.get([n; 20]).await.unwrap();
+        }
+        // Use 1 again so 2 is now the least recently used.
+        cache.get([1; 20]).await.unwrap();
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 3);
+        cache.get([4; 20]).await.unwrap();
+        assert_eq!(cache.len(), 3);
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 4);
+        // 1, 3 and 4 are hits; 2 was evicted.
+        for n in [1, 3, 4] {
+            assert_eq!(cache.get([n; 20]).await.unwrap(), Some(info(n, "t")));
+        }
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 4);
+        assert_eq!(cache.get([2; 20]).await.unwrap(), Some(info(2, "t")));
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 5);
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn zero_capacity_caches_nothing() {
+        let (backend, cache) = setup(0);
+        cache.put(info(1, "t")).await.unwrap();
+        cache.get([1; 20]).await.unwrap();
+        cache.get([1; 20]).await.unwrap();
+        assert_eq!(backend.gets.load(Ordering::SeqCst), 2);
+        assert!(cache.is_empty());
+    }
+}
