@@ -46,30 +46,39 @@ impl GrpcBlobService {
         digest: &B3Digest,
         send_chunks: bool,
     ) -> Result<Option<Vec<ChunkMeta>>, Error> {
-        let request = proto::StatBlobRequest {
-            digest: digest.to_bytes(),
-            send_chunks,
-            send_bao: false,
-        };
-        match self.client.clone().stat(request).await {
-            Ok(response) => response
-                .into_inner()
-                .chunks
-                .into_iter()
-                .map(|c| {
-                    let digest = B3Digest::try_from(&c.digest).map_err(|e| {
-                        Error::Corrupt(format!("server sent a malformed chunk digest: {e}"))
-                    })?;
-                    Ok(ChunkMeta {
-                        digest,
-                        size: c.size,
-                    })
+        stat(self.client.clone(), *digest, send_chunks).await
+    }
+}
+
+/// Stat `digest`, with its chunk list if `send_chunks`; `None` if absent.
+async fn stat(
+    mut client: BlobServiceClient<Channel>,
+    digest: B3Digest,
+    send_chunks: bool,
+) -> Result<Option<Vec<ChunkMeta>>, Error> {
+    let request = proto::StatBlobRequest {
+        digest: digest.to_bytes(),
+        send_chunks,
+        send_bao: false,
+    };
+    match client.stat(request).await {
+        Ok(response) => response
+            .into_inner()
+            .chunks
+            .into_iter()
+            .map(|c| {
+                let digest = B3Digest::try_from(&c.digest).map_err(|e| {
+                    Error::Corrupt(format!("server sent a malformed chunk digest: {e}"))
+                })?;
+                Ok(ChunkMeta {
+                    digest,
+                    size: c.size,
                 })
-                .collect::<Result<Vec<_>, Error>>()
-                .map(Some),
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => Err(Error::Remote(status)),
-        }
+            })
+            .collect::<Result<Vec<_>, Error>>()
+            .map(Some),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(Error::Remote(status)),
     }
 }
 
@@ -80,13 +89,21 @@ impl BlobService for GrpcBlobService {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        let Some(chunks) = self.stat(digest, true).await? else {
-            return Ok(None);
+        // One `Read` of the whole blob: no Stat round trip first, and the server sends
+        // it in pieces of up to 1 MiB instead of one call per (small) chunk. The
+        // server answers NotFound before streaming anything.
+        let request = proto::ReadBlobRequest {
+            digest: digest.to_bytes(),
+        };
+        let stream = match self.client.clone().read(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(Error::Remote(status)),
         };
         Ok(Some(Box::new(GrpcBlobReader::new(
             self.client.clone(),
             *digest,
-            chunks,
+            stream,
         ))))
     }
 
@@ -107,11 +124,12 @@ fn corrupt(msg: String) -> io::Error {
 struct Segment {
     digest: B3Digest,
     start: u64,
-    /// Unknown for a blob stored as one piece until it was read to the end.
+    /// Unknown for the whole blob until it was read to the end.
     size: Option<u64>,
 }
 
 type OpenFuture = BoxFuture<'static, Result<tonic::Streaming<proto::BlobChunk>, tonic::Status>>;
+type StatFuture = BoxFuture<'static, Result<Option<Vec<ChunkMeta>>, Error>>;
 
 // One per open reader: its size does not matter, boxing would cost a pointer chase.
 #[allow(clippy::large_enum_variant)]
@@ -136,57 +154,65 @@ enum ReadState {
     Eof,
 }
 
-/// Reads a remote blob, verifying each segment against its digest as it ends (and
-/// the whole blob, when read from the start without seeking). Seeking re-opens the
-/// chunk holding the new position, so a chunked blob never re-reads from its start;
-/// a blob stored as one piece is re-read and the bytes before the position dropped,
-/// as they must be hashed to verify it.
+/// A seek that needs the chunk list first (see [`GrpcBlobReader`]).
+struct PendingSeek {
+    position: io::SeekFrom,
+    fut: StatFuture,
+}
+
+/// Reads a remote blob. Read from its start, the blob comes in one `Read` stream of
+/// the whole blob, hashed as it arrives; the hash is checked against the digest
+/// asked for when the stream ends, and a mismatch is an `InvalidData` error instead
+/// of the end of file. Bytes are handed out as they arrive, before that check: a
+/// reader sees an error, never a clean end, after bytes that do not hash to the
+/// digest, but must not act on them before the end of file. (The reader before this
+/// one also handed out bytes before checking; it checked per chunk, so a wrong byte
+/// was reported after at most one chunk rather than at the end.)
+///
+/// The first seek that moves the position fetches the chunk list (Stat) and from
+/// then on reads the chunk holding the position, each verified against its own
+/// digest as it ends, so a chunked blob never re-reads from its start; a blob stored
+/// as one piece is re-read and the bytes before the position dropped, as they must
+/// be hashed to verify it. Bytes handed out before a seek are not verified further.
 struct GrpcBlobReader {
     client: BlobServiceClient<Channel>,
     digest: B3Digest,
     segments: Vec<Segment>,
+    /// Whether `segments` came from the chunk list (fetched at the first seek).
+    chunked: bool,
     total: Option<u64>,
     pos: u64,
-    /// Hash of everything handed out, while that is the blob from its start (not
-    /// kept when the only segment is the blob itself: its own check is the same).
-    whole: Option<blake3::Hasher>,
+    seek: Option<PendingSeek>,
     state: ReadState,
 }
 
 impl GrpcBlobReader {
-    fn new(client: BlobServiceClient<Channel>, digest: B3Digest, chunks: Vec<ChunkMeta>) -> Self {
-        let (segments, total) = if chunks.is_empty() {
-            (
-                vec![Segment {
-                    digest,
-                    start: 0,
-                    size: None,
-                }],
-                None,
-            )
-        } else {
-            let mut start = 0u64;
-            let mut segments = Vec::with_capacity(chunks.len());
-            for c in chunks {
-                segments.push(Segment {
-                    digest: c.digest,
-                    start,
-                    size: Some(c.size),
-                });
-                start = start.saturating_add(c.size);
-            }
-            (segments, Some(start))
-        };
-        let one_piece = matches!(&segments[..], [only] if only.digest == digest);
-        let whole = (!one_piece).then(blake3::Hasher::new);
+    /// A reader of `digest` from its start, on the already opened whole-blob `stream`.
+    fn new(
+        client: BlobServiceClient<Channel>,
+        digest: B3Digest,
+        stream: tonic::Streaming<proto::BlobChunk>,
+    ) -> Self {
         Self {
             client,
             digest,
-            segments,
-            total,
+            segments: vec![Segment {
+                digest,
+                start: 0,
+                size: None,
+            }],
+            chunked: false,
+            total: None,
             pos: 0,
-            whole,
-            state: ReadState::Idle,
+            seek: None,
+            state: ReadState::Streaming {
+                seg: 0,
+                skip: 0,
+                stream,
+                hasher: Box::default(),
+                received: 0,
+                buf: Bytes::new(),
+            },
         }
     }
 
@@ -198,6 +224,66 @@ impl GrpcBlobReader {
             .saturating_sub(1);
         (i, pos - self.segments[i].start)
     }
+
+    /// The position `position` names; `None` if it is relative to an unknown end.
+    fn resolve(&self, position: io::SeekFrom) -> io::Result<Option<u64>> {
+        let target = match position {
+            io::SeekFrom::Start(n) => Some(n),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            io::SeekFrom::End(d) => match self.total {
+                Some(t) => t.checked_add_signed(d),
+                None => return Ok(None),
+            },
+        };
+        target.map(Some).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )
+        })
+    }
+
+    /// Takes the chunk list from Stat as the segments to read from now on.
+    fn install_chunks(&mut self, chunks: Option<Vec<ChunkMeta>>) -> io::Result<()> {
+        let chunks = chunks.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("blob {} vanished from the server while open", self.digest),
+            )
+        })?;
+        self.chunked = true;
+        if chunks.is_empty() {
+            // Stored as one piece: keep reading the whole blob.
+            return Ok(());
+        }
+        let mut start = 0u64;
+        let mut segments = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            segments.push(Segment {
+                digest: c.digest,
+                start,
+                size: Some(c.size),
+            });
+            start = start.saturating_add(c.size);
+        }
+        if self.total.is_some_and(|t| t != start) {
+            return Err(corrupt(format!(
+                "blob {}: chunks add up to {start} bytes, not the {} read",
+                self.digest,
+                self.total.unwrap_or_default()
+            )));
+        }
+        self.segments = segments;
+        self.total = Some(start);
+        Ok(())
+    }
+
+    fn move_to(&mut self, target: u64) {
+        if target != self.pos {
+            self.pos = target;
+            self.state = ReadState::Idle;
+        }
+    }
 }
 
 impl AsyncRead for GrpcBlobReader {
@@ -206,6 +292,11 @@ impl AsyncRead for GrpcBlobReader {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.seek.is_some() {
+            return Poll::Ready(Err(io::Error::other(
+                "blob read while a seek is still in progress",
+            )));
+        }
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -241,9 +332,6 @@ impl AsyncRead for GrpcBlobReader {
                 ReadState::Streaming { buf, .. } if !buf.is_empty() => {
                     let n = buf.len().min(out.remaining());
                     out.put_slice(&buf[..n]);
-                    if let Some(whole) = this.whole.as_mut() {
-                        whole.update(&buf[..n]);
-                    }
                     buf.advance(n);
                     this.pos += n as u64;
                     return Poll::Ready(Ok(()));
@@ -304,15 +392,6 @@ impl AsyncRead for GrpcBlobReader {
                                 continue;
                             }
                             this.total = Some(end);
-                            if let Some(whole) = this.whole.take() {
-                                let got = B3Digest::from(whole.finalize());
-                                if got != this.digest {
-                                    return Poll::Ready(Err(corrupt(format!(
-                                        "blob {}: chunks concatenate to {got}",
-                                        this.digest
-                                    ))));
-                                }
-                            }
                             this.state = ReadState::Eof;
                         }
                     }
@@ -324,34 +403,47 @@ impl AsyncRead for GrpcBlobReader {
 
 impl AsyncSeek for GrpcBlobReader {
     fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
-        let target = match position {
-            io::SeekFrom::Start(n) => Some(n),
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            io::SeekFrom::End(d) => match self.total {
-                Some(t) => t.checked_add_signed(d),
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "seek from the end of a remote blob stored as one piece: size unknown",
-                    ));
-                }
-            },
-        };
-        let target = target.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek to a negative or overflowing position",
-            )
-        })?;
-        if target != self.pos {
-            self.pos = target;
-            self.whole = None;
-            self.state = ReadState::Idle;
+        if self.seek.is_some() {
+            return Err(io::Error::other("blob seek while another is in progress"));
         }
-        Ok(())
+        let target = self.resolve(position)?;
+        if target == Some(self.pos) {
+            return Ok(());
+        }
+        match target {
+            Some(target) if self.chunked => {
+                self.move_to(target);
+                Ok(())
+            }
+            None if self.chunked => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "seek from the end of a remote blob stored as one piece: size unknown",
+            )),
+            // First seek: fetch the chunk list so that a chunked blob is read from
+            // the chunk holding the new position, not from its start.
+            _ => {
+                let fut = stat(self.client.clone(), self.digest, true).boxed();
+                self.seek = Some(PendingSeek { position, fut });
+                Ok(())
+            }
+        }
     }
 
-    fn poll_complete(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        let Some(pending) = self.seek.as_mut() else {
+            return Poll::Ready(Ok(self.pos));
+        };
+        let result = ready!(pending.fut.poll_unpin(cx));
+        let position = pending.position;
+        self.seek = None;
+        self.install_chunks(result.map_err(Error::into_io)?)?;
+        let target = self.resolve(position)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "seek from the end of a remote blob stored as one piece: size unknown",
+            )
+        })?;
+        self.move_to(target);
         Poll::Ready(Ok(self.pos))
     }
 }
