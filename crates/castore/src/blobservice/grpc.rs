@@ -292,10 +292,9 @@ impl AsyncRead for GrpcBlobReader {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // A seek whose future was dropped before it completed still takes effect.
         if self.seek.is_some() {
-            return Poll::Ready(Err(io::Error::other(
-                "blob read while a seek is still in progress",
-            )));
+            ready!(self.as_mut().poll_complete(cx))?;
         }
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
@@ -564,5 +563,119 @@ impl BlobWriter for GrpcBlobWriter {
             )));
         }
         Ok(local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::io::SeekFrom;
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    use crate::blobservice::MemoryBlobService;
+    use crate::directoryservice::MemoryDirectoryService;
+    use crate::embedded::EmbeddedStore;
+    use crate::{B3Digest, BlobService};
+
+    /// A gRPC client of a server backed by `blobs`, on loopback TCP.
+    async fn client(blobs: Arc<dyn BlobService>) -> Arc<dyn BlobService> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (routes, _) =
+            crate::server::routes(blobs, Arc::new(MemoryDirectoryService::new()), &[])
+                .await
+                .unwrap();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            crate::server::serve(routes, incoming, std::future::pending())
+                .await
+                .unwrap();
+        });
+        crate::blob_service_from_addr(&format!("grpc+http://127.0.0.1:{port}")).unwrap()
+    }
+
+    /// Bytes that do not repeat, so content-defined chunking cuts them into chunks.
+    fn data(len: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    async fn put(blobs: &Arc<dyn BlobService>, content: &[u8]) -> B3Digest {
+        let mut w = blobs.open_write().await;
+        w.write_all(content).await.unwrap();
+        let d = w.close().await.unwrap();
+        assert_eq!(d, B3Digest::from(*blake3::hash(content).as_bytes()));
+        d
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seeks_in_a_chunked_blob_read_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = client(Arc::new(EmbeddedStore::open(dir.path()).unwrap())).await;
+        let content = data(5 << 20);
+        let d = put(&blobs, &content).await;
+        let chunks = blobs.chunks(&d).await.unwrap().unwrap();
+        assert!(chunks.len() > 1, "{} chunks", chunks.len());
+
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        assert!(all == content);
+
+        // From the end before anything was read: the size comes from the chunk list.
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let end = content.len() as u64;
+        assert_eq!(r.seek(SeekFrom::End(-10)).await.unwrap(), end - 10);
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(tail, content[content.len() - 10..]);
+
+        // Part of the whole-blob stream read, then seeks both ways.
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let mut buf = vec![0; 5000];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, content[..5000]);
+        assert_eq!(r.seek(SeekFrom::Start(3_000_000)).await.unwrap(), 3_000_000);
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, content[3_000_000..3_005_000]);
+        assert_eq!(r.seek(SeekFrom::Current(-10_000)).await.unwrap(), 2_995_000);
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, content[2_995_000..3_000_000]);
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert!(rest == content[3_000_000..]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seek_from_the_end_of_a_one_piece_blob_needs_its_size() {
+        let blobs = client(Arc::new(MemoryBlobService::new())).await;
+        let content = data(3 << 20);
+        let d = put(&blobs, &content).await;
+        assert_eq!(blobs.chunks(&d).await.unwrap().unwrap().len(), 0);
+
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let err = r.seek(SeekFrom::End(-10)).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+        // The failed seek left the reader where it was.
+        let mut all = Vec::new();
+        r.read_to_end(&mut all).await.unwrap();
+        assert!(all == content);
+
+        // Read to the end, the size is known: re-read from the start and skipped.
+        let end = content.len() as u64;
+        assert_eq!(r.seek(SeekFrom::End(-10)).await.unwrap(), end - 10);
+        let mut tail = Vec::new();
+        r.read_to_end(&mut tail).await.unwrap();
+        assert_eq!(tail, content[content.len() - 10..]);
     }
 }
