@@ -3,6 +3,8 @@
 //! (default 1 GiB; `CAIRN_BENCH_BLOB_MIB` to change), 100k blobs of 1 KiB
 //! (`CAIRN_BENCH_SMALL_N`), and a closure of 100k directories
 //! (`CAIRN_BENCH_DIRS`) put in one stream and read back recursively.
+//! `CAIRN_BENCH_GRPC_EMBEDDED=DIR` backs the server's blobs with the embedded store in
+//! DIR instead (chunked blobs, as a daemon serves them).
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -37,15 +39,16 @@ fn memory() -> Backend {
 async fn grpc() -> Backend {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (routes, _) = cairn_castore::server::routes(
-        Arc::new(MemoryBlobService::new()),
-        Arc::new(MemoryDirectoryService::new()),
-        &[],
-    )
-    .await
-    .unwrap();
+    let blobs: Arc<dyn BlobService> = match std::env::var("CAIRN_BENCH_GRPC_EMBEDDED") {
+        Ok(dir) => Arc::new(cairn_castore::embedded::EmbeddedStore::open(dir).unwrap()),
+        Err(_) => Arc::new(MemoryBlobService::new()),
+    };
+    let (routes, _) =
+        cairn_castore::server::routes(blobs, Arc::new(MemoryDirectoryService::new()), &[])
+            .await
+            .unwrap();
     tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = cairn_castore::server::tcp_incoming(listener);
         cairn_castore::server::serve(routes, incoming, std::future::pending())
             .await
             .unwrap();
