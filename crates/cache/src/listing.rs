@@ -34,21 +34,6 @@ const LONG_TOKEN: u64 = 24;
 /// The empty string after `executable`.
 const EMPTY: u64 = 8;
 
-fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.push(b'"');
-    for &b in s {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..0x20 => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
-}
-
 /// One directory being listed: its entries still to come.
 struct Frame<'a> {
     entries: Box<dyn Iterator<Item = (&'a cairn_castore::PathComponent, &'a Node)> + 'a>,
@@ -92,7 +77,7 @@ pub async fn listing(dirs: &dyn DirectoryService, root: &Node) -> Result<Vec<u8>
                 Node::Symlink { target } => {
                     offset += 2 * TOKEN + str_len(target.as_bytes().len() as u64) + TOKEN;
                     out.extend_from_slice(b"{\"type\":\"symlink\",\"target\":");
-                    push_json_str(&mut out, target.as_bytes());
+                    cairn_nix::json::push_string(&mut out, target.as_bytes());
                     out.push(b'}');
                 }
                 Node::Directory { digest, .. } => {
@@ -123,7 +108,7 @@ pub async fn listing(dirs: &dyn DirectoryService, root: &Node) -> Result<Vec<u8>
                     out.push(b',');
                 }
                 frame.first = false;
-                push_json_str(&mut out, name.as_bytes());
+                cairn_nix::json::push_string(&mut out, name.as_bytes());
                 out.push(b':');
                 // `entry` `(` `name` <name> `node`
                 offset += 3 * TOKEN + str_len(name.as_bytes().len() as u64) + TOKEN;

@@ -7,6 +7,7 @@
 //!   (`makeStorePath`, fixed-output and text paths).
 //! - [`nar`]: the NAR archive format, a strict streaming reader and a streaming
 //!   writer, sync and async.
+//! - [`json`]: JSON strings escaped as Nix's JSON writer escapes them.
 //! - [`narinfo`] and [`cache_info`]: the binary cache's text formats.
 //! - [`signature`]: ed25519 keys and signatures in Nix's `name:base64` text form, and
 //!   the fingerprint they sign.
@@ -17,6 +18,7 @@
 
 pub mod cache_info;
 pub mod hash;
+pub mod json;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

@@ -404,31 +404,6 @@ fn ls_long<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) -> anyhow::Res
     Ok(())
 }
 
-/// Appends `s` as a JSON string the way Nix 2.8 writes it: `"`, `\` and control
-/// characters escaped, every other byte (including non-UTF-8) as is.
-fn json_str(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..0x20 => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
-}
-
 /// `nix nar ls -R --json` format, streamed: entries arrive sorted, as Nix prints
 /// them. No trailing newline, as Nix.
 fn ls_json<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) -> anyhow::Result<()> {
@@ -445,7 +420,7 @@ fn ls_json<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) -> anyhow::Res
                     }
                     *f = false;
                 }
-                json_str(&mut buf, name);
+                cairn_nix::json::push_string(&mut buf, name);
                 buf.push(b':');
             }
             Event::Directory => {
@@ -470,7 +445,7 @@ fn ls_json<R: Read>(reader: &mut Reader<R>, out: &mut impl Write) -> anyhow::Res
             }
             Event::Symlink { target } => {
                 buf.extend_from_slice(br#"{"type":"symlink","target":"#);
-                json_str(&mut buf, target);
+                cairn_nix::json::push_string(&mut buf, target);
                 buf.push(b'}');
             }
         }

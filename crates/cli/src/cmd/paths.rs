@@ -378,7 +378,7 @@ fn ls_json<'a>(
             }
             Node::Symlink { target } => {
                 out.extend_from_slice(br#"{"type":"symlink","target":"#);
-                json_str(out, target.as_bytes());
+                cairn_nix::json::push_string(out, target.as_bytes());
                 out.push(b'}');
             }
             Node::Directory { digest, .. } => {
@@ -393,7 +393,7 @@ fn ls_json<'a>(
                         if i > 0 {
                             out.push(b',');
                         }
-                        json_str(out, name.as_bytes());
+                        cairn_nix::json::push_string(out, name.as_bytes());
                         out.push(b':');
                         if recursive {
                             ls_json(store, child, recursive, false, out).await?;
@@ -407,31 +407,6 @@ fn ls_json<'a>(
         }
         Ok(())
     })
-}
-
-/// Appends `s` as a JSON string the way Nix 2.8 writes it: `"`, `\` and control
-/// characters escaped, every other byte as is.
-fn json_str(out: &mut Vec<u8>, s: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push(b'"');
-    for &b in s {
-        match b {
-            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            0..0x20 => out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
-            _ => out.push(b),
-        }
-    }
-    out.push(b'"');
 }
 
 /// Runs `cairn cat`.

@@ -342,22 +342,12 @@ impl From<PathInfo> for proto::PathInfo {
     }
 }
 
-/// Appends `s` as a JSON string (quoted, escaped as Nix's JSON writer does for the
-/// characters that can occur here).
+/// Appends `s` as a JSON string, quoted and escaped as Nix's JSON writer does.
 fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    let mut quoted = Vec::with_capacity(s.len() + 2);
+    cairn_nix::json::push_string(&mut quoted, s.as_bytes());
+    // Escaping UTF-8 input adds only ASCII, so this is never lossy.
+    out.push_str(&String::from_utf8_lossy(&quoted));
 }
 
 impl PathInfo {
