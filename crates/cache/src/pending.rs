@@ -10,9 +10,8 @@
 //! Table `pending`: file SHA-256 (32 bytes) -> `1` (format version), compression
 //! (1 byte: its index in [`Compression::ALL`]), NAR SHA-256 (32 bytes), NAR size
 //! (u64 LE), file size (u64 LE), then the root node's protobuf `Node` encoding
-//! (with an empty name). Records are kept after their narinfo is accepted: Nix
-//! asks (HEAD) whether a NAR file exists before uploading it, and another path
-//! with the same NAR can then reuse it. A record is one small row per uploaded NAR.
+//! (with an empty name). A record is one small row per uploaded NAR. It is
+//! never served: `GET` and `HEAD` of an uploaded file's URL both answer 404.
 
 use std::path::Path;
 use std::sync::Arc;

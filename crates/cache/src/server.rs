@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use axum::serve::ListenerExt as _;
@@ -550,22 +550,23 @@ fn stream_body<R: AsyncRead + Send + 'static>(reader: R) -> Body {
     )
 }
 
+/// `GET` and `HEAD` of `/nar/<file>`. The answer never depends on the method
+/// (axum drops the body of a `HEAD` response after this returns), so that a `HEAD`
+/// says exactly what the `GET` of the same URL would: status, `Content-Length`,
+/// `Content-Range`. Building a body is cheap: nothing is read until it is polled.
 async fn get_nar(
     State(cache): Cache,
-    method: Method,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, CacheError> {
     let (digest, nar_sha256, compression) = match parse_nar_file(&file) {
         None => return Err(CacheError::NotFound),
-        Some(NarFile::Uploaded { file_sha256 }) => {
-            // Nix asks (HEAD) whether a NAR file exists before uploading it: an
-            // uploaded file is known, but served only under its path's URL.
-            if method == Method::HEAD && cache.pending.get(file_sha256).await?.is_some() {
-                return Ok(response("application/x-nix-nar", "no-store", Body::empty()));
-            }
-            return Err(CacheError::NotFound);
-        }
+        // An uploaded file is not kept as sent (its NAR was decompressed and
+        // ingested), so it cannot be served under its file hash, and a `HEAD`
+        // must not claim it either: Nix's `HEAD` before an upload then finds
+        // nothing and sends the NAR, which ingests again at the cost of the
+        // transfer (its chunks are already stored).
+        Some(NarFile::Uploaded { .. }) => return Err(CacheError::NotFound),
         Some(NarFile::Served {
             digest,
             nar_sha256,
@@ -578,35 +579,15 @@ async fn get_nar(
     }
     let ctype = "application/x-nix-nar";
     if compression != Compression::None {
-        if compression.encoder(tokio::io::empty()).is_none() {
-            return Err(CacheError::NotFound);
-        }
-        let mut r = response(ctype, IMMUTABLE, Body::empty());
-        if method != Method::HEAD {
-            let nar =
-                cairn_store::nar::render(cache.blobs.clone(), cache.directories.clone(), info.node);
-            if let Some(enc) = compression.encoder(nar) {
-                *r.body_mut() = stream_body(enc);
-            }
-        }
-        return Ok(r);
+        let nar =
+            cairn_store::nar::render(cache.blobs.clone(), cache.directories.clone(), info.node);
+        // bzip2 and brotli are accepted in uploads but not served.
+        let enc = compression.encoder(nar).ok_or(CacheError::NotFound)?;
+        return Ok(response(ctype, IMMUTABLE, stream_body(enc)));
     }
     let size = info.nar_size;
     let range = parse_range(&headers, size)?;
     let (start, end) = range.unwrap_or((0, size));
-    let mut r = response(ctype, IMMUTABLE, Body::empty());
-    let h = r.headers_mut();
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    if range.is_some() {
-        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
-            r.headers_mut().insert(header::CONTENT_RANGE, v);
-        }
-    }
-    if method == Method::HEAD {
-        return Ok(r);
-    }
     let body = if start == 0 {
         let nar =
             cairn_store::nar::render(cache.blobs.clone(), cache.directories.clone(), info.node);
@@ -622,7 +603,16 @@ async fn get_nar(
         .map_err(nar_error)?;
         stream_body(nar.take(end - start))
     };
-    *r.body_mut() = body;
+    let mut r = response(ctype, IMMUTABLE, body);
+    let h = r.headers_mut();
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    if range.is_some() {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{size}", end - 1)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
     Ok(r)
 }
 
