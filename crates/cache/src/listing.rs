@@ -10,121 +10,150 @@
 //! strings escaped as Nix's own JSON writer does (`"` and `\` backslashed, `\n`,
 //! `\r`, `\t`, other bytes below 0x20 as `\u00XX`, every other byte as is, so a
 //! non-UTF-8 name gives non-UTF-8 output as with Nix). `narOffset` is where a file's
-//! contents start in the NAR, computed from the tree alone: no blob is read.
+//! contents start in the NAR, as [`cairn_store::nar::walk`] computes it from the
+//! directories alone: no blob is read, directories are fetched one at a time and
+//! the JSON leaves in chunks, so memory is bounded by the depth and width of the
+//! directories open at once, not by the tree.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use cairn_castore::{B3Digest, Directory, DirectoryService, Node};
+use bytes::Bytes;
+use cairn_castore::{DirectoryService, Node};
 use futures::TryStreamExt as _;
+use futures::stream::BoxStream;
 
 use crate::error::CacheError;
 
-/// Bytes a NAR string of `len` bytes takes: length, contents, zero padding to 8.
-fn str_len(len: u64) -> u64 {
-    8 + len.div_ceil(8) * 8
-}
+/// Output is sent in chunks of about this many bytes.
+const CHUNK: usize = 64 * 1024;
 
-/// `nix-archive-1`.
-const MAGIC_LEN: u64 = 24;
-/// `(`, `)`, `type`, `node`, `name`, `entry`, `target`, `regular`, `symlink`,
-/// `contents`: each 1..=8 bytes, so 16 in the NAR.
-const TOKEN: u64 = 16;
-/// `directory` and `executable`: 9 and 10 bytes.
-const LONG_TOKEN: u64 = 24;
-/// The empty string after `executable`.
-const EMPTY: u64 = 8;
-
-/// One directory being listed: its entries still to come.
-struct Frame<'a> {
-    entries: Box<dyn Iterator<Item = (&'a cairn_castore::PathComponent, &'a Node)> + 'a>,
-    first: bool,
-}
-
-/// The `.ls` JSON of the NAR of `root`, fetching its directories from `dirs`.
-pub async fn listing(dirs: &dyn DirectoryService, root: &Node) -> Result<Vec<u8>, CacheError> {
-    let mut tree: HashMap<B3Digest, Directory> = HashMap::new();
-    if let Node::Directory { digest, .. } = root {
-        let mut stream = dirs.get_recursive(digest);
-        while let Some(d) = stream.try_next().await.map_err(CacheError::from_store)? {
-            tree.insert(d.digest(), d);
-        }
-    }
-    let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"{\"version\":1,\"root\":");
-    let mut offset = MAGIC_LEN;
-    let mut stack: Vec<Frame<'_>> = Vec::new();
-    // The node to write next; `None` once the current directory's entries are done.
-    let mut next: Option<&Node> = Some(root);
-    loop {
-        if let Some(node) = next.take() {
-            offset += 2 * TOKEN; // `(` `type`
-            match node {
+/// The `.ls` JSON of the NAR of `root`, in chunks, fetching its directories from
+/// `directories` as it goes. A directory missing from the store is an error
+/// item, after which the stream ends.
+pub fn listing(
+    directories: Arc<dyn DirectoryService>,
+    root: Node,
+) -> BoxStream<'static, Result<Bytes, CacheError>> {
+    Box::pin(async_stream::try_stream! {
+        let mut entries = cairn_store::nar::walk(directories.as_ref(), root);
+        let mut out = Vec::with_capacity(CHUNK + 256);
+        out.extend_from_slice(b"{\"version\":1,\"root\":");
+        // For each directory being listed, whether it has had an entry yet.
+        let mut open: Vec<bool> = Vec::new();
+        while let Some(e) = entries
+            .try_next()
+            .await
+            .map_err(|e| CacheError::Internal(format!("listing: {e}")))?
+        {
+            // Entries come depth first: one at depth `d` follows the end of every
+            // directory deeper than its parent.
+            let depth = e.path.len();
+            while open.len() > depth {
+                open.pop();
+                out.extend_from_slice(b"}}");
+            }
+            if let (Some(name), Some(had_entry)) = (e.path.last(), open.last_mut()) {
+                if *had_entry {
+                    out.push(b',');
+                }
+                *had_entry = true;
+                cairn_nix::json::push_string(&mut out, name.as_bytes());
+                out.push(b':');
+            }
+            match &e.node {
                 Node::File {
                     size, executable, ..
                 } => {
-                    offset += TOKEN; // `regular`
                     out.extend_from_slice(
                         format!("{{\"type\":\"regular\",\"size\":{size}").as_bytes(),
                     );
                     if *executable {
-                        offset += LONG_TOKEN + EMPTY;
                         out.extend_from_slice(b",\"executable\":true");
                     }
-                    offset += TOKEN + 8; // `contents`, length
-                    out.extend_from_slice(format!(",\"narOffset\":{offset}}}").as_bytes());
-                    offset += size.div_ceil(8) * 8 + TOKEN; // contents, `)`
+                    out.extend_from_slice(
+                        format!(",\"narOffset\":{}}}", e.nar_offset).as_bytes(),
+                    );
                 }
                 Node::Symlink { target } => {
-                    offset += 2 * TOKEN + str_len(target.as_bytes().len() as u64) + TOKEN;
                     out.extend_from_slice(b"{\"type\":\"symlink\",\"target\":");
                     cairn_nix::json::push_string(&mut out, target.as_bytes());
                     out.push(b'}');
                 }
-                Node::Directory { digest, .. } => {
-                    let dir = tree.get(digest).ok_or_else(|| {
-                        CacheError::Internal(format!("directory {digest} not found"))
-                    })?;
-                    offset += LONG_TOKEN;
+                Node::Directory { .. } => {
                     out.extend_from_slice(b"{\"type\":\"directory\",\"entries\":{");
-                    stack.push(Frame {
-                        entries: Box::new(dir.nodes()),
-                        first: true,
-                    });
+                    open.push(false);
                 }
             }
-            if stack.is_empty() {
-                break;
-            }
-            if !matches!(node, Node::Directory { .. }) {
-                offset += TOKEN; // the entry's `)`
+            if out.len() >= CHUNK {
+                yield Bytes::from(std::mem::replace(&mut out, Vec::with_capacity(CHUNK + 256)));
             }
         }
-        let Some(frame) = stack.last_mut() else {
-            break;
-        };
-        match frame.entries.next() {
-            Some((name, node)) => {
-                if !frame.first {
-                    out.push(b',');
-                }
-                frame.first = false;
-                cairn_nix::json::push_string(&mut out, name.as_bytes());
-                out.push(b':');
-                // `entry` `(` `name` <name> `node`
-                offset += 3 * TOKEN + str_len(name.as_bytes().len() as u64) + TOKEN;
-                next = Some(node);
-            }
-            None => {
-                stack.pop();
-                out.extend_from_slice(b"}}");
-                offset += TOKEN; // the directory's `)`
-                if stack.is_empty() {
-                    break;
-                }
-                offset += TOKEN; // the entry's `)`
-            }
+        for _ in open {
+            out.extend_from_slice(b"}}");
         }
+        out.push(b'}');
+        yield Bytes::from(out);
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use cairn_castore::{B3Digest, Directory, PathComponent};
+
+    use super::*;
+
+    /// The whole `.ls` JSON of the NAR of `root`.
+    async fn listing_bytes(
+        directories: Arc<dyn DirectoryService>,
+        root: Node,
+    ) -> Result<Vec<u8>, CacheError> {
+        listing(directories, root)
+            .map_ok(|b| b.to_vec())
+            .try_concat()
+            .await
     }
-    out.push(b'}');
-    Ok(out)
+
+    #[tokio::test]
+    async fn missing_directory_is_an_error() {
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let root = Node::Directory {
+            digest: B3Digest::of(b"absent"),
+            size: 0,
+        };
+        let err = listing_bytes(dirs, root).await.unwrap_err();
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn large_listings_come_in_chunks() {
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let mut dir = Directory::new();
+        for i in 0..5000 {
+            dir.add(
+                PathComponent::try_from(format!("file-{i:05}").as_str()).unwrap(),
+                Node::File {
+                    digest: B3Digest::of(b""),
+                    size: 0,
+                    executable: false,
+                },
+            )
+            .unwrap();
+        }
+        let size = dir.size();
+        let digest = dirs.put(dir).await.unwrap();
+        let root = Node::Directory { digest, size };
+        let chunks: Vec<Bytes> = listing(dirs.clone(), root.clone())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(chunks.len() > 1, "{} chunk(s)", chunks.len());
+        assert!(chunks.iter().all(|c| c.len() < 2 * CHUNK));
+        let whole = listing_bytes(dirs, root).await.unwrap();
+        assert_eq!(whole, chunks.concat());
+        let json: serde_json::Value = serde_json::from_slice(&whole).unwrap();
+        let entries = json["root"]["entries"].as_object().unwrap();
+        assert_eq!(entries.len(), 5000);
+        assert_eq!(entries["file-04999"]["size"], 0);
+    }
 }

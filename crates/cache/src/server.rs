@@ -272,8 +272,13 @@ async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Respo
     if let Some(hash) = file.strip_suffix(".ls") {
         let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
         let info = lookup(&cache, digest).await?;
-        let json = listing(cache.directories.as_ref(), &info.node).await?;
-        return Ok(response("application/json", IMMUTABLE, json));
+        let mut chunks = listing(cache.directories.clone(), info.node);
+        // The first chunk (all of a small listing) before answering, so that a
+        // missing root directory is a 500, not an aborted 200.
+        let first = chunks.next().await.transpose()?;
+        let rest = chunks.inspect_err(|e| tracing::warn!(error = %e, "listing aborted"));
+        let body = Body::from_stream(futures::stream::iter(first.map(Ok)).chain(rest));
+        return Ok(response("application/json", IMMUTABLE, body));
     }
     Err(CacheError::NotFound)
 }
