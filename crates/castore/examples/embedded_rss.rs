@@ -1,5 +1,5 @@
 //! Writes one blob of the given size (MiB) into a fresh embedded store and reads it
-//! back in full, verified; run under `/usr/bin/time -v` to see that peak memory
+//! back in full, verified (optionally several times: second argument); run under `/usr/bin/time -v` to see that peak memory
 //! does not grow with the blob's size (bench/embedded_rss.sh). Also prints the CPU
 //! time (user + system, all threads) of each phase: on a machine where other jobs
 //! run, CPU seconds per GiB compare runs better than wall-clock speed.
@@ -26,6 +26,21 @@ fn cpu_secs() -> f64 {
     (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
+/// Peak resident set size (KiB) since start or the last [`reset_peak`], from
+/// /proc/self/status.
+fn peak_kib() -> u64 {
+    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Starts a new peak RSS measurement (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mib: u64 = std::env::args()
@@ -33,6 +48,13 @@ async fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1024);
+    // Reading more than once (second argument) makes the read phase dominate a profile.
+    let reads: u32 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(1)
+        .max(1);
     let len = mib << 20;
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(dir.path())?;
@@ -46,24 +68,32 @@ async fn main() -> anyhow::Result<()> {
     }
     let d = w.close().await?;
     let (wt, wc) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    let write_peak = peak_kib();
+    reset_peak();
     let (t, c) = (Instant::now(), cpu_secs());
-    let mut r = store
-        .open_blob(&d)?
-        .ok_or_else(|| anyhow::anyhow!("blob missing"))?;
     let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf).await?;
-        if k == 0 {
-            break;
+    for _ in 0..reads {
+        let mut r = store
+            .open_blob(&d)?
+            .ok_or_else(|| anyhow::anyhow!("blob missing"))?;
+        let mut n = 0u64;
+        loop {
+            let k = r.read(&mut buf).await?;
+            if k == 0 {
+                break;
+            }
+            n += k as u64;
         }
-        n += k as u64;
+        anyhow::ensure!(n == len, "read {n} of {len} bytes");
     }
-    anyhow::ensure!(n == len, "read {n} of {len} bytes");
-    let (rt, rc) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
+    let (rt, rc) = (
+        t.elapsed().as_secs_f64() / reads as f64,
+        (cpu_secs() - c) / reads as f64,
+    );
+    let read_peak = peak_kib();
     let gib = len as f64 / f64::from(1u32 << 30);
     println!(
-        "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB), read {:.0} MB/s ({:.2} CPU s/GiB), data dir {} bytes",
+        "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB), read {:.0} MB/s ({:.2} CPU s/GiB), data dir {} bytes, peak RSS write {write_peak} KiB read {read_peak} KiB",
         len as f64 / wt / 1e6,
         wc / gib,
         len as f64 / rt / 1e6,

@@ -54,6 +54,13 @@ const STAGED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("staged")
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 
+/// Bytes of index pages redb keeps in memory. redb's default (1 GiB) lets the
+/// cache grow with everything the process ever touched of the index (the chunk
+/// entries of every blob written or read), so peak RSS grew with the store and
+/// with a blob's chunk count; the hot upper B-tree levels fit in this, leaf
+/// pages come from the OS page cache.
+const INDEX_CACHE: usize = 8 << 20;
+
 /// A blob's chunks in order: (BLAKE3 digest, size in bytes).
 pub type ChunkList = Vec<([u8; 32], u64)>;
 
@@ -119,6 +126,8 @@ struct Inner {
     tx: Option<mpsc::Sender<(CommitReq, Reply)>>,
     committer: Option<JoinHandle<()>>,
     dir: PathBuf,
+    /// Batch buffers of finished readers, reused by later ones (see `reader`).
+    read_bufs: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Drop for Inner {
@@ -164,7 +173,10 @@ impl EmbeddedStore {
         if !index.exists() {
             create_index(&dir, &index)?;
         }
-        let db = Database::open(&index).map_err(db_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(INDEX_CACHE)
+            .open(&index)
+            .map_err(db_err)?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(CHUNKS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
@@ -201,6 +213,7 @@ impl EmbeddedStore {
                 tx: Some(tx),
                 committer: Some(committer),
                 dir,
+                read_bufs: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -338,22 +351,24 @@ impl EmbeddedStore {
         }))
     }
 
-    /// Reads chunk `digest` of `size` bytes stored at `loc`, decompresses it and
-    /// checks its BLAKE3 digest and size.
-    pub(crate) fn read_chunk_at(
+    /// Reads chunk `digest` of `size` bytes stored at `loc` into `dst` (exactly
+    /// `size` bytes long), decompressing it, and checks its BLAKE3 digest and size.
+    /// On error `dst` holds unverified bytes: the caller must not hand them out.
+    pub(crate) fn read_chunk_into(
         &self,
         digest: &[u8; 32],
         size: u64,
         loc: &ChunkLoc,
-    ) -> Result<Vec<u8>, EmbeddedError> {
-        if u64::from(loc.raw_len) != size {
+        dst: &mut [u8],
+    ) -> Result<(), EmbeddedError> {
+        if u64::from(loc.raw_len) != size || dst.len() as u64 != size {
             return Err(EmbeddedError::Corrupt(format!(
                 "chunk {} has size {} where its blob says {size}",
                 hex(digest),
                 loc.raw_len
             )));
         }
-        self.read_verified(loc, digest, "chunk")
+        self.read_verified_into(loc, digest, "chunk", dst)
     }
 
     /// Reads the object at `loc`, decompresses it and checks it hashes to `digest`.
@@ -363,7 +378,31 @@ impl EmbeddedStore {
         digest: &[u8; 32],
         what: &str,
     ) -> Result<Vec<u8>, EmbeddedError> {
-        let raw = if loc.compressed {
+        // raw_len was bounded when the location was decoded, so is this buffer.
+        let mut out = vec![0u8; loc.raw_len as usize];
+        self.read_verified_into(loc, digest, what, &mut out)?;
+        Ok(out)
+    }
+
+    /// Reads the object at `loc` into `dst` (exactly `loc.raw_len` bytes long):
+    /// raw bytes straight from the pack, compressed ones through a per-thread
+    /// buffer; then checks that `dst` hashes to `digest`.
+    fn read_verified_into(
+        &self,
+        loc: &ChunkLoc,
+        digest: &[u8; 32],
+        what: &str,
+        dst: &mut [u8],
+    ) -> Result<(), EmbeddedError> {
+        if dst.len() != loc.raw_len as usize {
+            return Err(EmbeddedError::Corrupt(format!(
+                "{what} {} of {} bytes read into a buffer of {}",
+                hex(digest),
+                loc.raw_len,
+                dst.len()
+            )));
+        }
+        if loc.compressed {
             PACK_BUF.with(|cell| {
                 let mut stored = cell.borrow_mut();
                 self.inner.packs.read_into(
@@ -372,26 +411,35 @@ impl EmbeddedStore {
                     loc.stored_len as usize,
                     &mut stored,
                 )?;
-                // raw_len was bounded when the location was decoded, so is this buffer.
-                decode(&stored, loc.raw_len as usize).map_err(|e| {
+                let n = decode_into(&stored, dst).map_err(|e| {
                     EmbeddedError::Corrupt(format!(
                         "{what} {} does not decompress: {e}",
                         hex(digest)
                     ))
-                })
-            })?
+                })?;
+                if stored.capacity() > 2 * MAX_CHUNK {
+                    // A large Directory's buffer is not kept for the thread's life.
+                    *stored = Vec::new();
+                }
+                if n != dst.len() {
+                    return Err(EmbeddedError::Corrupt(format!(
+                        "{what} {} decompresses to {n} bytes, not {}",
+                        hex(digest),
+                        dst.len()
+                    )));
+                }
+                Ok(())
+            })?;
         } else {
-            self.inner
-                .packs
-                .read(loc.pack, loc.offset, loc.stored_len as usize)?
-        };
-        if raw.len() != loc.raw_len as usize || blake3::hash(&raw).as_bytes() != digest {
+            self.inner.packs.read_exact(loc.pack, loc.offset, dst)?;
+        }
+        if blake3::hash(dst).as_bytes() != digest {
             return Err(EmbeddedError::Corrupt(format!(
                 "{what} {} does not hash to its digest",
                 hex(digest)
             )));
         }
-        Ok(raw)
+        Ok(())
     }
 
     /// Which of `digests` are already stored or staged (for dedup on write).
@@ -575,15 +623,15 @@ pub(crate) fn encode(data: &[u8], level: Level) -> Result<Option<Vec<u8>>, Embed
     Ok((z.len() < data.len()).then_some(z))
 }
 
-/// Decompresses `stored` into exactly `raw_len` bytes.
-fn decode(stored: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+/// Decompresses `stored` into `dst` (which it must fit); returns the bytes written.
+fn decode_into(stored: &[u8], dst: &mut [u8]) -> std::io::Result<usize> {
     UNZSTD.with(|cell| {
         let mut cell = cell.borrow_mut();
         let d = match &mut *cell {
             Some(d) => d,
             None => cell.insert(zstd::bulk::Decompressor::new()?),
         };
-        d.decompress(stored, raw_len)
+        d.decompress_to_buffer(stored, dst)
     })
 }
 

@@ -171,13 +171,11 @@ impl Packs {
             .ok_or_else(|| EmbeddedError::Corrupt(format!("chunk refers to missing pack {id}")))
     }
 
-    /// Reads exactly `len` bytes at `offset` of pack `id`.
-    pub fn read(&self, id: u32, offset: u64, len: usize) -> Result<Vec<u8>, EmbeddedError> {
-        let f = self.file(id)?;
-        let mut buf = vec![0u8; len];
-        f.read_exact_at(&mut buf, offset)
-            .map_err(|e| io_err("read pack", &self.dir.join(pack_name(id)), e))?;
-        Ok(buf)
+    /// Fills `dst` from `offset` of pack `id`.
+    pub fn read_exact(&self, id: u32, offset: u64, dst: &mut [u8]) -> Result<(), EmbeddedError> {
+        self.file(id)?
+            .read_exact_at(dst, offset)
+            .map_err(|e| io_err("read pack", &self.dir.join(pack_name(id)), e))
     }
 
     /// Reads exactly `len` bytes at `offset` of pack `id` into `buf` (replacing its
