@@ -7,19 +7,30 @@
 //! the NAR's URL), in a redb file `cache-uploads.redb` in the data directory, so
 //! that a daemon restart between the NAR and its narinfo loses nothing.
 //!
-//! Table `pending`: file SHA-256 (32 bytes) -> `1` (format version), compression
+//! Table `pending`: file SHA-256 (32 bytes) -> `2` (format version), compression
 //! (1 byte: its index in [`Compression::ALL`]), NAR SHA-256 (32 bytes), NAR size
-//! (u64 LE), file size (u64 LE), then the root node's protobuf `Node` encoding
-//! (with an empty name). A record is one small row per uploaded NAR. It is
-//! never served: `GET` and `HEAD` of an uploaded file's URL both answer 404.
+//! (u64 LE), file size (u64 LE), upload time (u64 LE, seconds since the Unix
+//! epoch), uploads not yet claimed by a narinfo (u32 LE), then the root node's
+//! protobuf `Node` encoding (with an empty name). Version 1 records (written
+//! before uploads were counted) lack the time and the count.
+//!
+//! A record goes when its narinfo is registered ([`PendingUploads::claim`]): the
+//! count covers two paths with the same NAR uploaded at once (each upload adds
+//! one, each narinfo takes one). Records no narinfo ever claims (an interrupted
+//! `nix copy`, a retried upload) go after a maximum age ([`PendingUploads::expire`],
+//! which the cache runs at start and then periodically). A record is never served:
+//! `GET` and `HEAD` of an uploaded file's URL both answer 404.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cairn_castore::Node;
 use prost::Message as _;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+};
 
 use crate::compression::Compression;
 use crate::error::CacheError;
@@ -29,8 +40,10 @@ const PENDING: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("pending
 /// The file's name inside the data directory.
 pub const FILE_NAME: &str = "cache-uploads.redb";
 
-const VERSION: u8 = 1;
-const HEADER_LEN: usize = 1 + 1 + 32 + 8 + 8;
+const VERSION: u8 = 2;
+/// Version 1 records: no upload time, no count.
+const HEADER_LEN_V1: usize = 1 + 1 + 32 + 8 + 8;
+const HEADER_LEN: usize = HEADER_LEN_V1 + 8 + 4;
 
 /// What an uploaded NAR file turned out to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,29 +60,45 @@ pub struct PendingNar {
     pub compression: Compression,
 }
 
-impl PendingNar {
+/// A record: the upload, when it was last uploaded and how many uploads no
+/// narinfo has claimed yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    nar: PendingNar,
+    /// Seconds since the Unix epoch; `None` for a version 1 record.
+    uploaded: Option<u64>,
+    unclaimed: u32,
+}
+
+impl Record {
     fn encode(&self) -> Vec<u8> {
-        let node = self.root.clone().into_proto(Bytes::new()).encode_to_vec();
+        let nar = &self.nar;
+        let node = nar.root.clone().into_proto(Bytes::new()).encode_to_vec();
         let mut out = Vec::with_capacity(HEADER_LEN + node.len());
         out.push(VERSION);
         let ci = Compression::ALL
             .iter()
-            .position(|c| *c == self.compression)
+            .position(|c| *c == nar.compression)
             .unwrap_or(0);
         out.push(ci as u8);
-        out.extend_from_slice(&self.nar_sha256);
-        out.extend_from_slice(&self.nar_size.to_le_bytes());
-        out.extend_from_slice(&self.file_size.to_le_bytes());
+        out.extend_from_slice(&nar.nar_sha256);
+        out.extend_from_slice(&nar.nar_size.to_le_bytes());
+        out.extend_from_slice(&nar.file_size.to_le_bytes());
+        out.extend_from_slice(&self.uploaded.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.unclaimed.to_le_bytes());
         out.extend_from_slice(&node);
         out
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < HEADER_LEN {
+        let header_len = match bytes.first() {
+            Some(1) => HEADER_LEN_V1,
+            Some(&VERSION) => HEADER_LEN,
+            Some(v) => return Err(format!("unknown record version {v}")),
+            None => return Err("empty record".into()),
+        };
+        if bytes.len() < header_len {
             return Err(format!("{} bytes, shorter than a record", bytes.len()));
-        }
-        if bytes[0] != VERSION {
-            return Err(format!("unknown record version {}", bytes[0]));
         }
         let compression = *Compression::ALL
             .get(usize::from(bytes[1]))
@@ -83,18 +112,42 @@ impl PendingNar {
         };
         let nar_size = u64_at(34);
         let file_size = u64_at(42);
-        let proto = cairn_castore::proto::Node::decode(&bytes[HEADER_LEN..])
+        let (uploaded, unclaimed) = if header_len == HEADER_LEN {
+            let mut n = [0u8; 4];
+            n.copy_from_slice(&bytes[58..62]);
+            (Some(u64_at(50)), u32::from_le_bytes(n))
+        } else {
+            (None, 1)
+        };
+        let proto = cairn_castore::proto::Node::decode(&bytes[header_len..])
             .map_err(|e| format!("root node: {e}"))?;
         let (_, root) =
             Node::try_from_proto_unnamed(proto).map_err(|e| format!("root node: {e}"))?;
         Ok(Self {
-            root,
-            nar_size,
-            nar_sha256,
-            file_size,
-            compression,
+            nar: PendingNar {
+                root,
+                nar_size,
+                nar_sha256,
+                file_size,
+                compression,
+            },
+            uploaded,
+            unclaimed,
         })
     }
+}
+
+fn bad_record(file_sha256: &[u8; 32], e: String) -> CacheError {
+    CacheError::Internal(format!(
+        "{FILE_NAME}: record {}: {e}",
+        cairn_nix::nixbase32::encode(file_sha256)
+    ))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The table of pending uploads. Cheap to clone.
@@ -132,15 +185,40 @@ impl PendingUploads {
         Ok(Self { db: Arc::new(db) })
     }
 
-    /// Records an upload; durable when this returns.
+    /// Records an upload; durable when this returns. The same file uploaded
+    /// again counts once more (its narinfo, or a second path's, claims each).
     pub async fn put(&self, file_sha256: [u8; 32], nar: &PendingNar) -> Result<(), CacheError> {
+        self.put_at(file_sha256, nar, unix_now()).await
+    }
+
+    async fn put_at(
+        &self,
+        file_sha256: [u8; 32],
+        nar: &PendingNar,
+        now: u64,
+    ) -> Result<(), CacheError> {
         let db = self.db.clone();
-        let value = nar.encode();
+        let nar = nar.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(internal)?;
             {
                 let mut t = txn.open_table(PENDING).map_err(internal)?;
-                t.insert(&file_sha256, value.as_slice()).map_err(internal)?;
+                let old = match t.get(&file_sha256).map_err(internal)? {
+                    // A record that does not decode is replaced by this upload.
+                    Some(v) => Record::decode(v.value()).ok(),
+                    None => None,
+                };
+                let unclaimed = match old {
+                    Some(old) if old.nar == nar => old.unclaimed.saturating_add(1),
+                    _ => 1,
+                };
+                let record = Record {
+                    nar,
+                    uploaded: Some(now),
+                    unclaimed,
+                };
+                t.insert(&file_sha256, record.encode().as_slice())
+                    .map_err(internal)?;
             }
             txn.commit().map_err(internal)
         })
@@ -156,15 +234,111 @@ impl PendingUploads {
             let Some(v) = t.get(&file_sha256).map_err(internal)? else {
                 return Ok(None);
             };
-            PendingNar::decode(v.value()).map(Some).map_err(|e| {
-                CacheError::Internal(format!(
-                    "{FILE_NAME}: record {}: {e}",
-                    cairn_nix::nixbase32::encode(&file_sha256)
-                ))
-            })
+            Record::decode(v.value())
+                .map(|r| Some(r.nar))
+                .map_err(|e| bad_record(&file_sha256, e))
         })
         .await
     }
+
+    /// A narinfo using the upload was registered: one upload fewer waits, and
+    /// the record goes with the last.
+    pub async fn claim(&self, file_sha256: [u8; 32]) -> Result<(), CacheError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_write().map_err(internal)?;
+            {
+                let mut t = txn.open_table(PENDING).map_err(internal)?;
+                let record = match t.get(&file_sha256).map_err(internal)? {
+                    None => return Ok(()),
+                    Some(v) => Record::decode(v.value()).ok(),
+                };
+                match record {
+                    Some(mut r) if r.unclaimed > 1 => {
+                        r.unclaimed -= 1;
+                        t.insert(&file_sha256, r.encode().as_slice())
+                            .map_err(internal)?;
+                    }
+                    _ => {
+                        t.remove(&file_sha256).map_err(internal)?;
+                    }
+                }
+            }
+            txn.commit().map_err(internal)
+        })
+        .await
+    }
+
+    /// Removes the records last uploaded more than `max_age` ago (and those that
+    /// do not decode); returns how many went. A version 1 record, whose age is
+    /// unknown, is given the current time, so it goes `max_age` from now.
+    pub async fn expire(&self, max_age: Duration) -> Result<usize, CacheError> {
+        self.expire_at(max_age, unix_now()).await
+    }
+
+    /// [`Self::expire`], blocking the thread (for a cache starting up).
+    pub fn expire_blocking(&self, max_age: Duration) -> Result<usize, CacheError> {
+        expire(&self.db, max_age, unix_now())
+    }
+
+    async fn expire_at(&self, max_age: Duration, now: u64) -> Result<usize, CacheError> {
+        let db = self.db.clone();
+        blocking(move || expire(&db, max_age, now)).await
+    }
+
+    /// How many uploads are recorded.
+    pub async fn len(&self) -> Result<u64, CacheError> {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(internal)?;
+            let t = txn.open_table(PENDING).map_err(internal)?;
+            t.len().map_err(internal)
+        })
+        .await
+    }
+
+    /// Whether no upload is recorded.
+    pub async fn is_empty(&self) -> Result<bool, CacheError> {
+        Ok(self.len().await? == 0)
+    }
+}
+
+fn expire(db: &Database, max_age: Duration, now: u64) -> Result<usize, CacheError> {
+    // One write transaction, so that an upload refreshing a record while
+    // this runs is not lost; aborted (no commit, no sync) if it changes
+    // nothing.
+    let txn = db.begin_write().map_err(internal)?;
+    let mut expired = Vec::new();
+    {
+        let mut t = txn.open_table(PENDING).map_err(internal)?;
+        let mut dated = Vec::new();
+        for item in t.iter().map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            match Record::decode(v.value()) {
+                Ok(Record {
+                    uploaded: Some(at), ..
+                }) if now.saturating_sub(at) <= max_age.as_secs() => {}
+                Ok(mut r @ Record { uploaded: None, .. }) => {
+                    r.uploaded = Some(now);
+                    dated.push((*k.value(), r.encode()));
+                }
+                _ => expired.push(*k.value()),
+            }
+        }
+        if expired.is_empty() && dated.is_empty() {
+            drop(t);
+            txn.abort().map_err(internal)?;
+            return Ok(0);
+        }
+        for k in &expired {
+            t.remove(k).map_err(internal)?;
+        }
+        for (k, v) in &dated {
+            t.insert(k, v.as_slice()).map_err(internal)?;
+        }
+    }
+    txn.commit().map_err(internal)?;
+    Ok(expired.len())
 }
 
 async fn blocking<T: Send + 'static>(
@@ -182,43 +356,105 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let nar = PendingNar {
+    fn nar(n: u8) -> PendingNar {
+        PendingNar {
             root: Node::File {
-                digest: B3Digest::of(b"x"),
+                digest: B3Digest::of(&[n]),
                 size: 1,
                 executable: true,
             },
             nar_size: 128,
-            nar_sha256: [7; 32],
+            nar_sha256: [n; 32],
             file_size: 99,
             compression: Compression::Zstd,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
         {
             let p = PendingUploads::open(dir.path()).unwrap();
             assert_eq!(p.get([1; 32]).await.unwrap(), None);
-            p.put([1; 32], &nar).await.unwrap();
+            p.put([1; 32], &nar(7)).await.unwrap();
         }
         let p = PendingUploads::open(dir.path()).unwrap();
-        assert_eq!(p.get([1; 32]).await.unwrap(), Some(nar));
+        assert_eq!(p.get([1; 32]).await.unwrap(), Some(nar(7)));
         assert_eq!(p.get([2; 32]).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn each_upload_is_claimed_once() {
+        let p = PendingUploads::in_memory().unwrap();
+        p.put([1; 32], &nar(1)).await.unwrap();
+        p.put([1; 32], &nar(1)).await.unwrap();
+        p.put([2; 32], &nar(2)).await.unwrap();
+        assert_eq!(p.len().await.unwrap(), 2);
+        p.claim([1; 32]).await.unwrap();
+        assert_eq!(p.get([1; 32]).await.unwrap(), Some(nar(1)));
+        p.claim([1; 32]).await.unwrap();
+        assert_eq!(p.get([1; 32]).await.unwrap(), None);
+        // Claiming what is not there is no error.
+        p.claim([1; 32]).await.unwrap();
+        p.claim([2; 32]).await.unwrap();
+        assert!(p.is_empty().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn old_uploads_expire() {
+        let p = PendingUploads::in_memory().unwrap();
+        let day = Duration::from_secs(86_400);
+        p.put_at([1; 32], &nar(1), 1_000).await.unwrap();
+        p.put_at([2; 32], &nar(2), 1_000 + 86_400).await.unwrap();
+        // Uploading again makes it young again.
+        p.put_at([3; 32], &nar(3), 1_000).await.unwrap();
+        p.put_at([3; 32], &nar(3), 1_000 + 86_400).await.unwrap();
+        assert_eq!(p.expire_at(day, 1_000 + 86_400).await.unwrap(), 0);
+        assert_eq!(p.expire_at(day, 1_001 + 86_400).await.unwrap(), 1);
+        assert_eq!(p.get([1; 32]).await.unwrap(), None);
+        assert_eq!(p.len().await.unwrap(), 2);
+        assert_eq!(p.expire_at(day, 1_001 + 2 * 86_400).await.unwrap(), 2);
+        assert!(p.is_empty().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn version_1_records_are_read_and_dated_when_first_seen() {
+        let p = PendingUploads::in_memory().unwrap();
+        let v2 = Record {
+            nar: nar(5),
+            uploaded: Some(0),
+            unclaimed: 1,
+        }
+        .encode();
+        // Version 1: the same without the time and the count.
+        let mut v1 = v2[..HEADER_LEN_V1].to_vec();
+        v1[0] = 1;
+        v1.extend_from_slice(&v2[HEADER_LEN..]);
+        let db = p.db.clone();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(PENDING)
+            .unwrap()
+            .insert(&[5; 32], v1.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+        assert_eq!(p.get([5; 32]).await.unwrap(), Some(nar(5)));
+        let day = Duration::from_secs(86_400);
+        assert_eq!(p.expire_at(day, 50_000).await.unwrap(), 0);
+        assert_eq!(p.expire_at(day, 50_000 + 86_400).await.unwrap(), 0);
+        assert_eq!(p.expire_at(day, 50_001 + 86_400).await.unwrap(), 1);
     }
 
     #[test]
     fn corrupt_records_are_errors() {
-        assert!(PendingNar::decode(&[1, 0]).is_err());
+        assert!(Record::decode(&[]).is_err());
+        assert!(Record::decode(&[1, 0]).is_err());
+        assert!(Record::decode(&[2; HEADER_LEN_V1]).is_err());
         let mut bad = vec![9u8; HEADER_LEN];
-        assert!(PendingNar::decode(&bad).unwrap_err().contains("version"));
-        bad[0] = 1;
-        assert!(
-            PendingNar::decode(&bad)
-                .unwrap_err()
-                .contains("compression")
-        );
+        assert!(Record::decode(&bad).unwrap_err().contains("version"));
+        bad[0] = VERSION;
+        assert!(Record::decode(&bad).unwrap_err().contains("compression"));
         bad[1] = 0;
         // An empty protobuf Node has no node set.
-        assert!(PendingNar::decode(&bad).unwrap_err().contains("root node"));
+        assert!(Record::decode(&bad).unwrap_err().contains("root node"));
     }
 }

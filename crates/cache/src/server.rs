@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -45,11 +46,14 @@ pub struct CacheConfig {
     pub trusted_keys: Vec<VerifyingKey>,
     /// If set, uploads (PUT) must carry this token; reads stay open.
     pub upload_token: Option<UploadToken>,
+    /// An uploaded NAR whose narinfo has not come this long after the upload is
+    /// forgotten (its blobs stay in the store).
+    pub pending_max_age: Duration,
 }
 
 impl Default for CacheConfig {
     /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
-    /// cache.nixos.org), no keys, uploads open.
+    /// cache.nixos.org), no keys, uploads open, pending uploads kept for a day.
     fn default() -> Self {
         let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();
         cache_info.want_mass_query = Some(true);
@@ -59,6 +63,7 @@ impl Default for CacheConfig {
             sign_keys: Vec::new(),
             trusted_keys: Vec::new(),
             upload_token: None,
+            pending_max_age: Duration::from_secs(24 * 60 * 60),
         }
     }
 }
@@ -74,6 +79,8 @@ pub struct BinaryCache {
     /// The configured keys' signatures by fingerprint: ed25519 signing is most of
     /// a narinfo request's cost, and a fingerprint's signatures never change.
     signatures: Mutex<HashMap<String, Vec<Signature>>>,
+    /// When pending uploads were last expired.
+    last_expiry: Mutex<Instant>,
 }
 
 /// Entries in the signature cache before it is emptied (a few hundred bytes each).
@@ -82,6 +89,9 @@ const MAX_CACHED_SIGNATURES: usize = 1 << 16;
 impl BinaryCache {
     /// A cache serving and storing into these services; `pending` records NARs
     /// waiting for their narinfo.
+    ///
+    /// Expires the pending uploads older than [`CacheConfig::pending_max_age`]
+    /// now (blocking briefly), then every so often as uploads come.
     pub fn new(
         blobs: Arc<dyn BlobService>,
         directories: Arc<dyn DirectoryService>,
@@ -90,7 +100,13 @@ impl BinaryCache {
         config: CacheConfig,
     ) -> Self {
         let cache_info_text = Bytes::from(config.cache_info.to_string());
+        match pending.expire_blocking(config.pending_max_age) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "expired pending uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire pending uploads"),
+        }
         Self {
+            last_expiry: Mutex::new(Instant::now()),
             blobs,
             directories,
             path_info,
@@ -103,6 +119,27 @@ impl BinaryCache {
 }
 
 impl BinaryCache {
+    /// Expires old pending uploads if the last time was long enough ago (a
+    /// quarter of their maximum age, at most an hour).
+    async fn expire_pending(&self) {
+        let every = (self.config.pending_max_age / 4).min(Duration::from_secs(3600));
+        {
+            let mut last = self
+                .last_expiry
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed() < every {
+                return;
+            }
+            *last = Instant::now();
+        }
+        match self.pending.expire(self.config.pending_max_age).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(n, "expired pending uploads"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire pending uploads"),
+        }
+    }
+
     /// The configured keys' signatures of `fingerprint`.
     fn sign(&self, fingerprint: &str) -> Vec<Signature> {
         if self.config.sign_keys.is_empty() {
@@ -451,6 +488,7 @@ async fn put_narinfo(
             }
         }
         if merged.len() == old.signatures.len() {
+            claim(cache, file_sha256).await;
             return Ok(StatusCode::OK);
         }
         info = PathInfo {
@@ -464,7 +502,16 @@ async fn put_narinfo(
         .put(info)
         .await
         .map_err(CacheError::from_store)?;
+    claim(cache, file_sha256).await;
     Ok(status)
+}
+
+/// The path is registered: its upload has served its purpose. A failure here is
+/// only logged (the path is in; the record expires later).
+async fn claim(cache: &BinaryCache, file_sha256: [u8; 32]) {
+    if let Err(e) = cache.pending.claim(file_sha256).await {
+        tracing::warn!(error = %e, "cannot remove a claimed pending upload");
+    }
 }
 
 /// What a `/nar/` file name refers to.
@@ -638,6 +685,7 @@ async fn put_nar(
     body: Body,
 ) -> Result<StatusCode, CacheError> {
     check_upload(&cache, &headers)?;
+    cache.expire_pending().await;
     let Some(NarFile::Uploaded { file_sha256 }) = parse_nar_file(&file) else {
         return Err(CacheError::BadRequest(format!(
             "nar/{file}: uploads go to nar/<file sha256 in nixbase32>.nar[.xz|.zst|.bz2|.br]"

@@ -136,6 +136,7 @@ type Services = (
 struct Server {
     url: String,
     infos: Arc<dyn PathInfoService>,
+    pending: PendingUploads,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -161,7 +162,7 @@ impl Server {
             .unwrap();
             (blobs, dirs, infos)
         });
-        let cache = BinaryCache::new(blobs, dirs, infos.clone(), pending, config);
+        let cache = BinaryCache::new(blobs, dirs, infos.clone(), pending.clone(), config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -175,6 +176,7 @@ impl Server {
         Server {
             url,
             infos,
+            pending,
             stop: Some(stop),
             task,
         }
@@ -286,6 +288,8 @@ async fn nix_copy_to_and_from_each_compression() {
         .await
         .unwrap();
         assert!(server.has(&f.top).await && server.has(&f.dep).await && server.has(&f.ca).await);
+        // Every uploaded NAR was claimed by its narinfo.
+        assert_eq!(server.pending.len().await.unwrap(), 0, "{compression}");
 
         let (url, xdg2, store, top, ca, pk2) = (
             server.url.clone(),
@@ -720,6 +724,7 @@ async fn pending_upload_survives_restart() {
             .await
             .unwrap();
     assert_eq!(code, 201);
+    assert_eq!(server.pending.len().await.unwrap(), 1);
     server.stop().await;
 
     let server = Server::start_with(
@@ -738,6 +743,7 @@ async fn pending_upload_survives_restart() {
             .unwrap();
     assert_eq!(code, 201, "{msg}");
     assert!(server.has(&f.ca).await);
+    assert!(server.pending.is_empty().await.unwrap());
     server.stop().await;
 }
 
@@ -937,5 +943,50 @@ async fn head_and_get_agree() {
     })
     .await
     .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unclaimed_uploads_expire_when_the_cache_starts() {
+    let f = fixture();
+    let data = tempfile::tempdir().unwrap();
+    let (_, nar) = file_cache_entry(f, &f.ca);
+    let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::open(data.path()).unwrap(),
+        None,
+    )
+    .await;
+    let url = server.url.clone();
+    let code =
+        tokio::task::spawn_blocking(move || put(&format!("{url}/nar/{nar_name}"), &nar, &[]).0)
+            .await
+            .unwrap();
+    assert_eq!(code, 201);
+    server.stop().await;
+    // Ages are whole seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let kept = Server::start_with(
+        CacheConfig {
+            pending_max_age: std::time::Duration::from_secs(60),
+            ..CacheConfig::default()
+        },
+        PendingUploads::open(data.path()).unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(kept.pending.len().await.unwrap(), 1);
+    kept.stop().await;
+    let server = Server::start_with(
+        CacheConfig {
+            pending_max_age: std::time::Duration::from_secs(1),
+            ..CacheConfig::default()
+        },
+        PendingUploads::open(data.path()).unwrap(),
+        None,
+    )
+    .await;
+    assert!(server.pending.is_empty().await.unwrap());
     server.stop().await;
 }

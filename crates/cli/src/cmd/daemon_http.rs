@@ -47,6 +47,11 @@ pub struct HttpArgs {
     /// `WantMassQuery` in /nix-cache-info.
     #[arg(long, default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     want_mass_query: bool,
+
+    /// Forget an uploaded NAR whose narinfo has not come this many seconds after
+    /// it (an interrupted `nix copy --to`); checked at start and then hourly.
+    #[arg(long, default_value_t = 86_400, value_name = "SECONDS")]
+    pending_upload_max_age: u64,
 }
 
 impl HttpArgs {
@@ -55,6 +60,7 @@ impl HttpArgs {
         let mut config = cairn_cache::CacheConfig::default();
         config.cache_info.priority = Some(self.cache_priority);
         config.cache_info.want_mass_query = Some(self.want_mass_query);
+        config.pending_max_age = std::time::Duration::from_secs(self.pending_upload_max_age);
         for f in &self.sign_keys {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("cannot read signing key {}", f.display()))?;
