@@ -6,8 +6,8 @@ use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -129,7 +129,7 @@ struct Segment {
 }
 
 type OpenFuture = BoxFuture<'static, Result<tonic::Streaming<proto::BlobChunk>, tonic::Status>>;
-type StatFuture = BoxFuture<'static, Result<Option<Vec<ChunkMeta>>, Error>>;
+use super::verify::{StatFuture, Verified};
 
 // One per open reader: its size does not matter, boxing would cost a pointer chase.
 #[allow(clippy::large_enum_variant)]
@@ -145,9 +145,7 @@ enum ReadState {
         seg: usize,
         /// Bytes still to drop from the start of the segment (after a seek).
         skip: u64,
-        stream: tonic::Streaming<proto::BlobChunk>,
-        hasher: Box<blake3::Hasher>,
-        received: u64,
+        stream: Verified,
         buf: Bytes,
     },
     /// Everything read.
@@ -161,19 +159,16 @@ struct PendingSeek {
 }
 
 /// Reads a remote blob. Read from its start, the blob comes in one `Read` stream of
-/// the whole blob, hashed as it arrives; the hash is checked against the digest
-/// asked for when the stream ends, and a mismatch is an `InvalidData` error instead
-/// of the end of file. Bytes are handed out as they arrive, before that check: a
-/// reader sees an error, never a clean end, after bytes that do not hash to the
-/// digest, but must not act on them before the end of file. (The reader before this
-/// one also handed out bytes before checking; it checked per chunk, so a wrong byte
-/// was reported after at most one chunk rather than at the end.)
+/// the whole blob, checked by [`Verified`] before bytes are handed out: a blob of up
+/// to 1 MiB is held and checked whole; a longer one chunk by chunk against its chunk
+/// list (fetched when the stream passes 1 MiB), with the whole checked at its end.
+/// A mismatch is an `InvalidData` error, never a clean end of file.
 ///
-/// The first seek that moves the position fetches the chunk list (Stat) and from
-/// then on reads the chunk holding the position, each verified against its own
-/// digest as it ends, so a chunked blob never re-reads from its start; a blob stored
-/// as one piece is re-read and the bytes before the position dropped, as they must
-/// be hashed to verify it. Bytes handed out before a seek are not verified further.
+/// The first seek that moves the position fetches the chunk list (Stat) unless the
+/// read fetched it already, and from then on reads the chunk holding the position,
+/// each checked against its own digest before its bytes are handed out, so a chunked
+/// blob never re-reads from its start; a blob stored as one piece is re-read and the
+/// bytes before the position dropped, as they must be hashed to verify it.
 struct GrpcBlobReader {
     client: BlobServiceClient<Channel>,
     digest: B3Digest,
@@ -205,14 +200,42 @@ impl GrpcBlobReader {
             total: None,
             pos: 0,
             seek: None,
-            state: ReadState::Streaming {
-                seg: 0,
-                skip: 0,
-                stream,
-                hasher: Box::default(),
-                received: 0,
-                buf: Bytes::new(),
-            },
+            state: ReadState::Idle,
+        }
+        .streaming(0, 0, stream)
+    }
+
+    /// Reads segment `seg` from `stream`, dropping its first `skip` bytes.
+    fn streaming(
+        mut self,
+        seg: usize,
+        skip: u64,
+        stream: tonic::Streaming<proto::BlobChunk>,
+    ) -> Self {
+        self.state = self.stream_state(seg, skip, stream);
+        self
+    }
+
+    fn stream_state(
+        &self,
+        seg: usize,
+        skip: u64,
+        stream: tonic::Streaming<proto::BlobChunk>,
+    ) -> ReadState {
+        let segment = &self.segments[seg];
+        // A whole blob longer than the hold limit is checked chunk by chunk.
+        let lister: Option<Box<dyn FnOnce() -> StatFuture + Send>> = match segment.size {
+            None => {
+                let (client, digest) = (self.client.clone(), self.digest);
+                Some(Box::new(move || stat(client, digest, true).boxed()))
+            }
+            Some(_) => None,
+        };
+        ReadState::Streaming {
+            seg,
+            skip,
+            stream: Verified::new(stream, segment.digest, segment.size, lister),
+            buf: Bytes::new(),
         }
     }
 
@@ -319,14 +342,8 @@ impl AsyncRead for GrpcBlobReader {
                 ReadState::Opening { seg, skip, fut } => {
                     let stream =
                         ready!(fut.poll_unpin(cx)).map_err(|s| Error::Remote(s).into_io())?;
-                    this.state = ReadState::Streaming {
-                        seg: *seg,
-                        skip: *skip,
-                        stream,
-                        hasher: Box::default(),
-                        received: 0,
-                        buf: Bytes::new(),
-                    };
+                    let (seg, skip) = (*seg, *skip);
+                    this.state = this.stream_state(seg, skip, stream);
                 }
                 ReadState::Streaming { buf, .. } if !buf.is_empty() => {
                     let n = buf.len().min(out.remaining());
@@ -339,62 +356,33 @@ impl AsyncRead for GrpcBlobReader {
                     seg,
                     skip,
                     stream,
-                    hasher,
-                    received,
                     buf,
-                } => {
-                    let segment = &this.segments[*seg];
-                    match ready!(stream.poll_next_unpin(cx)) {
-                        Some(Ok(piece)) => {
-                            let data = piece.data;
-                            hasher.update(&data);
-                            *received += data.len() as u64;
-                            if segment.size.is_some_and(|s| *received > s) {
-                                return Poll::Ready(Err(corrupt(format!(
-                                    "blob {}: server sent more than the {} bytes of chunk {}",
-                                    this.digest,
-                                    segment.size.unwrap_or_default(),
-                                    segment.digest
-                                ))));
-                            }
-                            let len = data.len() as u64;
-                            if *skip >= len {
-                                *skip -= len;
-                            } else {
-                                *buf = data.slice(*skip as usize..);
-                                *skip = 0;
-                            }
-                        }
-                        Some(Err(status)) => {
-                            return Poll::Ready(Err(Error::Remote(status).into_io()));
-                        }
-                        None => {
-                            let got = B3Digest::from(hasher.finalize());
-                            if got != segment.digest {
-                                return Poll::Ready(Err(corrupt(format!(
-                                    "blob {}: server sent data hashing to {got} for {}",
-                                    this.digest, segment.digest
-                                ))));
-                            }
-                            if segment.size.is_some_and(|s| s != *received) {
-                                return Poll::Ready(Err(corrupt(format!(
-                                    "blob {}: chunk {} is {} bytes, not {}",
-                                    this.digest,
-                                    segment.digest,
-                                    received,
-                                    segment.size.unwrap_or_default()
-                                ))));
-                            }
-                            let end = segment.start + *received;
-                            if *seg + 1 < this.segments.len() {
-                                this.state = ReadState::Idle;
-                                continue;
-                            }
-                            this.total = Some(end);
-                            this.state = ReadState::Eof;
+                } => match ready!(stream.poll_next(cx)) {
+                    Some(Ok(data)) => {
+                        let len = data.len() as u64;
+                        if *skip >= len {
+                            *skip -= len;
+                        } else {
+                            *buf = data.slice(*skip as usize..);
+                            *skip = 0;
                         }
                     }
-                }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => {
+                        let end = this.segments[*seg].start + stream.received();
+                        let listed = stream.take_listed();
+                        if *seg + 1 < this.segments.len() {
+                            this.state = ReadState::Idle;
+                            continue;
+                        }
+                        this.total = Some(end);
+                        this.state = ReadState::Eof;
+                        // Fetched while checking: later seeks need no Stat.
+                        if !this.chunked && listed.is_some() {
+                            this.install_chunks(listed)?;
+                        }
+                    }
+                },
             }
         }
     }
@@ -677,5 +665,118 @@ mod tests {
         let mut tail = Vec::new();
         r.read_to_end(&mut tail).await.unwrap();
         assert_eq!(tail, content[content.len() - 10..]);
+    }
+
+    /// Serves every blob with the byte at `at` flipped, as a corrupt or hostile
+    /// server would; chunk lists are the real ones.
+    struct Flipping {
+        inner: Arc<dyn BlobService>,
+        at: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl BlobService for Flipping {
+        async fn has(&self, digest: &B3Digest) -> Result<bool, crate::Error> {
+            self.inner.has(digest).await
+        }
+        async fn open_read(
+            &self,
+            digest: &B3Digest,
+        ) -> Result<Option<Box<dyn crate::BlobReader>>, crate::Error> {
+            let Some(mut r) = self.inner.open_read(digest).await? else {
+                return Ok(None);
+            };
+            let mut all = Vec::new();
+            r.read_to_end(&mut all).await.unwrap();
+            if let Some(b) = all.get_mut(self.at) {
+                *b ^= 1;
+            }
+            Ok(Some(Box::new(std::io::Cursor::new(all))))
+        }
+        async fn open_write(&self) -> Box<dyn crate::BlobWriter> {
+            self.inner.open_write().await
+        }
+        async fn chunks(
+            &self,
+            digest: &B3Digest,
+        ) -> Result<Option<Vec<crate::ChunkMeta>>, crate::Error> {
+            self.inner.chunks(digest).await
+        }
+    }
+
+    /// Everything a reader hands out before it fails (or ends).
+    async fn read_until_error(
+        r: &mut Box<dyn crate::BlobReader>,
+    ) -> (Vec<u8>, Option<std::io::Error>) {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => return (got, None),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return (got, Some(e)),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_short_blob_hands_out_nothing() {
+        let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let content = data(900_000);
+        let d = put(&inner, &content).await;
+        let blobs = client(Arc::new(Flipping { inner, at: 899_000 })).await;
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let (got, err) = read_until_error(&mut r).await;
+        let err = err.expect("a corrupt blob must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(got.len(), 0, "bytes handed out before the check");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_long_blob_hands_out_only_checked_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn BlobService> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let content = data(5 << 20);
+        let d = put(&inner, &content).await;
+        let chunks = inner.chunks(&d).await.unwrap().unwrap();
+        let at = 3_000_000;
+        // The corrupt chunk starts where the bytes handed out must stop.
+        let mut start = 0;
+        for c in &chunks {
+            if start + c.size > at as u64 {
+                break;
+            }
+            start += c.size;
+        }
+        assert!(start > 1 << 20, "test needs chunks past the hold limit");
+        let blobs = client(Arc::new(Flipping { inner, at })).await;
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let (got, err) = read_until_error(&mut r).await;
+        let err = err.expect("a corrupt blob must fail");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(
+            got.len() as u64,
+            start,
+            "handed out up to the corrupt chunk"
+        );
+        assert!(got == content[..start as usize]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_long_blob_in_one_piece_fails_at_its_end() {
+        let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let content = data(3 << 20);
+        let d = put(&inner, &content).await;
+        let blobs = client(Arc::new(Flipping { inner, at: 10 })).await;
+        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        let (got, err) = read_until_error(&mut r).await;
+        // Without a chunk list nothing smaller than the whole can be checked: the
+        // bytes pass, and the end is an error, never a clean end of file.
+        let err = err.expect("a corrupt blob must fail, never end cleanly");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+        assert_eq!(got.len(), content.len());
+        // And it stays failed.
+        let mut buf = [0u8; 16];
+        assert!(r.read(&mut buf).await.is_err());
     }
 }

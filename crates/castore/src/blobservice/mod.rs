@@ -2,6 +2,7 @@
 
 mod grpc;
 mod memory;
+mod verify;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
