@@ -260,3 +260,133 @@ in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $ou
     assert_eq!(with_sigs, 3);
     assert!(with_refs >= 2);
 }
+
+/// What Nix 2.8 accepts in a narinfo and what it refuses, against `PathInfo`: a
+/// path's narinfo from a `file://` cache is rewritten (references repeated and out
+/// of order; an all-zero NarHash; NarSize 0) and `nix path-info --json` reads it.
+/// Where Nix accepts it, the `PathInfo` carrying the same values converts from
+/// protobuf and its JSON view and fingerprint are Nix's; where Nix calls it
+/// corrupt, the conversion fails naming the field.
+#[test]
+fn accepted_and_refused_like_nix() {
+    let env = Env {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let add = |name: &str, content: &str| {
+        write(&env.path(&format!("src/{name}")), content);
+        env.store_cmd(
+            "nix-store",
+            &["--add", env.path(&format!("src/{name}")).to_str().unwrap()],
+        )
+    };
+    let dep_a = add("a-dep", "a\n");
+    let dep_b = add("b-dep", "b\n");
+    let top = add("top", "top\n");
+    let cache = env.path("cache");
+    env.store_cmd(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("file://{}?compression=none", cache.display()),
+            &dep_a,
+            &dep_b,
+            &top,
+        ],
+    );
+    let top_path = cairn_nix::store_path::StorePath::parse_absolute(&top).unwrap();
+    let narinfo_file = cache.join(format!("{}.narinfo", top_path.hash_part()));
+    let original = std::fs::read_to_string(&narinfo_file).unwrap();
+    let basename = |p: &str| p.strip_prefix("/nix/store/").unwrap().to_owned();
+    let (a, b) = (basename(&dep_a), basename(&dep_b));
+    let dummy = Node::Symlink {
+        target: SymlinkTarget::try_from(&b"x"[..]).unwrap(),
+    };
+    let info = PathInfo::from_narinfo(&NarInfo::parse(&original).unwrap(), dummy).unwrap();
+
+    // Rewrites one line of the narinfo (and drops CA: a fixed-output path with
+    // references is not what is tested); what `nix path-info --json` then says.
+    let nix_reads = |field: &str, value: &str| {
+        let text: String = original
+            .lines()
+            .filter(|l| !l.starts_with("CA: "))
+            .map(|l| {
+                if l.starts_with(&format!("{field}: ")) {
+                    format!("{field}: {value}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect();
+        std::fs::write(&narinfo_file, text).unwrap();
+        let out = env
+            .nix("nix")
+            .args(["path-info", "--json", "--store"])
+            .arg(format!("file://{}", cache.display()))
+            .arg(&top)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Nix's JSON for a cache path ends with url, downloadHash, downloadSize.
+    let without_download_fields = |o: &str| -> String {
+        let at = o
+            .find(",\"url\":")
+            .unwrap_or_else(|| panic!("no url in {o}"));
+        format!("{}}}", &o[..at])
+    };
+
+    // References repeated and out of order: Nix reads them as a set.
+    let (ok, out, err) = nix_reads("References", &format!("{b} {a} {b}"));
+    assert!(ok, "{err}");
+    let mut p = proto::PathInfo::from(&info);
+    p.references = [&b, &a, &b]
+        .iter()
+        .map(|n| {
+            let sp = cairn_nix::store_path::StorePath::from_basename(n.as_str()).unwrap();
+            bytes::Bytes::copy_from_slice(sp.digest())
+        })
+        .collect();
+    p.narinfo.as_mut().unwrap().reference_names = vec![b.clone(), a.clone(), b.clone()];
+    p.narinfo.as_mut().unwrap().ca = None;
+    let dup = PathInfo::try_from(p).unwrap();
+    assert_eq!(dup.references.len(), 3);
+    let nix_json = split_json(&out);
+    let nix_json = nix_json.values().next().unwrap();
+    assert_eq!(dup.to_json(), without_download_fields(nix_json));
+    let sorted = PathInfo {
+        references: vec![dup.references[1].clone(), dup.references[0].clone()],
+        ..dup.clone()
+    };
+    assert_eq!(dup.fingerprint(), sorted.fingerprint());
+    assert!(dup.fingerprint().ends_with(&format!(";{dep_a},{dep_b}")));
+
+    // An all-zero NarHash is read (only a download would find the mismatch).
+    let zero = format!("sha256:{}", "0".repeat(52));
+    let (ok, out, err) = nix_reads("NarHash", &zero);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("\"narHash\":\"sha256-{}=\"", "A".repeat(43))),
+        "{out}"
+    );
+    let mut p = proto::PathInfo::from(&info);
+    p.narinfo.as_mut().unwrap().nar_sha256 = bytes::Bytes::from_static(&[0; 32]);
+    assert!(PathInfo::try_from(p).is_ok());
+
+    // NarSize 0: Nix calls the narinfo corrupt.
+    let (ok, _, err) = nix_reads("NarSize", "0");
+    assert!(!ok && err.contains("is corrupt"), "{err}");
+    let mut p = proto::PathInfo::from(&info);
+    p.narinfo.as_mut().unwrap().nar_size = 0;
+    let e = PathInfo::try_from(p).unwrap_err();
+    assert!(e.to_string().starts_with("narinfo.nar_size"), "{e}");
+    let zero_size = PathInfo {
+        nar_size: 0,
+        ..info.clone()
+    };
+    assert!(zero_size.validate().is_err());
+}

@@ -40,7 +40,8 @@ pub use server::{GrpcPathInfoServer, NarCalculator, routes};
 /// Contract:
 /// - `get` of an absent path is `Ok(None)`; what it returns is valid and has the
 ///   digest asked for.
-/// - `put` stores `info` (replacing an earlier one for the same path) only if its
+/// - `put` stores `info` (replacing an earlier one for the same path) only if it is
+///   valid ([`PathInfo::validate`], else `InvalidArgument` naming the field) and its
 ///   root node's content is present in the castore the service was built with: the
 ///   blob of a file root, the directory (and so, since directory closures are put
 ///   all-or-nothing, its closure) of a directory root; otherwise it fails with
@@ -76,12 +77,16 @@ pub trait PathInfoService: Send + Sync {
     }
 }
 
-/// Checks that the content of `info`'s root node is in the castore.
+/// Checks what a backend's `put` must check before storing `info`: that it is
+/// valid ([`PathInfo::validate`]) and that the content of its root node is in the
+/// castore.
 pub async fn check_content(
     info: &PathInfo,
     blobs: &dyn BlobService,
     directories: &dyn DirectoryService,
 ) -> Result<(), Error> {
+    info.validate()
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     match &info.node {
         Node::Directory { digest, .. } => {
             if directories.get(digest).await?.is_none() {

@@ -14,7 +14,17 @@ use crate::proto::nar_info::ca::Hash as CaHash;
 /// What Nix knows about one store path, with its content as a castore root [`Node`].
 ///
 /// A value of this type satisfies every rule WIRE.md sets for a protobuf `PathInfo`:
-/// build it from raw protobuf with `PathInfo::try_from(proto)`.
+/// build it from raw protobuf with `PathInfo::try_from(proto)`. The one rule its
+/// field types cannot carry (`nar_size` is not 0) is checked by
+/// [`PathInfo::validate`], which every backend's `put` calls.
+///
+/// What is accepted follows tvix-store and Nix 2.8 (checked with `nix path-info`
+/// against a `file://` cache): references may repeat and come in any order (Nix
+/// keeps them as a set, so its views here are sorted and deduplicated; the order
+/// given is kept on the wire); an all-zero `nar_sha256` is a well-formed hash (Nix
+/// accepts such a narinfo and only fails when the NAR's hash does not match it).
+/// A `nar_size` of 0 is refused: a NAR is never empty, and Nix rejects a narinfo
+/// with `NarSize: 0` as corrupt (tvix-store does not check it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathInfo {
     /// The store path (the root node's name on the wire).
@@ -100,6 +110,11 @@ pub enum PathInfoError {
     /// `narinfo.nar_sha256` is not 32 bytes.
     #[error("narinfo.nar_sha256: {0} bytes, expected 32")]
     InvalidNarSha256(usize),
+    /// `narinfo.nar_size` is 0.
+    #[error(
+        "narinfo.nar_size: 0, but a NAR is never empty (Nix rejects a narinfo with NarSize 0 as corrupt)"
+    )]
+    EmptyNar,
     /// An entry of `narinfo.signatures` has a bad key name or is not 64 bytes.
     #[error("narinfo.signatures[{index}]: {reason}")]
     InvalidSignature {
@@ -251,6 +266,10 @@ impl TryFrom<proto::PathInfo> for PathInfo {
             .try_into()
             .map_err(|_| PathInfoError::InvalidNarSha256(narinfo.nar_sha256.len()))?;
 
+        if narinfo.nar_size == 0 {
+            return Err(PathInfoError::EmptyNar);
+        }
+
         let mut signatures = Vec::with_capacity(narinfo.signatures.len());
         for (index, s) in narinfo.signatures.iter().enumerate() {
             let bytes: [u8; 64] =
@@ -351,6 +370,15 @@ fn json_string(out: &mut String, s: &str) {
 }
 
 impl PathInfo {
+    /// Checks the rules the field types do not enforce (a `PathInfo` built field by
+    /// field rather than converted from protobuf): `nar_size` is not 0.
+    pub fn validate(&self) -> Result<(), PathInfoError> {
+        if self.nar_size == 0 {
+            return Err(PathInfoError::EmptyNar);
+        }
+        Ok(())
+    }
+
     /// The NAR hash as a [`NixHash`].
     pub fn nar_hash(&self) -> NixHash {
         NixHash::Sha256(self.nar_sha256)
@@ -364,7 +392,7 @@ impl PathInfo {
             NixHash::Sha256(d) => d,
             other => return Err(PathInfoError::NarHashNotSha256(other.algo())),
         };
-        Ok(PathInfo {
+        let info = PathInfo {
             store_path: narinfo.store_path.clone(),
             node,
             references: narinfo.references.clone(),
@@ -373,7 +401,9 @@ impl PathInfo {
             signatures: narinfo.signatures.clone(),
             deriver: narinfo.deriver.clone(),
             ca: narinfo.ca.clone(),
-        })
+        };
+        info.validate()?;
+        Ok(info)
     }
 
     /// The references sorted and without duplicates, as Nix keeps them (a
