@@ -10,12 +10,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-const NIX_CONFIG: &str = "experimental-features = nix-command\nsandbox = false\nsubstituters =";
+mod common;
+use common::*;
 
 /// `cairn` on the data directory `data` (through `CAIRN_DATA_DIR`, as a user would
 /// set it), with no other store settings from the environment.
@@ -30,160 +29,6 @@ fn cairn_at(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
             .env_remove("PATH_INFO_SERVICE_ADDR"),
         stdin,
     )
-}
-
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| {
-        panic!(
-            "cannot run {cmd:?}: {e}. Nix is required: install Debian's nix-bin (./test.sh does)"
-        )
-    });
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        let input = input.to_vec();
-        // A writer thread, so a child that fails early does not block us.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    child.wait_with_output().unwrap()
-}
-
-/// Runs a Nix command with the test settings; panics with its stderr on failure.
-fn nix(program: &str, args: &[&str]) -> Vec<u8> {
-    let cache = tempfile::tempdir().unwrap();
-    let out = run(
-        Command::new(program)
-            .args(args)
-            .env("XDG_CACHE_HOME", cache.path())
-            .env("NIX_CONFIG", NIX_CONFIG),
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn ok(out: Output) -> Vec<u8> {
-    assert!(
-        out.status.success(),
-        "cairn failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-fn text(out: Vec<u8>) -> String {
-    String::from_utf8(out).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn write(path: &Path, data: &[u8], mode: u32) {
-    fs::write(path, data).unwrap();
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
-/// Deterministic bytes that are not all alike, so misplaced data shows.
-fn data(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
-/// A tree with every kind of node and the odd cases Nix must agree on.
-fn make_tree(root: &Path) {
-    fs::create_dir(root).unwrap();
-    // Files of every size around the 8-byte padding and the copy buffers' sizes.
-    let sizes = fs::create_dir(root.join("sizes"))
-        .map(|()| root.join("sizes"))
-        .unwrap();
-    let mut lens: Vec<usize> = (0..=17).collect();
-    lens.extend([
-        63, 64, 65, 4095, 4096, 4097, 65535, 65536, 65537, 262143, 262144, 262145,
-    ]);
-    for len in lens {
-        write(&sizes.join(format!("f{len}")), &data(len, len as u8), 0o644);
-    }
-    fs::write(root.join("empty-file"), b"").unwrap();
-    fs::create_dir(root.join("empty-dir")).unwrap();
-    // Executable means the owner's x bit, nothing else.
-    write(&root.join("exec-755"), b"#!/bin/sh\n", 0o755);
-    write(&root.join("exec-700"), b"x", 0o700);
-    write(&root.join("exec-100"), b"x", 0o500);
-    write(&root.join("group-x-only"), b"x", 0o654);
-    write(&root.join("other-x-only"), b"x", 0o645);
-    write(&root.join("empty-exec"), b"", 0o755);
-    // Symlinks of all kinds.
-    let l = root.join("links");
-    fs::create_dir(&l).unwrap();
-    symlink("../exec-755", l.join("relative")).unwrap();
-    symlink("/etc/passwd", l.join("absolute")).unwrap();
-    symlink("nowhere/at/all", l.join("dangling")).unwrap();
-    symlink("..", l.join("to-parent-dir")).unwrap();
-    symlink(".", l.join("to-self-dir")).unwrap();
-    symlink("to-loop-b", l.join("to-loop-a")).unwrap();
-    symlink("to-loop-a", l.join("to-loop-b")).unwrap();
-    symlink("x".repeat(1000), l.join("long-1000")).unwrap();
-    symlink("y/".repeat(2047) + "z", l.join("long-4095")).unwrap();
-    symlink("with space\nand newline", l.join("odd-target")).unwrap();
-    // Names that sort differently bytewise than by locale, and odd but legal ones.
-    let n = root.join("names");
-    fs::create_dir(&n).unwrap();
-    for name in [
-        "A",
-        "a",
-        "B",
-        "b",
-        "_",
-        "-",
-        ".x",
-        "..x",
-        "...",
-        "x.",
-        "with space",
-        " lead",
-        "trail ",
-        "new\nline",
-        "tab\there",
-        "ünïcödé",
-        "日本語",
-        "emoji-🦀",
-        "Z",
-        "~",
-        "#",
-        "'quote'",
-        "\"dq\"",
-        "back\\slash",
-    ] {
-        fs::write(n.join(name), name.as_bytes()).unwrap();
-    }
-    use std::os::unix::ffi::OsStrExt;
-    fs::write(
-        n.join(std::ffi::OsStr::from_bytes(b"non-utf8-\xff\xfe")),
-        b"raw",
-    )
-    .unwrap();
-    fs::write(n.join("n".repeat(255)), b"longest name").unwrap();
-    // Deep nesting.
-    let mut deep = root.join("deep");
-    for i in 0..200 {
-        deep = deep.join(format!("{}", i % 10));
-    }
-    fs::create_dir_all(&deep).unwrap();
-    fs::write(deep.join("bottom"), b"deep down").unwrap();
 }
 
 /// Adds a multi-MiB file (several chunks, streamed) to `make_tree`'s tree.
