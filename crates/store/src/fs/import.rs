@@ -1,24 +1,29 @@
 //! [`import_path`]: a tree on disk into blobs and directories, with its NAR hash.
 //!
 //! One blocking thread walks the tree in NAR order (entries sorted by name bytes)
-//! and reads every file exactly once. What it reads goes two ways:
-//! - into a `nar::Writer` over a sha256 hasher, which sees the bytes in NAR order
-//!   and so gives the NAR's sha256 and size without a second pass or a render from
-//!   the store afterwards;
-//! - to the blob service, in parallel: a small file is read whole, hashed with
-//!   BLAKE3 right there (so a blob already stored is not sent again) and handed to
-//!   an upload task; a large file is streamed in blocks through a bounded channel
-//!   to its upload task while the walk continues to hash it.
+//! and hashes every file as it goes: the bytes go into a `nar::Writer` over a
+//! sha256 hasher (the NAR's sha256 and size, without a render afterwards) and into
+//! BLAKE3 (the blob's digest), so every file's digest is known when the walk
+//! leaves it. Then:
+//! - a small file was read whole: its bytes go to an upload task, which skips
+//!   them if the blob is stored already;
+//! - a large file is hashed first, BLAKE3 on a reader thread while the walk
+//!   computes the NAR's sha256, and uploaded (read a second time, by its upload
+//!   task) only if the blob is not stored yet: importing a tree again reads each
+//!   large file once and writes nothing.
 //!
-//! Uploads run concurrently (bounded in number and in bytes held), which is where
-//! the cost is: chunking, hashing, compressing and durably committing blobs. The
-//! walk waits when the bounds are reached, so memory does not grow with file sizes
-//! or counts; only the tree's shape (names and digests, as `Directory` listings
-//! need them) is kept until the directories are built, bottom-up, after the last
-//! upload, and sent through one putter.
+//! A directory is built as soon as the walk leaves it (its entries' digests are
+//! all known then), so the walk holds only the open directories (depth x width).
+//! Completed directories are stored once every upload started before them has
+//! finished (a directory never becomes visible before the blobs it references),
+//! through a putter that is committed every [`FLUSH_ENTRIES`] entries, so memory
+//! does not grow with the number of files either.
+//!
+//! Uploads run concurrently, bounded in number and in bytes held; the walk waits
+//! when the bounds are reached.
 
-use std::ffi::OsString;
-use std::io::Read;
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,23 +32,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use cairn_castore::{
-    B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent, SymlinkTarget,
+    B3Digest, BlobService, Directory, DirectoryPutter, DirectoryService, Node, PathComponent,
+    SymlinkTarget,
 };
 use cairn_nix::hash::{HashAlgo, Hasher, NixHash};
 use cairn_nix::nar;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{Error, Progress, unsupported_kind};
 
 /// Files up to this size are read whole and uploaded as one piece.
 const SMALL_FILE: u64 = 1 << 20;
-/// Memory the reads may hold ahead of the uploads, in KiB (the semaphore's unit).
+/// Memory the reads and the directories waiting to be stored may hold ahead of
+/// the uploads, in KiB (the semaphore's unit).
 const BUDGET_KIB: u32 = 32 * 1024;
-/// What one large file holds at most: its channel plus the blob writer's buffer.
-const LARGE_FILE_KIB: u32 = 8 * 1024;
-/// Blocks of a large file queued for its upload (each up to the NAR writer's 256 KiB).
-const LARGE_FILE_QUEUE: usize = 8;
+/// What one large file's upload holds at most: its read buffer, the blob writer's
+/// batch and that batch's compressed chunks.
+const LARGE_FILE_KIB: u32 = 10 * 1024;
+/// Bytes of a large file read at a time.
+const BLOCK: usize = 2 << 20;
+/// Blocks of a large file in the hashing pipeline (read, BLAKE3, sha256).
+const BLOCKS: usize = 3;
+/// Memory a completed directory is charged while it waits to be stored, per entry.
+const ENTRY_BYTES: u64 = 192;
+/// Directory entries held by one putter before it is committed and a new one
+/// started: bounds the directories held in memory whatever the tree's size.
+const FLUSH_ENTRIES: u64 = 32 * 1024;
 /// Uploads in flight at once. Many, because a blob's durable commit waits for a
 /// group commit: concurrent small files share one fsync. Measured on 100k small
 /// files into the embedded store (2 cores): 16 in flight 43 s and 63 MB RSS, 64
@@ -66,48 +81,58 @@ pub struct Imported {
 /// followed) into `blobs` and `directories`, and returns its root node with the
 /// size and sha256 of its NAR, as `nix-store --dump` would write it.
 ///
-/// Files are uploaded in parallel; the directories go through one putter, so they
-/// become visible together, after every blob they reference. On error, blobs already
-/// stored stay (unreferenced) and no directory is stored. `progress` counts files
-/// and bytes as they are read.
+/// Files are uploaded in parallel; a directory is stored only after every blob and
+/// directory below it. On error, what was stored stays (unreferenced: blobs, and
+/// complete subtrees of directories) and the root directory is not stored.
+/// `progress` counts files and bytes as they are read.
 pub async fn import_path(
     blobs: Arc<dyn BlobService>,
     directories: &dyn DirectoryService,
     path: &Path,
     progress: Arc<Progress>,
 ) -> Result<Imported, Error> {
-    let (results_tx, mut results) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = mpsc::unbounded_channel();
     let abort = Arc::new(AtomicBool::new(false));
     let walker = Walker {
         handle: tokio::runtime::Handle::current(),
         blobs,
         budget: Arc::new(Semaphore::new(BUDGET_KIB as usize)),
         uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
-        results: results_tx,
+        events: events_tx,
         abort: abort.clone(),
         progress,
         nar: nar::Writer::new(HashAlgo::Sha256.hasher()),
         jobs: 0,
-        dirs: Vec::new(),
     };
     let root_path = path.to_path_buf();
     let walk = tokio::task::spawn_blocking(move || walker.walk(&root_path));
 
-    // Collect upload results while the walk runs; the channel closes when the walker
-    // and every upload task are done.
-    let mut digests: Vec<Option<B3Digest>> = Vec::new();
+    // Store directories as they become ready while the walk runs; the channel
+    // closes when the walker and every upload task are done.
+    let mut done = Watermark::default();
+    let mut waiting: VecDeque<Completed> = VecDeque::new();
+    let mut putter = Putter::new(directories, path);
     let mut first_error = None;
-    while let Some((job, result)) = results.recv().await {
-        match result {
-            Ok(digest) => {
-                if digests.len() <= job {
-                    digests.resize(job + 1, None);
-                }
-                digests[job] = Some(digest);
-            }
-            Err(e) => {
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Uploaded(job, Ok(())) => done.mark(job),
+            Event::Uploaded(_, Err(e)) => {
                 abort.store(true, Ordering::Relaxed);
                 first_error.get_or_insert(e);
+            }
+            Event::Directory(c) => waiting.push_back(c),
+        }
+        if first_error.is_some() {
+            waiting.clear();
+            continue;
+        }
+        while waiting.front().is_some_and(|c| c.after <= done.low) {
+            let Some(c) = waiting.pop_front() else { break };
+            if let Err(e) = putter.put(c.directory).await {
+                abort.store(true, Ordering::Relaxed);
+                first_error.get_or_insert(e);
+                waiting.clear();
+                break;
             }
         }
     }
@@ -120,96 +145,121 @@ pub async fn import_path(
         (Err(walk_err), Some(Error::Aborted)) => return Err(walk_err),
         (Err(_), Some(upload_err)) => return Err(upload_err),
     };
-    let file_node = |job: usize, size: u64, executable: bool| {
-        let digest = digests
-            .get(job)
-            .copied()
-            .flatten()
-            .ok_or_else(|| Error::Task(format!("no result for file #{job}")))?;
-        Ok::<_, Error>(Node::File {
-            digest,
-            size,
-            executable,
-        })
-    };
-    let store_err = |source| Error::store(path, source);
-
-    // Directories bottom-up: `walked.dirs` is in post-order, children first.
-    let mut built: Vec<(B3Digest, u64)> = Vec::with_capacity(walked.dirs.len());
-    let mut sent = std::collections::HashSet::new();
-    let mut putter = (!walked.dirs.is_empty()).then(|| directories.put_multiple_start());
-    for entries in walked.dirs {
-        let mut dir = Directory::new();
-        for (name, child) in entries {
-            let node = match child {
-                Child::File {
-                    job,
-                    size,
-                    executable,
-                } => file_node(job, size, executable)?,
-                Child::Symlink(target) => Node::Symlink { target },
-                Child::Dir(i) => {
-                    let (digest, size) = built[i];
-                    Node::Directory { digest, size }
-                }
-            };
-            dir.add(name, node).map_err(|e| {
-                store_err(cairn_castore::Error::InvalidDirectory {
-                    index: built.len(),
-                    source: e,
-                })
-            })?;
-        }
-        let digest = dir.digest();
-        built.push((digest, dir.size()));
-        // Identical subtrees are sent once.
-        if sent.insert(digest)
-            && let Some(p) = putter.as_mut()
-        {
-            p.put(dir).await.map_err(store_err)?;
-        }
+    if !waiting.is_empty() || done.low != walked.jobs {
+        return Err(Error::Task(format!(
+            "{} directories left unstored, {} of {} uploads confirmed",
+            waiting.len(),
+            done.low,
+            walked.jobs
+        )));
     }
-    if let Some(mut p) = putter {
-        p.close().await.map_err(store_err)?;
-    }
-    let root = match walked.root {
-        Child::File {
-            job,
-            size,
-            executable,
-        } => file_node(job, size, executable)?,
-        Child::Symlink(target) => Node::Symlink { target },
-        Child::Dir(i) => {
-            let (digest, size) = built[i];
-            Node::Directory { digest, size }
-        }
-    };
+    putter.close().await?;
     Ok(Imported {
-        root,
+        root: walked.root,
         nar_size: walked.nar_size,
         nar_sha256: walked.nar_sha256,
     })
 }
 
-/// A directory entry as the walk saw it; files refer to their upload's result.
-enum Child {
-    File {
-        job: usize,
-        size: u64,
-        executable: bool,
-    },
-    Symlink(SymlinkTarget),
-    /// Index into [`Walked::dirs`].
-    Dir(usize),
+/// Uploads finished so far: every job below `low`, and those marked in `above`.
+#[derive(Default)]
+struct Watermark {
+    low: usize,
+    /// `above[i]`: job `low + i` finished.
+    above: VecDeque<bool>,
 }
 
-/// The tree's shape and its NAR hash.
+impl Watermark {
+    fn mark(&mut self, job: usize) {
+        let Some(i) = job.checked_sub(self.low) else {
+            return;
+        };
+        if self.above.len() <= i {
+            self.above.resize(i + 1, false);
+        }
+        self.above[i] = true;
+        while self.above.front() == Some(&true) {
+            self.above.pop_front();
+            self.low += 1;
+        }
+    }
+}
+
+/// Directories going to the directory service, committed every
+/// [`FLUSH_ENTRIES`] entries (each commit holds complete subtrees whose blobs are
+/// stored; later ones reference them as stored directories).
+struct Putter<'a> {
+    service: &'a dyn DirectoryService,
+    path: &'a Path,
+    current: Option<Box<dyn DirectoryPutter + 'a>>,
+    /// Entries sent to `current`.
+    held: u64,
+    /// Directories sent in all (for error messages).
+    sent: usize,
+}
+
+impl<'a> Putter<'a> {
+    fn new(service: &'a dyn DirectoryService, path: &'a Path) -> Self {
+        Putter {
+            service,
+            path,
+            current: None,
+            held: 0,
+            sent: 0,
+        }
+    }
+
+    async fn put(&mut self, directory: Directory) -> Result<(), Error> {
+        let entries = directory.len() as u64;
+        let service = self.service;
+        let p = self
+            .current
+            .get_or_insert_with(|| service.put_multiple_start());
+        p.put(directory)
+            .await
+            .map_err(|e| Error::store(self.path, e))?;
+        self.sent += 1;
+        self.held += entries + 1;
+        if self.held >= FLUSH_ENTRIES {
+            self.close().await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<(), Error> {
+        self.held = 0;
+        match self.current.take() {
+            Some(mut p) => p
+                .close()
+                .await
+                .map(drop)
+                .map_err(|e| Error::store(self.path, e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A directory the walk has left, to be stored once uploads `0..after` finished.
+struct Completed {
+    directory: Directory,
+    after: usize,
+    /// Its share of the memory budget, released when it is stored.
+    _budget: OwnedSemaphorePermit,
+}
+
+enum Event {
+    /// Upload job `.0` ended.
+    Uploaded(usize, Result<(), Error>),
+    Directory(Completed),
+}
+
+/// What the walk found.
 struct Walked {
-    /// Each directory's entries, in post-order (every directory after its children).
-    dirs: Vec<Vec<(PathComponent, Child)>>,
-    root: Child,
+    root: Node,
     nar_size: u64,
     nar_sha256: [u8; 32],
+    /// Upload jobs started.
+    jobs: usize,
 }
 
 /// An open directory of the walk.
@@ -217,24 +267,21 @@ struct Frame {
     dir: PathBuf,
     /// Its name in the parent (`None` for the root).
     name: Option<PathComponent>,
-    names: std::vec::IntoIter<OsString>,
-    entries: Vec<(PathComponent, Child)>,
+    names: std::vec::IntoIter<std::ffi::OsString>,
+    directory: Directory,
 }
-
-type JobResult = (usize, Result<B3Digest, Error>);
 
 struct Walker {
     handle: tokio::runtime::Handle,
     blobs: Arc<dyn BlobService>,
-    /// Memory held by reads not yet uploaded, in KiB.
+    /// Memory held by reads not yet uploaded and directories not yet stored, in KiB.
     budget: Arc<Semaphore>,
     uploads: Arc<Semaphore>,
-    results: mpsc::UnboundedSender<JobResult>,
+    events: mpsc::UnboundedSender<Event>,
     abort: Arc<AtomicBool>,
     progress: Arc<Progress>,
     nar: nar::Writer<Hasher>,
     jobs: usize,
-    dirs: Vec<Vec<(PathComponent, Child)>>,
 }
 
 impl Walker {
@@ -242,8 +289,8 @@ impl Walker {
     /// by the call stack.
     fn walk(mut self, root: &Path) -> Result<Walked, Error> {
         let mut stack = Vec::new();
-        let root_child = match self.visit(root, None, &mut stack)? {
-            Some(child) => child,
+        let root_node = match self.visit(root, None, &mut stack)? {
+            Some(node) => node,
             None => loop {
                 let Some(top) = stack.last_mut() else {
                     return Err(Error::Task("walk stack empty".into()));
@@ -261,11 +308,10 @@ impl Walker {
                         self.nar
                             .entry(name.as_bytes())
                             .map_err(|e| nar_err(&path, e))?;
-                        if let Some(child) =
+                        if let Some(node) =
                             self.visit(&path, Some(component.clone()), &mut stack)?
-                            && let Some(top) = stack.last_mut()
                         {
-                            top.entries.push((component, child));
+                            add(&mut stack, component, node, &path)?;
                         }
                     }
                     None => {
@@ -275,11 +321,12 @@ impl Walker {
                         self.nar
                             .end_directory()
                             .map_err(|e| nar_err(&frame.dir, e))?;
-                        self.dirs.push(frame.entries);
-                        let child = Child::Dir(self.dirs.len() - 1);
-                        match (stack.last_mut(), frame.name) {
-                            (Some(parent), Some(name)) => parent.entries.push((name, child)),
-                            _ => break child,
+                        let node = self.complete(frame.directory)?;
+                        match frame.name {
+                            Some(name) if !stack.is_empty() => {
+                                add(&mut stack, name, node, &frame.dir)?
+                            }
+                            _ => break node,
                         }
                     }
                 }
@@ -291,11 +338,31 @@ impl Walker {
             return Err(Error::Task("the NAR hasher is not sha256".into()));
         };
         Ok(Walked {
-            dirs: self.dirs,
-            root: root_child,
+            root: root_node,
             nar_size,
             nar_sha256,
+            jobs: self.jobs,
         })
+    }
+
+    /// Hands a directory the walk has left to the collector, to be stored after
+    /// the uploads started so far, and returns its node.
+    fn complete(&mut self, directory: Directory) -> Result<Node, Error> {
+        let node = Node::Directory {
+            digest: directory.digest(),
+            size: directory.size(),
+        };
+        let kib = (directory.len() as u64 * ENTRY_BYTES).div_ceil(1024) + 1;
+        let budget = self.acquire(&self.budget, u32::try_from(kib).unwrap_or(u32::MAX))?;
+        let completed = Completed {
+            directory,
+            after: self.jobs,
+            _budget: budget,
+        };
+        self.events
+            .send(Event::Directory(completed))
+            .map_err(|_| Error::Aborted)?;
+        Ok(node)
     }
 
     /// Writes `path`'s node to the NAR and starts its upload. A directory is pushed
@@ -305,7 +372,7 @@ impl Walker {
         path: &Path,
         name: Option<PathComponent>,
         stack: &mut Vec<Frame>,
-    ) -> Result<Option<Child>, Error> {
+    ) -> Result<Option<Node>, Error> {
         if self.abort.load(Ordering::Relaxed) {
             return Err(Error::Aborted);
         }
@@ -330,7 +397,7 @@ impl Walker {
                 source,
             })?;
             self.nar.symlink(bytes).map_err(|e| nar_err(path, e))?;
-            return Ok(Some(Child::Symlink(target)));
+            return Ok(Some(Node::Symlink { target }));
         }
         if ft.is_dir() {
             let mut names = Vec::new();
@@ -344,7 +411,7 @@ impl Walker {
                 dir: path.to_path_buf(),
                 name,
                 names: names.into_iter(),
-                entries: Vec::new(),
+                directory: Directory::new(),
             });
             return Ok(None);
         }
@@ -354,7 +421,7 @@ impl Walker {
         })
     }
 
-    fn file(&mut self, path: &Path, executable: bool) -> Result<Child, Error> {
+    fn file(&mut self, path: &Path, executable: bool) -> Result<Node, Error> {
         let io = |what| {
             move |source| Error::Io {
                 what,
@@ -365,86 +432,132 @@ impl Walker {
         let mut f = std::fs::File::open(path).map_err(io("open"))?;
         // The size of the file as opened (it may have changed since the lstat).
         let size = f.metadata().map_err(io("stat"))?.len();
-        let job = self.jobs;
-        self.jobs += 1;
         self.progress.add_file();
-        let uploads = self.acquire(&self.uploads, 1)?;
-
-        if size <= SMALL_FILE {
-            // Room for the bytes and the blob writer's copy of them.
-            let kib = u32::try_from((2 * size).div_ceil(1024) + 1).unwrap_or(u32::MAX);
-            let budget = self.acquire(&self.budget, kib)?;
-            let mut buf = Vec::with_capacity(size as usize);
-            (&mut f)
-                .take(size + 1)
-                .read_to_end(&mut buf)
-                .map_err(io("read"))?;
-            if buf.len() as u64 != size {
-                return Err(Error::Changed {
-                    path: path.to_path_buf(),
-                    expected: size,
-                });
-            }
-            self.nar
-                .file(executable, size, &mut &buf[..])
-                .map_err(|e| nar_err(path, e))?;
-            self.progress.add_bytes(size);
-            let digest = B3Digest::of(&buf);
-            let bytes = Bytes::from(buf);
-            let blobs = self.blobs.clone();
-            let results = self.results.clone();
-            let progress = self.progress.clone();
-            let path = path.to_path_buf();
-            self.handle.spawn(async move {
-                let r = upload_small(&*blobs, digest, &bytes, &path).await;
-                drop(bytes);
-                drop((budget, uploads));
-                if r.is_ok() {
-                    progress.add_stored();
-                }
-                let _ = results.send((job, r));
-            });
-        } else {
-            let budget = self.acquire(&self.budget, LARGE_FILE_KIB)?;
-            let (tx, rx) = mpsc::channel(LARGE_FILE_QUEUE);
-            let blobs = self.blobs.clone();
-            let results = self.results.clone();
-            let progress = self.progress.clone();
-            let task_path = path.to_path_buf();
-            self.handle.spawn(async move {
-                let r = upload_stream(&*blobs, rx, &task_path).await;
-                drop((budget, uploads));
-                if r.is_ok() {
-                    progress.add_stored();
-                }
-                let _ = results.send((job, r));
-            });
-            let mut tee = Tee {
-                file: f,
-                tx,
-                progress: &self.progress,
-            };
-            self.nar
-                .file(executable, size, &mut tee)
-                .map_err(|e| nar_err(path, e))?;
-            // An empty block says the file is complete.
-            if tee.tx.blocking_send(Bytes::new()).is_err() {
-                return Err(Error::Aborted);
-            }
+        if size > SMALL_FILE {
+            return self.large_file(path, f, size, executable);
         }
-        Ok(Child::File {
-            job,
+
+        let uploads = self.acquire(&self.uploads, 1)?;
+        // Room for the bytes and the blob writer's copy of them.
+        let kib = u32::try_from((2 * size).div_ceil(1024) + 1).unwrap_or(u32::MAX);
+        let budget = self.acquire(&self.budget, kib)?;
+        let mut buf = Vec::with_capacity(size as usize);
+        (&mut f)
+            .take(size + 1)
+            .read_to_end(&mut buf)
+            .map_err(io("read"))?;
+        if buf.len() as u64 != size {
+            return Err(Error::Changed {
+                path: path.to_path_buf(),
+                expected: size,
+            });
+        }
+        self.nar
+            .file(executable, size, &mut &buf[..])
+            .map_err(|e| nar_err(path, e))?;
+        self.progress.add_bytes(size);
+        let digest = B3Digest::of(&buf);
+        let bytes = Bytes::from(buf);
+        let job = self.next_job();
+        let blobs = self.blobs.clone();
+        let events = self.events.clone();
+        let progress = self.progress.clone();
+        let path = path.to_path_buf();
+        self.handle.spawn(async move {
+            let r = upload_small(&*blobs, digest, &bytes, &path).await;
+            drop(bytes);
+            drop((budget, uploads));
+            if r.is_ok() {
+                progress.add_stored();
+            }
+            let _ = events.send(Event::Uploaded(job, r));
+        });
+        Ok(Node::File {
+            digest,
             size,
             executable,
         })
     }
 
+    /// A large file: hashed in one pass (BLAKE3 on a reader thread, the NAR's
+    /// sha256 here), then uploaded by a task of its own unless stored already.
+    fn large_file(
+        &mut self,
+        path: &Path,
+        file: std::fs::File,
+        size: u64,
+        executable: bool,
+    ) -> Result<Node, Error> {
+        let (digest, file) = std::thread::scope(|s| {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS);
+            let (free_tx, free_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(BLOCKS);
+            for _ in 0..BLOCKS {
+                let _ = free_tx.send(Vec::new());
+            }
+            let progress = &self.progress;
+            let reader = s.spawn(move || read_and_hash(file, size, free_rx, full_tx, progress));
+            let mut source = Blocks {
+                full: full_rx,
+                free: free_tx,
+                current: Vec::new(),
+                pos: 0,
+            };
+            let written = self.nar.file(executable, size, &mut source);
+            // Ends the reader if it is still waiting for a free block.
+            drop(source);
+            let read = reader
+                .join()
+                .map_err(|_| Error::Task("file reader thread panicked".into()))?;
+            let (digest, file) = read.map_err(|source| Error::Io {
+                what: "read",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            written.map_err(|e| nar_err(path, e))?;
+            Ok::<_, Error>((B3Digest::from(*digest.as_bytes()), file))
+        })?;
+        let node = Node::File {
+            digest,
+            size,
+            executable,
+        };
+        let blobs = self.blobs.clone();
+        let stored = self
+            .handle
+            .block_on(async move { blobs.has(&digest).await });
+        if stored.map_err(|e| Error::store(path, e))? {
+            self.progress.add_stored();
+            return Ok(node);
+        }
+
+        let uploads = self.acquire(&self.uploads, 1)?;
+        let budget = self.acquire(&self.budget, LARGE_FILE_KIB)?;
+        let job = self.next_job();
+        let blobs = self.blobs.clone();
+        let events = self.events.clone();
+        let progress = self.progress.clone();
+        let path = path.to_path_buf();
+        let handle = self.handle.clone();
+        let abort = self.abort.clone();
+        self.handle.spawn_blocking(move || {
+            let r = handle.block_on(upload_file(&*blobs, file, size, digest, &path, &abort));
+            drop((budget, uploads));
+            if r.is_ok() {
+                progress.add_stored();
+            }
+            let _ = events.send(Event::Uploaded(job, r));
+        });
+        Ok(node)
+    }
+
+    fn next_job(&mut self) -> usize {
+        let job = self.jobs;
+        self.jobs += 1;
+        job
+    }
+
     /// Waits for `n` permits, giving up when the import is aborted.
-    fn acquire(
-        &self,
-        sem: &Arc<Semaphore>,
-        n: u32,
-    ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    fn acquire(&self, sem: &Arc<Semaphore>, n: u32) -> Result<OwnedSemaphorePermit, Error> {
         let n = n.min(BUDGET_KIB);
         let sem = sem.clone();
         let abort = self.abort.clone();
@@ -464,23 +577,87 @@ impl Walker {
     }
 }
 
-/// Reads a large file for the NAR writer and sends a copy of every block to the
-/// file's upload task.
-struct Tee<'a> {
-    file: std::fs::File,
-    tx: mpsc::Sender<Bytes>,
-    progress: &'a Progress,
+/// Adds `node` to the innermost open directory.
+fn add(stack: &mut [Frame], name: PathComponent, node: Node, path: &Path) -> Result<(), Error> {
+    let Some(top) = stack.last_mut() else {
+        return Err(Error::Task("walk stack empty".into()));
+    };
+    top.directory.add(name, node).map_err(|source| {
+        Error::store(
+            path,
+            cairn_castore::Error::InvalidDirectory { index: 0, source },
+        )
+    })
 }
 
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(buf)?;
-        if n > 0 {
-            self.tx
-                .blocking_send(Bytes::copy_from_slice(&buf[..n]))
-                .map_err(|_| std::io::Error::other("the upload of this file stopped"))?;
-            self.progress.add_bytes(n as u64);
+/// The reader thread of a large file: reads it in blocks of [`BLOCK`] bytes (and
+/// at most one byte past `size`, so a file that grew is noticed), feeds them to
+/// BLAKE3 and passes them on. Gives the file back for its upload.
+fn read_and_hash(
+    mut file: std::fs::File,
+    size: u64,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    full: std::sync::mpsc::SyncSender<Vec<u8>>,
+    progress: &Progress,
+) -> std::io::Result<(blake3::Hash, std::fs::File)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut left = size + 1;
+    'blocks: while left > 0 {
+        // The consumer stopped (it failed, or the file ended early for it).
+        let Ok(mut buf) = free.recv() else { break };
+        let want = usize::try_from(left).unwrap_or(BLOCK).min(BLOCK);
+        buf.resize(want, 0);
+        let mut n = 0;
+        let mut eof = false;
+        while n < want {
+            match file.read(&mut buf[n..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
+        buf.truncate(n);
+        left -= n as u64;
+        if n > 0 {
+            hasher.update(&buf);
+            progress.add_bytes(n as u64);
+            if full.send(buf).is_err() {
+                break 'blocks;
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    Ok((hasher.finalize(), file))
+}
+
+/// The blocks of [`read_and_hash`] as a `Read`, for the NAR writer.
+struct Blocks {
+    full: std::sync::mpsc::Receiver<Vec<u8>>,
+    free: std::sync::mpsc::SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for Blocks {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.current.len() {
+            let Ok(next) = self.full.recv() else {
+                // The reader ended: end of file (or its error, reported by it).
+                return Ok(0);
+            };
+            let done = std::mem::replace(&mut self.current, next);
+            self.pos = 0;
+            let _ = self.free.send(done);
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
@@ -509,10 +686,10 @@ async fn upload_small(
     digest: B3Digest,
     bytes: &[u8],
     path: &Path,
-) -> Result<B3Digest, Error> {
+) -> Result<(), Error> {
     let store_err = |source| Error::store(path, source);
     if blobs.has(&digest).await.map_err(store_err)? {
-        return Ok(digest);
+        return Ok(());
     }
     let mut w = blobs.open_write().await;
     w.write_all(bytes).await.map_err(|source| Error::Io {
@@ -528,29 +705,53 @@ async fn upload_small(
             got,
         });
     }
-    Ok(digest)
+    Ok(())
 }
 
-async fn upload_stream(
+/// Uploads a large file, read again from its start (on a blocking thread: the
+/// reads block). It must hash to `digest`, as it did when it was first read.
+async fn upload_file(
     blobs: &dyn BlobService,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut file: std::fs::File,
+    size: u64,
+    digest: B3Digest,
     path: &Path,
-) -> Result<B3Digest, Error> {
-    let mut w = blobs.open_write().await;
-    loop {
-        let Some(block) = rx.recv().await else {
-            // The walk stopped before the end of the file: drop the writer, which
-            // leaves nothing visible.
-            return Err(Error::Aborted);
-        };
-        if block.is_empty() {
-            break;
-        }
-        w.write_all(&block).await.map_err(|source| Error::Io {
-            what: "upload",
+    abort: &AtomicBool,
+) -> Result<(), Error> {
+    let io = |what| {
+        move |source| Error::Io {
+            what,
             path: path.to_path_buf(),
             source,
-        })?;
+        }
+    };
+    file.seek(SeekFrom::Start(0)).map_err(io("seek"))?;
+    let mut w = blobs.open_write().await;
+    let mut buf = vec![0u8; BLOCK];
+    let mut left = size;
+    while left > 0 {
+        if abort.load(Ordering::Relaxed) {
+            // Dropping the writer leaves nothing visible.
+            return Err(Error::Aborted);
+        }
+        let want = usize::try_from(left).unwrap_or(BLOCK).min(BLOCK);
+        let n = file.read(&mut buf[..want]).map_err(io("read"))?;
+        if n == 0 {
+            return Err(Error::Changed {
+                path: path.to_path_buf(),
+                expected: size,
+            });
+        }
+        w.write_all(&buf[..n]).await.map_err(io("upload"))?;
+        left -= n as u64;
     }
-    w.close().await.map_err(|source| Error::store(path, source))
+    let got = w.close().await.map_err(|e| Error::store(path, e))?;
+    if got != digest {
+        // The file changed between the hashing read and this one.
+        return Err(Error::Changed {
+            path: path.to_path_buf(),
+            expected: size,
+        });
+    }
+    Ok(())
 }
