@@ -12,29 +12,89 @@
 //! before any durable commit that references it. On open every pack is truncated to
 //! its recorded length and packs without a record are deleted, so bytes appended by
 //! a writer that never committed disappear.
+//!
+//! Writeback: a large blob's bytes would otherwise sit dirty in the page cache
+//! until its commit's fsync, which then writes them all while the writer waits
+//! (Linux starts background writeback only at 10% of RAM or after 30 s). So every
+//! [`WRITEBACK_STEP`] bytes appended to a pack, a background thread fdatasyncs it:
+//! the disk writes while the writer hashes and compresses, and the commit's fsync
+//! finds little left. A failed background sync is remembered and fails every later
+//! [`Packs::sync`] of that pack: Linux reports a writeback error to one fsync
+//! only, so forgetting it would let a commit refer to bytes that never reached the
+//! disk.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
 
 use super::EmbeddedError;
 
 /// A pack is closed for appends once it grows past this size, so that a later
 /// garbage collector can rewrite packs one at a time.
 const PACK_ROTATE: u64 = 1 << 30;
+/// Bytes appended to a pack between background syncs (see the module doc).
+const WRITEBACK_STEP: u64 = 16 << 20;
 
 struct Active {
     id: u32,
     file: Arc<File>,
     end: u64,
+    /// Bytes appended since the last background sync was asked for.
+    unsynced: u64,
+}
+
+/// Background syncs of packs: a thread fdatasyncing the packs it is sent.
+struct Syncer {
+    tx: Option<mpsc::Sender<(u32, Arc<File>)>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 pub(crate) struct Packs {
     dir: PathBuf,
     files: RwLock<HashMap<u32, Arc<File>>>,
     active: Mutex<Active>,
+    syncer: Mutex<Syncer>,
+    /// Packs whose background sync failed, with the error; locked across every
+    /// sync.
+    failed: Arc<Mutex<HashMap<u32, String>>>,
+}
+
+impl Drop for Packs {
+    fn drop(&mut self) {
+        let s = self
+            .syncer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        s.tx.take();
+        if let Some(h) = s.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The background sync thread: syncs each pack it is sent, once per burst of
+/// requests for it.
+fn syncer(rx: mpsc::Receiver<(u32, Arc<File>)>, failed: Arc<Mutex<HashMap<u32, String>>>) {
+    while let Ok(first) = rx.recv() {
+        let mut todo = vec![first];
+        while let Ok(r) = rx.try_recv() {
+            if !todo.iter().any(|t| t.0 == r.0) {
+                todo.push(r);
+            }
+        }
+        for (id, f) in todo {
+            // Held across the sync so that `Packs::sync` sees its outcome.
+            let mut failed = failed.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Err(e) = f.sync_data() {
+                tracing::error!(pack = id, error = %e, "background pack sync failed");
+                failed.entry(id).or_insert_with(|| e.to_string());
+            }
+        }
+    }
 }
 
 fn io_err(what: &'static str, path: &Path, source: std::io::Error) -> EmbeddedError {
@@ -128,16 +188,37 @@ impl Packs {
                 f
             }
         };
+        let failed = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, rx) = mpsc::channel();
+        let thread = {
+            let failed = failed.clone();
+            std::thread::Builder::new()
+                .name("cairn-pack-sync".into())
+                .spawn(move || syncer(rx, failed))
+                .map_err(|e| io_err("spawn sync thread for", &dir, e))?
+        };
         Ok(Packs {
             dir,
             files: RwLock::new(files),
-            active: Mutex::new(Active { id, file, end }),
+            active: Mutex::new(Active {
+                id,
+                file,
+                end,
+                unsynced: 0,
+            }),
+            syncer: Mutex::new(Syncer {
+                tx: Some(tx),
+                thread: Some(thread),
+            }),
+            failed,
         })
     }
 
     /// Appends `data` and returns (pack id, offset). Not durable until [`Packs::sync`].
     pub fn append(&self, data: &[u8]) -> Result<(u32, u64), EmbeddedError> {
         let len = data.len() as u64;
+        // Packs to sync in the background once this append is written.
+        let mut kick: Vec<(u32, Arc<File>)> = Vec::new();
         let (id, file, offset) = {
             let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
             if a.end > 0 && a.end + len > PACK_ROTATE {
@@ -150,15 +231,37 @@ impl Packs {
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(id, file.clone());
-                *a = Active { id, file, end: 0 };
+                if a.unsynced > 0 {
+                    kick.push((a.id, a.file.clone()));
+                }
+                *a = Active {
+                    id,
+                    file,
+                    end: 0,
+                    unsynced: 0,
+                };
             }
             let offset = a.end;
             a.end += len;
+            a.unsynced += len;
+            if a.unsynced >= WRITEBACK_STEP {
+                a.unsynced = 0;
+                kick.push((a.id, a.file.clone()));
+            }
             (a.id, a.file.clone(), offset)
         };
         // Concurrent writers reserved disjoint ranges above, so they write in parallel.
         file.write_all_at(data, offset)
             .map_err(|e| io_err("write pack", &self.dir.join(pack_name(id)), e))?;
+        if !kick.is_empty() {
+            let s = self.syncer.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(tx) = &s.tx {
+                for k in kick {
+                    // A closed channel only means no early writeback; commits still sync.
+                    let _ = tx.send(k);
+                }
+            }
+        }
         Ok((id, offset))
     }
 
@@ -195,8 +298,20 @@ impl Packs {
 
     /// Makes everything appended to pack `id` so far durable.
     pub fn sync(&self, id: u32) -> Result<(), EmbeddedError> {
-        self.file(id)?
-            .sync_data()
-            .map_err(|e| io_err("sync pack", &self.dir.join(pack_name(id)), e))
+        let path = || self.dir.join(pack_name(id));
+        let file = self.file(id)?;
+        // Held across the sync: a background sync of this pack is either done and
+        // recorded, or starts after this one.
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        file.sync_data()
+            .map_err(|e| io_err("sync pack", &path(), e))?;
+        match failed.get(&id) {
+            Some(e) => Err(io_err(
+                "sync pack (earlier background sync failed)",
+                &path(),
+                std::io::Error::other(e.clone()),
+            )),
+            None => Ok(()),
+        }
     }
 }
