@@ -14,6 +14,17 @@
 //! protobuf `Node` encoding (with an empty name). Version 1 records (written
 //! before uploads were counted) lack the time and the count.
 //!
+//! Commits are not synced to disk one by one (redb's `Durability::None`, with
+//! every [`DURABLE_EVERY`]th commit durable so freed pages are reused): a `nix
+//! copy --to` sends one path at a time, each waiting for the last, and the fsyncs
+//! of this table were two of the five per path, most of an upload's time on a
+//! busy disk. A clean restart keeps every record (redb makes pending commits
+//! durable when the database closes, as the daemon does on shutdown); a crash of
+//! the machine or the daemon between a NAR and its narinfo can lose its record,
+//! and the narinfo is then refused (400, "has not been uploaded") until the NAR is
+//! sent again, which a rerun of `nix copy` does. Nothing wrong is ever registered:
+//! the NAR's contents are durable in the store, and the path info commit is.
+//!
 //! A record goes when its narinfo is registered ([`PendingUploads::claim`]): the
 //! count covers two paths with the same NAR uploaded at once (each upload adds
 //! one, each narinfo takes one). Records no narinfo ever claims (an interrupted
@@ -23,13 +34,15 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use cairn_castore::Node;
 use prost::Message as _;
 use redb::{
-    Database, ReadableDatabase, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable as _, ReadableTableMetadata as _,
+    TableDefinition,
 };
 
 use crate::compression::Compression;
@@ -150,10 +163,14 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// One commit in this many is durable (fsynced); see the module documentation.
+const DURABLE_EVERY: u32 = 64;
+
 /// The table of pending uploads. Cheap to clone.
 #[derive(Clone)]
 pub struct PendingUploads {
     db: Arc<Database>,
+    commits: Arc<AtomicU32>,
 }
 
 fn internal<E: std::fmt::Display>(e: E) -> CacheError {
@@ -182,10 +199,23 @@ impl PendingUploads {
         let txn = db.begin_write().map_err(internal)?;
         txn.open_table(PENDING).map_err(internal)?;
         txn.commit().map_err(internal)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            commits: Arc::new(AtomicU32::new(0)),
+        })
     }
 
-    /// Records an upload; durable when this returns. The same file uploaded
+    /// The durability of the next commit: one in [`DURABLE_EVERY`] is synced.
+    fn durability(&self) -> Durability {
+        if self.commits.fetch_add(1, Ordering::Relaxed) % DURABLE_EVERY == DURABLE_EVERY - 1 {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
+    /// Records an upload (durable at the latest when the table is closed; see
+    /// the module documentation). The same file uploaded
     /// again counts once more (its narinfo, or a second path's, claims each).
     pub async fn put(&self, file_sha256: [u8; 32], nar: &PendingNar) -> Result<(), CacheError> {
         self.put_at(file_sha256, nar, unix_now()).await
@@ -199,8 +229,10 @@ impl PendingUploads {
     ) -> Result<(), CacheError> {
         let db = self.db.clone();
         let nar = nar.clone();
+        let durability = self.durability();
         blocking(move || {
-            let txn = db.begin_write().map_err(internal)?;
+            let mut txn = db.begin_write().map_err(internal)?;
+            txn.set_durability(durability).map_err(internal)?;
             {
                 let mut t = txn.open_table(PENDING).map_err(internal)?;
                 let old = match t.get(&file_sha256).map_err(internal)? {
@@ -245,8 +277,10 @@ impl PendingUploads {
     /// the record goes with the last.
     pub async fn claim(&self, file_sha256: [u8; 32]) -> Result<(), CacheError> {
         let db = self.db.clone();
+        let durability = self.durability();
         blocking(move || {
-            let txn = db.begin_write().map_err(internal)?;
+            let mut txn = db.begin_write().map_err(internal)?;
+            txn.set_durability(durability).map_err(internal)?;
             {
                 let mut t = txn.open_table(PENDING).map_err(internal)?;
                 let record = match t.get(&file_sha256).map_err(internal)? {
