@@ -512,6 +512,42 @@ mod scenarios {
         }
     }
 
+    /// Puts in flight at once (grouped into shared commits by the redb backend) all
+    /// succeed and are all stored; one that fails does not fail the others.
+    pub async fn concurrent_puts_all_stored(b: &Backend) {
+        let infos: Vec<PathInfo> = (0..64).map(|i| full_info(500 + i, symlink())).collect();
+        let missing = bare_info(
+            499,
+            Node::File {
+                digest: B3Digest::of(b"not stored"),
+                size: 10,
+                executable: false,
+            },
+        );
+        let puts = infos.iter().cloned().map(|info| {
+            let svc = b.pathinfos.clone();
+            tokio::spawn(async move { svc.put(info).await })
+        });
+        let bad = {
+            let svc = b.pathinfos.clone();
+            tokio::spawn(async move { svc.put(missing).await })
+        };
+        for (put, info) in futures::future::join_all(puts)
+            .await
+            .into_iter()
+            .zip(&infos)
+        {
+            assert_eq!(&put.unwrap().unwrap(), info);
+        }
+        assert!(bad.await.unwrap().is_err());
+        for info in &infos {
+            let got = b.pathinfos.get(*info.store_path.digest()).await.unwrap();
+            assert_eq!(got.as_ref(), Some(info));
+        }
+        let listed: Vec<PathInfo> = b.pathinfos.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 64);
+    }
+
     pub async fn get_malformed_request_rejected(b: &Backend) {
         let Some(client) = &b.raw else { return };
         use proto::get_path_info_request::ByWhat;
@@ -606,6 +642,11 @@ async fn embedded_persists_across_reopen() {
         let info = full_info(1, tree);
         b.pathinfos.put(info.clone()).await.unwrap();
         b.pathinfos.put(bare_info(2, symlink())).await.unwrap();
+        // Concurrent puts (one group commit or a few): all durable once returned.
+        let puts = (100..150).map(|i| b.pathinfos.put(bare_info(i, symlink())));
+        for put in futures::future::join_all(puts).await {
+            put.unwrap();
+        }
         info
     };
     // Everything was dropped: the files can be opened again (the lock is released).
@@ -620,7 +661,11 @@ async fn embedded_persists_across_reopen() {
             .await
             .unwrap()
             .len(),
-        2
+        52
+    );
+    assert_eq!(
+        pathinfos.get(digest(149)).await.unwrap(),
+        Some(bare_info(149, symlink()))
     );
     assert!(dir.path().join("data/pathinfo.redb").exists());
 }
@@ -646,6 +691,7 @@ macro_rules! backend_suite {
             one_test!($make, put_missing_content_rejected);
             one_test!($make, malformed_rejected);
             one_test!($make, put_invalid_struct_rejected);
+            one_test!($make, concurrent_puts_all_stored);
             one_test!($make, put_accepts_what_nix_accepts);
             one_test!($make, get_malformed_request_rejected);
             one_test!($make, list_many);

@@ -8,16 +8,24 @@
 //! - `nar_cache`: canonical protobuf encoding of a root `Node` with an empty name ->
 //!   its NAR size (u64 little-endian) and SHA-256 (32 bytes), for CalculateNAR. A
 //!   malformed value counts as absent (it is recomputed and overwritten).
+//!
+//! Writes go through one committer thread per open file, which groups whatever
+//! writes are queued into one durable transaction (group commit): concurrent puts
+//! share one fsync, and each put still returns only after the transaction holding
+//! it is on disk. Within a group, writes apply in the order they were queued, so a
+//! later put of the same path wins as it would one by one.
 
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use futures::stream::BoxStream;
 use prost::Message;
 use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::oneshot;
 
 use super::{PathInfo, PathInfoService, check_content};
 use crate::proto;
@@ -35,13 +43,109 @@ pub const FILE_NAME: &str = "pathinfo.redb";
 /// How many entries one read transaction of `list` fetches.
 const LIST_BATCH: usize = 256;
 
-/// Path infos in a redb file; every `put` is durable when it returns.
+/// At most this many writes share one transaction.
+const MAX_GROUP: usize = 1024;
+
+/// One write for the committer.
+enum Write {
+    /// `pathinfo`: digest -> encoded PathInfo.
+    PathInfo([u8; 20], Vec<u8>),
+    /// `nar_cache`: encoded node -> size and SHA-256.
+    NarCache(Vec<u8>, Vec<u8>),
+}
+
+type Reply = oneshot::Sender<Result<(), String>>;
+
+/// The open file and its committer; dropping it stops the committer and closes the
+/// file (so the same process can open it again).
+struct Db {
+    db: Arc<Database>,
+    tx: Option<mpsc::Sender<(Write, Reply)>>,
+    committer: Option<JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer once the queue is drained.
+        self.tx.take();
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Db {
+    /// Queues `write` and waits until the transaction holding it is on disk.
+    async fn write(&self, write: Write) -> Result<(), Error> {
+        let (reply, done) = oneshot::channel();
+        let closed = || {
+            Error::storage(std::io::Error::other(format!(
+                "{}: committer stopped",
+                self.path.display()
+            )))
+        };
+        self.tx
+            .as_ref()
+            .ok_or_else(closed)?
+            .send((write, reply))
+            .map_err(|_| closed())?;
+        done.await.map_err(|_| closed())?.map_err(|e| {
+            Error::storage(std::io::Error::other(format!(
+                "{}: commit failed: {e}",
+                self.path.display()
+            )))
+        })
+    }
+}
+
+/// Takes the first queued write and whatever else is already queued behind it,
+/// commits them in one durable transaction, then answers each.
+fn committer(db: &Database, rx: mpsc::Receiver<(Write, Reply)>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(w) => group.push(w),
+                Err(_) => break,
+            }
+        }
+        let res = commit_group(db, &group).map_err(|e| e.to_string());
+        for (_, reply) in group {
+            let _ = reply.send(res.clone());
+        }
+    }
+}
+
+fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Error> {
+    // Default durability: on disk when commit returns.
+    let txn = db.begin_write()?;
+    {
+        let mut pathinfo = txn.open_table(PATHINFO)?;
+        let mut nar_cache = txn.open_table(NAR_CACHE)?;
+        for (write, _) in group {
+            match write {
+                Write::PathInfo(digest, bytes) => {
+                    pathinfo.insert(digest, bytes.as_slice())?;
+                }
+                Write::NarCache(key, value) => {
+                    nar_cache.insert(key.as_slice(), value.as_slice())?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Path infos in a redb file; every `put` is durable when it returns, and
+/// concurrent puts share a transaction (see the module documentation).
 ///
 /// Cheap to clone. redb allows one opener of a file per process:
 /// [`RedbPathInfoService::open_shared`] hands out the handle already open.
 #[derive(Clone)]
 pub struct RedbPathInfoService {
-    db: Arc<Database>,
+    db: Arc<Db>,
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
 }
@@ -103,7 +207,7 @@ impl RedbPathInfoService {
         blobs: Arc<dyn BlobService>,
         directories: Arc<dyn DirectoryService>,
     ) -> Result<Self, Error> {
-        static OPEN: Mutex<Vec<(PathBuf, Weak<Database>)>> = Mutex::new(Vec::new());
+        static OPEN: Mutex<Vec<(PathBuf, Weak<Db>)>> = Mutex::new(Vec::new());
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
         let key = dir.canonicalize().map_err(|e| io("resolve", dir, e))?;
@@ -129,20 +233,35 @@ impl RedbPathInfoService {
     }
 }
 
-fn open_db(dir: &Path) -> Result<Database, Error> {
+fn open_db(dir: &Path) -> Result<Db, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
-    let db = Database::create(dir.join(FILE_NAME)).map_err(storage)?;
+    let path = dir.join(FILE_NAME);
+    let db = Database::create(&path).map_err(storage)?;
     let txn = db.begin_write().map_err(storage)?;
     txn.open_table(PATHINFO).map_err(storage)?;
     txn.open_table(NAR_CACHE).map_err(storage)?;
     txn.commit().map_err(storage)?;
-    Ok(db)
+    let db = Arc::new(db);
+    let (tx, rx) = mpsc::channel();
+    let committer = {
+        let db = db.clone();
+        std::thread::Builder::new()
+            .name("cairn-pathinfo-committer".into())
+            .spawn(move || committer(&db, rx))
+            .map_err(|e| io("spawn the committer of", &path, e))?
+    };
+    Ok(Db {
+        db,
+        tx: Some(tx),
+        committer: Some(committer),
+        path,
+    })
 }
 
 #[async_trait]
 impl PathInfoService for RedbPathInfoService {
     async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
-        let db = self.db.clone();
+        let db = self.db.db.clone();
         blocking(move || {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(PATHINFO).map_err(storage)?;
@@ -156,24 +275,14 @@ impl PathInfoService for RedbPathInfoService {
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
         check_content(&info, self.blobs.as_ref(), self.directories.as_ref()).await?;
-        let db = self.db.clone();
         let bytes = proto::PathInfo::from(&info).encode_to_vec();
         let digest = *info.store_path.digest();
-        blocking(move || {
-            // Default durability: on disk when commit returns.
-            let txn = db.begin_write().map_err(storage)?;
-            {
-                let mut table = txn.open_table(PATHINFO).map_err(storage)?;
-                table.insert(&digest, bytes.as_slice()).map_err(storage)?;
-            }
-            txn.commit().map_err(storage)
-        })
-        .await?;
+        self.db.write(Write::PathInfo(digest, bytes)).await?;
         Ok(info)
     }
 
     async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
-        let db = self.db.clone();
+        let db = self.db.db.clone();
         let key = nar_cache_key(node);
         blocking(move || {
             let txn = db.begin_read().map_err(storage)?;
@@ -203,26 +312,15 @@ impl PathInfoService for RedbPathInfoService {
     }
 
     async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
-        let db = self.db.clone();
         let key = nar_cache_key(node);
         let mut value = Vec::with_capacity(40);
         value.extend_from_slice(&nar.0.to_le_bytes());
         value.extend_from_slice(&nar.1);
-        blocking(move || {
-            let txn = db.begin_write().map_err(storage)?;
-            {
-                let mut table = txn.open_table(NAR_CACHE).map_err(storage)?;
-                table
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(storage)?;
-            }
-            txn.commit().map_err(storage)
-        })
-        .await
+        self.db.write(Write::NarCache(key, value)).await
     }
 
     fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {
-        let db = self.db.clone();
+        let db = self.db.db.clone();
         Box::pin(async_stream::try_stream! {
             let mut after: Option<[u8; 20]> = None;
             loop {
@@ -257,5 +355,52 @@ impl PathInfoService for RedbPathInfoService {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cairn_castore::SymlinkTarget;
+    use cairn_nix::store_path::StorePath;
+
+    fn info(target: &str) -> PathInfo {
+        PathInfo {
+            store_path: StorePath::new([9; 20], "same").unwrap(),
+            node: Node::Symlink {
+                target: SymlinkTarget::try_from(target.as_bytes()).unwrap(),
+            },
+            references: vec![],
+            nar_size: 100,
+            nar_sha256: [1; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    /// Two puts of one path queued back to back (so most likely in one group):
+    /// the later one wins, as it would one after the other; and it is on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn later_put_of_a_path_wins_within_a_group() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        {
+            let svc = RedbPathInfoService::open(tmp.path(), blobs.clone(), dirs.clone()).unwrap();
+            for round in 0..20 {
+                let (first, second) = (
+                    info(&format!("first{round}")),
+                    info(&format!("second{round}")),
+                );
+                let (a, b) = futures::join!(svc.put(first), svc.put(second.clone()));
+                a.unwrap();
+                b.unwrap();
+                assert_eq!(svc.get([9; 20]).await.unwrap(), Some(second));
+            }
+        }
+        let svc = RedbPathInfoService::open(tmp.path(), blobs, dirs).unwrap();
+        assert_eq!(svc.get([9; 20]).await.unwrap(), Some(info("second19")));
     }
 }
