@@ -10,13 +10,16 @@
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
 #  4. the same in one process over memory services, with the store alone (render,
 #     narinfo get+sign+format) next to it: the HTTP layer's own cost.
-# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 to change)
+# The machine's load average is printed next to every number: on a shared machine
+# compare ratios from one run, not numbers across runs.
+# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 ROUNDS=2 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}
+SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}; ROUNDS=${ROUNDS:-2}
 W=$(mktemp -d)
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
+load() { uptime | sed 's/.*load average: /load /'; }
 export XDG_CACHE_HOME=$W/xdg
 export NIX_CONFIG="experimental-features = nix-command
 sandbox = false
@@ -38,15 +41,19 @@ done
 
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'; }
 echo "== upload: nix copy of a $(nix path-info --store "$S" -S "$P" | awk '{printf "%.0f MiB", $2/1048576}') path + ${#SMALL[@]} small paths"
+# Each round into an empty cache and an empty file:// directory.
 for comp in none zstd; do
-  "$B" serve "$W/data-$comp" "$W/port" & PID=$!
-  for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
-  PORT=$(cat "$W/port"); rm -f "$W/port"
-  th=$(secs nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
-  tf=$(secs nix copy --store "$S" --to "file://$W/file-$comp?compression=$comp" "$P" "${SMALL[@]}")
-  printf '%-5s http (cairn) %6.2f s   file:// %6.2f s   ratio %.2f\n' "$comp" "$th" "$tf" "$(awk -v a="$th" -v b="$tf" 'BEGIN { print a / b }')"
-  if [ "$comp" = zstd ]; then break; fi
-  kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  for round in $(seq "$ROUNDS"); do
+    rm -rf "$W/data-$comp" "$W/file-$comp"
+    "$B" serve "$W/data-$comp" "$W/port" & PID=$!
+    for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
+    PORT=$(cat "$W/port"); rm -f "$W/port"
+    th=$(secs nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
+    tf=$(secs nix copy --store "$S" --to "file://$W/file-$comp?compression=$comp" "$P" "${SMALL[@]}")
+    printf '%-5s http (cairn) %6.2f s   file:// %6.2f s   ratio %.2f   (%s)\n' "$comp" "$th" "$tf" "$(awk -v a="$th" -v b="$tf" 'BEGIN { print a / b }')" "$(load)"
+    if [ "$comp" = zstd ] && [ "$round" = "$ROUNDS" ]; then break 2; fi
+    kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  done
 done
 URL=http://127.0.0.1:$PORT
 nix path-info --store "$URL" "$P" >/dev/null
@@ -54,14 +61,14 @@ nix path-info --store "$URL" "$P" >/dev/null
 echo "== narinfo ($CONNS keep-alive connections, ${SECS}s, ${#SMALL[@]} paths)"
 HASHES=()
 for p in "${SMALL[@]}"; do h=${p#/nix/store/}; HASHES+=("${h%%-*}"); done
-"$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"
-"$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}"
+"$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"; load
+"$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}"; load
 
 echo "== NAR download"
 h=${P#/nix/store/}; h=${h%%-*}
 NARURL=$(curl -sf "$URL/$h.narinfo" | sed -n 's/^URL: //p')
-"$B" nar "$URL" "/$NARURL" 1 4
-"$B" nar "$URL" "/$NARURL" 16 1
+"$B" nar "$URL" "/$NARURL" 1 4; load
+"$B" nar "$URL" "/$NARURL" 16 1; load
 
 echo "== in-process, memory services ($BIG_MIB MiB NAR): store alone vs through HTTP"
-"$B" inproc "$BIG_MIB"
+"$B" inproc "$BIG_MIB"; load

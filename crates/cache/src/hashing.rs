@@ -11,23 +11,24 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// FileSize).
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     len: u64,
 }
 
 impl<R> HashingReader<R> {
-    /// Wraps `inner`.
-    pub fn new(inner: R) -> Self {
+    /// Wraps `inner`; with `hash` false it only counts (an uncompressed upload's
+    /// file hash is its NAR hash, which the ingestion computes anyway).
+    pub fn new(inner: R, hash: bool) -> Self {
         Self {
             inner,
-            hasher: Sha256::new(),
+            hasher: hash.then(Sha256::new),
             len: 0,
         }
     }
 
-    /// The SHA-256 and number of the bytes read so far.
-    pub fn finish(self) -> ([u8; 32], u64) {
-        (self.hasher.finalize().into(), self.len)
+    /// The SHA-256 (if hashing) and number of the bytes read so far.
+    pub fn finish(self) -> (Option<[u8; 32]>, u64) {
+        (self.hasher.map(|h| h.finalize().into()), self.len)
     }
 }
 
@@ -42,7 +43,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
             let new = &buf.filled()[before..];
-            this.hasher.update(new);
+            if let Some(h) = &mut this.hasher {
+                h.update(new);
+            }
             this.len += new.len() as u64;
         }
         res

@@ -695,7 +695,10 @@ async fn put_nar(
         return Err(CacheError::NotFound);
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let input = BufReader::with_capacity(256 * 1024, HashingReader::new(StreamReader::new(stream)));
+    let input = BufReader::with_capacity(
+        256 * 1024,
+        HashingReader::new(StreamReader::new(stream), compression != Compression::None),
+    );
     use async_compression::tokio::bufread as dec;
     let (ingested, input) = match compression {
         Compression::None => ingest_all(&cache, input, |d| d).await?,
@@ -732,7 +735,9 @@ async fn put_nar(
             .await?
         }
     };
-    let (got_sha256, file_size) = input.into_inner().finish();
+    let (file_hash, file_size) = input.into_inner().finish();
+    // Uncompressed, the file is the NAR.
+    let got_sha256 = file_hash.unwrap_or(ingested.nar_sha256);
     if got_sha256 != file_sha256 {
         return Err(CacheError::BadRequest(format!(
             "nar/{file}: the file's SHA-256 is {}, not the one its name says",

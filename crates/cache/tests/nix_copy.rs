@@ -502,6 +502,13 @@ async fn rejected_uploads_register_nothing() {
         // A NAR whose bytes do not match the hash in its name.
         let (code, msg) = put(&format!("{url}/nar/{nar_name}"), &write("cut2", cut), &[]);
         assert_eq!(code, 400, "{msg}");
+        // A whole, valid NAR under another file's name (uncompressed, so its
+        // file hash is its NAR hash).
+        let other = "1".repeat(52);
+        let (code, msg) = put(&format!("{url}/nar/{other}.nar"), &nar, &[]);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("SHA-256"), "{msg}");
+        assert_eq!(curl(&["-I", &format!("{url}/nar/{other}.nar")]).0, 404);
 
         // Data after the NAR.
         let mut long = bytes.clone();
