@@ -58,13 +58,15 @@ const BLOCKS: usize = 3;
 const ENTRY_BYTES: u64 = 192;
 /// Directory entries held by one putter before it is committed and a new one
 /// started: bounds the directories held in memory whatever the tree's size.
-const FLUSH_ENTRIES: u64 = 32 * 1024;
+const FLUSH_ENTRIES: u64 = 8 * 1024;
 /// Uploads in flight at once. Many, because a blob's durable commit waits for a
-/// group commit: concurrent small files share one fsync. Measured on 100k small
-/// files into the embedded store (2 cores): 16 in flight 43 s and 63 MB RSS, 64
-/// 24 s and 84 MB, 128 18 s and 107 MB, 256 16 s and 131 MB (each writer holds
-/// its own buffers and compressor).
-const MAX_UPLOADS: usize = 128;
+/// group commit: concurrent small files share one fsync. But each one in flight
+/// holds a blocking thread of the embedded blob writer (its stack, its zstd
+/// context, its share of the allocator) until that commit: about 350 KB each,
+/// which is most of the import's memory. Measured on 100k small files into the
+/// embedded store (2 cores, loaded): 32 in flight 47 MB peak RSS, 64 58 MB, 128
+/// 80 MB (an earlier measurement: 64 in flight took 24 s where 128 took 18 s).
+const MAX_UPLOADS: usize = 64;
 
 /// What [`import_path`] stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
