@@ -14,16 +14,13 @@
 //! protobuf `Node` encoding (with an empty name). Version 1 records (written
 //! before uploads were counted) lack the time and the count.
 //!
-//! Commits are not synced to disk one by one (redb's `Durability::None`, with
-//! every [`DURABLE_EVERY`]th commit durable so freed pages are reused): a `nix
-//! copy --to` sends one path at a time, each waiting for the last, and the fsyncs
-//! of this table were two of the five per path, most of an upload's time on a
-//! busy disk. A clean restart keeps every record (redb makes pending commits
-//! durable when the database closes, as the daemon does on shutdown); a crash of
-//! the machine or the daemon between a NAR and its narinfo can lose its record,
-//! and the narinfo is then refused (400, "has not been uploaded") until the NAR is
-//! sent again, which a rerun of `nix copy` does. Nothing wrong is ever registered:
-//! the NAR's contents are durable in the store, and the path info commit is.
+//! A record is durable before its upload is answered: the NAR was acknowledged,
+//! so a crash between it and its narinfo must not make the narinfo fail. Claims
+//! (removals) are not synced one by one (redb's `Durability::None`, with every
+//! [`DURABLE_EVERY`]th commit durable so freed pages are reused, and the next
+//! durable put syncing them too): a `nix copy --to` sends one path at a time, and
+//! each fsync is a wait per path. A claim lost in a crash leaves a record that no
+//! narinfo needs, which expires like any unclaimed one.
 //!
 //! A record goes when its narinfo is registered ([`PendingUploads::claim`]): the
 //! count covers two paths with the same NAR uploaded at once (each upload adds
@@ -205,7 +202,7 @@ impl PendingUploads {
         })
     }
 
-    /// The durability of the next commit: one in [`DURABLE_EVERY`] is synced.
+    /// The durability of the next claim: one in [`DURABLE_EVERY`] is synced.
     fn durability(&self) -> Durability {
         if self.commits.fetch_add(1, Ordering::Relaxed) % DURABLE_EVERY == DURABLE_EVERY - 1 {
             Durability::Immediate
@@ -214,8 +211,7 @@ impl PendingUploads {
         }
     }
 
-    /// Records an upload (durable at the latest when the table is closed; see
-    /// the module documentation). The same file uploaded
+    /// Records an upload; durable when this returns. The same file uploaded
     /// again counts once more (its narinfo, or a second path's, claims each).
     pub async fn put(&self, file_sha256: [u8; 32], nar: &PendingNar) -> Result<(), CacheError> {
         self.put_at(file_sha256, nar, unix_now()).await
@@ -229,10 +225,8 @@ impl PendingUploads {
     ) -> Result<(), CacheError> {
         let db = self.db.clone();
         let nar = nar.clone();
-        let durability = self.durability();
         blocking(move || {
-            let mut txn = db.begin_write().map_err(internal)?;
-            txn.set_durability(durability).map_err(internal)?;
+            let txn = db.begin_write().map_err(internal)?;
             {
                 let mut t = txn.open_table(PENDING).map_err(internal)?;
                 let old = match t.get(&file_sha256).map_err(internal)? {
