@@ -621,7 +621,14 @@ pub(crate) fn encode(data: &[u8], level: Level) -> Result<Option<Vec<u8>>, Embed
         c.compress(data)
             .map_err(|e| EmbeddedError::Commit(format!("zstd compress: {e}")))
     })?;
-    Ok((z.len() < data.len()).then_some(z))
+    // A chunk of a large blob that zstd barely shrinks is kept raw (ZFS's rule:
+    // at least 1/8 saved): every read would pay decompression, the main read
+    // cost, for a few percent of disk.
+    let keep = match level {
+        Level::Whole => z.len() < data.len(),
+        Level::Chunk => z.len() <= data.len() - data.len() / 8,
+    };
+    Ok(keep.then_some(z))
 }
 
 /// Decompresses `stored` into `dst` (which it must fit); returns the bytes written.
