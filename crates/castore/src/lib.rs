@@ -34,6 +34,7 @@ mod error;
 pub mod from_addr;
 pub mod model;
 pub mod proto;
+pub mod redb_file;
 pub mod server;
 mod upload;
 

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use futures::stream::BoxStream;
 use prost::Message;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable as _, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::{PathInfo, PathInfoService, check_content};
@@ -120,21 +120,40 @@ fn committer(db: &Database, rx: mpsc::Receiver<(Write, Reply)>) {
 fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Error> {
     // Default durability: on disk when commit returns.
     let txn = db.begin_write()?;
+    // Writing what is stored already (a re-import, a repeated upload) changes
+    // nothing: a group of only such writes is not committed, so costs no fsync.
+    // What it found was made durable by the commit that wrote it.
+    let mut changed = false;
     {
         let mut pathinfo = txn.open_table(PATHINFO)?;
         let mut nar_cache = txn.open_table(NAR_CACHE)?;
         for (write, _) in group {
-            match write {
+            let new = match write {
                 Write::PathInfo(digest, bytes) => {
-                    pathinfo.insert(digest, bytes.as_slice())?;
+                    let same = pathinfo.get(digest)?.is_some_and(|v| v.value() == bytes);
+                    if !same {
+                        pathinfo.insert(digest, bytes.as_slice())?;
+                    }
+                    !same
                 }
                 Write::NarCache(key, value) => {
-                    nar_cache.insert(key.as_slice(), value.as_slice())?;
+                    let same = nar_cache
+                        .get(key.as_slice())?
+                        .is_some_and(|v| v.value() == value);
+                    if !same {
+                        nar_cache.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    !same
                 }
-            }
+            };
+            changed |= new;
         }
     }
-    txn.commit()?;
+    if changed {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
     Ok(())
 }
 
@@ -236,11 +255,19 @@ impl RedbPathInfoService {
 fn open_db(dir: &Path) -> Result<Db, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
-    let db = Database::create(&path).map_err(storage)?;
-    let txn = db.begin_write().map_err(storage)?;
-    txn.open_table(PATHINFO).map_err(storage)?;
-    txn.open_table(NAR_CACHE).map_err(storage)?;
-    txn.commit().map_err(storage)?;
+    let db = cairn_castore::redb_file::open_or_create(&path).map_err(|e| io("open", &path, e))?;
+    // Tables are created once: a write at every open would change the file of a
+    // store that is only read.
+    let missing = {
+        let txn = db.begin_read().map_err(storage)?;
+        txn.open_table(PATHINFO).is_err() || txn.open_table(NAR_CACHE).is_err()
+    };
+    if missing {
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(PATHINFO).map_err(storage)?;
+        txn.open_table(NAR_CACHE).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+    }
     let db = Arc::new(db);
     let (tx, rx) = mpsc::channel();
     let committer = {
