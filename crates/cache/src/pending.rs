@@ -178,7 +178,7 @@ impl PendingUploads {
     /// Opens (creating if needed) `cache-uploads.redb` in data directory `dir`.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let path = dir.join(FILE_NAME);
-        let db = cairn_castore::redb_file::open_or_create(&path)
+        let db = cairn_castore::redb_file::open_or_create(&path, Database::builder())
             .map_err(|e| CacheError::Internal(format!("cannot open {}: {e}", path.display())))?;
         Self::init(db)
     }

@@ -3,11 +3,12 @@
 use std::io;
 use std::path::Path;
 
-/// Opens the redb database at `path`, creating it if missing. A kill while redb
-/// initialises a new file would leave one it cannot open ("Not a redb database"),
-/// so a new file is built under a temporary name, synced and renamed into place
-/// (and its directory synced) before it is opened. The caller creates its tables.
-pub fn open_or_create(path: &Path) -> io::Result<redb::Database> {
+/// Opens the redb database at `path` with `builder`'s settings, creating it if
+/// missing. A kill while redb initialises a new file would leave one it cannot
+/// open ("Not a redb database"), so a new file is built under a temporary name,
+/// synced and renamed into place (and its directory synced) before it is opened.
+/// The caller creates its tables.
+pub fn open_or_create(path: &Path, mut builder: redb::Builder) -> io::Result<redb::Database> {
     if !path.exists() {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".new");
@@ -22,7 +23,7 @@ pub fn open_or_create(path: &Path) -> io::Result<redb::Database> {
         std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()?;
     }
     let shown = path.display().to_string();
-    redb::Database::builder()
+    builder
         .set_repair_callback(move |_| {
             tracing::warn!("{shown} was not closed cleanly; redb is repairing it");
         })
@@ -45,13 +46,13 @@ mod tests {
         // What a kill during an earlier creation leaves: a torn temporary file.
         std::fs::write(dir.path().join("x.redb.new"), b"redb\0torn").unwrap();
         {
-            let db = super::open_or_create(&path).unwrap();
+            let db = super::open_or_create(&path, redb::Builder::new()).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(T).unwrap().insert(1, 2).unwrap();
             txn.commit().unwrap();
         }
         assert!(!dir.path().join("x.redb.new").exists());
-        let db = super::open_or_create(&path).unwrap();
+        let db = super::open_or_create(&path, redb::Builder::new()).unwrap();
         let txn = db.begin_read().unwrap();
         assert_eq!(
             txn.open_table(T).unwrap().get(1).unwrap().unwrap().value(),

@@ -171,13 +171,15 @@ impl EmbeddedStore {
             source,
         })?;
         let index = dir.join("index.redb");
-        if !index.exists() {
-            create_index(&dir, &index)?;
-        }
-        let db = redb::Builder::new()
-            .set_cache_size(INDEX_CACHE)
-            .open(&index)
-            .map_err(db_err)?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(INDEX_CACHE);
+        let db = crate::redb_file::open_or_create(&index, builder).map_err(|source| {
+            EmbeddedError::Io {
+                what: "open",
+                path: index.clone(),
+                source,
+            }
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(CHUNKS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
@@ -670,30 +672,6 @@ pub(crate) fn append_encoded(
 pub(crate) fn store_object(packs: &Packs, data: &[u8]) -> Result<ChunkLoc, EmbeddedError> {
     let z = encode(data, Level::Whole)?;
     append_encoded(packs, data, z.as_deref())
-}
-
-/// Creates an empty index atomically: a kill while redb initialises a new file
-/// would leave a file it cannot open, so it is built under a temporary name and
-/// renamed into place.
-fn create_index(dir: &Path, index: &Path) -> Result<(), EmbeddedError> {
-    let tmp = dir.join("index.redb.new");
-    let io = |what, path: &Path| {
-        let path = path.to_owned();
-        move |source| EmbeddedError::Io { what, path, source }
-    };
-    if tmp.exists() {
-        std::fs::remove_file(&tmp).map_err(io("remove", &tmp))?;
-    }
-    {
-        let db = Database::create(&tmp).map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        txn.open_table(CHUNKS).map_err(db_err)?;
-        txn.commit().map_err(db_err)?;
-    }
-    std::fs::rename(&tmp, index).map_err(io("rename", &tmp))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync directory", dir))
 }
 
 pub(crate) fn hex(d: &[u8; 32]) -> String {

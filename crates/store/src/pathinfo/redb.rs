@@ -255,7 +255,8 @@ impl RedbPathInfoService {
 fn open_db(dir: &Path) -> Result<Db, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
-    let db = cairn_castore::redb_file::open_or_create(&path).map_err(|e| io("open", &path, e))?;
+    let db = cairn_castore::redb_file::open_or_create(&path, Database::builder())
+        .map_err(|e| io("open", &path, e))?;
     // Tables are created once: a write at every open would change the file of a
     // store that is only read.
     let missing = {
