@@ -161,8 +161,9 @@ struct PendingSeek {
 /// Reads a remote blob. Read from its start, the blob comes in one `Read` stream of
 /// the whole blob, checked by [`Verified`] before bytes are handed out: a blob of up
 /// to 1 MiB is held and checked whole; a longer one chunk by chunk against its chunk
-/// list (fetched when the stream passes 1 MiB), with the whole checked at its end.
-/// A mismatch is an `InvalidData` error, never a clean end of file.
+/// list (fetched when the stream passes 1 MiB), with the whole checked at its end; a
+/// longer one the server keeps in one piece is spooled to a temporary file until its
+/// end was checked. A mismatch is an `InvalidData` error, never a clean end of file.
 ///
 /// The first seek that moves the position fetches the chunk list (Stat) unless the
 /// read fetched it already, and from then on reads the chunk holding the position,
@@ -668,10 +669,12 @@ mod tests {
     }
 
     /// Serves every blob with the byte at `at` flipped, as a corrupt or hostile
-    /// server would; chunk lists are the real ones.
+    /// server would; chunk lists are the real ones unless `one_chunk` is set, which
+    /// lists a blob of that size as a single chunk (itself).
     struct Flipping {
         inner: Arc<dyn BlobService>,
         at: usize,
+        one_chunk: Option<u64>,
     }
 
     #[async_trait::async_trait]
@@ -700,7 +703,13 @@ mod tests {
             &self,
             digest: &B3Digest,
         ) -> Result<Option<Vec<crate::ChunkMeta>>, crate::Error> {
-            self.inner.chunks(digest).await
+            match self.one_chunk {
+                Some(size) => Ok(Some(vec![crate::ChunkMeta {
+                    digest: *digest,
+                    size,
+                }])),
+                None => self.inner.chunks(digest).await,
+            }
         }
     }
 
@@ -724,7 +733,12 @@ mod tests {
         let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
         let content = data(900_000);
         let d = put(&inner, &content).await;
-        let blobs = client(Arc::new(Flipping { inner, at: 899_000 })).await;
+        let blobs = client(Arc::new(Flipping {
+            inner,
+            at: 899_000,
+            one_chunk: None,
+        }))
+        .await;
         let mut r = blobs.open_read(&d).await.unwrap().unwrap();
         let (got, err) = read_until_error(&mut r).await;
         let err = err.expect("a corrupt blob must fail");
@@ -749,7 +763,12 @@ mod tests {
             start += c.size;
         }
         assert!(start > 1 << 20, "test needs chunks past the hold limit");
-        let blobs = client(Arc::new(Flipping { inner, at })).await;
+        let blobs = client(Arc::new(Flipping {
+            inner,
+            at,
+            one_chunk: None,
+        }))
+        .await;
         let mut r = blobs.open_read(&d).await.unwrap().unwrap();
         let (got, err) = read_until_error(&mut r).await;
         let err = err.expect("a corrupt blob must fail");
@@ -763,20 +782,61 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_corrupt_long_blob_in_one_piece_fails_at_its_end() {
+    async fn a_corrupt_long_blob_in_one_piece_hands_out_nothing() {
         let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
         let content = data(3 << 20);
         let d = put(&inner, &content).await;
-        let blobs = client(Arc::new(Flipping { inner, at: 10 })).await;
-        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+        for at in [10, (2 << 20) + 7, content.len() - 1] {
+            let blobs = client(Arc::new(Flipping {
+                inner: inner.clone(),
+                at,
+                one_chunk: None,
+            }))
+            .await;
+            let mut r = blobs.open_read(&d).await.unwrap().unwrap();
+            let (got, err) = read_until_error(&mut r).await;
+            // No chunk list: spooled, and nothing handed out before the end's check.
+            let err = err.expect("a corrupt blob must fail, never end cleanly");
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert_eq!(
+                got.len(),
+                0,
+                "bytes handed out before the check (flip at {at})"
+            );
+            // And it stays failed.
+            let mut buf = [0u8; 16];
+            assert!(r.read(&mut buf).await.is_err());
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_blob_listed_as_a_chunk_too_large_to_hold_hands_out_nothing() {
+        let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let content = data(17 << 20);
+        let d = put(&inner, &content).await;
+        let size = content.len() as u64;
+        let flipped = client(Arc::new(Flipping {
+            inner: inner.clone(),
+            at: 16 << 20,
+            one_chunk: Some(size),
+        }))
+        .await;
+        let mut r = flipped.open_read(&d).await.unwrap().unwrap();
         let (got, err) = read_until_error(&mut r).await;
-        // Without a chunk list nothing smaller than the whole can be checked: the
-        // bytes pass, and the end is an error, never a clean end of file.
         let err = err.expect("a corrupt blob must fail, never end cleanly");
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-        assert_eq!(got.len(), content.len());
-        // And it stays failed.
-        let mut buf = [0u8; 16];
-        assert!(r.read(&mut buf).await.is_err());
+        assert_eq!(got.len(), 0, "bytes handed out before the check");
+
+        // The same listing over intact bytes reads back whole.
+        let intact = client(Arc::new(Flipping {
+            inner,
+            at: usize::MAX,
+            one_chunk: Some(size),
+        }))
+        .await;
+        let mut r = intact.open_read(&d).await.unwrap().unwrap();
+        let (got, err) = read_until_error(&mut r).await;
+        assert!(err.is_none(), "{err:?}");
+        assert!(got == content);
     }
 }

@@ -41,9 +41,7 @@ pub trait BlobWriter: AsyncWrite + Send + Unpin {
 /// Contract for every backend (checked by `tests/conformance.rs`):
 /// - An absent blob is `Ok(false)` / `Ok(None)`, never an error.
 /// - Reads are verified: a reader never hands out bytes that do not belong to the
-///   blob asked for. Where verification is only possible at the end of a stream (a
-///   blob received as one piece from a remote), corruption turns the final read into
-///   an `InvalidData` error instead of a clean end of file.
+///   blob asked for; corruption is an `InvalidData` error, never a clean end of file.
 /// - Writing the same content twice stores it once; concurrent writers of the same
 ///   content are safe.
 /// - [`BlobService::chunks`] is `Some(vec![])` for a blob stored as one piece, and

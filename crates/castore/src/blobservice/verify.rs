@@ -6,17 +6,20 @@
 //! asked for. A longer stream of a whole blob pauses at [`HOLD`] bytes and fetches
 //! the blob's chunk list; from then on every chunk is held until it hashes to its
 //! listed digest, and the whole stream is still hashed so that the end checks the
-//! list itself against the blob's digest. Only a long blob the server keeps in one
-//! piece (no chunk list) passes bytes before the check at its end: without a
-//! verified-streaming encoding (bao) nothing smaller than the whole can be checked.
+//! list itself against the blob's digest. A long blob the server keeps in one piece
+//! (no chunk list, or chunks too large to hold) cannot be checked in parts without
+//! a verified-streaming encoding (bao): it is spooled to an unlinked temporary file
+//! (in `$TMPDIR`) and handed out from there once its end was checked, so memory
+//! stays bounded and nothing unchecked is ever handed out.
 
 use std::collections::VecDeque;
 use std::io;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
 use super::ChunkMeta;
 use crate::{B3Digest, Error, proto};
@@ -26,11 +29,23 @@ pub(super) const HOLD: u64 = 1 << 20;
 /// A listed chunk larger than this is not held whole (bounded memory); its bytes
 /// pass before the check at its end.
 const MAX_HELD_CHUNK: u64 = 16 << 20;
+/// Size of one read from the spool file.
+const SPOOL_READ: usize = 256 << 10;
 
 pub(super) type StatFuture = BoxFuture<'static, Result<Option<Vec<ChunkMeta>>, Error>>;
 
 fn corrupt(msg: String) -> io::Error {
     Error::Corrupt(msg).into_io()
+}
+
+fn spool_error(digest: &B3Digest, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!(
+            "blob {digest}: cannot spool it to a temporary file for its check \
+             (set TMPDIR to a writable directory with room for it): {e}"
+        ),
+    )
 }
 
 enum Mode {
@@ -47,8 +62,35 @@ enum Mode {
         cur: Vec<Bytes>,
         cur_len: u64,
     },
-    /// Handing bytes out as they come; only the end checks them.
-    Through,
+    /// Writing everything received to a temporary file until the end is checked.
+    Spool {
+        file: tokio::fs::File,
+        /// Received, not yet accepted by the file; the stream is not polled while
+        /// any is left, so the file's speed bounds what waits in memory.
+        unwritten: VecDeque<Bytes>,
+        written: u64,
+    },
+    /// The end was checked: handing out the spooled bytes, then what was never
+    /// written to the file.
+    Replay {
+        file: tokio::fs::File,
+        phase: Replay,
+        /// Spooled bytes not handed out yet.
+        left: u64,
+        tail: VecDeque<Bytes>,
+    },
+    /// Everything received was checked and moved to `ready`.
+    Drained,
+}
+
+/// Where a replay of the spool file is.
+#[derive(Clone, Copy)]
+enum Replay {
+    /// Waiting for the file's writes to complete.
+    Flush,
+    /// Waiting for the seek back to its start.
+    Rewind,
+    Read,
 }
 
 /// One `Read` stream of `digest` (a whole blob or one chunk), yielding only bytes
@@ -140,6 +182,31 @@ impl Verified {
             })?;
             return Poll::Ready(self.install(list));
         }
+        if let Mode::Spool {
+            file,
+            unwritten,
+            written,
+        } = &mut self.mode
+        {
+            while let Some(front) = unwritten.front_mut() {
+                let n = ready!(std::pin::Pin::new(&mut *file).poll_write(cx, front))
+                    .map_err(|e| spool_error(&self.digest, e))?;
+                if n == 0 {
+                    return Poll::Ready(Err(spool_error(
+                        &self.digest,
+                        io::ErrorKind::WriteZero.into(),
+                    )));
+                }
+                *written += n as u64;
+                let _ = front.split_to(n);
+                if front.is_empty() {
+                    unwritten.pop_front();
+                }
+            }
+        }
+        if let Mode::Replay { .. } = self.mode {
+            return self.replay(cx);
+        }
         Poll::Ready(match ready!(self.stream.poll_next_unpin(cx)) {
             Some(Ok(piece)) => {
                 let data = piece.data;
@@ -174,10 +241,7 @@ impl Verified {
                                 fut: lister(),
                             }
                         }
-                        None => {
-                            self.ready.extend(held);
-                            self.mode = Mode::Through;
-                        }
+                        None => self.spool(held)?,
                     }
                 }
             }
@@ -220,37 +284,107 @@ impl Verified {
                     }
                 }
             }
-            Mode::Through => self.ready.push_back(data),
+            Mode::Spool { unwritten, .. } => unwritten.push_back(data),
+            Mode::Replay { .. } | Mode::Drained => {
+                return Err(io::Error::other("blob stream polled after its end"));
+            }
         }
         Ok(())
     }
 
-    /// Switches from `Listing` to checking chunks (or passing bytes, for a blob in
-    /// one piece), and feeds it what was held.
+    /// Switches to spooling, starting with what was held.
+    fn spool(&mut self, held: Vec<Bytes>) -> io::Result<()> {
+        let file = tempfile::tempfile().map_err(|e| spool_error(&self.digest, e))?;
+        self.mode = Mode::Spool {
+            file: tokio::fs::File::from_std(file),
+            unwritten: held.into(),
+            written: 0,
+        };
+        Ok(())
+    }
+
+    /// Hands out the spooled bytes of a checked stream.
+    fn replay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Mode::Replay {
+            file,
+            phase,
+            left,
+            tail,
+        } = &mut self.mode
+        else {
+            return Poll::Ready(Err(io::Error::other("replay outside of replay mode")));
+        };
+        let digest = self.digest;
+        let mut file = std::pin::Pin::new(file);
+        loop {
+            match phase {
+                Replay::Flush => {
+                    ready!(file.as_mut().poll_flush(cx)).map_err(|e| spool_error(&digest, e))?;
+                    file.as_mut()
+                        .start_seek(io::SeekFrom::Start(0))
+                        .map_err(|e| spool_error(&digest, e))?;
+                    *phase = Replay::Rewind;
+                }
+                Replay::Rewind => {
+                    ready!(file.as_mut().poll_complete(cx)).map_err(|e| spool_error(&digest, e))?;
+                    *phase = Replay::Read;
+                }
+                Replay::Read if *left == 0 => {
+                    self.ready.extend(tail.drain(..));
+                    self.mode = Mode::Drained;
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Replay::Read => {
+                    let want = (*left).min(SPOOL_READ as u64) as usize;
+                    let mut buf = BytesMut::zeroed(want);
+                    let mut rb = ReadBuf::new(&mut buf);
+                    ready!(file.as_mut().poll_read(cx, &mut rb))
+                        .map_err(|e| spool_error(&digest, e))?;
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        return Poll::Ready(Err(spool_error(
+                            &digest,
+                            io::ErrorKind::UnexpectedEof.into(),
+                        )));
+                    }
+                    buf.truncate(n);
+                    *left -= n as u64;
+                    self.ready.push_back(buf.freeze());
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Switches from `Listing` to checking chunks (or spooling, for a blob in one
+    /// piece), and feeds it what was held.
     fn install(&mut self, list: Vec<ChunkMeta>) -> io::Result<()> {
-        let held = match std::mem::replace(&mut self.mode, Mode::Through) {
+        let held = match std::mem::replace(&mut self.mode, Mode::Drained) {
             Mode::Listing { held, .. } => held,
             _ => return Err(io::Error::other("chunk list installed twice")),
         };
         self.listed = Some(list.clone());
         let checkable =
             !list.is_empty() && list.iter().all(|c| c.size > 0 && c.size <= MAX_HELD_CHUNK);
-        if checkable {
-            self.mode = Mode::Chunks {
-                list,
-                idx: 0,
-                hasher: Box::default(),
-                cur: Vec::new(),
-                cur_len: 0,
-            };
+        if !checkable {
+            return self.spool(held);
         }
+        self.mode = Mode::Chunks {
+            list,
+            idx: 0,
+            hasher: Box::default(),
+            cur: Vec::new(),
+            cur_len: 0,
+        };
         for piece in held {
             self.accept(piece)?;
         }
         Ok(())
     }
 
-    /// The stream ended: checks the whole and releases what is still held.
+    /// The stream ended: checks the whole and releases what is still held (or starts
+    /// handing out the spool).
     fn finish(&mut self) -> io::Result<()> {
         let got = B3Digest::from(self.hasher.finalize());
         if got != self.digest {
@@ -265,7 +399,7 @@ impl Verified {
                 self.digest, self.received
             )));
         }
-        match std::mem::replace(&mut self.mode, Mode::Through) {
+        match std::mem::replace(&mut self.mode, Mode::Drained) {
             Mode::Hold { held, .. } => self.ready.extend(held),
             Mode::Chunks { list, idx, .. } if idx != list.len() => {
                 return Err(corrupt(format!(
@@ -273,6 +407,19 @@ impl Verified {
                     self.digest,
                     list.len()
                 )));
+            }
+            Mode::Spool {
+                file,
+                unwritten,
+                written,
+            } => {
+                self.mode = Mode::Replay {
+                    file,
+                    phase: Replay::Flush,
+                    left: written,
+                    tail: unwritten,
+                };
+                return Ok(());
             }
             _ => {}
         }
