@@ -3,9 +3,16 @@
 #  1. upload: `nix copy --to http://` (cairn, embedded store) vs `nix copy --to
 #     file://` of the same closure (a 256 MiB random file + 2000 small files), each
 #     with compression=none and zstd; time ratio cairn/file (lower is better).
-#  2. narinfo: keep-alive load generator, N connections for S seconds over the
-#     uploaded paths' narinfos (signed on the fly): requests/s, p50/p99 latency.
-#     Target: p50 <= 100 us.
+#  2. narinfo, over the uploaded paths' narinfos (signed on the fly with a key
+#     given to the server), keep-alive, S seconds each:
+#     - closed loop (each connection sends its next request when the answer to
+#       the last has come) with 1 and N connections: the maximum requests/s; its
+#       latency is mostly queueing behind the generator's own requests
+#       (Little's law: N / throughput);
+#     - open loop, as wrk2 does, at 25%, 50% and 75% of that maximum with N
+#       connections: requests sent on a fixed schedule, latency measured from the
+#       scheduled time (coordinated omission corrected): p50/p90/p99.
+#     Target: p50 <= 100 us under load (the open-loop rates).
 #  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
 #  4. the same in one process over memory services, with the store alone (render,
@@ -28,6 +35,7 @@ narinfo-cache-negative-ttl = 0
 narinfo-cache-positive-ttl = 0"
 cargo build -q --release -p cairn-cache --example cache_bench
 B=target/release/examples/cache_bench
+nix key generate-secret --key-name cairn-bench-1 > "$W/sign.key"
 
 mkdir -p "$W/src/small"
 head -c $((BIG_MIB << 20)) /dev/urandom > "$W/src/big"
@@ -45,7 +53,7 @@ echo "== upload: nix copy of a $(nix path-info --store "$S" -S "$P" | awk '{prin
 for comp in none zstd; do
   for round in $(seq "$ROUNDS"); do
     rm -rf "$W/data-$comp" "$W/file-$comp"
-    "$B" serve "$W/data-$comp" "$W/port" & PID=$!
+    "$B" serve "$W/data-$comp" "$W/port" "$W/sign.key" & PID=$!
     for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
     PORT=$(cat "$W/port"); rm -f "$W/port"
     th=$(secs nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
@@ -58,11 +66,17 @@ done
 URL=http://127.0.0.1:$PORT
 nix path-info --store "$URL" "$P" >/dev/null
 
-echo "== narinfo ($CONNS keep-alive connections, ${SECS}s, ${#SMALL[@]} paths)"
+echo "== narinfo (keep-alive, ${SECS}s each, ${#SMALL[@]} paths, signed)"
 HASHES=()
 for p in "${SMALL[@]}"; do h=${p#/nix/store/}; HASHES+=("${h%%-*}"); done
-"$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"; load
-"$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}"; load
+"$B" narinfo "$URL" 1 2 "${HASHES[@]}" >/dev/null # warm up
+echo "$("$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}")   ($(load))"
+out=$("$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}")
+echo "$out   ($(load))"
+MAX=$(sed -n 's/.*: \([0-9]*\) req\/s.*/\1/p' <<<"$out")
+for pct in 25 50 75; do
+  echo "$pct% of $MAX req/s: $("$B" narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}")   ($(load))"
+done
 
 echo "== NAR download"
 h=${P#/nix/store/}; h=${h%%-*}

@@ -79,12 +79,30 @@ pub struct BinaryCache {
     /// The configured keys' signatures by fingerprint: ed25519 signing is most of
     /// a narinfo request's cost, and a fingerprint's signatures never change.
     signatures: Mutex<HashMap<String, Vec<Signature>>>,
+    /// Rendered, signed narinfos: see [`BinaryCache::narinfo`].
+    rendered: Mutex<Rendered>,
     /// When pending uploads were last expired.
     last_expiry: Mutex<Instant>,
 }
 
 /// Entries in the signature cache before it is emptied (a few hundred bytes each).
 const MAX_CACHED_SIGNATURES: usize = 1 << 16;
+
+/// Memory the rendered narinfos may take (about: each entry counts twice its text,
+/// for the path info kept with it, plus [`RENDERED_OVERHEAD`]) before the cache
+/// is emptied.
+const MAX_RENDERED_BYTES: usize = 32 << 20;
+/// What an entry of the rendered narinfo cache costs besides its text.
+const RENDERED_OVERHEAD: usize = 256;
+
+/// Narinfo texts by store path digest, each with the path info it was rendered
+/// from.
+#[derive(Default)]
+struct Rendered {
+    entries: HashMap<[u8; DIGEST_LEN], (PathInfo, Bytes)>,
+    /// Their cost, as [`MAX_RENDERED_BYTES`] counts it.
+    bytes: usize,
+}
 
 impl BinaryCache {
     /// A cache serving and storing into these services; `pending` records NARs
@@ -114,6 +132,7 @@ impl BinaryCache {
             config,
             cache_info_text,
             signatures: Mutex::new(HashMap::new()),
+            rendered: Mutex::default(),
         }
     }
 }
@@ -165,6 +184,54 @@ impl BinaryCache {
         }
         cached.insert(fingerprint.to_owned(), sigs.clone());
         sigs
+    }
+}
+
+impl BinaryCache {
+    /// The narinfo of `info`, signed by the configured keys.
+    ///
+    /// Formatting and looking up the signatures are most of a narinfo request's
+    /// own cost, so the text is kept with the path info it was made from and
+    /// reused while a lookup returns that same path info. Comparing with the
+    /// lookup, rather than forgetting the text when this cache stores a path,
+    /// stays right when paths are stored by others (the daemon's gRPC service
+    /// shares the path info service).
+    fn narinfo(&self, info: PathInfo) -> Result<Bytes, CacheError> {
+        let digest = *info.store_path.digest();
+        let lock = || self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((cached, text)) = lock().entries.get(&digest)
+            && *cached == info
+        {
+            return Ok(text.clone());
+        }
+        let url = FieldText::try_from(nar_url(&info))
+            .map_err(|e| CacheError::Internal(format!("NAR URL: {e}")))?;
+        let mut ni = info.to_narinfo(
+            url,
+            "none"
+                .parse()
+                .map_err(|e| CacheError::Internal(format!("compression: {e}")))?,
+            Some(info.nar_hash()),
+            Some(info.nar_size),
+        );
+        for sig in self.sign(&ni.fingerprint()) {
+            ni.add_signature(sig);
+        }
+        let text = Bytes::from(ni.to_string());
+        let cost = 2 * text.len() + RENDERED_OVERHEAD;
+        let mut rendered = lock();
+        if let Some((_, old)) = rendered.entries.remove(&digest) {
+            rendered.bytes -= 2 * old.len() + RENDERED_OVERHEAD;
+        }
+        if rendered.bytes + cost > MAX_RENDERED_BYTES {
+            rendered.entries.clear();
+            rendered.bytes = 0;
+        }
+        if cost <= MAX_RENDERED_BYTES {
+            rendered.bytes += cost;
+            rendered.entries.insert(digest, (info, text.clone()));
+        }
+        Ok(text)
     }
 }
 
@@ -287,24 +354,8 @@ async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Respo
     if let Some(hash) = file.strip_suffix(".narinfo") {
         let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
         let info = lookup(&cache, digest).await?;
-        let url = FieldText::try_from(nar_url(&info))
-            .map_err(|e| CacheError::Internal(format!("NAR URL: {e}")))?;
-        let mut ni = info.to_narinfo(
-            url,
-            "none"
-                .parse()
-                .map_err(|e| CacheError::Internal(format!("compression: {e}")))?,
-            Some(info.nar_hash()),
-            Some(info.nar_size),
-        );
-        for sig in cache.sign(&ni.fingerprint()) {
-            ni.add_signature(sig);
-        }
-        return Ok(response(
-            "text/x-nix-narinfo",
-            NARINFO_CACHE,
-            ni.to_string(),
-        ));
+        let text = cache.narinfo(info)?;
+        return Ok(response("text/x-nix-narinfo", NARINFO_CACHE, text));
     }
     if let Some(hash) = file.strip_suffix(".ls") {
         let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
@@ -826,6 +877,83 @@ mod tests {
         assert_eq!(range("bytes=5-1", 1000), Ok(None));
         assert_eq!(range("bytes=x-", 1000), Ok(None));
         assert_eq!(range("items=0-1", 1000), Ok(None));
+    }
+
+    fn cache_with_key() -> (BinaryCache, SigningKey) {
+        let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+        let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+        let infos = cairn_store::pathinfo::path_info_service_from_addr(
+            "memory://",
+            blobs.clone(),
+            dirs.clone(),
+        )
+        .unwrap();
+        let key = SigningKey::from_seed("cache-1", &[7; 32]).unwrap();
+        let mut config = CacheConfig::default();
+        config.sign_keys.push(key.clone());
+        let pending = PendingUploads::in_memory().unwrap();
+        (BinaryCache::new(blobs, dirs, infos, pending, config), key)
+    }
+
+    fn symlink_info(n: u8) -> PathInfo {
+        PathInfo {
+            store_path: cairn_nix::store_path::StorePath::new([n; 20], &format!("p{n}")).unwrap(),
+            node: cairn_castore::Node::Symlink {
+                target: cairn_castore::SymlinkTarget::try_from("target").unwrap(),
+            },
+            references: vec![],
+            nar_size: 128,
+            nar_sha256: [n; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        }
+    }
+
+    /// A kept narinfo text is served only for the path info it was made from: a
+    /// path stored again (here with another signature, as a gRPC client could
+    /// store it, bypassing this cache) is rendered again.
+    #[test]
+    fn rendered_narinfos_follow_the_path_info() {
+        let (cache, key) = cache_with_key();
+        let a = symlink_info(1);
+        let text = |b: &Bytes| String::from_utf8(b.to_vec()).unwrap();
+        let first = cache.narinfo(a.clone()).unwrap();
+        let own = key.sign(a.fingerprint().as_bytes()).to_string();
+        assert!(
+            text(&first).contains(&format!("Sig: {own}\n")),
+            "{}",
+            text(&first)
+        );
+        // Kept: the very same bytes.
+        let again = cache.narinfo(a.clone()).unwrap();
+        assert_eq!(again.as_ptr(), first.as_ptr());
+
+        let other = SigningKey::from_seed("other-1", &[9; 32]).unwrap();
+        let mut b = a.clone();
+        b.signatures.push(other.sign(a.fingerprint().as_bytes()));
+        let with_b = text(&cache.narinfo(b.clone()).unwrap());
+        assert!(
+            with_b.contains(&format!("Sig: {}\n", b.signatures[0])),
+            "{with_b}"
+        );
+        assert!(with_b.contains(&format!("Sig: {own}\n")), "{with_b}");
+        let back = text(&cache.narinfo(a.clone()).unwrap());
+        assert_eq!(back, text(&first));
+        assert!(!back.contains("other-1:"), "{back}");
+
+        // A different path with the same text length does not take its place.
+        let c = symlink_info(2);
+        assert!(text(&cache.narinfo(c).unwrap()).contains("-p2\n"));
+        assert_eq!(text(&cache.narinfo(a).unwrap()), text(&first));
+        let r = cache.rendered.lock().unwrap();
+        assert_eq!(r.entries.len(), 2);
+        let cost: usize = r
+            .entries
+            .values()
+            .map(|(_, t)| 2 * t.len() + RENDERED_OVERHEAD)
+            .sum();
+        assert_eq!(r.bytes, cost);
     }
 
     #[test]
