@@ -29,16 +29,7 @@ mod backends {
     use super::*;
     use cairn_castore::blobservice::MemoryBlobService;
     use cairn_castore::directoryservice::MemoryDirectoryService;
-
-    struct Server {
-        task: tokio::task::JoinHandle<()>,
-        _dir: Option<tempfile::TempDir>,
-    }
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
+    use cairn_testkit::loopback::{self, Server};
 
     pub async fn embedded() -> Backend {
         let dir = tempfile::tempdir().unwrap();
@@ -71,64 +62,37 @@ mod backends {
         .0
     }
 
-    fn clients(url: &str, guard: Server) -> Backend {
+    fn clients(server: Server) -> Backend {
         Backend {
-            blobs: cairn_castore::blob_service_from_addr(url).unwrap(),
-            dirs: cairn_castore::directory_service_from_addr(url).unwrap(),
-            url: Some(url.to_string()),
-            _guard: Some(Box::new(guard)),
+            blobs: cairn_castore::blob_service_from_addr(&server.url).unwrap(),
+            dirs: cairn_castore::directory_service_from_addr(&server.url).unwrap(),
+            url: Some(server.url.clone()),
+            _guard: Some(Box::new(server)),
         }
     }
 
     pub async fn grpc_tcp() -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let routes = routes().await;
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            cairn_castore::server::serve(routes, incoming, std::future::pending())
-                .await
-                .unwrap();
-        });
         clients(
-            &format!("grpc+http://127.0.0.1:{port}"),
-            Server { task, _dir: None },
+            loopback::tcp(|incoming| {
+                cairn_castore::server::serve(routes, incoming, std::future::pending())
+            })
+            .await,
         )
     }
 
     pub async fn grpc_unix() -> Backend {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("castore.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let routes = routes().await;
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            cairn_castore::server::serve(routes, incoming, std::future::pending())
-                .await
-                .unwrap();
-        });
         clients(
-            &format!("grpc+unix://{}", path.display()),
-            Server {
-                task,
-                _dir: Some(dir),
-            },
+            loopback::unix("castore.sock", |incoming| {
+                cairn_castore::server::serve(routes, incoming, std::future::pending())
+            })
+            .await,
         )
     }
 }
 
-/// Deterministic, incompressible-ish test data.
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use cairn_testkit::data::pseudo_random as data;
 
 fn b3(bytes: &[u8]) -> B3Digest {
     B3Digest::from(*blake3::hash(bytes).as_bytes())

@@ -39,8 +39,6 @@ impl BlobService for Lying {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_data_from_the_server_is_an_error() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let (routes, _) = cairn_castore::server::routes(
         Arc::new(Lying(MemoryBlobService::new())),
         Arc::new(MemoryDirectoryService::new()),
@@ -48,14 +46,11 @@ async fn corrupt_data_from_the_server_is_an_error() {
     )
     .await
     .unwrap();
-    let server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = cairn_testkit::loopback::tcp(|incoming| {
         cairn_castore::server::serve(routes, incoming, std::future::pending())
-            .await
-            .unwrap();
-    });
-    let blobs =
-        cairn_castore::blob_service_from_addr(&format!("grpc+http://127.0.0.1:{port}")).unwrap();
+    })
+    .await;
+    let blobs = cairn_castore::blob_service_from_addr(&server.url).unwrap();
 
     let content = vec![7u8; 3 << 20];
     let mut w = blobs.open_write().await;
@@ -67,5 +62,4 @@ async fn corrupt_data_from_the_server_is_an_error() {
     let mut out = Vec::new();
     let err = r.read_to_end(&mut out).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
-    server.abort();
 }

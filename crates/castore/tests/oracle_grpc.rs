@@ -9,8 +9,6 @@
 //! when it is missing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 
 use base64::Engine;
@@ -19,23 +17,6 @@ use cairn_castore::directoryservice::MemoryDirectoryService;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn python() -> PathBuf {
-    let venv = std::env::var("CAIRN_TEST_VENV").unwrap_or_else(|_| "/opt/cairn-test-venv".into());
-    let python = PathBuf::from(venv).join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (or set CAIRN_TEST_VENV)",
-        python.display()
-    );
-    python
-}
-
-fn script() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracle/grpc_client.py");
-    assert!(p.exists(), "{} is missing", p.display());
-    p
 }
 
 struct Client {
@@ -50,8 +31,7 @@ struct Out {
 
 impl Client {
     fn run(&self, args: &[&str]) -> Out {
-        let out = Command::new(python())
-            .arg(script())
+        let out = cairn_testkit::oracle::client()
             .arg("--proto-names")
             .arg(&self.addr)
             .args(args)
@@ -146,25 +126,23 @@ fn symlink_json(name: &[u8], target: &[u8]) -> String {
 #[test]
 fn oracle_grpc_client() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = rt.spawn(async move {
-        let (routes, _health) = cairn_castore::server::routes(
+    // The health reporter lives as long as the server, as in the daemon.
+    let (server, _health) = rt.block_on(async {
+        let (routes, health) = cairn_castore::server::routes(
             Arc::new(MemoryBlobService::new()),
             Arc::new(MemoryDirectoryService::new()),
             &[],
         )
         .await
         .unwrap();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        cairn_castore::server::serve(routes, incoming, std::future::pending())
-            .await
-            .unwrap();
+        let server = cairn_testkit::loopback::tcp(|incoming| {
+            cairn_castore::server::serve(routes, incoming, std::future::pending())
+        })
+        .await;
+        (server, health)
     });
     let c = Client {
-        addr: format!("127.0.0.1:{port}"),
+        addr: server.tcp.unwrap().to_string(),
     };
 
     // Reflection, both versions.
@@ -386,5 +364,5 @@ fn oracle_grpc_client() {
         "NOT_FOUND",
     );
 
-    server.abort();
+    drop(server);
 }

@@ -19,7 +19,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use base64::Engine;
@@ -28,26 +28,9 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var("CAIRN_TEST_VENV").unwrap_or_else(|_| "/opt/cairn-test-venv".into());
-    let python = PathBuf::from(venv).join("bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run scripts/install-test-deps.sh (or set CAIRN_TEST_VENV)",
-        python.display()
-    );
-    python
-}
-
 fn grpc(addr: &str, method: &str, messages: &[String]) -> (bool, String, String) {
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracle/grpc_client.py");
-    let mut cmd = Command::new(python());
-    cmd.arg(script)
-        .arg("--proto-names")
-        .arg(addr)
-        .arg("call")
-        .arg(method);
+    let mut cmd = cairn_testkit::oracle::client();
+    cmd.arg("--proto-names").arg(addr).arg("call").arg(method);
     for m in messages {
         cmd.arg("-d").arg(m);
     }
@@ -204,26 +187,10 @@ fn daemon_refuses_a_bad_backend_url_with_a_clear_error() {
 // ---------------------------------------------------------------------------------
 // PathInfoService through the daemon, against the real Nix.
 
-const NIX_CONFIG: &str = "experimental-features = nix-command\nsandbox = false\nsubstituters =";
-
-fn nix(program: &str, xdg: &Path) -> Command {
-    let mut c = Command::new(program);
-    c.env("XDG_CACHE_HOME", xdg)
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .env_remove("NIX_REMOTE");
-    c
-}
+use cairn_testkit::nix::command as nix;
 
 fn run(mut cmd: Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd:?}: {e}; this test needs the real Nix (apt-get install nix-bin)")
-    });
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    cairn_testkit::nix::ok_bytes(&mut cmd)
 }
 
 /// What the real Nix says about one path it added to the chroot store `store`:
@@ -367,10 +334,7 @@ fn daemon_pathinfo_service_against_the_oracle_client_and_nix() {
 
     // Reflection (both versions) shows all services.
     for version in ["v1", "v1alpha"] {
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracle/grpc_client.py");
-        let out = Command::new(python())
-            .arg(script)
+        let out = cairn_testkit::oracle::client()
             .args(["--reflection", version, &addr, "list"])
             .output()
             .unwrap();

@@ -12,12 +12,6 @@ use std::process::{Child, Command, Stdio};
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::signature::{SigningKey, VerifyingKey};
 
-const NIX_CONFIG: &str = "experimental-features = nix-command
-sandbox = false
-substituters =
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0";
-
 /// A running daemon, killed if the test fails before stopping it.
 struct Daemon(Option<Child>);
 
@@ -85,9 +79,7 @@ fn ok(cmd: &mut Command) -> String {
 }
 
 fn nix(xdg: &Path, prog: &str) -> Command {
-    let mut c = Command::new(prog);
-    c.env("XDG_CACHE_HOME", xdg).env("NIX_CONFIG", NIX_CONFIG);
-    c
+    cairn_testkit::nix::command(prog, xdg)
 }
 
 /// curl: HTTP status and body.

@@ -17,15 +17,7 @@ fn cairn(args: &[&str], stdin: &[u8]) -> Output {
 }
 
 fn nix_cmd(program: &str, scratch: &Path) -> Command {
-    let mut c = Command::new(program);
-    c.env("XDG_CACHE_HOME", scratch.join("xdg"))
-        .env(
-            "NIX_CONFIG",
-            "experimental-features = nix-command\nsandbox = false\nsubstituters =\n\
-             narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0",
-        )
-        .env_remove("NIX_REMOTE");
-    c
+    cairn_testkit::nix::command(program, &scratch.join("xdg"))
 }
 
 fn run(cmd: &mut Command, stdin: &[u8]) -> Output {

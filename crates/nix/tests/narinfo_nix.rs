@@ -11,85 +11,47 @@ use std::process::{Command, Output};
 
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::signature::{SigningKey, VerifyingKey};
+use cairn_testkit::nix::Nix;
 
 /// A scratch dir with a chroot store holding one built (input-addressed) path and its
 /// dependency, copied to an uncompressed `file://` cache.
 struct Env {
-    dir: tempfile::TempDir,
+    nix: Nix,
     paths: Vec<String>,
 }
 
 impl Env {
     fn nix(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("XDG_CACHE_HOME", self.dir.path().join("xdg"))
-            .env(
-                "NIX_CONFIG",
-                "experimental-features = nix-command\nsandbox = false\nsubstituters =\n\
-                 narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0",
-            )
-            .env_remove("NIX_REMOTE");
-        c
+        self.nix.command(program)
     }
 
     fn run(&self, cmd: &mut Command) -> Output {
-        cmd.output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run {cmd:?}: {e}; these tests need the real Nix (apt-get install nix-bin)"
-            )
-        })
+        cairn_testkit::nix::output(cmd)
     }
 
     fn ok(&self, cmd: &mut Command) -> String {
-        let out = self.run(cmd);
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        cairn_testkit::nix::ok(cmd)
+    }
+
+    fn dir(&self) -> &Path {
+        self.nix.dir()
     }
 
     fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+        self.nix.store()
     }
 
     fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
+        self.nix.path("cache")
     }
 
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut env = Env {
-            dir,
-            paths: Vec::new(),
+        let nix = Nix::new();
+        let [top, dep] = nix.build_closure("cairn-sig");
+        let env = Env {
+            nix,
+            paths: vec![top.clone(), dep],
         };
-        let nixfile = env.dir.path().join("ia.nix");
-        std::fs::write(
-            &nixfile,
-            r#"let
-  mk = name: script: derivation { inherit name; system = builtins.currentSystem;
-    builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" script ]; };
-  dep = mk "cairn-sig-dep" "echo dep > $out";
-in mk "cairn-sig-top" "mkdir $out; echo ${dep} > $out/ref"
-"#,
-        )
-        .unwrap();
-        let top = env.ok(env
-            .nix("nix-build")
-            .arg("--store")
-            .arg(env.store())
-            .args(["--option", "extra-sandbox-paths", "/bin /lib /lib64 /usr"])
-            .arg("--no-out-link")
-            .arg(&nixfile));
-        let top = top.trim().to_owned();
-        let closure = env.ok(env
-            .nix("nix")
-            .args(["path-info", "-r", "--store"])
-            .arg(env.store())
-            .arg(&top));
-        env.paths = closure.lines().map(str::to_owned).collect();
-        assert_eq!(env.paths.len(), 2, "{closure}");
         env.ok(env
             .nix("nix")
             .args(["copy", "--store"])
@@ -150,7 +112,7 @@ fn nix_generated_key(env: &Env, name: &str) -> (SigningKey, String) {
     let pk = env.ok(env
         .nix("nix")
         .args(["key", "convert-secret-to-public"])
-        .stdin(std::fs::File::open(write(env.dir.path(), name, &sk)).unwrap()));
+        .stdin(std::fs::File::open(write(env.dir(), name, &sk)).unwrap()));
     (sk.parse().unwrap(), pk)
 }
 
@@ -166,7 +128,7 @@ fn nix_accepts_our_signatures_with_our_and_nix_keys() {
     let ours = SigningKey::generate("cairn-test-1").unwrap();
     let (nixs, nix_pk) = nix_generated_key(&env, "nix-made-1");
     // Our key's public half, as Nix computes it, is what we compute.
-    let our_sk_file = write(env.dir.path(), "ours", &ours.to_string());
+    let our_sk_file = write(env.dir(), "ours", &ours.to_string());
     let nix_view = env.ok(env
         .nix("nix")
         .args(["key", "convert-secret-to-public"])
@@ -190,7 +152,7 @@ fn nix_accepts_our_signatures_with_our_and_nix_keys() {
         .args(["copy", "--from"])
         .arg(format!("file://{}", env.cache().display()))
         .arg("--to")
-        .arg(env.dir.path().join("store2"))
+        .arg(env.dir().join("store2"))
         .args(["--option", "trusted-public-keys"])
         .arg(ours.to_verifying_key().to_string())
         .args(&env.paths));
@@ -200,7 +162,7 @@ fn nix_accepts_our_signatures_with_our_and_nix_keys() {
 fn nix_store_sign_with_our_key_verifies_with_ours() {
     let env = Env::new();
     let ours = SigningKey::generate("cairn-test-2").unwrap();
-    let sk_file = write(env.dir.path(), "ours", &ours.to_string());
+    let sk_file = write(env.dir(), "ours", &ours.to_string());
     env.ok(env
         .nix("nix")
         .args(["store", "sign", "--store"])

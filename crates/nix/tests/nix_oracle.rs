@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write as _;
-use std::process::Command;
 
 use cairn_nix::hash::{HashAlgo, HashingWriter, NixHash};
 use cairn_nix::nixbase32;
@@ -59,36 +58,20 @@ const NAME_CHARS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 
 /// The real Nix with its own cache dir and chroot store.
 struct Nix {
-    cache: tempfile::TempDir,
-    store: tempfile::TempDir,
+    scratch: cairn_testkit::nix::Nix,
+    store: String,
 }
 
 impl Nix {
     fn new() -> Nix {
-        Nix {
-            cache: tempfile::tempdir().unwrap(),
-            store: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("XDG_CACHE_HOME", self.cache.path()).env(
-            "NIX_CONFIG",
-            "experimental-features = nix-command\nsandbox = false\nsubstituters =\n",
-        );
-        c
+        let scratch = cairn_testkit::nix::Nix::new();
+        let store = scratch.store().to_str().unwrap().to_owned();
+        Nix { scratch, store }
     }
 
     /// Runs a Nix program; `Ok(stdout)` or `Err(stderr)`.
     fn try_run(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let out = self
-            .command(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("cannot run `{program}` ({e}): these tests need the real Nix 2.8 on PATH")
-            });
+        let out = cairn_testkit::nix::output(self.scratch.command(program).args(args));
         if out.status.success() {
             Ok(String::from_utf8(out.stdout).unwrap())
         } else {
@@ -102,7 +85,7 @@ impl Nix {
     }
 
     fn store_arg(&self) -> &str {
-        self.store.path().to_str().unwrap()
+        &self.store
     }
 
     /// Evaluates a Nix expression to a list of strings.

@@ -40,15 +40,7 @@ pub struct Backend {
 mod backends {
     use super::*;
 
-    struct Server {
-        task: tokio::task::JoinHandle<()>,
-        _dir: Option<tempfile::TempDir>,
-    }
-    impl Drop for Server {
-        fn drop(&mut self) {
-            self.task.abort();
-        }
-    }
+    use cairn_testkit::loopback::{self, Server};
 
     fn local(url: &str, guard: Option<Box<dyn Send>>) -> Backend {
         let blobs = cairn_castore::blob_service_from_addr(url).unwrap();
@@ -84,7 +76,8 @@ mod backends {
             .0
     }
 
-    fn clients(url: &str, guard: Server) -> Backend {
+    fn clients(server: Server) -> Backend {
+        let url = &server.url;
         let blobs = cairn_castore::blob_service_from_addr(url).unwrap();
         let dirs = cairn_castore::directory_service_from_addr(url).unwrap();
         let pathinfos = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).unwrap();
@@ -98,43 +91,27 @@ mod backends {
             dirs,
             pathinfos,
             raw: Some(PathInfoServiceClient::new(channel)),
-            _guard: Some(Box::new(guard)),
+            _guard: Some(Box::new(server)),
         }
     }
 
     pub async fn grpc_tcp() -> Backend {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
         let routes = routes().await;
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            cairn_castore::server::serve(routes, incoming, std::future::pending())
-                .await
-                .unwrap();
-        });
         clients(
-            &format!("grpc+http://127.0.0.1:{port}"),
-            Server { task, _dir: None },
+            loopback::tcp(|incoming| {
+                cairn_castore::server::serve(routes, incoming, std::future::pending())
+            })
+            .await,
         )
     }
 
     pub async fn grpc_unix() -> Backend {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("store.sock");
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let routes = routes().await;
-        let task = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            cairn_castore::server::serve(routes, incoming, std::future::pending())
-                .await
-                .unwrap();
-        });
         clients(
-            &format!("grpc+unix://{}", path.display()),
-            Server {
-                task,
-                _dir: Some(dir),
-            },
+            loopback::unix("store.sock", |incoming| {
+                cairn_castore::server::serve(routes, incoming, std::future::pending())
+            })
+            .await,
         )
     }
 }

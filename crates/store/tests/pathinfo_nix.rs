@@ -15,56 +15,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use cairn_castore::{Node, SymlinkTarget};
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::signature::VerifyingKey;
 use cairn_store::pathinfo::PathInfo;
 use cairn_store::proto;
-
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn nix(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.env("XDG_CACHE_HOME", self.dir.path().join("xdg"))
-            .env(
-                "NIX_CONFIG",
-                "experimental-features = nix-command\nsandbox = false\nsubstituters =\n\
-                 narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0",
-            )
-            .env_remove("NIX_REMOTE");
-        c
-    }
-
-    fn ok(&self, cmd: &mut Command) -> String {
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run {cmd:?}: {e}; this test needs the real Nix (apt-get install nix-bin)"
-            )
-        });
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn store_cmd(&self, program: &str, args: &[&str]) -> String {
-        let mut c = self.nix(program);
-        c.arg("--store").arg(self.path("store")).args(args);
-        self.ok(&mut c).trim().to_owned()
-    }
-}
+use cairn_testkit::nix::Nix;
 
 fn write(path: &Path, content: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -114,9 +72,7 @@ fn without_local_fields(o: &str) -> String {
 
 #[test]
 fn narinfo_json_and_fingerprint_match_nix() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let env = Nix::new();
 
     // Content-addressed paths.
     write(&env.path("src/tree/file"), "hello\n");
@@ -128,11 +84,11 @@ fn narinfo_json_and_fingerprint_match_nix() {
     .unwrap();
     std::os::unix::fs::symlink("file", env.path("src/tree/link")).unwrap();
     write(&env.path("src/flat"), "flat contents\n");
-    let tree = env.store_cmd(
+    let tree = env.in_store(
         "nix-store",
         &["--add", env.path("src/tree").to_str().unwrap()],
     );
-    let flat = env.store_cmd(
+    let flat = env.in_store(
         "nix-store",
         &[
             "--add-fixed",
@@ -140,7 +96,7 @@ fn narinfo_json_and_fingerprint_match_nix() {
             env.path("src/flat").to_str().unwrap(),
         ],
     );
-    env.store_cmd(
+    env.in_store(
         "nix-store",
         &[
             "--add-fixed",
@@ -160,7 +116,7 @@ fn narinfo_json_and_fingerprint_match_nix() {
 in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $out/self"
 "#,
     );
-    let top = env.store_cmd(
+    let top = env.in_store(
         "nix-build",
         &[
             "--option",
@@ -178,13 +134,14 @@ in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $ou
             env.path(&format!("{name}.sk")),
             env.path(&format!("{name}.pk")),
         );
-        env.ok(env
-            .nix("nix-store")
-            .args(["--generate-binary-cache-key", name])
-            .arg(&sk)
-            .arg(&pk));
+        cairn_testkit::nix::ok(
+            env.command("nix-store")
+                .args(["--generate-binary-cache-key", name])
+                .arg(&sk)
+                .arg(&pk),
+        );
         let sk = sk.to_str().unwrap().to_owned();
-        env.store_cmd("nix", &["store", "sign", "--key-file", &sk, "-r", &top]);
+        env.in_store("nix", &["store", "sign", "--key-file", &sk, "-r", &top]);
         keys.push(
             std::fs::read_to_string(&pk)
                 .unwrap()
@@ -193,11 +150,11 @@ in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $ou
         );
     }
     let sk = env.path("pi-test-1.sk").to_str().unwrap().to_owned();
-    env.store_cmd("nix", &["store", "sign", "--key-file", &sk, &tree, &flat]);
+    env.in_store("nix", &["store", "sign", "--key-file", &sk, &tree, &flat]);
 
-    let json = split_json(&env.store_cmd("nix", &["path-info", "--json", "--all"]));
+    let json = split_json(&env.in_store("nix", &["path-info", "--json", "--all"]));
     let cache = env.path("cache");
-    env.store_cmd(
+    env.in_store(
         "nix",
         &[
             "copy",
@@ -269,12 +226,10 @@ in mk "pi-top" "mkdir $out; echo ${dep}/file ${dep2} > $out/ref; echo $out > $ou
 /// corrupt, the conversion fails naming the field.
 #[test]
 fn accepted_and_refused_like_nix() {
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let env = Nix::new();
     let add = |name: &str, content: &str| {
         write(&env.path(&format!("src/{name}")), content);
-        env.store_cmd(
+        env.in_store(
             "nix-store",
             &["--add", env.path(&format!("src/{name}")).to_str().unwrap()],
         )
@@ -283,7 +238,7 @@ fn accepted_and_refused_like_nix() {
     let dep_b = add("b-dep", "b\n");
     let top = add("top", "top\n");
     let cache = env.path("cache");
-    env.store_cmd(
+    env.in_store(
         "nix",
         &[
             "copy",
@@ -319,13 +274,12 @@ fn accepted_and_refused_like_nix() {
             })
             .collect();
         std::fs::write(&narinfo_file, text).unwrap();
-        let out = env
-            .nix("nix")
-            .args(["path-info", "--json", "--store"])
-            .arg(format!("file://{}", cache.display()))
-            .arg(&top)
-            .output()
-            .unwrap();
+        let out = cairn_testkit::nix::output(
+            env.command("nix")
+                .args(["path-info", "--json", "--store"])
+                .arg(format!("file://{}", cache.display()))
+                .arg(&top),
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

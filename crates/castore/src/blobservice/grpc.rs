@@ -588,15 +588,7 @@ mod tests {
 
     /// Bytes that do not repeat, so content-defined chunking cuts them into chunks.
     fn data(len: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
+        cairn_testkit::data::pseudo_random(len, 1)
     }
 
     async fn put(blobs: &Arc<dyn BlobService>, content: &[u8]) -> B3Digest {
