@@ -33,6 +33,10 @@ struct Fixture {
     /// Input-addressed, refers to `dep`.
     top: String,
     dep: String,
+    /// Content-addressed paths whose root is not a directory: a file, an
+    /// executable, an empty file, a symlink (its target with bytes Nix's JSON
+    /// writer escapes, and one that is not UTF-8).
+    roots: Vec<String>,
     /// `nix copy --to file://...?compression=none&write-nar-listing=true` of
     /// everything: Nix's own narinfos, NARs and listings.
     file_cache: PathBuf,
@@ -82,6 +86,30 @@ fn fixture() -> &'static Fixture {
         let ca = ok(nix(&xdg, "nix-store").args(["--store", &store, "--add"]).arg(&src))
             .trim()
             .to_owned();
+        let single = root.join("src/roots");
+        std::fs::create_dir_all(&single).unwrap();
+        std::fs::write(single.join("file"), "hello\n").unwrap();
+        std::fs::write(single.join("exec"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(single.join("exec"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(single.join("empty"), "").unwrap();
+        std::os::unix::fs::symlink("/nix/store/some/\"where\"\\x\t\u{1}", single.join("link"))
+            .unwrap();
+        {
+            use std::os::unix::ffi::OsStrExt as _;
+            let target = std::ffi::OsStr::from_bytes(b"not-utf8-\xff\xfe/\xc3\xa9");
+            std::os::unix::fs::symlink(target, single.join("link-bytes")).unwrap();
+        }
+        let roots: Vec<String> = ["file", "exec", "empty", "link", "link-bytes"]
+            .iter()
+            .map(|n| {
+                ok(nix(&xdg, "nix-store")
+                    .args(["--store", &store, "--add"])
+                    .arg(single.join(n)))
+                .trim()
+                .to_owned()
+            })
+            .collect();
         let expr = root.join("ia.nix");
         std::fs::write(
             &expr,
@@ -114,7 +142,7 @@ in mk "cairn-cache-top" "mkdir $out; echo ${dep}/file > $out/ref; ln -s ${dep} $
             ),
             &ca,
             &top,
-        ]));
+        ]).args(&roots));
         Fixture {
             _dir: dir,
             root,
@@ -122,6 +150,7 @@ in mk "cairn-cache-top" "mkdir $out; echo ${dep}/file > $out/ref; ln -s ${dep} $
             ca,
             top,
             dep,
+            roots,
             file_cache,
         }
     })
@@ -267,7 +296,8 @@ fn path_info_json(xdg: &Path, store: &str, path: &str) -> serde_json::Value {
 async fn nix_copy_to_and_from_each_compression() {
     let f = fixture();
     let (sk, pk) = key();
-    for compression in ["xz", "zstd", "none"] {
+    // Every compression Nix 2.8's `nix copy --to` names its NAR files for.
+    for compression in ["xz", "zstd", "bzip2", "br", "none"] {
         let xdg = tempfile::tempdir().unwrap();
         let xdg = xdg.path();
         let server = Server::start(CacheConfig {
@@ -283,11 +313,16 @@ async fn nix_copy_to_and_from_each_compression() {
         let (store, top, ca) = (f.store.clone(), f.top.clone(), f.ca.clone());
         let x = xdg.to_owned();
         tokio::task::spawn_blocking(move || {
-            ok(nix(&x, "nix").args(["copy", "--store", &store, "--to", &to, &top, &ca]));
+            ok(nix(&x, "nix")
+                .args(["copy", "--store", &store, "--to", &to, &top, &ca])
+                .args(&f.roots));
         })
         .await
         .unwrap();
         assert!(server.has(&f.top).await && server.has(&f.dep).await && server.has(&f.ca).await);
+        for p in &f.roots {
+            assert!(server.has(p).await, "{p} ({compression})");
+        }
         // Every uploaded NAR was claimed by its narinfo.
         assert_eq!(server.pending.len().await.unwrap(), 0, "{compression}");
 
@@ -306,39 +341,45 @@ async fn nix_copy_to_and_from_each_compression() {
                 path_info_json(&xdg2, &url, &top),
                 path_info_json(&xdg2, &store, &top)
             );
-            assert_eq!(
-                path_info_json(&xdg2, &url, &ca),
-                path_info_json(&xdg2, &store, &ca)
-            );
+            for p in std::iter::once(&ca).chain(&f.roots) {
+                assert_eq!(
+                    path_info_json(&xdg2, &url, p),
+                    path_info_json(&xdg2, &store, p)
+                );
+            }
             let fresh = fresh.to_str().unwrap();
             // Without cairn's key the input-addressed paths are refused ...
             let out = run(nix(&xdg2, "nix").args(["copy", "--from", &url, "--to", fresh, &top]));
             assert!(!out.status.success(), "unsigned copy accepted");
             // ... with it, accepted, and the contents verify.
-            ok(nix(&xdg2, "nix").args([
-                "copy",
-                "--option",
-                "trusted-public-keys",
-                &pk2,
-                "--from",
-                &url,
-                "--to",
-                fresh,
-                &top,
-                &ca,
-            ]));
-            ok(nix(&xdg2, "nix").args([
-                "store",
-                "verify",
-                "--option",
-                "trusted-public-keys",
-                &pk2,
-                "--store",
-                fresh,
-                "-r",
-                &top,
-                &ca,
-            ]));
+            ok(nix(&xdg2, "nix")
+                .args([
+                    "copy",
+                    "--option",
+                    "trusted-public-keys",
+                    &pk2,
+                    "--from",
+                    &url,
+                    "--to",
+                    fresh,
+                    &top,
+                    &ca,
+                ])
+                .args(&f.roots));
+            ok(nix(&xdg2, "nix")
+                .args([
+                    "store",
+                    "verify",
+                    "--option",
+                    "trusted-public-keys",
+                    &pk2,
+                    "--store",
+                    fresh,
+                    "-r",
+                    &top,
+                    &ca,
+                ])
+                .args(&f.roots));
             ok(nix(&xdg2, "nix").args([
                 "store",
                 "verify",
@@ -354,7 +395,9 @@ async fn nix_copy_to_and_from_each_compression() {
                 run(nix(&xdg2, "nix").args(["store", "dump-path", "--store", s, p])).stdout
             };
             assert_eq!(dump(fresh, &top), dump(&store, &top));
-            assert_eq!(dump(fresh, &ca), dump(&store, &ca));
+            for p in std::iter::once(&ca).chain(&f.roots) {
+                assert_eq!(dump(fresh, p), dump(&store, p), "{p}");
+            }
         })
         .await
         .unwrap();
@@ -384,23 +427,47 @@ async fn upload(server: &Server, paths: &[&str]) {
 async fn listing_range_and_downloads() {
     let f = fixture();
     let server = Server::start(CacheConfig::default()).await;
-    upload(&server, &[&f.ca, &f.top]).await;
+    let mut paths = vec![f.ca.as_str(), f.top.as_str()];
+    paths.extend(f.roots.iter().map(String::as_str));
+    upload(&server, &paths).await;
     let url = server.url.clone();
     tokio::task::spawn_blocking(move || {
         let xdg = tempfile::tempdir().unwrap();
         let dump = |p: &str| {
             run(nix(xdg.path(), "nix").args(["store", "dump-path", "--store", &f.store, p])).stdout
         };
-        for path in [&f.ca, &f.top, &f.dep] {
+        // The fixture's other roots are what they should be, as Nix lists them.
+        let wants: [&[u8]; 5] = [
+            b"{\"type\":\"regular\",\"size\":6,\"narOffset\":",
+            b"{\"type\":\"regular\",\"size\":18,\"executable\":true,\"narOffset\":",
+            b"{\"type\":\"regular\",\"size\":0,\"narOffset\":",
+            b"{\"type\":\"symlink\",\"target\":\"/nix/store/some/\\\"where\\\"\\\\x\\t\\u0001\"}",
+            b"{\"type\":\"symlink\",\"target\":\"not-utf8-\xff\xfe/\xc3\xa9\"}",
+        ];
+        for (path, want) in f.roots.iter().zip(wants) {
+            let nix_ls =
+                std::fs::read(f.file_cache.join(format!("{}.ls", hash_part(path)))).unwrap();
+            let prefix = [&b"{\"version\":1,\"root\":"[..], want].concat();
+            assert!(
+                nix_ls.starts_with(&prefix),
+                "{path}: {}",
+                String::from_utf8_lossy(&nix_ls)
+            );
+        }
+        // Directory roots, then the others (whose listing is the root's object
+        // alone).
+        for path in [&f.ca, &f.top, &f.dep].into_iter().chain(&f.roots) {
             let h = hash_part(path);
             // .ls: byte-identical to Nix's write-nar-listing.
             let (code, ls) = curl(&[&format!("{url}/{h}.ls")]);
             assert_eq!(code, 200);
             let nix_ls = std::fs::read(f.file_cache.join(format!("{h}.ls"))).unwrap();
-            assert_eq!(
+            // Bytes, not text: a symlink target need not be UTF-8.
+            assert!(
+                ls == nix_ls,
+                "{path}: cairn's .ls\n{}\nNix's\n{}",
                 String::from_utf8_lossy(&ls),
-                String::from_utf8_lossy(&nix_ls),
-                "{path}"
+                String::from_utf8_lossy(&nix_ls)
             );
             let (code, ni) = curl(&[&format!("{url}/{h}.narinfo")]);
             assert_eq!(code, 200);
