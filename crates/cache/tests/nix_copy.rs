@@ -1009,6 +1009,20 @@ async fn head_and_get_agree() {
                 assert_eq!(len.parse::<u64>().unwrap(), got, "GET {path} {range:?}");
             }
             let status = &get.iter().find(|(k, _)| k == "status").unwrap().1;
+            // What a client or proxy may keep: NARs and listings forever (their
+            // URL names their content), a narinfo an hour (it can gain
+            // signatures).
+            if status.contains(" 200") || status.contains(" 206") {
+                let want = if path == "nix-cache-info" {
+                    "public, max-age=300"
+                } else if path.ends_with(".narinfo") {
+                    "public, max-age=3600"
+                } else {
+                    "public, max-age=31536000, immutable"
+                };
+                let cc = get.iter().find(|(k, _)| k == "cache-control");
+                assert_eq!(cc.map(|(_, v)| v.as_str()), Some(want), "{path} {range:?}");
+            }
             let is_pending = path.len() == "nar/".len() + 52 + ".nar".len();
             if is_pending {
                 assert!(status.contains(" 404"), "{path}: {status}");
@@ -1062,5 +1076,93 @@ async fn unclaimed_uploads_expire_when_the_cache_starts() {
     )
     .await;
     assert!(server.pending.is_empty().await.unwrap());
+    server.stop().await;
+}
+
+/// cairn's narinfo is Nix's, byte for byte, signatures included: what `nix copy
+/// --to file://...?secret-key=K` writes, from a store whose paths already carry
+/// another key's signature, is what cairn signing with K serves after `nix copy
+/// --to` it from that store, but for the `URL` line (cairn names a NAR file by
+/// store path and NAR hash, Nix by file hash). Both keys are made by Nix.
+#[tokio::test(flavor = "multi_thread")]
+async fn narinfo_text_is_nixs() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let xdg = d.join("xdg");
+    let (stored_key, cache_key) = (d.join("stored.key"), d.join("cache.key"));
+    for (name, file) in [("stored-1", &stored_key), ("cairn-cache-1", &cache_key)] {
+        let k = ok(nix(&xdg, "nix").args(["key", "generate-secret", "--key-name", name]));
+        std::fs::write(file, k).unwrap();
+    }
+    let sk: SigningKey = std::fs::read_to_string(&cache_key)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // A store of its own, whose paths get the stored-1 signature.
+    let store = d.join("store").to_str().unwrap().to_owned();
+    let mut paths = vec![f.ca.clone(), f.top.clone()];
+    paths.extend(f.roots.iter().cloned());
+    ok(nix(&xdg, "nix")
+        .args([
+            "copy",
+            "--no-check-sigs",
+            "--store",
+            &f.store,
+            "--to",
+            &store,
+        ])
+        .args(&paths));
+    ok(nix(&xdg, "nix")
+        .args(["store", "sign", "-r", "--store", &store, "--key-file"])
+        .arg(&stored_key)
+        .args(&paths));
+    let signed = d.join("signed");
+    ok(nix(&xdg, "nix")
+        .args(["copy", "--store", &store, "--to"])
+        .arg(format!(
+            "file://{}?compression=none&secret-key={}",
+            signed.display(),
+            cache_key.display()
+        ))
+        .args(&paths));
+
+    let server = Server::start(CacheConfig {
+        sign_keys: vec![sk],
+        ..CacheConfig::default()
+    })
+    .await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        ok(nix(&xdg, "nix")
+            .args(["copy", "--store", &store, "--to"])
+            .arg(format!("{url}?compression=none"))
+            .args(&paths));
+        let without_url = |text: &str| -> String {
+            text.lines()
+                .map(|l| if l.starts_with("URL: ") { "URL: -" } else { l })
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        paths.push(f.dep.clone());
+        for p in &paths {
+            let h = hash_part(p);
+            let nix_text = std::fs::read_to_string(signed.join(format!("{h}.narinfo"))).unwrap();
+            // Both signatures, so that their order is checked too.
+            assert_eq!(
+                nix_text.lines().filter(|l| l.starts_with("Sig: ")).count(),
+                2,
+                "{nix_text}"
+            );
+            let (code, ours) = curl(&[&format!("{url}/{h}.narinfo")]);
+            assert_eq!(code, 200, "{p}");
+            let ours = String::from_utf8(ours).unwrap();
+            assert_eq!(without_url(&ours), without_url(&nix_text), "{p}");
+            assert!(ours.ends_with('\n') && nix_text.ends_with('\n'));
+        }
+    })
+    .await
+    .unwrap();
     server.stop().await;
 }
