@@ -79,21 +79,56 @@ impl ChunkLoc {
     }
 }
 
+/// Chunks per segment of a blob's chunk list (about 64 MiB of blob): a writer
+/// holds one segment, a reader one or two, whatever the blob's size.
+#[cfg(not(test))]
+pub(crate) const SEG_CHUNKS: usize = 1024;
+/// Unit tests use short segments, so that blobs of a few MiB have many.
+#[cfg(test)]
+pub(crate) const SEG_CHUNKS: usize = 4;
+/// Bytes per chunk in a segment's encoding: digest, then location.
+pub(crate) const SEG_ENTRY_LEN: usize = 32 + LOC_LEN;
+/// Largest segment encoding.
+pub(crate) const MAX_SEGMENT: usize = SEG_CHUNKS * SEG_ENTRY_LEN;
+
+/// One segment of a blob's chunk list: a run of up to [`SEG_CHUNKS`] chunks whose
+/// (digest, location) list is stored as an object in the packs, under the BLAKE3
+/// digest of its encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegRef {
+    /// BLAKE3 of the segment's encoding.
+    pub digest: [u8; 32],
+    /// Where the encoding is stored.
+    pub loc: ChunkLoc,
+    /// Chunks in the segment.
+    pub chunks: u32,
+    /// Blob bytes the segment's chunks hold.
+    pub bytes: u64,
+}
+
+const SEG_REF_LEN: usize = 32 + LOC_LEN + 4 + 8;
+
 /// A blob's entry in the `blobs` table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum BlobEntry {
     /// The blob is exactly one chunk, stored under the blob's own digest.
     Single,
-    /// The blob is these chunks, in order.
+    /// The blob is these chunks, in order (the format before segments: still
+    /// read, no longer written).
     Chunked(Vec<([u8; 32], u64)>),
+    /// The blob's chunks are those of these segments, in order.
+    Segmented(Vec<SegRef>),
 }
 
 const TAG_SINGLE: u8 = 0;
 const TAG_CHUNKED: u8 = 1;
+const TAG_SEGMENTED: u8 = 2;
 const CHUNK_REF_LEN: usize = 32 + 8;
 
 impl BlobEntry {
-    /// `0` for a single-chunk blob; `1` followed by (digest, u64-LE size) per chunk.
+    /// `0` for a single-chunk blob; `1` followed by (digest, u64-LE size) per
+    /// chunk; `2` followed by (segment digest, segment location, chunk count u32,
+    /// byte count u64) per segment.
     pub fn encode(&self) -> Vec<u8> {
         match self {
             BlobEntry::Single => vec![TAG_SINGLE],
@@ -103,6 +138,17 @@ impl BlobEntry {
                 for (d, s) in list {
                     out.extend_from_slice(d);
                     out.extend_from_slice(&s.to_le_bytes());
+                }
+                out
+            }
+            BlobEntry::Segmented(segs) => {
+                let mut out = Vec::with_capacity(1 + segs.len() * SEG_REF_LEN);
+                out.push(TAG_SEGMENTED);
+                for s in segs {
+                    out.extend_from_slice(&s.digest);
+                    out.extend_from_slice(&s.loc.encode());
+                    out.extend_from_slice(&s.chunks.to_le_bytes());
+                    out.extend_from_slice(&s.bytes.to_le_bytes());
                 }
                 out
             }
@@ -135,10 +181,99 @@ impl BlobEntry {
                 }
                 Ok(BlobEntry::Chunked(list))
             }
+            Some((&TAG_SEGMENTED, rest)) => {
+                if rest.len() % SEG_REF_LEN != 0 || rest.is_empty() {
+                    return Err(EmbeddedError::Corrupt(format!(
+                        "segment list of {} bytes is not whole {SEG_REF_LEN}-byte entries",
+                        rest.len()
+                    )));
+                }
+                let mut segs = Vec::with_capacity(rest.len() / SEG_REF_LEN);
+                let mut chunks = 0u64;
+                for (i, e) in rest.chunks_exact(SEG_REF_LEN).enumerate() {
+                    let mut digest = [0u8; 32];
+                    digest.copy_from_slice(&e[..32]);
+                    let loc = ChunkLoc::decode(&e[32..32 + LOC_LEN], MAX_SEGMENT)?;
+                    let n = &e[32 + LOC_LEN..];
+                    let count = u32::from_le_bytes([n[0], n[1], n[2], n[3]]);
+                    let mut s = [0u8; 8];
+                    s.copy_from_slice(&n[4..]);
+                    let bytes = u64::from_le_bytes(s);
+                    if count == 0
+                        || count as usize > SEG_CHUNKS
+                        || loc.raw_len as usize != count as usize * SEG_ENTRY_LEN
+                        || bytes < u64::from(count)
+                        || bytes > u64::from(count) * MAX_CHUNK as u64
+                    {
+                        return Err(EmbeddedError::Corrupt(format!(
+                            "segment {i} of {count} chunks, {bytes} bytes, stored as {} bytes",
+                            loc.raw_len
+                        )));
+                    }
+                    chunks += u64::from(count);
+                    segs.push(SegRef {
+                        digest,
+                        loc,
+                        chunks: count,
+                        bytes,
+                    });
+                }
+                if chunks < 2 {
+                    return Err(EmbeddedError::Corrupt(
+                        "segmented blob of fewer than two chunks".into(),
+                    ));
+                }
+                Ok(BlobEntry::Segmented(segs))
+            }
             Some((t, _)) => Err(EmbeddedError::Corrupt(format!("blob entry tag {t}"))),
             None => Err(EmbeddedError::Corrupt("empty blob entry".into())),
         }
     }
+}
+
+/// A segment's encoding: (chunk digest, location) per chunk, [`SEG_ENTRY_LEN`]
+/// bytes each.
+pub(crate) fn encode_segment(chunks: &[([u8; 32], ChunkLoc)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.len() * SEG_ENTRY_LEN);
+    for (d, loc) in chunks {
+        out.extend_from_slice(d);
+        out.extend_from_slice(&loc.encode());
+    }
+    out
+}
+
+/// Decodes a segment that its reference says holds `seg.chunks` chunks of
+/// `seg.bytes` bytes in all.
+pub(crate) fn decode_segment(
+    b: &[u8],
+    seg: &SegRef,
+) -> Result<Vec<([u8; 32], ChunkLoc)>, EmbeddedError> {
+    if b.len() != seg.chunks as usize * SEG_ENTRY_LEN {
+        return Err(EmbeddedError::Corrupt(format!(
+            "segment of {} bytes, want {} chunks",
+            b.len(),
+            seg.chunks
+        )));
+    }
+    let mut out = Vec::with_capacity(seg.chunks as usize);
+    let mut total = 0u64;
+    for e in b.chunks_exact(SEG_ENTRY_LEN) {
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&e[..32]);
+        let loc = ChunkLoc::decode(&e[32..], MAX_CHUNK)?;
+        if loc.raw_len == 0 {
+            return Err(EmbeddedError::Corrupt("empty chunk in a segment".into()));
+        }
+        total += u64::from(loc.raw_len);
+        out.push((d, loc));
+    }
+    if total != seg.bytes {
+        return Err(EmbeddedError::Corrupt(format!(
+            "segment chunks hold {total} bytes, its reference says {}",
+            seg.bytes
+        )));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -187,6 +322,56 @@ mod tests {
         assert!(
             BlobEntry::decode(&one.encode()).is_err(),
             "a chunk list needs two entries"
+        );
+    }
+
+    fn loc(raw_len: u32) -> ChunkLoc {
+        ChunkLoc {
+            pack: 1,
+            offset: 99,
+            stored_len: raw_len,
+            raw_len,
+            compressed: false,
+        }
+    }
+
+    #[test]
+    fn segments_roundtrip_and_reject() {
+        let chunks = vec![([3; 32], loc(100)), ([4; 32], loc(7))];
+        let enc = encode_segment(&chunks);
+        let seg = SegRef {
+            digest: *blake3::hash(&enc).as_bytes(),
+            loc: loc(enc.len() as u32),
+            chunks: 2,
+            bytes: 107,
+        };
+        assert_eq!(decode_segment(&enc, &seg).unwrap(), chunks);
+        assert!(decode_segment(&enc[..60], &seg).is_err(), "truncated");
+        let wrong_bytes = SegRef { bytes: 108, ..seg };
+        assert!(decode_segment(&enc, &wrong_bytes).is_err());
+        let e = BlobEntry::Segmented(vec![seg, seg]);
+        assert_eq!(BlobEntry::decode(&e.encode()).unwrap(), e);
+        assert!(BlobEntry::decode(&e.encode()[..70]).is_err());
+        assert!(BlobEntry::decode(&[2]).is_err(), "no segment");
+        let one_chunk = SegRef {
+            chunks: 1,
+            bytes: 100,
+            loc: loc(SEG_ENTRY_LEN as u32),
+            ..seg
+        };
+        assert!(
+            BlobEntry::decode(&BlobEntry::Segmented(vec![one_chunk]).encode()).is_err(),
+            "a segmented blob has two chunks or more"
+        );
+        let too_many = SegRef {
+            chunks: SEG_CHUNKS as u32 + 1,
+            loc: loc((SEG_CHUNKS as u32 + 1) * SEG_ENTRY_LEN as u32),
+            ..seg
+        };
+        assert!(BlobEntry::decode(&BlobEntry::Segmented(vec![too_many]).encode()).is_err());
+        let count_mismatch = SegRef { chunks: 3, ..seg };
+        assert!(
+            BlobEntry::decode(&BlobEntry::Segmented(vec![count_mismatch, seg]).encode()).is_err()
         );
     }
 }

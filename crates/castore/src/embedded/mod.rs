@@ -4,7 +4,9 @@
 //! Layout of a data directory:
 //! - `index.redb`: tables `chunks` (digest -> pack location, see [`format`]) of
 //!   every visible chunk: a blob of one chunk, or a chunk of a committed blob;
-//!   `blobs` (blob digest -> ordered chunk list) for blobs of several chunks;
+//!   `blobs` (blob digest -> list of segments) for blobs of several chunks,
+//!   a segment being up to 1024 chunks' (digest, location) stored in the packs;
+//!   `segments` (segment digest -> pack location) for reuse;
 //!   `staged` (digest -> pack location) for chunks of blobs still being written;
 //!   `directories` (digest -> pack location of the zstd-compressed canonical
 //!   encoding); `packs` (pack id -> committed length). A small file or a directory
@@ -42,7 +44,7 @@ use std::thread::JoinHandle;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY};
+use format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, SegRef};
 use pack::Packs;
 
 pub use reader::EmbeddedBlobReader;
@@ -51,6 +53,7 @@ pub use writer::EmbeddedBlobWriter;
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const STAGED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("staged");
+const SEGMENTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("segments");
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 
@@ -66,11 +69,14 @@ const INDEX_CACHE: usize = 64 << 20;
 pub type ChunkList = Vec<([u8; 32], u64)>;
 
 /// Where a blob's bytes are.
-enum Layout {
+pub(crate) enum Layout {
     /// One chunk, stored under the blob's digest.
     Single(ChunkLoc),
-    /// Several chunks, each in `chunks` under its own digest.
+    /// Several chunks, each in `chunks` under its own digest (the format before
+    /// segments).
     Chunked(ChunkList),
+    /// Several chunks, listed with their locations by these segments.
+    Segmented(Vec<SegRef>),
 }
 
 /// Errors of the embedded store.
@@ -184,6 +190,7 @@ impl EmbeddedStore {
         txn.open_table(CHUNKS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(STAGED).map_err(db_err)?;
+        txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(DIRECTORIES).map_err(db_err)?;
         let committed = {
             let t = txn.open_table(PACKS).map_err(db_err)?;
@@ -298,6 +305,7 @@ impl EmbeddedStore {
             None => Ok(None),
             Some(v) => match BlobEntry::decode(v.value())? {
                 BlobEntry::Chunked(list) => Ok(Some(Layout::Chunked(list))),
+                BlobEntry::Segmented(segs) => Ok(Some(Layout::Segmented(segs))),
                 BlobEntry::Single => Err(EmbeddedError::Corrupt(format!(
                     "blob {} has no chunk",
                     hex(digest)
@@ -323,11 +331,23 @@ impl EmbeddedStore {
     }
 
     /// The ordered (digest, size) chunks of blob `digest`: `None` if absent, empty
-    /// if the blob is stored as a single chunk.
+    /// if the blob is stored as a single chunk. Reads every segment of the blob:
+    /// the list is as long as the blob (40 bytes per 64 KiB).
     pub fn blob_chunks(&self, digest: &[u8; 32]) -> Result<Option<ChunkList>, EmbeddedError> {
-        Ok(self.blob_layout(digest)?.map(|l| match l {
+        let Some(layout) = self.blob_layout(digest)? else {
+            return Ok(None);
+        };
+        Ok(Some(match layout {
             Layout::Single(_) => Vec::new(),
             Layout::Chunked(list) => list,
+            Layout::Segmented(segs) => {
+                let mut list = Vec::new();
+                for s in &segs {
+                    let chunks = read_segment(&self.inner.packs, s)?;
+                    list.extend(chunks.iter().map(|(d, l)| (*d, u64::from(l.raw_len))));
+                }
+                list
+            }
         }))
     }
 
@@ -336,6 +356,7 @@ impl EmbeddedStore {
         Ok(self.blob_layout(digest)?.map(|l| match l {
             Layout::Single(loc) => u64::from(loc.raw_len),
             Layout::Chunked(list) => list.iter().map(|c| c.1).sum(),
+            Layout::Segmented(segs) => segs.iter().map(|s| s.bytes).sum(),
         }))
     }
 
@@ -344,14 +365,9 @@ impl EmbeddedStore {
         &self,
         digest: &[u8; 32],
     ) -> Result<Option<EmbeddedBlobReader>, EmbeddedError> {
-        Ok(self.blob_layout(digest)?.map(|l| match l {
-            Layout::Single(loc) => EmbeddedBlobReader::new(
-                self.clone(),
-                vec![(*digest, u64::from(loc.raw_len))],
-                Some(loc),
-            ),
-            Layout::Chunked(list) => EmbeddedBlobReader::new(self.clone(), list, None),
-        }))
+        Ok(self
+            .blob_layout(digest)?
+            .map(|l| EmbeddedBlobReader::new(self.clone(), *digest, l)))
     }
 
     /// Reads chunk `digest` of `size` bytes stored at `loc` into `dst` (exactly
@@ -387,9 +403,6 @@ impl EmbeddedStore {
         Ok(out)
     }
 
-    /// Reads the object at `loc` into `dst` (exactly `loc.raw_len` bytes long):
-    /// raw bytes straight from the pack, compressed ones through a per-thread
-    /// buffer; then checks that `dst` hashes to `digest`.
     fn read_verified_into(
         &self,
         loc: &ChunkLoc,
@@ -397,63 +410,36 @@ impl EmbeddedStore {
         what: &str,
         dst: &mut [u8],
     ) -> Result<(), EmbeddedError> {
-        if dst.len() != loc.raw_len as usize {
-            return Err(EmbeddedError::Corrupt(format!(
-                "{what} {} of {} bytes read into a buffer of {}",
-                hex(digest),
-                loc.raw_len,
-                dst.len()
-            )));
-        }
-        if loc.compressed {
-            PACK_BUF.with(|cell| {
-                let mut stored = cell.borrow_mut();
-                self.inner.packs.read_into(
-                    loc.pack,
-                    loc.offset,
-                    loc.stored_len as usize,
-                    &mut stored,
-                )?;
-                let n = decode_into(&stored, dst).map_err(|e| {
-                    EmbeddedError::Corrupt(format!(
-                        "{what} {} does not decompress: {e}",
-                        hex(digest)
-                    ))
-                })?;
-                if stored.capacity() > 2 * MAX_CHUNK {
-                    // A large Directory's buffer is not kept for the thread's life.
-                    *stored = Vec::new();
-                }
-                if n != dst.len() {
-                    return Err(EmbeddedError::Corrupt(format!(
-                        "{what} {} decompresses to {n} bytes, not {}",
-                        hex(digest),
-                        dst.len()
-                    )));
-                }
-                Ok(())
-            })?;
-        } else {
-            self.inner.packs.read_exact(loc.pack, loc.offset, dst)?;
-        }
-        if blake3::hash(dst).as_bytes() != digest {
-            return Err(EmbeddedError::Corrupt(format!(
-                "{what} {} does not hash to its digest",
-                hex(digest)
-            )));
-        }
-        Ok(())
+        read_object_into(&self.inner.packs, loc, digest, what, dst)
     }
 
-    /// Which of `digests` are already stored or staged (for dedup on write).
-    pub(crate) fn chunks_present(&self, digests: &[[u8; 32]]) -> Result<Vec<bool>, EmbeddedError> {
+    /// Where chunk `digest` is stored, if it is stored or staged (for dedup on
+    /// write).
+    pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(CHUNKS).map_err(db_err)?;
+        if let Some(v) = t.get(digest).map_err(db_err)? {
+            return ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some);
+        }
         let s = r.open_table(STAGED).map_err(db_err)?;
-        digests
-            .iter()
-            .map(|d| Ok(t.get(d).map_err(db_err)?.is_some() || s.get(d).map_err(db_err)?.is_some()))
-            .collect()
+        match s.get(digest).map_err(db_err)? {
+            Some(v) => ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where the segment `digest` of a committed blob is stored, if any (a blob
+    /// written again reuses its segments as it reuses its chunks).
+    pub(crate) fn find_segment(
+        &self,
+        digest: &[u8; 32],
+    ) -> Result<Option<ChunkLoc>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(SEGMENTS).map_err(db_err)?;
+        match t.get(digest).map_err(db_err)? {
+            Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The encoded Directory stored under `digest`, if any, verified to hash to it.
@@ -674,6 +660,68 @@ pub(crate) fn store_object(packs: &Packs, data: &[u8]) -> Result<ChunkLoc, Embed
     append_encoded(packs, data, z.as_deref())
 }
 
+/// Reads the object at `loc` into `dst` (exactly `loc.raw_len` bytes long):
+/// raw bytes straight from the pack, compressed ones through a per-thread
+/// buffer; then checks that `dst` hashes to `digest`.
+pub(crate) fn read_object_into(
+    packs: &Packs,
+    loc: &ChunkLoc,
+    digest: &[u8; 32],
+    what: &str,
+    dst: &mut [u8],
+) -> Result<(), EmbeddedError> {
+    if dst.len() != loc.raw_len as usize {
+        return Err(EmbeddedError::Corrupt(format!(
+            "{what} {} of {} bytes read into a buffer of {}",
+            hex(digest),
+            loc.raw_len,
+            dst.len()
+        )));
+    }
+    if loc.compressed {
+        PACK_BUF.with(|cell| {
+            let mut stored = cell.borrow_mut();
+            packs.read_into(loc.pack, loc.offset, loc.stored_len as usize, &mut stored)?;
+            let n = decode_into(&stored, dst).map_err(|e| {
+                EmbeddedError::Corrupt(format!("{what} {} does not decompress: {e}", hex(digest)))
+            })?;
+            if stored.capacity() > 2 * MAX_CHUNK {
+                // A large Directory's buffer is not kept for the thread's life.
+                *stored = Vec::new();
+            }
+            if n != dst.len() {
+                return Err(EmbeddedError::Corrupt(format!(
+                    "{what} {} decompresses to {n} bytes, not {}",
+                    hex(digest),
+                    dst.len()
+                )));
+            }
+            Ok(())
+        })?;
+    } else {
+        packs.read_exact(loc.pack, loc.offset, dst)?;
+    }
+    if blake3::hash(dst).as_bytes() != digest {
+        return Err(EmbeddedError::Corrupt(format!(
+            "{what} {} does not hash to its digest",
+            hex(digest)
+        )));
+    }
+    Ok(())
+}
+
+/// The (digest, location) chunks of segment `seg`, read from the packs and
+/// verified against its digest.
+pub(crate) fn read_segment(
+    packs: &Packs,
+    seg: &SegRef,
+) -> Result<Vec<([u8; 32], ChunkLoc)>, EmbeddedError> {
+    // raw_len was bounded by MAX_SEGMENT when the reference was decoded.
+    let mut buf = vec![0u8; seg.loc.raw_len as usize];
+    read_object_into(packs, &seg.loc, &seg.digest, "segment", &mut buf)?;
+    format::decode_segment(&buf, seg)
+}
+
 pub(crate) fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -709,7 +757,12 @@ fn commit_batch(
     let durable = batch.iter().any(|(r, _)| r.durable);
     let mut pack_ends: HashMap<u32, u64> = HashMap::new();
     for (r, _) in batch {
-        for (_, loc) in r.chunks.iter().chain(&r.staged).chain(&r.directories) {
+        let segs = r.blobs.iter().flat_map(|(_, e)| match e {
+            BlobEntry::Segmented(segs) => &segs[..],
+            _ => &[],
+        });
+        let locs = r.chunks.iter().chain(&r.staged).chain(&r.directories);
+        for loc in locs.map(|(_, l)| l).chain(segs.map(|s| &s.loc)) {
             let end = loc.offset + u64::from(loc.stored_len);
             let e = pack_ends.entry(loc.pack).or_insert(0);
             *e = (*e).max(end);
@@ -737,6 +790,7 @@ fn commit_batch(
             }
         }
         let mut staged = txn.open_table(STAGED).map_err(db_err)?;
+        let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
         for (r, _) in batch {
             for (d, loc) in &r.staged {
                 if chunks.get(d).map_err(db_err)?.is_none()
@@ -753,33 +807,33 @@ fn commit_batch(
                 staged.remove(d).map_err(db_err)?;
             }
             for (d, entry) in &r.blobs {
-                // The chunks that must be visible for this blob (not collected: a
-                // 4 GiB blob has 65536).
-                let single = [(*d, 0)];
-                let needed = match entry {
-                    BlobEntry::Single => &single[..],
-                    BlobEntry::Chunked(list) => &list[..],
-                };
-                for (c, _) in needed {
-                    if chunks.get(c).map_err(db_err)?.is_some() {
-                        continue;
-                    }
-                    // Staged by this writer's earlier batches, or by another writer.
-                    let loc = staged
-                        .remove(c)
-                        .map_err(db_err)?
-                        .map(|v| v.value().to_vec());
-                    let loc = loc.ok_or_else(|| {
-                        EmbeddedError::Corrupt(format!(
-                            "chunk {} of blob {} is neither stored nor staged",
-                            hex(c),
-                            hex(d)
-                        ))
-                    })?;
-                    chunks.insert(c, &loc[..]).map_err(db_err)?;
+                if blobs.get(d).map_err(db_err)?.is_some() {
+                    // Stored by another writer already, chunks and all.
+                    continue;
                 }
-                if matches!(entry, BlobEntry::Chunked(_)) && blobs.get(d).map_err(db_err)?.is_none()
-                {
+                // The chunks that must be visible for this blob, one segment (or
+                // the one chunk) at a time: a 4 GiB blob has 65536.
+                match entry {
+                    BlobEntry::Single => publish(&mut chunks, &mut staged, d, d)?,
+                    BlobEntry::Chunked(list) => {
+                        for (c, _) in list {
+                            publish(&mut chunks, &mut staged, c, d)?;
+                        }
+                    }
+                    BlobEntry::Segmented(segs) => {
+                        for s in segs {
+                            for (c, _) in read_segment(packs, s)? {
+                                publish(&mut chunks, &mut staged, &c, d)?;
+                            }
+                            if segments.get(&s.digest).map_err(db_err)?.is_none() {
+                                segments
+                                    .insert(&s.digest, &s.loc.encode()[..])
+                                    .map_err(db_err)?;
+                            }
+                        }
+                    }
+                }
+                if !matches!(entry, BlobEntry::Single) {
                     blobs.insert(d, &entry.encode()[..]).map_err(db_err)?;
                 }
             }
@@ -794,6 +848,34 @@ fn commit_batch(
     if durable {
         unsynced.clear();
     }
+    Ok(())
+}
+
+/// Makes chunk `c` of blob `blob` visible: moves its entry from `staged` to
+/// `chunks` unless it is there already.
+fn publish(
+    chunks: &mut redb::Table<&[u8; 32], &[u8]>,
+    staged: &mut redb::Table<&[u8; 32], &[u8]>,
+    c: &[u8; 32],
+    blob: &[u8; 32],
+) -> Result<(), EmbeddedError> {
+    if chunks.get(c).map_err(db_err)?.is_some() {
+        return Ok(());
+    }
+    // Staged by this writer's earlier batches, or by another writer: either way
+    // its pack bytes were appended and are synced by this commit.
+    let loc = staged
+        .remove(c)
+        .map_err(db_err)?
+        .map(|v| v.value().to_vec());
+    let loc = loc.ok_or_else(|| {
+        EmbeddedError::Corrupt(format!(
+            "chunk {} of blob {} is neither stored nor staged",
+            hex(c),
+            hex(blob)
+        ))
+    })?;
+    chunks.insert(c, &loc[..]).map_err(db_err)?;
     Ok(())
 }
 

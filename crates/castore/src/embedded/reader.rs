@@ -6,6 +6,12 @@
 //! handed out from a batch whose chunks all verified; a single-chunk blob's chunk
 //! digest is the blob's digest, so it is verified whole.
 //!
+//! A blob's chunk list comes in segments of up to 1024 chunks with their pack
+//! locations (see `format`), read (and verified) from the packs when the read
+//! position or the read-ahead reaches them: a reader holds at most two, and reads
+//! no chunk entry from the redb index (whose page cache would otherwise keep a
+//! share of every large blob read).
+//!
 //! Memory: a consumed batch's buffer goes back to the reader and is reused for a
 //! later batch, so a reader holds at most `WINDOW + 1` buffers of
 //! [`BATCH_CAP`] bytes whatever the blob's size, and a finished reader leaves
@@ -25,8 +31,8 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::task::JoinHandle;
 
-use super::format::{ChunkLoc, MAX_CHUNK};
-use super::{EmbeddedError, EmbeddedStore};
+use super::format::{ChunkLoc, MAX_CHUNK, SegRef};
+use super::{EmbeddedError, EmbeddedStore, Layout, read_segment};
 
 /// Bytes of chunks decoded by one blocking task (the first batch of a run is one
 /// chunk, so the first bytes come early).
@@ -41,6 +47,9 @@ const POOL_MAX: usize = 2 * (WINDOW + 1);
 /// A single-chunk blob this small is read inline rather than on a blocking thread:
 /// a pread of a few KiB costs less than the hand-off.
 const INLINE_MAX: u64 = 16 * 1024;
+/// Segments a reader keeps loaded: the one at the read position and the next,
+/// which the read-ahead reaches first.
+const SEGS_LOADED: usize = 2;
 
 /// Corruption becomes `InvalidData`, so callers can tell it from I/O trouble.
 fn to_io(e: EmbeddedError) -> io::Error {
@@ -50,10 +59,59 @@ fn to_io(e: EmbeddedError) -> io::Error {
     }
 }
 
+/// One chunk of the blob.
+#[derive(Clone, Copy)]
+struct Chunk {
+    digest: [u8; 32],
+    size: u64,
+    /// Where it is stored; `None` in a chunk list of the format before segments.
+    loc: Option<ChunkLoc>,
+}
+
+/// A run of the blob's chunks held in memory: a loaded segment, or the whole
+/// chunk list of a blob stored without segments.
+struct Seg {
+    /// Blob index of the first chunk.
+    first: usize,
+    chunks: Vec<Chunk>,
+    /// Blob offset of each chunk's first byte, and of the run's end last.
+    starts: Vec<u64>,
+}
+
+impl Seg {
+    fn new(first: usize, start: u64, chunks: Vec<Chunk>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len() + 1);
+        let mut at = start;
+        for c in &chunks {
+            starts.push(at);
+            at += c.size;
+        }
+        starts.push(at);
+        Seg {
+            first,
+            chunks,
+            starts,
+        }
+    }
+}
+
+/// Where a run of chunks starts in the blob, and how to load it.
+struct Span {
+    /// Blob index of its first chunk.
+    first: usize,
+    /// Blob offset of its first byte.
+    start: u64,
+    /// The segment to read; `None` for a run held from the start.
+    seg: Option<SegRef>,
+}
+
 /// Verified bytes of consecutive chunks.
 struct Batch {
-    /// The chunks, by index in the blob's chunk list.
+    /// The chunks, by index in the blob.
     chunks: Range<usize>,
+    /// Blob offsets of the first byte and of the end.
+    start: u64,
+    end: u64,
     /// Their bytes back to back from the start; may be longer (a reused buffer).
     data: Vec<u8>,
 }
@@ -63,12 +121,16 @@ type Fetch = JoinHandle<Result<Batch, EmbeddedError>>;
 /// Reads one blob from an [`EmbeddedStore`]; see the module doc.
 pub struct EmbeddedBlobReader {
     store: EmbeddedStore,
-    /// (digest, size) per chunk.
-    chunks: Arc<Vec<([u8; 32], u64)>>,
-    /// Location of the only chunk of a single-chunk blob (known from opening it).
-    single: Option<ChunkLoc>,
-    /// Offset of each chunk's first byte, and the blob's size last.
-    starts: Vec<u64>,
+    /// The blob's runs of chunks, in order.
+    spans: Vec<Span>,
+    /// Chunks in the blob.
+    count: usize,
+    /// The blob's size.
+    size: u64,
+    /// Runs in memory, most recently loaded last.
+    loaded: Vec<Arc<Seg>>,
+    /// A single-chunk blob small enough to read inline.
+    inline: bool,
     pos: u64,
     /// The batch holding the last bytes handed out.
     current: Option<Batch>,
@@ -81,23 +143,58 @@ pub struct EmbeddedBlobReader {
 }
 
 impl EmbeddedBlobReader {
-    pub(crate) fn new(
-        store: EmbeddedStore,
-        chunks: Vec<([u8; 32], u64)>,
-        single: Option<ChunkLoc>,
-    ) -> Self {
-        let mut starts = Vec::with_capacity(chunks.len() + 1);
-        let mut total = 0u64;
-        for (_, s) in &chunks {
-            starts.push(total);
-            total += s;
-        }
-        starts.push(total);
+    pub(crate) fn new(store: EmbeddedStore, digest: [u8; 32], layout: Layout) -> Self {
+        let whole = |chunks: Vec<Chunk>| {
+            let seg = Seg::new(0, 0, chunks);
+            let (count, size) = (seg.chunks.len(), seg.starts.last().copied().unwrap_or(0));
+            let span = Span {
+                first: 0,
+                start: 0,
+                seg: None,
+            };
+            (vec![span], count, size, vec![Arc::new(seg)])
+        };
+        let mut inline = false;
+        let (spans, count, size, loaded) = match layout {
+            Layout::Single(loc) => {
+                inline = u64::from(loc.raw_len) <= INLINE_MAX;
+                whole(vec![Chunk {
+                    digest,
+                    size: u64::from(loc.raw_len),
+                    loc: Some(loc),
+                }])
+            }
+            Layout::Chunked(list) => whole(
+                list.into_iter()
+                    .map(|(digest, size)| Chunk {
+                        digest,
+                        size,
+                        loc: None,
+                    })
+                    .collect(),
+            ),
+            Layout::Segmented(segs) => {
+                let (mut first, mut start) = (0usize, 0u64);
+                let mut spans = Vec::with_capacity(segs.len());
+                for s in segs {
+                    spans.push(Span {
+                        first,
+                        start,
+                        seg: Some(s),
+                    });
+                    first += s.chunks as usize;
+                    start += s.bytes;
+                }
+                (spans, first, start, Vec::new())
+            }
+        };
         EmbeddedBlobReader {
             store,
-            chunks: Arc::new(chunks),
-            single,
-            starts,
+            spans,
+            count,
+            size,
+            loaded,
+            inline,
             pos: 0,
             current: None,
             inflight: VecDeque::new(),
@@ -108,7 +205,7 @@ impl EmbeddedBlobReader {
 
     /// The blob's size.
     pub fn len(&self) -> u64 {
-        self.starts.last().copied().unwrap_or(0)
+        self.size
     }
 
     /// Whether the blob is empty.
@@ -116,36 +213,83 @@ impl EmbeddedBlobReader {
         self.len() == 0
     }
 
-    /// Starts decoding the batch beginning at chunk `self.next`.
-    fn spawn_batch(&mut self) {
+    /// The run holding span `i`, loaded from the packs if it is not in memory.
+    fn load(&mut self, i: usize) -> io::Result<Arc<Seg>> {
+        let span = &self.spans[i];
+        if let Some(s) = self.loaded.iter().find(|s| s.first == span.first) {
+            return Ok(s.clone());
+        }
+        let Some(seg) = span.seg else {
+            return Err(io::Error::other("chunk run not in memory"));
+        };
+        // A segment is at most 53 KiB: read on the caller's thread, once per
+        // 1024 chunks.
+        let chunks = read_segment(&self.store.inner.packs, &seg).map_err(to_io)?;
+        let chunks = chunks
+            .into_iter()
+            .map(|(digest, loc)| Chunk {
+                digest,
+                size: u64::from(loc.raw_len),
+                loc: Some(loc),
+            })
+            .collect();
+        let s = Arc::new(Seg::new(span.first, span.start, chunks));
+        if self.loaded.len() >= SEGS_LOADED {
+            self.loaded.remove(0);
+        }
+        self.loaded.push(s.clone());
+        Ok(s)
+    }
+
+    /// The run holding chunk `idx`.
+    fn seg_of_chunk(&mut self, idx: usize) -> io::Result<Arc<Seg>> {
+        let i = self
+            .spans
+            .partition_point(|s| s.first <= idx)
+            .saturating_sub(1);
+        self.load(i)
+    }
+
+    /// The index of the chunk holding blob offset `pos` (below the blob's size).
+    fn chunk_at(&mut self, pos: u64) -> io::Result<usize> {
+        let i = self
+            .spans
+            .partition_point(|s| s.start <= pos)
+            .saturating_sub(1);
+        let seg = self.load(i)?;
+        // The last chunk starting at or before pos.
+        Ok(seg.first + seg.starts.partition_point(|&s| s <= pos).saturating_sub(1))
+    }
+
+    /// Starts decoding the batch beginning at chunk `self.next` (it stays within
+    /// one run).
+    fn spawn_batch(&mut self) -> io::Result<()> {
         let first = self.next;
-        let mut end = first + 1;
+        let seg = self.seg_of_chunk(first)?;
+        let lo = first - seg.first;
+        let mut hi = lo + 1;
         if !self.inflight.is_empty() {
-            let mut bytes = self.chunks[first].1;
-            while end < self.chunks.len() && bytes < BATCH_BYTES {
-                bytes += self.chunks[end].1;
-                end += 1;
+            let mut bytes = seg.chunks[lo].size;
+            while hi < seg.chunks.len() && bytes < BATCH_BYTES {
+                bytes += seg.chunks[hi].size;
+                hi += 1;
             }
         }
+        let end = seg.first + hi;
         self.next = end;
-        let (store, chunks, single) = (self.store.clone(), self.chunks.clone(), self.single);
+        let store = self.store.clone();
         let buf = self.take_buf();
         let h = tokio::task::spawn_blocking(move || {
-            let wanted = &chunks[first..end];
-            let locs = match single {
-                Some(loc) => vec![loc],
-                None => {
-                    let digests: Vec<[u8; 32]> = wanted.iter().map(|c| c.0).collect();
-                    store.chunk_locs(&digests)?
-                }
-            };
-            let data = decode_batch(&store, wanted, &locs, buf)?;
+            let data = decode_batch(&store, &seg.chunks[lo..hi], buf)?;
             Ok(Batch {
                 chunks: first..end,
+                start: seg.starts[lo],
+                end: seg.starts[hi],
                 data,
             })
         });
         self.inflight.push_back((first..end, h));
+        Ok(())
     }
 
     /// Forgets everything being decoded and restarts at chunk `idx`.
@@ -160,15 +304,17 @@ impl EmbeddedBlobReader {
         if matches!(&self.current, Some(b) if b.chunks.contains(&idx)) {
             return Poll::Ready(Ok(()));
         }
-        if let (Some(loc), true) = (self.single, self.chunks[idx].1 <= INLINE_MAX) {
+        if self.inline {
             let buf = match self.current.take() {
                 Some(b) => b.data,
                 None => self.take_buf(),
             };
-            let data =
-                decode_batch(&self.store, &self.chunks[idx..=idx], &[loc], buf).map_err(to_io)?;
+            let seg = self.seg_of_chunk(idx)?;
+            let data = decode_batch(&self.store, &seg.chunks[..], buf).map_err(to_io)?;
             self.current = Some(Batch {
-                chunks: idx..idx + 1,
+                chunks: 0..1,
+                start: 0,
+                end: self.size,
                 data,
             });
             return Poll::Ready(Ok(()));
@@ -182,8 +328,8 @@ impl EmbeddedBlobReader {
             {
                 self.restart(idx);
             }
-            while self.inflight.len() < WINDOW && self.next < self.chunks.len() {
-                self.spawn_batch();
+            while self.inflight.len() < WINDOW && self.next < self.count {
+                self.spawn_batch()?;
             }
             let Some((_, h)) = self.inflight.front_mut() else {
                 return Poll::Ready(Err(io::Error::other("no chunk to read")));
@@ -240,25 +386,31 @@ impl Drop for EmbeddedBlobReader {
     }
 }
 
-/// Reads, decompresses and verifies chunks `wanted` stored at `locs` back to back
-/// into `buf`, grown if needed (a full-size buffer is not zeroed again).
+/// Reads, decompresses and verifies chunks `wanted` back to back into `buf`,
+/// grown if needed (a full-size buffer is not zeroed again). Chunks without a
+/// location (chunk lists of the format before segments) are looked up in the index.
 fn decode_batch(
     store: &EmbeddedStore,
-    wanted: &[([u8; 32], u64)],
-    locs: &[ChunkLoc],
+    wanted: &[Chunk],
     mut buf: Vec<u8>,
 ) -> Result<Vec<u8>, EmbeddedError> {
+    let locs = if wanted.iter().all(|c| c.loc.is_some()) {
+        wanted.iter().filter_map(|c| c.loc).collect()
+    } else {
+        let digests: Vec<[u8; 32]> = wanted.iter().map(|c| c.digest).collect();
+        store.chunk_locs(&digests)?
+    };
     // Chunk sizes were bounded by MAX_CHUNK when the chunk list was decoded.
-    let len: u64 = wanted.iter().map(|c| c.1).sum();
+    let len: u64 = wanted.iter().map(|c| c.size).sum();
     let len = usize::try_from(len)
         .map_err(|_| EmbeddedError::Corrupt(format!("batch of {len} bytes")))?;
     if buf.len() < len {
         buf.resize(len, 0);
     }
     let mut off = 0;
-    for ((d, s), loc) in wanted.iter().zip(locs) {
-        let n = *s as usize;
-        store.read_chunk_into(d, *s, loc, &mut buf[off..off + n])?;
+    for (c, loc) in wanted.iter().zip(&locs) {
+        let n = c.size as usize;
+        store.read_chunk_into(&c.digest, c.size, loc, &mut buf[off..off + n])?;
         off += n;
     }
     Ok(buf)
@@ -275,8 +427,11 @@ impl AsyncRead for EmbeddedBlobReader {
         let mut copied = false;
         // Fills the caller's buffer across batches while they are decoded already.
         while this.pos < total && buf.remaining() > 0 {
-            // The chunk holding pos: the last one starting at or before it.
-            let idx = this.starts.partition_point(|&s| s <= this.pos) - 1;
+            let idx = match this.chunk_at(this.pos) {
+                Ok(idx) => idx,
+                Err(_) if copied => break,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
             match this.poll_batch(cx, idx) {
                 Poll::Ready(Ok(())) => {}
                 // What was copied is handed out; the next call waits or reports.
@@ -286,9 +441,8 @@ impl AsyncRead for EmbeddedBlobReader {
             let Some(b) = &this.current else {
                 return Poll::Ready(Err(io::Error::other("no current batch")));
             };
-            let (base, end) = (this.starts[b.chunks.start], this.starts[b.chunks.end]);
-            let off = (this.pos - base) as usize;
-            let n = buf.remaining().min((end - this.pos) as usize);
+            let off = (this.pos - b.start) as usize;
+            let n = buf.remaining().min((b.end - this.pos) as usize);
             buf.put_slice(&b.data[off..off + n]);
             this.pos += n as u64;
             copied = true;

@@ -344,14 +344,91 @@ async fn random_blob_is_stored_raw_and_text_compressed() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let bytes = random(5, 3 << 20);
     let d = put(&store, &bytes).await;
+    let Some(Layout::Segmented(segs)) = store.blob_layout(&d).unwrap() else {
+        panic!("a 3 MiB blob has several chunks");
+    };
+    let seg_bytes: u64 = segs.iter().map(|s| u64::from(s.loc.stored_len)).sum();
     assert_eq!(
         pack_bytes(&store),
-        bytes.len() as u64,
-        "raw: exactly its size"
+        bytes.len() as u64 + seg_bytes,
+        "raw: exactly its size, and its chunk list"
     );
     assert_eq!(get(&store, &d).await.unwrap(), bytes);
     let text = "a line of source code, repeated\n".repeat(100_000);
     let d = put(&store, text.as_bytes()).await;
     assert!(pack_bytes(&store) < bytes.len() as u64 + text.len() as u64 / 10);
     assert_eq!(get(&store, &d).await.unwrap(), text.as_bytes());
+}
+
+/// A blob whose `blobs` entry is a whole chunk list (the format before segments)
+/// is still read, with seeks.
+#[tokio::test]
+async fn chunk_list_of_the_old_format_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(9, 3 << 20);
+    let d = put(&store, &bytes).await;
+    let list = store.blob_chunks(&d).unwrap().unwrap();
+    assert!(list.len() > 2 * format::SEG_CHUNKS, "several segments");
+    let txn = store.inner.db.begin_write().unwrap();
+    txn.open_table(BLOBS)
+        .unwrap()
+        .insert(&d, &BlobEntry::Chunked(list.clone()).encode()[..])
+        .unwrap();
+    txn.commit().unwrap();
+    assert!(matches!(
+        store.blob_layout(&d).unwrap(),
+        Some(Layout::Chunked(_))
+    ));
+    assert_eq!(store.blob_chunks(&d).unwrap().unwrap(), list);
+    assert_eq!(store.blob_size(&d).unwrap(), Some(bytes.len() as u64));
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let mut r = store.open_blob(&d).unwrap().unwrap();
+    r.seek(SeekFrom::Start(2_000_000)).await.unwrap();
+    let mut part = vec![0u8; 100_000];
+    r.read_exact(&mut part).await.unwrap();
+    assert_eq!(part, bytes[2_000_000..2_100_000]);
+}
+
+/// A blob of many segments reads back whole and from offsets on both sides of
+/// segment boundaries; its chunk list is the segments' lists in order.
+#[tokio::test]
+async fn segments_read_and_seek_across_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(11, 4 << 20);
+    let d = put(&store, &bytes).await;
+    let Some(Layout::Segmented(segs)) = store.blob_layout(&d).unwrap() else {
+        panic!("segmented");
+    };
+    assert!(segs.len() > 3);
+    let list = store.blob_chunks(&d).unwrap().unwrap();
+    assert_eq!(
+        list.len() as u64,
+        segs.iter().map(|s| u64::from(s.chunks)).sum::<u64>()
+    );
+    assert_eq!(list.iter().map(|c| c.1).sum::<u64>(), bytes.len() as u64);
+    let mut at = 0u64;
+    for (c, size) in &list {
+        let chunk = &bytes[at as usize..(at + size) as usize];
+        assert_eq!(blake3::hash(chunk).as_bytes(), c, "chunk at {at}");
+        at += size;
+    }
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let mut r = store.open_blob(&d).unwrap().unwrap();
+    let mut boundary = 0u64;
+    for s in &segs[..3] {
+        boundary += s.bytes;
+        for start in [boundary - 1, boundary, boundary - 70_000] {
+            r.seek(SeekFrom::Start(start)).await.unwrap();
+            let mut part = vec![0u8; 150_000];
+            r.read_exact(&mut part).await.unwrap();
+            assert_eq!(part, bytes[start as usize..start as usize + 150_000]);
+        }
+    }
+    // Backwards, to the start.
+    r.seek(SeekFrom::Start(10)).await.unwrap();
+    let mut part = vec![0u8; 10];
+    r.read_exact(&mut part).await.unwrap();
+    assert_eq!(part, bytes[10..20]);
 }

@@ -1,11 +1,12 @@
 //! Streaming blob writer: buffers up to [`BATCH`] bytes, then, on a blocking thread
 //! while the caller's `poll_write` waits, cuts them into chunks, hashes and
 //! compresses the chunks on all cores (one worker per core, see [`workers`]) and
-//! appends them to a pack in order. Memory per writer: the batch buffer and its
-//! compressed copy, plus 40 bytes per chunk of the blob's chunk list (0.06% of the
-//! blob's size).
+//! appends them to a pack in order. The blob's chunk list is cut into segments of
+//! [`SEG_CHUNKS`] chunks, each appended to the packs once full: memory per writer
+//! is the batch buffer and its compressed copy, one segment (53 KiB) and 65 bytes
+//! per finished segment (per 64 MiB of blob).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -13,7 +14,9 @@ use std::task::{Context, Poll, ready};
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
-use super::format::{AVG_CHUNK, BlobEntry, ChunkLoc, MAX_CHUNK, MIN_CHUNK};
+use super::format::{
+    AVG_CHUNK, BlobEntry, ChunkLoc, MAX_CHUNK, MIN_CHUNK, SEG_CHUNKS, SegRef, encode_segment,
+};
 use super::{CommitReq, EmbeddedError, EmbeddedStore, Level, append_encoded, encode};
 
 /// Bytes buffered before a batch is processed.
@@ -27,9 +30,14 @@ struct Job {
     /// Leading bytes of `buf` already fed to `hasher` (the tail kept from the last batch).
     hashed: usize,
     hasher: blake3::Hasher,
-    chunks: Vec<([u8; 32], u64)>,
+    /// Chunks of the blob so far.
+    count: u64,
+    /// The segment being filled: the latest chunks and where they are stored.
+    seg: Vec<([u8; 32], ChunkLoc)>,
+    /// The blob's full segments, in order.
+    segs: Vec<SegRef>,
     /// Chunks this writer stored and not yet committed, for dedup within the blob.
-    mine: HashSet<[u8; 32]>,
+    mine: HashMap<[u8; 32], ChunkLoc>,
     pending: Vec<([u8; 32], ChunkLoc)>,
 }
 
@@ -56,8 +64,10 @@ impl EmbeddedBlobWriter {
                 buf: Vec::new(),
                 hashed: 0,
                 hasher: blake3::Hasher::new(),
-                chunks: Vec::new(),
-                mine: HashSet::new(),
+                count: 0,
+                seg: Vec::new(),
+                segs: Vec::new(),
+                mine: HashMap::new(),
                 pending: Vec::new(),
             })),
         }
@@ -168,9 +178,9 @@ fn workers() -> usize {
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(16)))
 }
 
-/// A chunk after the parallel stage: its digest and, unless it is stored already,
-/// its encoding (`Some(None)`: store raw).
-type Encoded = ([u8; 32], Option<Option<Vec<u8>>>);
+/// A chunk after the parallel stage: its digest, and where it is stored already
+/// or its encoding (`None`: store raw).
+type Encoded = ([u8; 32], Result<ChunkLoc, Option<Vec<u8>>>);
 
 /// Hashes every chunk `cuts` of `buf`, and compresses those not stored yet, on up
 /// to [`workers`] threads taking chunks in turn. Also feeds `whole` (the blob's
@@ -186,10 +196,10 @@ fn hash_and_encode(
     let one = |r: &std::ops::Range<usize>| -> Result<Encoded, EmbeddedError> {
         let data = &buf[r.clone()];
         let d = *blake3::hash(data).as_bytes();
-        if store.chunks_present(&[d])?[0] {
-            return Ok((d, None));
+        if let Some(loc) = store.find_chunk(&d)? {
+            return Ok((d, Ok(loc)));
         }
-        Ok((d, Some(encode(data, level)?)))
+        Ok((d, Err(encode(data, level)?)))
     };
     let n = workers().min(cuts.len());
     if n <= 1 {
@@ -248,7 +258,7 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
         pos += cut;
     }
     // The whole blob is one chunk when its last batch is its first and is not cut.
-    let level = if last && job.chunks.is_empty() && cuts.len() == 1 {
+    let level = if last && job.count == 0 && cuts.len() == 1 {
         Level::Whole
     } else {
         Level::Chunk
@@ -264,14 +274,21 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
     )?;
     // Appended in blob order, so a blob's chunks lie in a pack front to back.
     for (r, (d, enc)) in cuts.iter().zip(encoded) {
-        job.chunks.push((d, r.len() as u64));
-        let Some(enc) = enc else { continue };
-        if job.mine.contains(&d) {
-            continue;
+        let loc = match (enc, job.mine.get(&d)) {
+            (Ok(loc), _) | (Err(_), Some(&loc)) => loc,
+            (Err(enc), None) => {
+                let loc =
+                    append_encoded(&job.store.inner.packs, &job.buf[r.clone()], enc.as_deref())?;
+                job.mine.insert(d, loc);
+                job.pending.push((d, loc));
+                loc
+            }
+        };
+        job.count += 1;
+        job.seg.push((d, loc));
+        if job.seg.len() >= SEG_CHUNKS {
+            flush_segment(&mut job)?;
         }
-        let loc = append_encoded(&job.store.inner.packs, &job.buf[r.clone()], enc.as_deref())?;
-        job.mine.insert(d);
-        job.pending.push((d, loc));
     }
     job.buf.drain(..pos);
     job.hashed = job.buf.len();
@@ -287,30 +304,52 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
     Ok(job)
 }
 
+/// Appends the segment being filled to the packs and records its reference.
+fn flush_segment(job: &mut Job) -> Result<(), EmbeddedError> {
+    if job.seg.is_empty() {
+        return Ok(());
+    }
+    let bytes = encode_segment(&job.seg);
+    let digest = *blake3::hash(&bytes).as_bytes();
+    let loc = match job.store.find_segment(&digest)? {
+        Some(loc) => loc,
+        None => {
+            let encoded = encode(&bytes, Level::Chunk)?;
+            append_encoded(&job.store.inner.packs, &bytes, encoded.as_deref())?
+        }
+    };
+    job.segs.push(SegRef {
+        digest,
+        loc,
+        chunks: job.seg.len() as u32,
+        bytes: job.seg.iter().map(|(_, l)| u64::from(l.raw_len)).sum(),
+    });
+    job.seg.clear();
+    Ok(())
+}
+
 fn finish(job: Box<Job>) -> Result<[u8; 32], EmbeddedError> {
     let mut job = process(job, true)?;
     let digest = *job.hasher.finalize().as_bytes();
-    let entry = if job.chunks.len() <= 1 {
+    let entry = if job.count <= 1 {
         // Empty blob: nothing was chunked; store the empty chunk under its digest.
-        if job.chunks.is_empty() {
-            let present = job.store.chunks_present(&[digest])?;
-            if !present[0] {
-                let (pack, offset) = job.store.inner.packs.append(&[])?;
-                job.pending.push((
-                    digest,
-                    ChunkLoc {
-                        pack,
-                        offset,
-                        stored_len: 0,
-                        raw_len: 0,
-                        compressed: false,
-                    },
-                ));
-            }
+        if job.count == 0 && job.store.find_chunk(&digest)?.is_none() {
+            let (pack, offset) = job.store.inner.packs.append(&[])?;
+            job.pending.push((
+                digest,
+                ChunkLoc {
+                    pack,
+                    offset,
+                    stored_len: 0,
+                    raw_len: 0,
+                    compressed: false,
+                },
+            ));
         }
         BlobEntry::Single
     } else {
-        BlobEntry::Chunked(std::mem::take(&mut job.chunks))
+        flush_segment(&mut job)?;
+        BlobEntry::Segmented(std::mem::take(&mut job.segs))
     };
     let req = CommitReq {
         chunks: std::mem::take(&mut job.pending),
