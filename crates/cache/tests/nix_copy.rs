@@ -1079,6 +1079,38 @@ async fn unclaimed_uploads_expire_when_the_cache_starts() {
     server.stop().await;
 }
 
+/// A secret key made by Nix, named `name`, in `dir`.
+fn nix_key(xdg: &Path, dir: &Path, name: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.key"));
+    let k = ok(nix(xdg, "nix").args(["key", "generate-secret", "--key-name", name]));
+    std::fs::write(&file, k).unwrap();
+    file
+}
+
+/// A chroot store in `dir` with the fixture's `ca`, `top` (and so `dep`) and
+/// `roots`, each signed by Nix with `key`: the store, and the paths named.
+fn signed_store(xdg: &Path, dir: &Path, key: &Path) -> (String, Vec<String>) {
+    let f = fixture();
+    let store = dir.join("store").to_str().unwrap().to_owned();
+    let mut paths = vec![f.ca.clone(), f.top.clone()];
+    paths.extend(f.roots.iter().cloned());
+    ok(nix(xdg, "nix")
+        .args([
+            "copy",
+            "--no-check-sigs",
+            "--store",
+            &f.store,
+            "--to",
+            &store,
+        ])
+        .args(&paths));
+    ok(nix(xdg, "nix")
+        .args(["store", "sign", "-r", "--store", &store, "--key-file"])
+        .arg(key)
+        .args(&paths));
+    (store, paths)
+}
+
 /// cairn's narinfo is Nix's, byte for byte, signatures included: what `nix copy
 /// --to file://...?secret-key=K` writes, from a store whose paths already carry
 /// another key's signature, is what cairn signing with K serves after `nix copy
@@ -1090,34 +1122,15 @@ async fn narinfo_text_is_nixs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
     let xdg = d.join("xdg");
-    let (stored_key, cache_key) = (d.join("stored.key"), d.join("cache.key"));
-    for (name, file) in [("stored-1", &stored_key), ("cairn-cache-1", &cache_key)] {
-        let k = ok(nix(&xdg, "nix").args(["key", "generate-secret", "--key-name", name]));
-        std::fs::write(file, k).unwrap();
-    }
+    let stored_key = nix_key(&xdg, &d, "stored-1");
+    let cache_key = nix_key(&xdg, &d, "cairn-cache-1");
     let sk: SigningKey = std::fs::read_to_string(&cache_key)
         .unwrap()
         .trim()
         .parse()
         .unwrap();
     // A store of its own, whose paths get the stored-1 signature.
-    let store = d.join("store").to_str().unwrap().to_owned();
-    let mut paths = vec![f.ca.clone(), f.top.clone()];
-    paths.extend(f.roots.iter().cloned());
-    ok(nix(&xdg, "nix")
-        .args([
-            "copy",
-            "--no-check-sigs",
-            "--store",
-            &f.store,
-            "--to",
-            &store,
-        ])
-        .args(&paths));
-    ok(nix(&xdg, "nix")
-        .args(["store", "sign", "-r", "--store", &store, "--key-file"])
-        .arg(&stored_key)
-        .args(&paths));
+    let (store, mut paths) = signed_store(&xdg, &d, &stored_key);
     let signed = d.join("signed");
     ok(nix(&xdg, "nix")
         .args(["copy", "--store", &store, "--to"])
@@ -1164,5 +1177,69 @@ async fn narinfo_text_is_nixs() {
     })
     .await
     .unwrap();
+    server.stop().await;
+}
+
+/// With `--trusted-key` and an upload token, `nix copy --to` (token from a
+/// netrc) of paths Nix signed with the trusted key is accepted, closure and
+/// all; the same paths signed with another key are refused with 403 and nothing
+/// is registered. Keys and signatures made by Nix.
+#[tokio::test(flavor = "multi_thread")]
+async fn nix_signed_uploads_with_a_trusted_key() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let xdg = d.join("xdg");
+    let trusted = nix_key(&xdg, &d, "trusted-1");
+    let public = ok(nix(&xdg, "nix")
+        .args(["key", "convert-secret-to-public"])
+        .stdin(std::fs::File::open(&trusted).unwrap()));
+    let untrusted = nix_key(&xdg, &d, "untrusted-1");
+    let (good_store, paths) = signed_store(&xdg, &d.join("good"), &trusted);
+    let (bad_store, _) = signed_store(&xdg, &d.join("bad"), &untrusted);
+    let server = Server::start(CacheConfig {
+        trusted_keys: vec![public.trim().parse().unwrap()],
+        upload_token: UploadToken::new("t0ken"),
+        ..CacheConfig::default()
+    })
+    .await;
+    let url = server.url.clone();
+    let host = url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let netrc = d.join("netrc");
+    std::fs::write(&netrc, format!("machine {host} login nix password t0ken\n")).unwrap();
+    let copy = move |store: &str| {
+        run(nix(&xdg, "nix")
+            .args(["copy", "--option", "netrc-file"])
+            .arg(&netrc)
+            .args(["--store", store, "--to", &url])
+            .args(&paths))
+    };
+    let out = tokio::task::spawn_blocking({
+        let copy = copy.clone();
+        move || copy(&bad_store)
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success() && err.contains("403"), "{err}");
+    for p in [&f.ca, &f.top, &f.dep].into_iter().chain(&f.roots) {
+        assert!(!server.has(p).await, "{p} registered");
+    }
+    let out = tokio::task::spawn_blocking(move || copy(&good_store))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in [&f.ca, &f.top, &f.dep].into_iter().chain(&f.roots) {
+        assert!(server.has(p).await, "{p} not registered");
+    }
     server.stop().await;
 }
