@@ -537,6 +537,17 @@ pub(crate) enum Level {
 }
 
 impl Level {
+    /// The longest compressed form of `len` bytes worth keeping. A chunk of a
+    /// large blob that zstd barely shrinks is kept raw (ZFS's rule: at least 1/8
+    /// saved): every read would pay decompression, the main read cost, for a few
+    /// percent of disk.
+    fn max_stored(self, len: usize) -> usize {
+        match self {
+            Level::Whole => len.saturating_sub(1),
+            Level::Chunk => len - len / 8,
+        }
+    }
+
     fn zstd(self) -> i32 {
         match self {
             Level::Whole => 9,
@@ -578,11 +589,36 @@ fn looks_incompressible(data: &[u8]) -> bool {
     bits > RAW_ENTROPY
 }
 
+/// zstd compression contexts not in use. A thread that compresses takes one and
+/// puts it back (its level set per object): creating one per object costs more
+/// than compressing a small one, and a writer's worker threads live for one batch
+/// only, so contexts per thread were built (about 1 MiB each) for every 4 MiB.
+static ZSTD: Mutex<Vec<zstd::bulk::Compressor<'static>>> = Mutex::new(Vec::new());
+/// Contexts kept in [`ZSTD`]: more than the threads that compress at once.
+const ZSTD_KEPT: usize = 32;
+
+/// Runs `f` with a zstd context at `level`.
+fn with_compressor<T>(
+    level: Level,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> T,
+) -> Result<T, EmbeddedError> {
+    let pooled = ZSTD.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    let mut c = match pooled {
+        Some(c) => c,
+        None => zstd::bulk::Compressor::new(level.zstd())
+            .map_err(|e| EmbeddedError::Commit(format!("zstd compressor: {e}")))?,
+    };
+    c.set_compression_level(level.zstd())
+        .map_err(|e| EmbeddedError::Commit(format!("zstd level: {e}")))?;
+    let out = f(&mut c);
+    let mut pool = ZSTD.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < ZSTD_KEPT {
+        pool.push(c);
+    }
+    Ok(out)
+}
+
 thread_local! {
-    /// One zstd context per thread, reused (its level set per object): creating
-    /// one per object costs more than compressing a small one.
-    static ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { std::cell::RefCell::new(None) };
     static UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
         const { std::cell::RefCell::new(None) };
     /// Compressed bytes of the object being read (at most 257 KiB for a chunk).
@@ -595,28 +631,9 @@ pub(crate) fn encode(data: &[u8], level: Level) -> Result<Option<Vec<u8>>, Embed
     if data.is_empty() || looks_incompressible(data) {
         return Ok(None);
     }
-    let z = ZSTD.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        let c = match &mut *cell {
-            Some(c) => c,
-            None => cell.insert(
-                zstd::bulk::Compressor::new(level.zstd())
-                    .map_err(|e| EmbeddedError::Commit(format!("zstd compressor: {e}")))?,
-            ),
-        };
-        c.set_compression_level(level.zstd())
-            .map_err(|e| EmbeddedError::Commit(format!("zstd level: {e}")))?;
-        c.compress(data)
-            .map_err(|e| EmbeddedError::Commit(format!("zstd compress: {e}")))
-    })?;
-    // A chunk of a large blob that zstd barely shrinks is kept raw (ZFS's rule:
-    // at least 1/8 saved): every read would pay decompression, the main read
-    // cost, for a few percent of disk.
-    let keep = match level {
-        Level::Whole => z.len() < data.len(),
-        Level::Chunk => z.len() <= data.len() - data.len() / 8,
-    };
-    Ok(keep.then_some(z))
+    let z = with_compressor(level, |c| c.compress(data))?
+        .map_err(|e| EmbeddedError::Commit(format!("zstd compress: {e}")))?;
+    Ok((z.len() <= level.max_stored(data.len())).then_some(z))
 }
 
 /// Decompresses `stored` into `dst` (which it must fit); returns the bytes written.
