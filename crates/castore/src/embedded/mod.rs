@@ -7,7 +7,6 @@
 //!   `blobs` (blob digest -> list of segments) for blobs of several chunks,
 //!   a segment being up to 1024 chunks' (digest, location) stored in the packs;
 //!   `segments` (segment digest -> pack location) for reuse;
-//!   `staged` (digest -> pack location) for chunks of blobs still being written;
 //!   `directories` (digest -> pack location of the zstd-compressed canonical
 //!   encoding); `packs` (pack id -> committed length). A small file or a directory
 //!   thus costs its compressed bytes plus one index entry of 53 bytes: B-tree pages
@@ -20,11 +19,14 @@
 //! readable as blobs of their own when the blob commits (WIRE.md: chunk digests
 //! answer Read and Stat).
 //!
-//! Visibility and crashes: a blob becomes visible only when its writer closes, in
-//! the same durable redb transaction that records its chunk list and moves its
-//! chunks from `staged` to `chunks`. Chunks of a writer dropped before close (or
-//! killed) may stay in `staged` (and their bytes in a pack), never visible; they are
-//! garbage for a future GC (a staged chunk is reused by later writers). All
+//! Visibility and crashes: a writer touches the index only when it closes: one
+//! durable redb transaction records the blob's segment list and enters its chunks
+//! in `chunks` (read back from the segments). Until then its chunks are only
+//! bytes in a pack that no index entry refers to, never visible, and reused only
+//! by itself; a writer dropped before close (or killed) leaves such bytes, cut off
+//! when the store is next opened unless a later commit covers them (then garbage
+//! for a future GC). Before segments, chunks were staged in the index every 128
+//! chunks, which kept a large blob's entries twice in redb's page cache. All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
 //! durable commit refers to first.
@@ -52,7 +54,6 @@ pub use writer::EmbeddedBlobWriter;
 
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
-const STAGED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("staged");
 const SEGMENTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("segments");
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
@@ -117,8 +118,9 @@ pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> EmbeddedError {
 pub(crate) struct CommitReq {
     /// Chunks that become visible.
     chunks: Vec<([u8; 32], ChunkLoc)>,
-    /// Chunks of a blob still being written (invisible until its commit).
-    staged: Vec<([u8; 32], ChunkLoc)>,
+    /// Per pack, the end of what the request's objects occupy there (beyond the
+    /// locations listed: the chunks of a blob's segments).
+    pack_ends: Vec<(u32, u64)>,
     blobs: Vec<([u8; 32], BlobEntry)>,
     directories: Vec<([u8; 32], ChunkLoc)>,
     /// Must be on disk when the reply arrives (otherwise only visible in-process).
@@ -189,7 +191,6 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(db_err)?;
         txn.open_table(CHUNKS).map_err(db_err)?;
         txn.open_table(BLOBS).map_err(db_err)?;
-        txn.open_table(STAGED).map_err(db_err)?;
         txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(DIRECTORIES).map_err(db_err)?;
         let committed = {
@@ -413,16 +414,11 @@ impl EmbeddedStore {
         read_object_into(&self.inner.packs, loc, digest, what, dst)
     }
 
-    /// Where chunk `digest` is stored, if it is stored or staged (for dedup on
-    /// write).
+    /// Where chunk `digest` is stored, if it is (for dedup on write).
     pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(CHUNKS).map_err(db_err)?;
-        if let Some(v) = t.get(digest).map_err(db_err)? {
-            return ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some);
-        }
-        let s = r.open_table(STAGED).map_err(db_err)?;
-        match s.get(digest).map_err(db_err)? {
+        match t.get(digest).map_err(db_err)? {
             Some(v) => ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some),
             None => Ok(None),
         }
@@ -778,12 +774,15 @@ fn commit_batch(
             BlobEntry::Segmented(segs) => &segs[..],
             _ => &[],
         });
-        let locs = r.chunks.iter().chain(&r.staged).chain(&r.directories);
-        for loc in locs.map(|(_, l)| l).chain(segs.map(|s| &s.loc)) {
-            let end = loc.offset + u64::from(loc.stored_len);
-            let e = pack_ends.entry(loc.pack).or_insert(0);
+        let locs = r.chunks.iter().chain(&r.directories).map(|(_, l)| l);
+        let ends = locs
+            .chain(segs.map(|s| &s.loc))
+            .map(|loc| (loc.pack, loc.offset + u64::from(loc.stored_len)))
+            .chain(r.pack_ends.iter().copied());
+        for (pack, end) in ends {
+            let e = pack_ends.entry(pack).or_insert(0);
             *e = (*e).max(end);
-            unsynced.insert(loc.pack);
+            unsynced.insert(pack);
         }
     }
     if durable {
@@ -806,22 +805,13 @@ fn commit_batch(
                 pt.insert(p, end).map_err(db_err)?;
             }
         }
-        let mut staged = txn.open_table(STAGED).map_err(db_err)?;
         let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
         for (r, _) in batch {
-            for (d, loc) in &r.staged {
-                if chunks.get(d).map_err(db_err)?.is_none()
-                    && staged.get(d).map_err(db_err)?.is_none()
-                {
-                    staged.insert(d, &loc.encode()[..]).map_err(db_err)?;
-                }
-            }
             for (d, loc) in &r.chunks {
                 // A concurrent writer may have stored the same chunk: keep the first.
                 if chunks.get(d).map_err(db_err)?.is_none() {
                     chunks.insert(d, &loc.encode()[..]).map_err(db_err)?;
                 }
-                staged.remove(d).map_err(db_err)?;
             }
             for (d, entry) in &r.blobs {
                 if blobs.get(d).map_err(db_err)?.is_some() {
@@ -831,16 +821,16 @@ fn commit_batch(
                 // The chunks that must be visible for this blob, one segment (or
                 // the one chunk) at a time: a 4 GiB blob has 65536.
                 match entry {
-                    BlobEntry::Single => publish(&mut chunks, &mut staged, d, d)?,
+                    BlobEntry::Single => publish(&mut chunks, d, None, d)?,
                     BlobEntry::Chunked(list) => {
                         for (c, _) in list {
-                            publish(&mut chunks, &mut staged, c, d)?;
+                            publish(&mut chunks, c, None, d)?;
                         }
                     }
                     BlobEntry::Segmented(segs) => {
                         for s in segs {
-                            for (c, _) in read_segment(packs, s)? {
-                                publish(&mut chunks, &mut staged, &c, d)?;
+                            for (c, loc) in read_segment(packs, s)? {
+                                publish(&mut chunks, &c, Some(&loc), d)?;
                             }
                             if segments.get(&s.digest).map_err(db_err)?.is_none() {
                                 segments
@@ -868,31 +858,25 @@ fn commit_batch(
     Ok(())
 }
 
-/// Makes chunk `c` of blob `blob` visible: moves its entry from `staged` to
-/// `chunks` unless it is there already.
+/// Makes chunk `c` of blob `blob` visible at `loc` unless it is visible already
+/// (stored by an earlier blob, or by this one further up).
 fn publish(
     chunks: &mut redb::Table<&[u8; 32], &[u8]>,
-    staged: &mut redb::Table<&[u8; 32], &[u8]>,
     c: &[u8; 32],
+    loc: Option<&ChunkLoc>,
     blob: &[u8; 32],
 ) -> Result<(), EmbeddedError> {
     if chunks.get(c).map_err(db_err)?.is_some() {
         return Ok(());
     }
-    // Staged by this writer's earlier batches, or by another writer: either way
-    // its pack bytes were appended and are synced by this commit.
-    let loc = staged
-        .remove(c)
-        .map_err(db_err)?
-        .map(|v| v.value().to_vec());
     let loc = loc.ok_or_else(|| {
         EmbeddedError::Corrupt(format!(
-            "chunk {} of blob {} is neither stored nor staged",
+            "chunk {} of blob {} is not stored",
             hex(c),
             hex(blob)
         ))
     })?;
-    chunks.insert(c, &loc[..]).map_err(db_err)?;
+    chunks.insert(c, &loc.encode()[..]).map_err(db_err)?;
     Ok(())
 }
 

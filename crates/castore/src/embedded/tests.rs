@@ -162,21 +162,15 @@ async fn dropped_writer_leaves_nothing_visible() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(blob_count(&store), 0);
     assert!(!store.has_blob(blake3::hash(&bytes).as_bytes()).unwrap());
-    let staged = store
-        .inner
-        .db
-        .begin_read()
-        .unwrap()
-        .open_table(STAGED)
-        .unwrap()
-        .len()
-        .unwrap();
-    assert!(staged > 0, "the writer's first batches were staged");
+    assert!(
+        pack_bytes(&store) > 0,
+        "the writer's first batches were appended"
+    );
     drop(store);
+    // Reopening cuts the packs back to what commits refer to: nothing.
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(blob_count(&store), 0);
-    // The dropped writer's staged chunks are reused by the next writer of the same
-    // bytes, which must then publish them.
+    assert_eq!(pack_bytes(&store), 0);
     let d = put(&store, &bytes).await;
     assert_eq!(get(&store, &d).await.unwrap(), bytes);
     let chunks = store.blob_chunks(&d).unwrap().unwrap();
@@ -184,6 +178,35 @@ async fn dropped_writer_leaves_nothing_visible() {
     for (c, _) in &chunks {
         assert!(store.has_blob(c).unwrap());
     }
+}
+
+/// A chunk repeated within a blob is stored once (within two segments of each
+/// other; the test's segments are short).
+#[tokio::test]
+async fn repeated_chunk_within_a_blob_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    // Repeats at most 3 chunks apart: within the current or the previous segment.
+    let block = random(3, 96 << 10);
+    let mut bytes = Vec::new();
+    for _ in 0..16 {
+        bytes.extend_from_slice(&block);
+    }
+    let d = put(&store, &bytes).await;
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let chunks = store.blob_chunks(&d).unwrap().unwrap();
+    let distinct: std::collections::HashSet<_> = chunks.iter().map(|c| c.0).collect();
+    assert!(distinct.len() < chunks.len(), "the chunks repeat");
+    let stored: u64 = distinct
+        .iter()
+        .map(|c| chunks.iter().find(|x| x.0 == *c).unwrap().1)
+        .sum();
+    let Some(Layout::Segmented(segs)) = store.blob_layout(&d).unwrap() else {
+        panic!("segmented");
+    };
+    let seg_bytes: u64 = segs.iter().map(|s| u64::from(s.loc.stored_len)).sum();
+    // Random bytes are stored raw: exactly the distinct chunks and the segments.
+    assert_eq!(pack_bytes(&store), stored + seg_bytes);
 }
 
 #[tokio::test]

@@ -21,8 +21,6 @@ use super::{CommitReq, EmbeddedError, EmbeddedStore, Level, append_encoded, enco
 
 /// Bytes buffered before a batch is processed.
 const BATCH: usize = 4 * 1024 * 1024;
-/// Index entries a writer holds before handing them to the committer (not durably).
-const INDEX_BATCH: usize = 128;
 
 struct Job {
     store: EmbeddedStore,
@@ -36,9 +34,14 @@ struct Job {
     seg: Vec<([u8; 32], ChunkLoc)>,
     /// The blob's full segments, in order.
     segs: Vec<SegRef>,
-    /// Chunks this writer stored and not yet committed, for dedup within the blob.
+    /// Chunks this writer stored in the current and the previous segment, for
+    /// dedup within the blob (bounded: a chunk repeated further apart is stored
+    /// again).
     mine: HashMap<[u8; 32], ChunkLoc>,
-    pending: Vec<([u8; 32], ChunkLoc)>,
+    mine_before: HashMap<[u8; 32], ChunkLoc>,
+    /// Per pack this writer appended to, the end of its last append: the commit
+    /// raises the packs' committed lengths to these.
+    ends: HashMap<u32, u64>,
 }
 
 enum State {
@@ -68,7 +71,8 @@ impl EmbeddedBlobWriter {
                 seg: Vec::new(),
                 segs: Vec::new(),
                 mine: HashMap::new(),
-                pending: Vec::new(),
+                mine_before: HashMap::new(),
+                ends: HashMap::new(),
             })),
         }
     }
@@ -274,13 +278,23 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
     )?;
     // Appended in blob order, so a blob's chunks lie in a pack front to back.
     for (r, (d, enc)) in cuts.iter().zip(encoded) {
-        let loc = match (enc, job.mine.get(&d)) {
-            (Ok(loc), _) | (Err(_), Some(&loc)) => loc,
+        let known = job
+            .mine
+            .get(&d)
+            .or_else(|| job.mine_before.get(&d))
+            .copied();
+        let loc = match (enc, known) {
+            (Ok(loc), _) => loc,
+            (Err(_), Some(loc)) => {
+                // Kept for the next segment too: a run of repeats is stored once.
+                job.mine.insert(d, loc);
+                loc
+            }
             (Err(enc), None) => {
                 let loc =
                     append_encoded(&job.store.inner.packs, &job.buf[r.clone()], enc.as_deref())?;
                 job.mine.insert(d, loc);
-                job.pending.push((d, loc));
+                note_end(&mut job.ends, &loc);
                 loc
             }
         };
@@ -292,16 +306,13 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
     }
     job.buf.drain(..pos);
     job.hashed = job.buf.len();
-    if !last && job.pending.len() >= INDEX_BATCH {
-        let chunks = std::mem::take(&mut job.pending);
-        job.store.submit_blocking(CommitReq {
-            staged: chunks,
-            ..Default::default()
-        })?;
-        // Staged chunks are found by chunks_present from now on.
-        job.mine.clear();
-    }
     Ok(job)
+}
+
+fn note_end(ends: &mut HashMap<u32, u64>, loc: &ChunkLoc) {
+    let end = loc.offset + u64::from(loc.stored_len);
+    let e = ends.entry(loc.pack).or_insert(0);
+    *e = (*e).max(end);
 }
 
 /// Appends the segment being filled to the packs and records its reference.
@@ -315,7 +326,9 @@ fn flush_segment(job: &mut Job) -> Result<(), EmbeddedError> {
         Some(loc) => loc,
         None => {
             let encoded = encode(&bytes, Level::Chunk)?;
-            append_encoded(&job.store.inner.packs, &bytes, encoded.as_deref())?
+            let loc = append_encoded(&job.store.inner.packs, &bytes, encoded.as_deref())?;
+            note_end(&mut job.ends, &loc);
+            loc
         }
     };
     job.segs.push(SegRef {
@@ -325,26 +338,30 @@ fn flush_segment(job: &mut Job) -> Result<(), EmbeddedError> {
         bytes: job.seg.iter().map(|(_, l)| u64::from(l.raw_len)).sum(),
     });
     job.seg.clear();
+    job.mine_before = std::mem::take(&mut job.mine);
     Ok(())
 }
 
 fn finish(job: Box<Job>) -> Result<[u8; 32], EmbeddedError> {
     let mut job = process(job, true)?;
     let digest = *job.hasher.finalize().as_bytes();
+    let mut chunks = Vec::new();
     let entry = if job.count <= 1 {
-        // Empty blob: nothing was chunked; store the empty chunk under its digest.
-        if job.count == 0 && job.store.find_chunk(&digest)?.is_none() {
+        if job.count == 1 {
+            // The blob's one chunk, under its digest (which is the blob's).
+            chunks = std::mem::take(&mut job.seg);
+        } else if job.store.find_chunk(&digest)?.is_none() {
+            // Empty blob: nothing was chunked; store the empty chunk under its digest.
             let (pack, offset) = job.store.inner.packs.append(&[])?;
-            job.pending.push((
-                digest,
-                ChunkLoc {
-                    pack,
-                    offset,
-                    stored_len: 0,
-                    raw_len: 0,
-                    compressed: false,
-                },
-            ));
+            let loc = ChunkLoc {
+                pack,
+                offset,
+                stored_len: 0,
+                raw_len: 0,
+                compressed: false,
+            };
+            note_end(&mut job.ends, &loc);
+            chunks.push((digest, loc));
         }
         BlobEntry::Single
     } else {
@@ -352,8 +369,9 @@ fn finish(job: Box<Job>) -> Result<[u8; 32], EmbeddedError> {
         BlobEntry::Segmented(std::mem::take(&mut job.segs))
     };
     let req = CommitReq {
-        chunks: std::mem::take(&mut job.pending),
+        chunks,
         blobs: vec![(digest, entry)],
+        pack_ends: job.ends.drain().collect(),
         durable: true,
         ..Default::default()
     };
