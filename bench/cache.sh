@@ -13,6 +13,9 @@
 #       connections: requests sent on a fixed schedule, latency measured from the
 #       scheduled time (coordinated omission corrected): p50/p90/p99.
 #     Target: p50 <= 100 us under load (the open-loop rates).
+#     Each run also prints the server's CPU time (user + system, from /proc) per
+#     request: its cost, which other processes' load changes much less than
+#     latency.
 #  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
 #  4. the same in one process over memory services, with the store alone (render,
@@ -69,13 +72,23 @@ nix path-info --store "$URL" "$P" >/dev/null
 echo "== narinfo (keep-alive, ${SECS}s each, ${#SMALL[@]} paths, signed)"
 HASHES=()
 for p in "${SMALL[@]}"; do h=${p#/nix/store/}; HASHES+=("${h%%-*}"); done
+TCK=$(getconf CLK_TCK)
+server_ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
+# Runs the generator with these arguments; prints its line, the server's CPU
+# time per request and the load; keeps the line in $out.
+narinfo_run() {
+  local t0 t1 n
+  t0=$(server_ticks); out=$("$B" "$@"); t1=$(server_ticks)
+  n=$(sed -E 's/.*[ (]([0-9]+) requests in.*/\1/' <<<"$out")
+  echo "$out; server CPU $(awk -v t=$((t1 - t0)) -v hz="$TCK" -v n="$n" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }') us/request   ($(load))"
+}
 "$B" narinfo "$URL" 1 2 "${HASHES[@]}" >/dev/null # warm up
-echo "$("$B" narinfo "$URL" "$SECS" 1 "${HASHES[@]}")   ($(load))"
-out=$("$B" narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}")
-echo "$out   ($(load))"
+narinfo_run narinfo "$URL" "$SECS" 1 "${HASHES[@]}"
+narinfo_run narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"
 MAX=$(sed -n 's/.*: \([0-9]*\) req\/s.*/\1/p' <<<"$out")
 for pct in 25 50 75; do
-  echo "$pct% of $MAX req/s: $("$B" narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}")   ($(load))"
+  echo -n "$pct% of $MAX req/s: "
+  narinfo_run narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}"
 done
 
 echo "== NAR download"
