@@ -1243,3 +1243,98 @@ async fn nix_signed_uploads_with_a_trusted_key() {
     }
     server.stop().await;
 }
+
+/// A `Range` is answered without rendering the NAR from its start: with the
+/// first file's blob missing from the store, the bytes after it are still
+/// served, and they are those of Nix's NAR of the same tree (`nix-store --dump`;
+/// the missing file's contents do not matter, only its size), while the whole
+/// NAR fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn range_does_not_render_what_comes_before() {
+    use cairn_castore::{B3Digest, Directory, Node, PathComponent};
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a"), vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(tree.join("b"), b"present\n").unwrap();
+    let xdg = dir.path().join("xdg");
+    let nar = run(nix(&xdg, "nix-store").arg("--dump").arg(&tree)).stdout;
+    assert!(nar.len() > 1 << 20, "nix-store --dump: {} bytes", nar.len());
+
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let infos = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    let mut w = blobs.open_write().await;
+    tokio::io::AsyncWriteExt::write_all(&mut w, b"present\n")
+        .await
+        .unwrap();
+    let present = w.close().await.unwrap();
+    let file = |digest, size| Node::File {
+        digest,
+        size,
+        executable: false,
+    };
+    let mut d = Directory::new();
+    d.add(
+        PathComponent::try_from("a").unwrap(),
+        file(B3Digest::of(b"never stored"), 1 << 20),
+    )
+    .unwrap();
+    d.add(PathComponent::try_from("b").unwrap(), file(present, 8))
+        .unwrap();
+    let size = d.size();
+    let root = Node::Directory {
+        digest: dirs.put(d).await.unwrap(),
+        size,
+    };
+    infos
+        .put(cairn_store::pathinfo::PathInfo {
+            store_path: cairn_nix::store_path::StorePath::from_basename(
+                "00000000000000000000000000000000-tail",
+            )
+            .unwrap(),
+            node: root,
+            references: vec![],
+            nar_size: nar.len() as u64,
+            nar_sha256: [1; 32],
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        })
+        .await
+        .unwrap();
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::in_memory().unwrap(),
+        Some((blobs, dirs, infos)),
+    )
+    .await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
+        assert_eq!(code, 200);
+        let ni = String::from_utf8(ni).unwrap();
+        let nar_url = format!(
+            "{url}/{}",
+            ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap()
+        );
+        // The last 200 bytes: `b`'s entry and the closing of the NAR, all after
+        // the contents of `a` (the last 248 bytes are).
+        let n = nar.len();
+        for spec in [format!("{}-", n - 200), "-200".to_owned()] {
+            let (code, body) = curl(&["-H", &format!("Range: bytes={spec}"), &nar_url]);
+            assert_eq!(code, 206, "{spec}");
+            assert!(body == nar[n - 200..], "range {spec}");
+        }
+        let (exit, status) = curl_status(&[&nar_url]);
+        assert_ne!(exit, 0, "whole NAR ended cleanly with status {status}");
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
