@@ -104,6 +104,31 @@ struct Rendered {
     bytes: usize,
 }
 
+impl Rendered {
+    fn cost(text: &Bytes) -> usize {
+        2 * text.len() + RENDERED_OVERHEAD
+    }
+
+    /// Keeps `text` as the narinfo of `info` (replacing what was kept for its
+    /// path), after emptying the cache if it would cost more than `max_bytes`. A
+    /// text too large to keep at all is not kept and empties nothing.
+    fn keep(&mut self, digest: [u8; DIGEST_LEN], info: PathInfo, text: Bytes, max_bytes: usize) {
+        if let Some((_, old)) = self.entries.remove(&digest) {
+            self.bytes -= Self::cost(&old);
+        }
+        let cost = Self::cost(&text);
+        if cost > max_bytes {
+            return;
+        }
+        if self.bytes + cost > max_bytes {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += cost;
+        self.entries.insert(digest, (info, text));
+    }
+}
+
 impl BinaryCache {
     /// A cache serving and storing into these services; `pending` records NARs
     /// waiting for their narinfo.
@@ -218,19 +243,7 @@ impl BinaryCache {
             ni.add_signature(sig);
         }
         let text = Bytes::from(ni.to_string());
-        let cost = 2 * text.len() + RENDERED_OVERHEAD;
-        let mut rendered = lock();
-        if let Some((_, old)) = rendered.entries.remove(&digest) {
-            rendered.bytes -= 2 * old.len() + RENDERED_OVERHEAD;
-        }
-        if rendered.bytes + cost > MAX_RENDERED_BYTES {
-            rendered.entries.clear();
-            rendered.bytes = 0;
-        }
-        if cost <= MAX_RENDERED_BYTES {
-            rendered.bytes += cost;
-            rendered.entries.insert(digest, (info, text.clone()));
-        }
+        lock().keep(digest, info, text.clone(), MAX_RENDERED_BYTES);
         Ok(text)
     }
 }
@@ -948,12 +961,30 @@ mod tests {
         assert_eq!(text(&cache.narinfo(a).unwrap()), text(&first));
         let r = cache.rendered.lock().unwrap();
         assert_eq!(r.entries.len(), 2);
-        let cost: usize = r
-            .entries
-            .values()
-            .map(|(_, t)| 2 * t.len() + RENDERED_OVERHEAD)
-            .sum();
+        let cost: usize = r.entries.values().map(|(_, t)| Rendered::cost(t)).sum();
         assert_eq!(r.bytes, cost);
+    }
+
+    #[test]
+    fn rendered_narinfos_are_bounded() {
+        let text = |n: usize| Bytes::from(vec![b'x'; n]);
+        let one = Rendered::cost(&text(100));
+        let max = 3 * one;
+        let mut r = Rendered::default();
+        for n in 1..=3 {
+            r.keep([n; DIGEST_LEN], symlink_info(n), text(100), max);
+        }
+        assert_eq!((r.entries.len(), r.bytes), (3, max));
+        // Again for a kept path: replaced, nothing emptied.
+        r.keep([2; DIGEST_LEN], symlink_info(2), text(100), max);
+        assert_eq!((r.entries.len(), r.bytes), (3, max));
+        // Too large to keep: not kept, nothing emptied.
+        r.keep([9; DIGEST_LEN], symlink_info(9), text(max), max);
+        assert_eq!((r.entries.len(), r.bytes), (3, max));
+        // One more than fits: the cache is emptied, then keeps it.
+        r.keep([4; DIGEST_LEN], symlink_info(4), text(100), max);
+        assert_eq!((r.entries.len(), r.bytes), (1, one));
+        assert!(r.entries.contains_key(&[4; DIGEST_LEN]));
     }
 
     #[test]
