@@ -1338,3 +1338,153 @@ async fn range_does_not_render_what_comes_before() {
     .unwrap();
     server.stop().await;
 }
+
+/// Counts the bytes written to blobs through it.
+struct CountingBlobs {
+    inner: Arc<dyn cairn_castore::BlobService>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct CountingWriter {
+    inner: Box<dyn cairn_castore::BlobWriter>,
+    written: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tokio::io::AsyncWrite for CountingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_castore::BlobWriter for CountingWriter {
+    async fn close(&mut self) -> Result<cairn_castore::B3Digest, cairn_castore::Error> {
+        self.inner.close().await
+    }
+}
+
+#[async_trait::async_trait]
+impl cairn_castore::BlobService for CountingBlobs {
+    async fn has(&self, d: &cairn_castore::B3Digest) -> Result<bool, cairn_castore::Error> {
+        self.inner.has(d).await
+    }
+    async fn open_read(
+        &self,
+        d: &cairn_castore::B3Digest,
+    ) -> Result<Option<Box<dyn cairn_castore::BlobReader>>, cairn_castore::Error> {
+        self.inner.open_read(d).await
+    }
+    async fn open_write(&self) -> Box<dyn cairn_castore::BlobWriter> {
+        Box::new(CountingWriter {
+            inner: self.inner.open_write().await,
+            written: self.written.clone(),
+        })
+    }
+    async fn chunks(
+        &self,
+        d: &cairn_castore::B3Digest,
+    ) -> Result<Option<Vec<cairn_castore::ChunkMeta>>, cairn_castore::Error> {
+        self.inner.chunks(d).await
+    }
+}
+
+/// An uploaded NAR is ingested as it arrives, not after the whole body: with
+/// half of a 64 MiB NAR (made by `nix-store --dump`) sent, most of that half
+/// has already been written to the blob service; the rest then completes the
+/// upload (201).
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_ingested_as_they_stream() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let xdg = dir.path().join("xdg");
+    let file = dir.path().join("big");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..64 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&file, &data).unwrap();
+    drop(data);
+    let nar = run(nix(&xdg, "nix-store").arg("--dump").arg(&file)).stdout;
+    let nar_file = dir.path().join("big.nar");
+    std::fs::write(&nar_file, &nar).unwrap();
+    let file_hash = ok(nix(&xdg, "nix-hash")
+        .args(["--type", "sha256", "--flat", "--base32"])
+        .arg(&nar_file));
+
+    let written = Arc::new(AtomicU64::new(0));
+    let blobs: Arc<dyn cairn_castore::BlobService> = Arc::new(CountingBlobs {
+        inner: cairn_castore::blob_service_from_addr("memory://").unwrap(),
+        written: written.clone(),
+    });
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let infos = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    let server = Server::start_with(
+        CacheConfig::default(),
+        PendingUploads::in_memory().unwrap(),
+        Some((blobs, dirs, infos)),
+    )
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let half = nar.len() / 2;
+    tcp.write_all(
+        format!(
+            "PUT /nar/{}.nar HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            file_hash.trim(),
+            nar.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tcp.write_all(&nar[..half]).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while written.load(Ordering::SeqCst) < (half as u64) / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of the {half} bytes sent reached the blob service",
+            written.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tcp.write_all(&nar[half..]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tcp.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(written.load(Ordering::SeqCst), 64 << 20);
+    drop(tcp);
+    server.stop().await;
+}
