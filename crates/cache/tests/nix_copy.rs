@@ -1488,3 +1488,38 @@ async fn uploads_are_ingested_as_they_stream() {
     drop(tcp);
     server.stop().await;
 }
+
+/// `nix-cache-info` as configured, and read by Nix: a cache configured for
+/// another store directory is refused by `nix path-info` for that reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_cache_info_is_what_nix_reads() {
+    let f = fixture();
+    let mut cache_info = cairn_nix::cache_info::CacheInfo::new("/other/store").unwrap();
+    cache_info.want_mass_query = Some(false);
+    cache_info.priority = Some(10);
+    let server = Server::start(CacheConfig {
+        cache_info,
+        ..CacheConfig::default()
+    })
+    .await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let (code, text) = curl(&[&format!("{url}/nix-cache-info")]);
+        assert_eq!(code, 200);
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "StoreDir: /other/store\nWantMassQuery: 0\nPriority: 10\n"
+        );
+        let xdg = tempfile::tempdir().unwrap();
+        let out = run(nix(xdg.path(), "nix").args(["path-info", "--store", &url, &f.ca]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("is for Nix stores with prefix '/other/store'"),
+            "{err}"
+        );
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
