@@ -334,14 +334,14 @@ fn parse_hash_part(s: &str) -> Option<[u8; DIGEST_LEN]> {
     if s.len() != HASH_PART_LEN {
         return None;
     }
-    nixbase32::decode(s.as_bytes()).ok()?.try_into().ok()
+    nixbase32::decode_fixed(s).ok()
 }
 
 fn parse_sha256_nix32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 52 {
         return None;
     }
-    nixbase32::decode(s.as_bytes()).ok()?.try_into().ok()
+    nixbase32::decode_fixed(s).ok()
 }
 
 /// Where the NAR of `info` is served: named by its store path and NAR hash, so
