@@ -1,6 +1,11 @@
 //! Writes one blob of the given size (MiB) into a fresh embedded store and reads it
 //! back in full, verified (optionally several times: second argument); run under `/usr/bin/time -v` to see that peak memory
-//! does not grow with the blob's size (bench/embedded_rss.sh). Also prints the CPU
+//! does not grow with the blob's size (bench/embedded_rss.sh).
+//!
+//! `embedded_rss MIB READS write DIR` only writes (into the store at DIR, which
+//! must not hold the blob yet), `embedded_rss MIB READS read DIR` only reads what
+//! such a run wrote: the peak of a process that opens a store and reads a blob,
+//! without what writing it left in the process. Also prints the CPU
 //! time (user + system, all threads) of each phase: on a machine where other jobs
 //! run, CPU seconds per GiB compare runs better than wall-clock speed.
 #![allow(missing_docs)]
@@ -56,8 +61,30 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1)
         .max(1);
     let len = mib << 20;
-    let dir = tempfile::tempdir()?;
-    let store = EmbeddedStore::open(dir.path())?;
+    let mode = std::env::args().nth(3).unwrap_or_default();
+    let tmp = tempfile::tempdir()?;
+    let path = match std::env::args().nth(4) {
+        Some(p) => std::path::PathBuf::from(p),
+        None => tmp.path().to_owned(),
+    };
+    let store = EmbeddedStore::open(&path)?;
+    if mode == "read" {
+        let hex = std::fs::read_to_string(path.join("digest"))?;
+        let d = (0..32)
+            .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()?;
+        let d: [u8; 32] = d
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("bad digest file"))?;
+        let (rt, rc) = read(&store, &d, len, reads).await?;
+        println!(
+            "{mib} MiB: read in a new process {:.0} MB/s ({:.2} CPU s/GiB), peak RSS {} KiB",
+            len as f64 / rt / 1e6,
+            rc / (len as f64 / f64::from(1u32 << 30)),
+            peak_kib()
+        );
+        return Ok(());
+    }
     let g = Gen::new();
     let (t, c) = (Instant::now(), cpu_secs());
     let mut w = store.blob_writer();
@@ -72,12 +99,43 @@ async fn main() -> anyhow::Result<()> {
     let close = tc.elapsed().as_secs_f64();
     let (wt, wc) = (t.elapsed().as_secs_f64(), cpu_secs() - c);
     let write_peak = peak_kib();
+    if mode == "write" {
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(path.join("digest"), hex)?;
+        println!(
+            "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB), peak RSS {write_peak} KiB",
+            len as f64 / wt / 1e6,
+            wc / (len as f64 / f64::from(1u32 << 30)),
+        );
+        return Ok(());
+    }
     reset_peak();
+    let (rt, rc) = read(&store, &d, len, reads).await?;
+    let read_peak = peak_kib();
+    let gib = len as f64 / f64::from(1u32 << 30);
+    println!(
+        "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB, close {close:.2} s), read {:.0} MB/s ({:.2} CPU s/GiB), data dir {} bytes, peak RSS write {write_peak} KiB read {read_peak} KiB",
+        len as f64 / wt / 1e6,
+        wc / gib,
+        len as f64 / rt / 1e6,
+        rc / gib,
+        tree_bytes(&path)
+    );
+    Ok(())
+}
+
+/// Reads blob `d` of `len` bytes `reads` times; wall and CPU seconds per read.
+async fn read(
+    store: &EmbeddedStore,
+    d: &[u8; 32],
+    len: u64,
+    reads: u32,
+) -> anyhow::Result<(f64, f64)> {
     let (t, c) = (Instant::now(), cpu_secs());
     let mut buf = vec![0u8; 1 << 20];
     for _ in 0..reads {
         let mut r = store
-            .open_blob(&d)?
+            .open_blob(d)?
             .ok_or_else(|| anyhow::anyhow!("blob missing"))?;
         let mut n = 0u64;
         loop {
@@ -89,19 +147,8 @@ async fn main() -> anyhow::Result<()> {
         }
         anyhow::ensure!(n == len, "read {n} of {len} bytes");
     }
-    let (rt, rc) = (
-        t.elapsed().as_secs_f64() / reads as f64,
-        (cpu_secs() - c) / reads as f64,
-    );
-    let read_peak = peak_kib();
-    let gib = len as f64 / f64::from(1u32 << 30);
-    println!(
-        "{mib} MiB: write {:.0} MB/s ({:.2} CPU s/GiB, close {close:.2} s), read {:.0} MB/s ({:.2} CPU s/GiB), data dir {} bytes, peak RSS write {write_peak} KiB read {read_peak} KiB",
-        len as f64 / wt / 1e6,
-        wc / gib,
-        len as f64 / rt / 1e6,
-        rc / gib,
-        tree_bytes(dir.path())
-    );
-    Ok(())
+    Ok((
+        t.elapsed().as_secs_f64() / f64::from(reads),
+        (cpu_secs() - c) / f64::from(reads),
+    ))
 }
