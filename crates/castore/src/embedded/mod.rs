@@ -259,7 +259,7 @@ impl EmbeddedStore {
         Ok(store)
     }
 
-    /// Sends `req` to the committer; await the receiver (or `blocking_recv` it).
+    /// Sends `req` to the committer; await the receiver.
     fn submit(&self, req: CommitReq) -> oneshot::Receiver<Result<(), EmbeddedError>> {
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.inner.tx {
@@ -267,12 +267,6 @@ impl EmbeddedStore {
             let _ = tx.send((req, reply));
         }
         rx
-    }
-
-    fn submit_blocking(&self, req: CommitReq) -> Result<(), EmbeddedError> {
-        self.submit(req)
-            .blocking_recv()
-            .map_err(|_| EmbeddedError::Closed)?
     }
 
     /// A writer for a new blob: write its bytes, then `close` it for its digest.

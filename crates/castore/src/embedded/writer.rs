@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::AsyncWrite;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::format::{
@@ -21,6 +22,11 @@ use super::{CommitReq, EmbeddedError, EmbeddedStore, Level, append_encoded, enco
 
 /// Bytes buffered before a batch is processed.
 const BATCH: usize = 4 * 1024 * 1024;
+/// A blob of at most this many bytes, written in one batch, is compressed and
+/// appended by `close` on the calling thread (zstd level 9 takes tens of
+/// microseconds on it) instead of a blocking thread: a thread handoff costs more
+/// than the work, and each blocking thread keeps its own zstd context.
+const INLINE_CLOSE: usize = 8 * 1024;
 
 struct Job {
     store: EmbeddedStore,
@@ -47,7 +53,11 @@ struct Job {
 enum State {
     Idle(Box<Job>),
     Busy(JoinHandle<Result<Box<Job>, EmbeddedError>>),
-    Closing(JoinHandle<Result<[u8; 32], EmbeddedError>>),
+    /// Its last chunks are being processed (on a blocking thread).
+    Closing(JoinHandle<Result<Closed, EmbeddedError>>),
+    /// Its commit is queued: waited for without holding a thread, so many blobs can
+    /// wait for one group commit cheaply.
+    Committing([u8; 32], oneshot::Receiver<Result<(), EmbeddedError>>),
     Done([u8; 32]),
     Failed(String),
 }
@@ -89,7 +99,7 @@ impl EmbeddedBlobWriter {
                     };
                 }
                 State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
-                State::Closing(_) | State::Done(_) => {
+                State::Closing(_) | State::Committing(..) | State::Done(_) => {
                     return Poll::Ready(Err(io::Error::other("blob writer already closed")));
                 }
                 State::Idle(_) => return Poll::Ready(Ok(())),
@@ -109,14 +119,25 @@ impl EmbeddedBlobWriter {
                     else {
                         unreachable!("matched Idle above")
                     };
-                    self.state = State::Closing(tokio::task::spawn_blocking(move || finish(job)));
+                    self.state = if job.count == 0 && job.buf.len() <= INLINE_CLOSE {
+                        committing(finish(job))
+                    } else {
+                        State::Closing(tokio::task::spawn_blocking(move || finish(job)))
+                    };
                 }
                 State::Closing(h) => {
                     let r = ready!(Pin::new(h).poll(cx));
                     self.state = match r {
-                        Ok(Ok(d)) => State::Done(d),
-                        Ok(Err(e)) => State::Failed(e.to_string()),
+                        Ok(r) => committing(r),
                         Err(e) => State::Failed(format!("blob writer task: {e}")),
+                    };
+                }
+                State::Committing(d, rx) => {
+                    let r = ready!(Pin::new(rx).poll(cx));
+                    self.state = match r {
+                        Ok(Ok(())) => State::Done(*d),
+                        Ok(Err(e)) => State::Failed(e.to_string()),
+                        Err(_) => State::Failed(EmbeddedError::Closed.to_string()),
                     };
                 }
                 State::Done(d) => return Poll::Ready(Ok(*d)),
@@ -342,7 +363,23 @@ fn flush_segment(job: &mut Job) -> Result<(), EmbeddedError> {
     Ok(())
 }
 
-fn finish(job: Box<Job>) -> Result<[u8; 32], EmbeddedError> {
+/// A blob whose chunks are all appended: its digest, and the durable commit that
+/// makes it visible, submitted by `committing`.
+struct Closed {
+    digest: [u8; 32],
+    store: EmbeddedStore,
+    req: CommitReq,
+}
+
+/// Submits the commit of a blob that `finish` prepared.
+fn committing(r: Result<Closed, EmbeddedError>) -> State {
+    match r {
+        Ok(c) => State::Committing(c.digest, c.store.submit(c.req)),
+        Err(e) => State::Failed(e.to_string()),
+    }
+}
+
+fn finish(job: Box<Job>) -> Result<Closed, EmbeddedError> {
     let mut job = process(job, true)?;
     let digest = *job.hasher.finalize().as_bytes();
     let mut chunks = Vec::new();
@@ -375,6 +412,9 @@ fn finish(job: Box<Job>) -> Result<[u8; 32], EmbeddedError> {
         durable: true,
         ..Default::default()
     };
-    job.store.submit_blocking(req)?;
-    Ok(digest)
+    Ok(Closed {
+        digest,
+        store: job.store,
+        req,
+    })
 }
