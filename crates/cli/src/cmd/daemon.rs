@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
 use super::store::{data_dir, embedded_url};
@@ -131,15 +132,17 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             ));
             socket_note = format!(" and grpc+unix://{}", socket.display());
         }
+        // Before the line below: whoever reads it may stop us at once, and a signal
+        // that arrives before its handler is installed kills the process instead
+        // of shutting it down.
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         // Tests and scripts read this line to learn the port when --listen used port 0.
         eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note}{http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
         tracing::info!(%tcp_addr, "serving");
 
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot install the SIGTERM handler")?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
             Some(res) = servers.join_next() => {
                 // A server ended on its own: that is an error worth reporting.
