@@ -62,9 +62,13 @@ const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 /// cache grow with everything the process ever touched of the index, so a
 /// long-running store's RSS grew with the store. Smaller costs small-object
 /// speed (2026-11-26, load 7-13: 100k directories put/get 26%/36% slower with
-/// 8 MiB than with 1 GiB, 100k 1 KiB blob reads 17% slower with 2 MiB); 64 MiB
-/// holds the index of a few hundred thousand objects.
-const INDEX_CACHE: usize = 64 << 20;
+/// 8 MiB than with 1 GiB, 100k 1 KiB blob reads 17% slower with 2 MiB). But the
+/// cache fills to its size in any large import (26 MiB of pages after 300k
+/// small files), so it sets a floor under a writer's peak RSS: `cairn import` of
+/// 300k small files peaked at 47 MB with 64 MiB, 41 MB with 16 MiB, 31 MB with
+/// 8 MiB (73.8 s, 80.3 s, 77.2 s: within noise, load 4). 16 MiB keeps an
+/// import's RSS under 64 MB whatever its size.
+const INDEX_CACHE: usize = 16 << 20;
 
 /// A blob's chunks in order: (BLAKE3 digest, size in bytes).
 pub type ChunkList = Vec<([u8; 32], u64)>;
