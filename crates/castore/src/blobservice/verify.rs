@@ -70,14 +70,12 @@ enum Mode {
         unwritten: VecDeque<Bytes>,
         written: u64,
     },
-    /// The end was checked: handing out the spooled bytes, then what was never
-    /// written to the file.
+    /// The end was checked: handing out the spooled bytes.
     Replay {
         file: tokio::fs::File,
         phase: Replay,
         /// Spooled bytes not handed out yet.
         left: u64,
-        tail: VecDeque<Bytes>,
     },
     /// Everything received was checked and moved to `ready`.
     Drained,
@@ -305,13 +303,7 @@ impl Verified {
 
     /// Hands out the spooled bytes of a checked stream.
     fn replay(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Mode::Replay {
-            file,
-            phase,
-            left,
-            tail,
-        } = &mut self.mode
-        else {
+        let Mode::Replay { file, phase, left } = &mut self.mode else {
             return Poll::Ready(Err(io::Error::other("replay outside of replay mode")));
         };
         let digest = self.digest;
@@ -330,7 +322,6 @@ impl Verified {
                     *phase = Replay::Read;
                 }
                 Replay::Read if *left == 0 => {
-                    self.ready.extend(tail.drain(..));
                     self.mode = Mode::Drained;
                     self.done = true;
                     return Poll::Ready(Ok(()));
@@ -408,18 +399,24 @@ impl Verified {
                     list.len()
                 )));
             }
+            // `step` polls the stream only once everything received was handed to
+            // the file, so the end finds nothing unwritten.
             Mode::Spool {
                 file,
                 unwritten,
                 written,
-            } => {
+            } if unwritten.is_empty() => {
                 self.mode = Mode::Replay {
                     file,
                     phase: Replay::Flush,
                     left: written,
-                    tail: unwritten,
                 };
                 return Ok(());
+            }
+            Mode::Spool { .. } => {
+                return Err(io::Error::other(
+                    "blob stream ended with bytes not yet spooled",
+                ));
             }
             _ => {}
         }
