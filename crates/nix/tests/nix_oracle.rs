@@ -80,8 +80,7 @@ impl Nix {
     }
 
     fn run(&self, program: &str, args: &[&str]) -> String {
-        self.try_run(program, args)
-            .unwrap_or_else(|e| panic!("`{program} {args:?}` failed: {e}"))
+        self.scratch.run(program, args)
     }
 
     fn store_arg(&self) -> &str {

@@ -2,8 +2,6 @@
 //! a real server over a real socket.
 
 use std::future::Future;
-use std::path::PathBuf;
-
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 /// A server task listening on a fresh port or socket; dropping it stops the server
@@ -13,8 +11,6 @@ pub struct Server {
     pub url: String,
     /// The address, for TCP.
     pub tcp: Option<std::net::SocketAddr>,
-    /// The socket's path, for a unix socket.
-    pub socket: Option<PathBuf>,
     task: tokio::task::JoinHandle<()>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -38,7 +34,6 @@ where
     Server {
         url: format!("grpc+http://{addr}"),
         tcp: Some(addr),
-        socket: None,
         task: tokio::spawn(async move { served.await.unwrap() }),
         _dir: None,
     }
@@ -58,7 +53,6 @@ where
     Server {
         url: format!("grpc+unix://{}", path.display()),
         tcp: None,
-        socket: Some(path),
         task: tokio::spawn(async move { served.await.unwrap() }),
         _dir: Some(dir),
     }

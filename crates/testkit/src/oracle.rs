@@ -6,7 +6,7 @@ use std::process::Command;
 
 /// The test venv's python (`$CAIRN_TEST_VENV`, default `/opt/cairn-test-venv`),
 /// made by `scripts/install-test-deps.sh`.
-pub fn python() -> PathBuf {
+fn python() -> PathBuf {
     let venv = std::env::var("CAIRN_TEST_VENV").unwrap_or_else(|_| "/opt/cairn-test-venv".into());
     let python = PathBuf::from(venv).join("bin/python");
     assert!(
@@ -18,7 +18,7 @@ pub fn python() -> PathBuf {
 }
 
 /// The client script, in the repository.
-pub fn script() -> PathBuf {
+fn script() -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/oracle/grpc_client.py");
     assert!(p.exists(), "{} is missing", p.display());
     p
