@@ -556,31 +556,61 @@ impl Level {
 /// input, level 3 at ~300 MB/s).
 const RAW_ENTROPY: f64 = 7.9;
 
-/// Whether `data` looks incompressible: the byte histogram of up to 8192 bytes
-/// sampled evenly across it is almost flat. Random bytes repeated within one chunk
-/// are misjudged and stored raw (across chunks, dedup catches repeats): it costs
-/// space, never correctness.
+/// Objects shorter than this are always tried with zstd: the randomness test of
+/// [`random_floor`] is not calibrated for them (the entropy of n random bytes is
+/// far below 8 bits when n is not well above 256), and zstd is cheap on them.
+const RAW_TEST_MIN: usize = 256;
+/// Objects from this size on are judged by a sample, against [`RAW_ENTROPY`].
+const RAW_SAMPLED: usize = 4096;
+
+/// The order-0 entropy (bits per byte) above which `n` bytes (`RAW_TEST_MIN <=
+/// n < RAW_SAMPLED`) count as random: five standard deviations below what `n`
+/// uniformly random bytes show. That expectation falls short of 8 bits by
+/// 255/(2n ln 2) (the plug-in estimate's bias, ~184/n) plus ~12000/n^2, and its
+/// standard deviation is ~17/n (both measured over 5000 random objects of each
+/// size from 256 to 4096 bytes). On 40,000 files of 64 B to 8 KiB from a Linux
+/// install and a tokio source tree, no file zstd level 9 shrinks scored above it
+/// (gzip, PNG and such did: 4118 of the 4141 zstd cannot shrink between 256 B
+/// and 4 KiB, the rest small PNG and GIF images); source and text score 4.5 to 6.
+fn random_floor(n: usize) -> f64 {
+    let n = n as f64;
+    8.0 - (184.0 + 5.0 * 17.0) / n - 12_000.0 / (n * n)
+}
+
+/// Whether `data` looks incompressible. From [`RAW_SAMPLED`] bytes on: the byte
+/// histogram of up to 8192 bytes sampled evenly across it is almost flat. Random
+/// bytes repeated within one chunk are misjudged and stored raw (across chunks,
+/// dedup catches repeats): it costs space, never correctness. A smaller object
+/// (a small file) is judged on all its bytes against what random bytes of its
+/// length show ([`random_floor`]): level 9 took most of the CPU of importing
+/// small random files.
 fn looks_incompressible(data: &[u8]) -> bool {
-    if data.len() < 4096 {
+    if data.len() < RAW_TEST_MIN {
         return false;
     }
+    if data.len() < RAW_SAMPLED {
+        return entropy(data.iter()) > random_floor(data.len());
+    }
     let step = (data.len() / 8192).max(1);
+    entropy(data.iter().step_by(step)) > RAW_ENTROPY
+}
+
+/// Order-0 entropy in bits per byte of the (non-empty) bytes `sample`.
+fn entropy<'a>(sample: impl Iterator<Item = &'a u8>) -> f64 {
     let mut hist = [0u32; 256];
     let mut n = 0u32;
-    for b in data.iter().step_by(step) {
+    for b in sample {
         hist[usize::from(*b)] += 1;
         n += 1;
     }
     let n = f64::from(n);
-    let bits: f64 = hist
-        .iter()
+    hist.iter()
         .filter(|&&c| c > 0)
         .map(|&c| {
             let p = f64::from(c) / n;
             -p * p.log2()
         })
-        .sum();
-    bits > RAW_ENTROPY
+        .sum()
 }
 
 /// zstd compression contexts not in use. A thread that compresses takes one and

@@ -353,12 +353,101 @@ fn raw_or_compressed() {
     let z = encode(text.as_bytes(), Level::Whole).unwrap().unwrap();
     assert!(z.len() < text.len() / 10, "text compressed to {}", z.len());
     assert!(!looks_incompressible(&data(3, 64 * 1024)));
-    assert!(!looks_incompressible(&random(4, 4095)));
     // Random bytes repeated within a chunk are the known miss: stored raw.
     assert!(looks_incompressible(&random(6, 32 * 1024).repeat(2)));
     let mut back = vec![0u8; text.len()];
     assert_eq!(decode_into(&z, &mut back).unwrap(), text.len());
     assert_eq!(back, text.as_bytes());
+}
+
+/// Sources of this crate, as stand-ins for the small files users import.
+const SOURCES: [&str; 4] = [
+    include_str!("mod.rs"),
+    include_str!("writer.rs"),
+    include_str!("format.rs"),
+    include_str!("../../Cargo.toml"),
+];
+
+#[test]
+fn small_random_objects_are_raw_small_text_is_tried() {
+    // Every random object of 256 B to 4 KiB is judged random (the threshold is
+    // five standard deviations below their mean entropy).
+    for len in (256..4096).step_by(7) {
+        for seed in 0..20 {
+            let bytes = random(seed * 4099 + len as u64, len);
+            assert!(
+                looks_incompressible(&bytes),
+                "{len} random bytes, seed {seed}"
+            );
+            assert!(encode(&bytes, Level::Whole).unwrap().is_none());
+        }
+    }
+    // Shorter ones are not judged (zstd is tried, and finds nothing).
+    assert!(!looks_incompressible(&random(7, 255)));
+    assert!(encode(&random(7, 255), Level::Whole).unwrap().is_none());
+    // No slice of source code or text is, whatever its length and offset; nor
+    // hex or base64 (6 bits per byte at most), nor random bytes repeated.
+    for src in SOURCES {
+        let src = src.as_bytes();
+        for len in (256..4096.min(src.len())).step_by(61) {
+            for start in (0..src.len() - len).step_by(997) {
+                let piece = &src[start..start + len];
+                assert!(
+                    !looks_incompressible(piece),
+                    "{len} bytes of source at {start}"
+                );
+            }
+        }
+    }
+    let hex: String = random(8, 1000).iter().map(|b| format!("{b:02x}")).collect();
+    assert!(!looks_incompressible(hex.as_bytes()));
+    let b64: Vec<u8> = random(9, 3000)
+        .iter()
+        .map(|b| {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[usize::from(b % 64)]
+        })
+        .collect();
+    assert!(!looks_incompressible(&b64));
+    let z = encode(&b64, Level::Whole)
+        .unwrap()
+        .expect("base64 compresses");
+    assert!(z.len() < b64.len() * 7 / 8);
+    assert!(!looks_incompressible(&random(10, 1024).repeat(2)));
+    assert!(
+        encode(&random(10, 1024).repeat(2), Level::Whole)
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Through the store: a small random file is stored raw (its exact size in the
+/// pack), a small source file compressed; both read back exactly.
+#[tokio::test]
+async fn small_random_blob_raw_small_source_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = random(11, 1000);
+    let d = put(&store, &bytes).await;
+    let Some(Layout::Single(loc)) = store.blob_layout(&d).unwrap() else {
+        panic!("a 1000-byte blob is one chunk");
+    };
+    assert!(!loc.compressed);
+    assert_eq!((loc.stored_len, loc.raw_len), (1000, 1000));
+    assert_eq!(pack_bytes(&store), 1000);
+    assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    let src = &SOURCES[1].as_bytes()[..1500];
+    let d = put(&store, src).await;
+    let Some(Layout::Single(loc)) = store.blob_layout(&d).unwrap() else {
+        panic!("a 1500-byte blob is one chunk");
+    };
+    assert!(loc.compressed);
+    assert!(
+        loc.stored_len < 1000,
+        "1500 bytes of source stored in {}",
+        loc.stored_len
+    );
+    assert_eq!(pack_bytes(&store), 1000 + u64::from(loc.stored_len));
+    assert_eq!(get(&store, &d).await.unwrap(), src);
 }
 
 #[tokio::test]
