@@ -373,13 +373,9 @@ async fn serve(data: String, port_file: String, key: Option<String>) {
     let port = listener.local_addr().unwrap().port();
     std::fs::write(format!("{port_file}.tmp"), port.to_string()).unwrap();
     std::fs::rename(format!("{port_file}.tmp"), &port_file).unwrap();
-    cairn_cache::serve(
-        listener,
-        cairn_cache::router(Arc::new(cache)),
-        std::future::pending(),
-    )
-    .await
-    .unwrap();
+    cairn_cache::serve(listener, Arc::new(cache), std::future::pending())
+        .await
+        .unwrap();
 }
 
 fn nar_string(out: &mut Vec<u8>, s: &[u8]) {
@@ -524,7 +520,7 @@ async fn inproc(mib: usize) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(cairn_cache::serve(
         listener,
-        cairn_cache::router(Arc::new(cache)),
+        Arc::new(cache),
         std::future::pending(),
     ));
     narinfo(url.clone(), 3, 1, hashes.clone()).await;

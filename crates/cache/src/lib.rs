@@ -2,7 +2,8 @@
 //! `nix path-info --store http://...` and substituters speak, served from the
 //! store layer.
 //!
-//! - [`router`] and [`serve`]: the axum routes over a [`BinaryCache`] (blob,
+//! - [`serve`] and [`router`]: the HTTP server (narinfo lookups answered on a
+//!   fast path, everything else by hyper) and its axum routes over a [`BinaryCache`] (blob,
 //!   directory and path info services, plus [`PendingUploads`] and a
 //!   [`CacheConfig`]): `GET /nix-cache-info`, `GET|HEAD /<hash>.narinfo` (signed on
 //!   the fly by the configured keys), `GET|HEAD /nar/<file>` (rendered from the
@@ -28,13 +29,13 @@
 //! let cache = BinaryCache::new(blobs, dirs, infos, PendingUploads::in_memory()?,
 //!     CacheConfig::default());
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-//! cairn_cache::serve(listener, cairn_cache::router(Arc::new(cache)),
-//!     std::future::pending()).await?;
+//! cairn_cache::serve(listener, Arc::new(cache), std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
 mod auth;
 mod compression;
+mod conn;
 mod error;
 mod hashing;
 mod listing;
@@ -43,7 +44,8 @@ mod server;
 
 pub use auth::UploadToken;
 pub use compression::Compression;
+pub use conn::serve;
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};
-pub use server::{BinaryCache, CacheConfig, router, serve};
+pub use server::{BinaryCache, CacheConfig, router};

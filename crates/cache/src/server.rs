@@ -2,7 +2,6 @@
 //! services.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use cairn_castore::{BlobService, DirectoryService};
 use cairn_nix::cache_info::CacheInfo;
 use cairn_nix::hash::NixHash;
@@ -264,26 +262,10 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
         .with_state(cache)
 }
 
-/// Serves `router` on `listener` (keep-alive HTTP/1.1, `TCP_NODELAY`) until
-/// `shutdown` completes, then lets open requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Small responses (narinfo) must not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 /// Objects whose URL names their content: never change.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 /// A narinfo can gain signatures; its NAR never changes.
-const NARINFO_CACHE: &str = "public, max-age=3600";
+pub(crate) const NARINFO_CACHE: &str = "public, max-age=3600";
 
 fn response(ctype: &'static str, cache: &'static str, body: impl Into<Body>) -> Response {
     let mut r = Response::new(body.into());
@@ -363,11 +345,16 @@ async fn lookup(cache: &BinaryCache, digest: [u8; DIGEST_LEN]) -> Result<PathInf
         .ok_or(CacheError::NotFound)
 }
 
+/// The narinfo served as `/<hash>.narinfo`.
+pub(crate) async fn narinfo_text(cache: &BinaryCache, hash: &str) -> Result<Bytes, CacheError> {
+    let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
+    let info = lookup(cache, digest).await?;
+    cache.narinfo(info)
+}
+
 async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Response, CacheError> {
     if let Some(hash) = file.strip_suffix(".narinfo") {
-        let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
-        let info = lookup(&cache, digest).await?;
-        let text = cache.narinfo(info)?;
+        let text = narinfo_text(&cache, hash).await?;
         return Ok(response("text/x-nix-narinfo", NARINFO_CACHE, text));
     }
     if let Some(hash) = file.strip_suffix(".ls") {

@@ -1,7 +1,7 @@
 //! End-to-end: the real Nix 2.8 (`nix copy`, `nix path-info`, `nix store verify`)
 //! against an in-process cairn binary cache on 127.0.0.1, and the uploads Nix would
 //! never send (wrong hashes, truncated NARs, missing references, bad signatures,
-//! wrong tokens), sent with curl. These tests need Nix and curl and fail without
+//! wrong tokens), sent with curl; and the server's HTTP/1.1 at the byte level. These tests need Nix and curl and fail without
 //! them (`scripts/install-test-deps.sh` installs both).
 //!
 //! The store paths come from one chroot store built once per test binary, as
@@ -12,10 +12,13 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cairn_cache::{BinaryCache, CacheConfig, PendingUploads, UploadToken};
 use cairn_nix::signature::SigningKey;
 use cairn_store::pathinfo::PathInfoService;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
 
 const NIX_CONFIG: &str = "experimental-features = nix-command
 sandbox = false
@@ -195,13 +198,9 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(cairn_cache::serve(
-            listener,
-            cairn_cache::router(Arc::new(cache)),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
+        let task = tokio::spawn(cairn_cache::serve(listener, Arc::new(cache), async move {
+            let _ = stopped.await;
+        }));
         Server {
             url,
             infos,
@@ -1522,4 +1521,234 @@ async fn configured_cache_info_is_what_nix_reads() {
     .await
     .unwrap();
     server.stop().await;
+}
+
+// The server at the byte level, with raw TCP clients: narinfo requests answered
+// by its own HTTP/1.1 path say byte for byte what hyper says for the same request
+// (on a connection handed over to hyper), pipelined and split requests, and the
+// graceful shutdown of connections on either path.
+
+/// A server signing with [`key`], with the fixture's closure uploaded: the hash
+/// parts of its paths.
+async fn raw_server() -> (Server, Vec<String>) {
+    let f = fixture();
+    let mut config = CacheConfig::default();
+    config.sign_keys.push(key().0);
+    let s = Server::start(config).await;
+    let paths = [&f.top, &f.dep, &f.ca];
+    upload(&s, &paths.map(String::as_str)).await;
+    let hashes = paths.iter().map(|p| hash_part(p).to_owned()).collect();
+    (s, hashes)
+}
+
+impl Server {
+    fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
+    async fn connect(&self) -> Client {
+        Client(BufReader::new(
+            TcpStream::connect(self.addr()).await.unwrap(),
+        ))
+    }
+
+    /// Asks the server to stop; returns its result within `within`.
+    async fn stop_within(&mut self, within: Duration) -> Option<std::io::Result<()>> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+}
+
+struct Client(BufReader<TcpStream>);
+
+/// One response: the head (the `date` header's value blanked) and the body.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    head: String,
+    body: String,
+}
+
+impl Client {
+    async fn send(&mut self, bytes: &str) {
+        self.0.get_mut().write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Reads one response; `head_request` if it answers a `HEAD` (no body).
+    async fn answer(&mut self, head_request: bool) -> Answer {
+        let mut head = String::new();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), self.0.read_line(&mut line))
+                .await
+                .expect("no answer within 10 s")
+                .unwrap();
+            assert!(n > 0, "connection closed within a response: {head:?}");
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+            if lower.starts_with("date:") {
+                line = "date: -\r\n".into();
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; if head_request { 0 } else { len }];
+        self.0.read_exact(&mut body).await.unwrap();
+        Answer {
+            head,
+            body: String::from_utf8(body).unwrap(),
+        }
+    }
+
+    /// Whether the server closed the connection (within 10 s).
+    async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.0.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: cache\r\nAccept: */*\r\n\r\n")
+}
+
+fn head(path: &str) -> String {
+    format!("HEAD {path} HTTP/1.1\r\nHost: cache\r\n\r\n")
+}
+
+const MISSING: &str = "/00000000000000000000000000000000.narinfo";
+
+/// The answers of the fast path are compared with hyper's, which must have been
+/// the one answering after `/nix-cache-info`.
+#[tokio::test(flavor = "multi_thread")]
+async fn narinfo_answers_are_those_of_hyper() {
+    let (mut s, hashes) = raw_server().await;
+    let found = format!("/{}.narinfo", hashes[0]);
+    let requests = [
+        (get(&found), false),
+        (head(&found), true),
+        (get(MISSING), false),
+        (head(MISSING), true),
+    ];
+    let mut fast = s.connect().await;
+    let mut hyper = s.connect().await;
+    hyper.send(&get("/nix-cache-info")).await;
+    let info = hyper.answer(false).await;
+    assert!(info.body.contains("StoreDir: /nix/store\n"), "{info:?}");
+    for (req, is_head) in &requests {
+        fast.send(req).await;
+        let a = fast.answer(*is_head).await;
+        hyper.send(req).await;
+        let b = hyper.answer(*is_head).await;
+        assert_eq!(a, b, "{req:?}");
+    }
+    // What was compared is what a narinfo request must get.
+    fast.send(&get(&found)).await;
+    let a = fast.answer(false).await;
+    assert!(a.head.starts_with("HTTP/1.1 200 OK\r\n"), "{a:?}");
+    assert!(a.head.contains("content-type: text/x-nix-narinfo\r\n"));
+    assert!(
+        a.body
+            .starts_with(&format!("StorePath: /nix/store/{}-", hashes[0])),
+        "{a:?}"
+    );
+    assert!(a.body.contains("\nSig: cairn-test-1:"), "{a:?}");
+    fast.send(&get(MISSING)).await;
+    assert!(fast.answer(false).await.head.starts_with("HTTP/1.1 404 "));
+    assert!(matches!(
+        s.stop_within(Duration::from_secs(10)).await,
+        Some(Ok(()))
+    ));
+}
+
+/// Several requests in one write are answered in order, across the handover
+/// to hyper in the middle; a request split across writes waits for its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_and_split_requests() {
+    let (mut s, hashes) = raw_server().await;
+    let path = |i: usize| format!("/{}.narinfo", hashes[i]);
+    let mut c = s.connect().await;
+    let batch = [
+        get(&path(0)),
+        head(&path(1)),
+        get(MISSING),
+        get(&path(2)),
+        get("/nix-cache-info"),
+        get(&path(1)),
+    ]
+    .concat();
+    c.send(&batch).await;
+    let expect = [
+        (false, "200", Some(0)),
+        (true, "200", None),
+        (false, "404", None),
+        (false, "200", Some(2)),
+        (false, "200", None),
+        (false, "200", Some(1)),
+    ];
+    for (is_head, status, hash) in expect {
+        let a = c.answer(is_head).await;
+        assert!(a.head.starts_with(&format!("HTTP/1.1 {status} ")), "{a:?}");
+        if let Some(i) = hash {
+            assert!(a.body.contains(&hashes[i]), "{a:?}");
+        }
+    }
+
+    let mut c = s.connect().await;
+    let req = get(&path(2));
+    let (a, b) = req.split_at(20);
+    c.send(a).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(b).await;
+    let a = c.answer(false).await;
+    assert!(a.body.contains(&hashes[2]), "{a:?}");
+    assert!(matches!(
+        s.stop_within(Duration::from_secs(10)).await,
+        Some(Ok(()))
+    ));
+}
+
+/// On shutdown, idle connections on both paths are closed and the server
+/// returns; a narinfo request begun is answered first.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_both_paths() {
+    let (mut s, hashes) = raw_server().await;
+    let req = get(&format!("/{}.narinfo", hashes[0]));
+    let mut fast = s.connect().await;
+    fast.send(&req).await;
+    fast.answer(false).await;
+    let mut hyper = s.connect().await;
+    hyper.send(&get("/nix-cache-info")).await;
+    hyper.answer(false).await;
+    // Half a request sent.
+    let mut fast_busy = s.connect().await;
+    fast_busy.send(&req[..10]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let _ = s.stop.take().unwrap().send(());
+    assert!(fast.closed().await);
+    assert!(hyper.closed().await);
+    assert!(!s.task.is_finished());
+    fast_busy.send(&req[10..]).await;
+    assert!(
+        fast_busy
+            .answer(false)
+            .await
+            .head
+            .starts_with("HTTP/1.1 200 ")
+    );
+    assert!(fast_busy.closed().await);
+    let done = tokio::time::timeout(Duration::from_secs(10), &mut s.task).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
+    // And no longer listening.
+    assert!(TcpStream::connect(s.addr()).await.is_err());
 }

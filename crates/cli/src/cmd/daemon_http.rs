@@ -116,9 +116,8 @@ pub async fn bind(
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    let router = cairn_cache::router(Arc::new(cache));
     Ok(Some((addr, async move {
-        cairn_cache::serve(listener, router, shutdown)
+        cairn_cache::serve(listener, Arc::new(cache), shutdown)
             .await
             .map_err(cairn_castore::Error::Io)
     })))

@@ -1,0 +1,435 @@
+//! The binary cache's HTTP/1.1 connections. A narinfo lookup, what a substituter
+//! sends most, is answered by [`Conn`] itself: parsed with `httparse`, answered
+//! with one write, several pipelined requests with one. Any other request (or one
+//! this parser does not take: another HTTP version, a body, `Expect`,
+//! `Connection`, `Upgrade`) hands the connection, with the bytes already read, to
+//! hyper and the axum router for the rest of its life.
+//!
+//! Why: under load a narinfo request costs the server about as much in hyper,
+//! axum's routing and their allocations as in the kernel's loopback path, and
+//! latency at a given rate follows the CPU each request takes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse as _;
+use bytes::{Buf as _, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::server::{BinaryCache, NARINFO_CACHE, narinfo_text};
+
+/// A request head larger than this that is still incomplete goes to hyper (which
+/// has its own limits and errors).
+const MAX_HEAD: usize = 16 << 10;
+/// Headers `httparse` reads for the fast path; a request with more goes to hyper.
+const MAX_HEADERS: usize = 32;
+/// A narinfo error's body (a one-line message) longer than this is cut.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// What the parser made of the start of the buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// `GET` (or `HEAD` if `head`) of `/<hash>.narinfo` whose request head takes
+    /// `len` bytes.
+    Narinfo {
+        hash: [u8; 32],
+        head: bool,
+        len: usize,
+    },
+    /// An incomplete request head.
+    Partial,
+    /// Anything else: hyper's.
+    Other,
+}
+
+/// Parses the request at the start of `buf`.
+fn parse(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    let head = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Head::Other,
+    };
+    if req.version != Some(1) {
+        return Head::Other;
+    }
+    let Some(hash) = req
+        .path
+        .and_then(|p| p.strip_prefix('/'))
+        .and_then(|p| p.strip_suffix(".narinfo"))
+        .and_then(|h| <[u8; 32]>::try_from(h.as_bytes()).ok())
+    else {
+        return Head::Other;
+    };
+    // The hash part's alphabet, so the path needs no percent-decoding (a wrong
+    // hash in it is still a 404, from the lookup).
+    if !hash
+        .iter()
+        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    {
+        return Head::Other;
+    }
+    for h in req.headers.iter() {
+        let name = h.name;
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if (is("content-length") && h.value != b"0")
+            || is("transfer-encoding")
+            || is("expect")
+            || is("upgrade")
+            || (is("connection") && !h.value.eq_ignore_ascii_case(b"keep-alive"))
+        {
+            return Head::Other;
+        }
+    }
+    Head::Narinfo { hash, head, len }
+}
+
+/// The `Date` header's value, formatted once a second.
+struct Date {
+    secs: u64,
+    text: String,
+}
+
+impl Date {
+    fn new() -> Self {
+        Self {
+            secs: u64::MAX,
+            text: String::new(),
+        }
+    }
+
+    fn now(&mut self) -> &str {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if secs != self.secs {
+            self.secs = secs;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        &self.text
+    }
+}
+
+/// Appends a response as hyper writes it (status line, then the headers in order,
+/// `content-length` and `date` last); without the body for a `HEAD`.
+fn encode(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    headers: impl IntoIterator<Item = (&'static str, &'static [u8])>,
+    extra: &HeaderMap,
+    body: &[u8],
+    head: bool,
+    date: &str,
+) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        line(name.as_bytes(), value);
+    }
+    for (name, value) in extra {
+        line(name.as_str().as_bytes(), value.as_bytes());
+    }
+    line(b"content-length", body.len().to_string().as_bytes());
+    line(b"date", date.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(body);
+    }
+}
+
+/// Appends the answer to a narinfo request: what the router's `GET
+/// /<hash>.narinfo` would answer.
+async fn narinfo(cache: &BinaryCache, hash: &[u8; 32], head: bool, date: &str, out: &mut Vec<u8>) {
+    // The parser let only ASCII through.
+    let hash = std::str::from_utf8(hash).unwrap_or_default();
+    match narinfo_text(cache, hash).await {
+        Ok(text) => encode(
+            out,
+            StatusCode::OK,
+            [
+                ("content-type", &b"text/x-nix-narinfo"[..]),
+                ("cache-control", NARINFO_CACHE.as_bytes()),
+            ],
+            &HeaderMap::new(),
+            &text,
+            head,
+            date,
+        ),
+        Err(e) => {
+            let (parts, body) = e.into_response().into_parts();
+            let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
+                .await
+                .unwrap_or_else(|_| Bytes::new());
+            encode(out, parts.status, [], &parts.headers, &body, head, date);
+        }
+    }
+}
+
+/// Serves the binary cache on `listener` (keep-alive HTTP/1.1, `TCP_NODELAY`)
+/// until `shutdown` completes; then stops accepting, closes idle connections and
+/// waits for the others to finish the request they are on.
+pub async fn serve(
+    listener: TcpListener,
+    cache: Arc<BinaryCache>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let router = crate::server::router(cache.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small responses (narinfo) must not wait for Nagle's algorithm.
+                    let _ = stream.set_nodelay(true);
+                    conns.spawn(serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone()));
+                }
+                Err(e) => accept_error(e).await,
+            },
+            Some(done) = conns.join_next(), if !conns.is_empty() => log_end(done),
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while let Some(done) = conns.join_next().await {
+        log_end(done);
+    }
+    Ok(())
+}
+
+fn log_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "connection task failed");
+    }
+}
+
+/// As axum's `serve`: a connection that failed before it was accepted is the
+/// client's business; anything else (out of file descriptors) is logged and
+/// waited out for a second, rather than spinning.
+async fn accept_error(e: io::Error) {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "cannot accept a connection");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Serves one connection until the client closes it, or, once `stop` is true,
+/// until it is idle.
+async fn serve_connection(
+    mut stream: TcpStream,
+    cache: Arc<BinaryCache>,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut out = Vec::with_capacity(4096);
+    let mut date = Date::new();
+    loop {
+        loop {
+            match parse(&buf) {
+                Head::Narinfo { hash, head, len } => {
+                    narinfo(&cache, &hash, head, date.now(), &mut out).await;
+                    buf.advance(len);
+                }
+                Head::Partial if buf.len() <= MAX_HEAD => break,
+                Head::Partial | Head::Other => {
+                    if stream.write_all(&out).await.is_ok() {
+                        hand_over(stream, buf, router, stop).await;
+                    }
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if buf.is_empty() && *stop.borrow() {
+            return;
+        }
+        buf.reserve(4096);
+        tokio::select! {
+            r = stream.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            // Between requests only: one begun is answered first. A closed
+            // channel also means stop.
+            _ = stop.wait_for(|s| *s), if buf.is_empty() => return,
+        }
+    }
+}
+
+/// Serves the rest of the connection with hyper, `read` (bytes read but not
+/// answered) first.
+async fn hand_over(
+    stream: TcpStream,
+    read: BytesMut,
+    router: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    let io = hyper_util::rt::TokioIo::new(Rewind {
+        read: read.freeze(),
+        inner: stream,
+    });
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!(error = %e, "connection ended");
+            }
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::trace!(error = %e, "connection ended");
+    }
+}
+
+/// A stream whose first bytes are `read`.
+struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const H: &str = "mrca5xlp64pk5zy3z7rf3yzv3xsid47g";
+
+    fn narinfo_head(req: &str) -> Head {
+        parse(req.as_bytes())
+    }
+
+    #[test]
+    fn fast_path_requests() {
+        let get = format!("GET /{H}.narinfo HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n");
+        assert_eq!(
+            narinfo_head(&get),
+            Head::Narinfo {
+                hash: H.as_bytes().try_into().unwrap(),
+                head: false,
+                len: get.len()
+            }
+        );
+        let head = format!("HEAD /{H}.narinfo HTTP/1.1\r\nConnection: Keep-Alive\r\n\r\nGET");
+        assert!(matches!(
+            narinfo_head(&head),
+            Head::Narinfo { head: true, len, .. } if len == head.len() - 3
+        ));
+        assert_eq!(narinfo_head(&get[..get.len() - 1]), Head::Partial);
+        assert_eq!(narinfo_head(""), Head::Partial);
+    }
+
+    #[test]
+    fn other_requests_go_to_hyper() {
+        for req in [
+            format!("PUT /{H}.narinfo HTTP/1.1\r\n\r\n"),
+            format!("GET /{H}.narinfo HTTP/1.0\r\n\r\n"),
+            format!("GET /{H}.narinfo?x HTTP/1.1\r\n\r\n"),
+            format!("GET /{H}.ls HTTP/1.1\r\n\r\n"),
+            "GET /nix-cache-info HTTP/1.1\r\n\r\n".to_owned(),
+            "GET /MRCA5XLP64PK5ZY3Z7RF3YZV3XSID47G.narinfo HTTP/1.1\r\n\r\n".to_owned(),
+            "GET /mrca5xlp64pk5zy3z7rf3yzv3xsid4%67.narinfo HTTP/1.1\r\n\r\n".to_owned(),
+            format!("GET /{H}.narinfo HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"),
+            format!("GET /{H}.narinfo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            format!("GET /{H}.narinfo HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"),
+            format!("GET /{H}.narinfo HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            format!("GET /{H}.narinfo HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"),
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
+            "\x16\x03\x01 not http".to_owned(),
+        ] {
+            assert_eq!(narinfo_head(&req), Head::Other, "{req:?}");
+        }
+    }
+}
