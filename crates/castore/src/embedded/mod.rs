@@ -595,22 +595,38 @@ fn looks_incompressible(data: &[u8]) -> bool {
     entropy(data.iter().step_by(step)) > RAW_ENTROPY
 }
 
-/// Order-0 entropy in bits per byte of the (non-empty) bytes `sample`.
+/// Order-0 entropy in bits per byte of the (non-empty) bytes `sample`:
+/// log2(n) - sum(c log2 c)/n over the byte counts c, with c log2 c from a table
+/// for the counts of small objects (a log2 per byte value was 2% of importing
+/// small files).
 fn entropy<'a>(sample: impl Iterator<Item = &'a u8>) -> f64 {
+    static XLOG2X: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    let table = XLOG2X.get_or_init(|| {
+        (0..RAW_SAMPLED as u32)
+            .map(|c| {
+                if c == 0 {
+                    0.0
+                } else {
+                    c as f32 * (c as f32).log2()
+                }
+            })
+            .collect()
+    });
     let mut hist = [0u32; 256];
     let mut n = 0u32;
     for b in sample {
         hist[usize::from(*b)] += 1;
         n += 1;
     }
-    let n = f64::from(n);
-    hist.iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / n;
-            -p * p.log2()
+    let sum: f64 = hist
+        .iter()
+        .map(|&c| match table.get(c as usize) {
+            Some(v) => f64::from(*v),
+            None => f64::from(c) * f64::from(c).log2(),
         })
-        .sum()
+        .sum();
+    let n = f64::from(n);
+    n.log2() - sum / n
 }
 
 /// zstd compression contexts not in use. A thread that compresses takes one and

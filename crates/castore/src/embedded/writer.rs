@@ -34,6 +34,9 @@ struct Job {
     /// Leading bytes of `buf` already fed to `hasher` (the tail kept from the last batch).
     hashed: usize,
     hasher: blake3::Hasher,
+    /// The blob's digest when it is one chunk hashed as a whole (then `hasher`
+    /// was not fed: the chunk's digest is the blob's).
+    whole: Option<[u8; 32]>,
     /// Chunks of the blob so far.
     count: u64,
     /// The segment being filled: the latest chunks and where they are stored.
@@ -77,6 +80,7 @@ impl EmbeddedBlobWriter {
                 buf: Vec::new(),
                 hashed: 0,
                 hasher: blake3::Hasher::new(),
+                whole: None,
                 count: 0,
                 seg: Vec::new(),
                 segs: Vec::new(),
@@ -209,12 +213,13 @@ type Encoded = ([u8; 32], Result<ChunkLoc, Option<Vec<u8>>>);
 
 /// Hashes every chunk `cuts` of `buf`, and compresses those not stored yet, on up
 /// to [`workers`] threads taking chunks in turn. Also feeds `whole` (the blob's
-/// hasher) with `new_bytes` on one of them.
+/// hasher, `None` when the one chunk is the whole blob) with `new_bytes` on one of
+/// them.
 fn hash_and_encode(
     store: &EmbeddedStore,
     buf: &[u8],
     cuts: &[std::ops::Range<usize>],
-    whole: &mut blake3::Hasher,
+    whole: Option<&mut blake3::Hasher>,
     new_bytes: std::ops::Range<usize>,
     level: Level,
 ) -> Result<Vec<Encoded>, EmbeddedError> {
@@ -227,8 +232,11 @@ fn hash_and_encode(
         Ok((d, Err(encode(data, level)?)))
     };
     let n = workers().min(cuts.len());
+    let mut whole = whole;
     if n <= 1 {
-        whole.update(&buf[new_bytes]);
+        if let Some(h) = whole {
+            h.update(&buf[new_bytes]);
+        }
         return cuts.iter().map(one).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -245,7 +253,9 @@ fn hash_and_encode(
     let parts: Vec<Result<Vec<(usize, Encoded)>, EmbeddedError>> = std::thread::scope(|s| {
         let helpers: Vec<_> = (1..n).map(|_| s.spawn(run)).collect();
         // The blob's hash is sequential: this thread does it, then joins in.
-        whole.update(&buf[new_bytes]);
+        if let Some(h) = whole.take() {
+            h.update(&buf[new_bytes]);
+        }
         let mut parts = vec![run()];
         for h in helpers {
             parts
@@ -282,21 +292,23 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
         cuts.push(pos..pos + cut);
         pos += cut;
     }
-    // The whole blob is one chunk when its last batch is its first and is not cut.
-    let level = if last && job.count == 0 && cuts.len() == 1 {
-        Level::Whole
-    } else {
-        Level::Chunk
-    };
+    // The whole blob is one chunk when its last batch is its first and is not cut:
+    // then the chunk's digest is the blob's, and the blob is not hashed again.
+    let whole = last && job.count == 0 && cuts.len() == 1;
+    let one_chunk = whole && job.hashed == 0;
+    let level = if whole { Level::Whole } else { Level::Chunk };
     let job_ref = &mut *job;
     let encoded = hash_and_encode(
         &job_ref.store,
         &job_ref.buf,
         &cuts,
-        &mut job_ref.hasher,
+        (!one_chunk).then_some(&mut job_ref.hasher),
         job_ref.hashed..job_ref.buf.len(),
         level,
     )?;
+    if one_chunk {
+        job.whole = encoded.first().map(|(d, _)| *d);
+    }
     // Appended in blob order, so a blob's chunks lie in a pack front to back.
     for (r, (d, enc)) in cuts.iter().zip(encoded) {
         let known = job
@@ -381,7 +393,10 @@ fn committing(r: Result<Closed, EmbeddedError>) -> State {
 
 fn finish(job: Box<Job>) -> Result<Closed, EmbeddedError> {
     let mut job = process(job, true)?;
-    let digest = *job.hasher.finalize().as_bytes();
+    let digest = match job.whole {
+        Some(d) => d,
+        None => *job.hasher.finalize().as_bytes(),
+    };
     let mut chunks = Vec::new();
     let entry = if job.count <= 1 {
         if job.count == 1 {

@@ -270,7 +270,9 @@ struct Frame {
     dir: PathBuf,
     /// Its name in the parent (`None` for the root).
     name: Option<PathComponent>,
-    names: std::vec::IntoIter<std::ffi::OsString>,
+    /// Its entries still to visit, with their types as the directory listing gave
+    /// them (`None`: to be looked up).
+    names: std::vec::IntoIter<(std::ffi::OsString, Option<std::fs::FileType>)>,
     directory: Directory,
 }
 
@@ -292,14 +294,14 @@ impl Walker {
     /// by the call stack.
     fn walk(mut self, root: &Path) -> Result<Walked, Error> {
         let mut stack = Vec::new();
-        let root_node = match self.visit(root, None, &mut stack)? {
+        let root_node = match self.visit(root, None, None, &mut stack)? {
             Some(node) => node,
             None => loop {
                 let Some(top) = stack.last_mut() else {
                     return Err(Error::Task("walk stack empty".into()));
                 };
                 match top.names.next() {
-                    Some(name) => {
+                    Some((name, ft)) => {
                         let path = top.dir.join(&name);
                         let component =
                             PathComponent::try_from(name.as_bytes()).map_err(|source| {
@@ -312,7 +314,7 @@ impl Walker {
                             .entry(name.as_bytes())
                             .map_err(|e| nar_err(&path, e))?;
                         if let Some(node) =
-                            self.visit(&path, Some(component.clone()), &mut stack)?
+                            self.visit(&path, Some(component.clone()), ft, &mut stack)?
                         {
                             add(&mut stack, component, node, &path)?;
                         }
@@ -369,11 +371,14 @@ impl Walker {
     }
 
     /// Writes `path`'s node to the NAR and starts its upload. A directory is pushed
-    /// on `stack` (its entries follow) and gives `None`.
+    /// on `stack` (its entries follow) and gives `None`. `listed` is its type as
+    /// its directory's listing gave it (from the entry, without a stat on most
+    /// file systems): a regular file is then opened without an lstat first.
     fn visit(
         &mut self,
         path: &Path,
         name: Option<PathComponent>,
+        listed: Option<std::fs::FileType>,
         stack: &mut Vec<Frame>,
     ) -> Result<Option<Node>, Error> {
         if self.abort.load(Ordering::Relaxed) {
@@ -386,11 +391,26 @@ impl Walker {
                 source,
             }
         };
+        if listed.is_some_and(|ft| ft.is_file()) {
+            let f = std::fs::File::open(path).map_err(io("open"))?;
+            let meta = f.metadata().map_err(io("stat"))?;
+            if meta.is_file() {
+                return self.file(path, f, &meta).map(Some);
+            }
+            // Replaced since the directory was listed: looked at afresh below.
+        }
         let meta = std::fs::symlink_metadata(path).map_err(io("stat"))?;
         let ft = meta.file_type();
         if ft.is_file() {
-            let executable = meta.mode() & 0o100 != 0;
-            return self.file(path, executable).map(Some);
+            let f = std::fs::File::open(path).map_err(io("open"))?;
+            let opened = f.metadata().map_err(io("stat"))?;
+            if !opened.is_file() {
+                return Err(Error::Changed {
+                    path: path.to_path_buf(),
+                    expected: meta.len(),
+                });
+            }
+            return self.file(path, f, &opened).map(Some);
         }
         if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(io("read the symlink"))?;
@@ -405,10 +425,11 @@ impl Walker {
         if ft.is_dir() {
             let mut names = Vec::new();
             for entry in std::fs::read_dir(path).map_err(io("read the directory"))? {
-                names.push(entry.map_err(io("read the directory"))?.file_name());
+                let entry = entry.map_err(io("read the directory"))?;
+                names.push((entry.file_name(), entry.file_type().ok()));
             }
             // NAR order: by name bytes, not by locale.
-            names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+            names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             self.nar.directory().map_err(|e| nar_err(path, e))?;
             stack.push(Frame {
                 dir: path.to_path_buf(),
@@ -424,7 +445,13 @@ impl Walker {
         })
     }
 
-    fn file(&mut self, path: &Path, executable: bool) -> Result<Node, Error> {
+    /// The regular file `f`, opened at `path`, with `meta` from its fstat.
+    fn file(
+        &mut self,
+        path: &Path,
+        mut f: std::fs::File,
+        meta: &std::fs::Metadata,
+    ) -> Result<Node, Error> {
         let io = |what| {
             move |source| Error::Io {
                 what,
@@ -432,9 +459,8 @@ impl Walker {
                 source,
             }
         };
-        let mut f = std::fs::File::open(path).map_err(io("open"))?;
-        // The size of the file as opened (it may have changed since the lstat).
-        let size = f.metadata().map_err(io("stat"))?.len();
+        let size = meta.len();
+        let executable = meta.mode() & 0o100 != 0;
         self.progress.add_file();
         if size > SMALL_FILE {
             return self.large_file(path, f, size, executable);
