@@ -15,17 +15,26 @@
 #     Target: p50 <= 100 us under load (the open-loop rates).
 #     Each run also prints the server's CPU time (user + system, from /proc) per
 #     request: its cost, which other processes' load changes much less than
-#     latency.
+#     latency; and the generator's (from /usr/bin/time, if there).
+#     All of it twice: first as the processes fall on the machine's cores, then
+#     (after the NAR downloads) with the server restarted pinned to one CPU and
+#     the generator pinned to another (taskset; PIN=0 skips it). On 2 cores the
+#     generator shares them with the server and, in the open loop, costs about as
+#     much CPU per request as the server: the pinned runs measure the server
+#     rather than the sharing (their rates are again 25/50/75% of their own
+#     closed-loop maximum).
 #  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
 #  4. the same in one process over memory services, with the store alone (render,
 #     narinfo get+sign+format) next to it: the HTTP layer's own cost.
 # The machine's load average is printed next to every number: on a shared machine
 # compare ratios from one run, not numbers across runs.
-# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 ROUNDS=2 to change)
+# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 ROUNDS=2 PIN=1 to change;
+#   CACHE_BENCH=path runs that cache_bench binary instead of building one: an
+#   older build, to compare before/after in the same minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}; ROUNDS=${ROUNDS:-2}
+SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}; ROUNDS=${ROUNDS:-2}; PIN=${PIN:-1}
 W=$(mktemp -d)
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
@@ -36,8 +45,12 @@ sandbox = false
 substituters =
 narinfo-cache-negative-ttl = 0
 narinfo-cache-positive-ttl = 0"
-cargo build -q --release -p cairn-cache --example cache_bench
-B=target/release/examples/cache_bench
+if [ -n "${CACHE_BENCH:-}" ]; then
+  B=$CACHE_BENCH
+else
+  cargo build -q --release -p cairn-cache --example cache_bench
+  B=target/release/examples/cache_bench
+fi
 nix key generate-secret --key-name cairn-bench-1 > "$W/sign.key"
 
 mkdir -p "$W/src/small"
@@ -69,33 +82,54 @@ done
 URL=http://127.0.0.1:$PORT
 nix path-info --store "$URL" "$P" >/dev/null
 
-echo "== narinfo (keep-alive, ${SECS}s each, ${#SMALL[@]} paths, signed)"
 HASHES=()
 for p in "${SMALL[@]}"; do h=${p#/nix/store/}; HASHES+=("${h%%-*}"); done
 TCK=$(getconf CLK_TCK)
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$PID/stat"; }
-# Runs the generator with these arguments; prints its line, the server's CPU
-# time per request and the load; keeps the line in $out.
+GEN=() # what runs the generator (taskset)
+# Runs the generator with these arguments; prints its line, the server's and the
+# generator's CPU time per request and the load; keeps the line in $out.
 narinfo_run() {
-  local t0 t1 n
-  t0=$(server_ticks); out=$("$B" "$@"); t1=$(server_ticks)
+  local t0 t1 n gen=""
+  t0=$(server_ticks)
+  if [ -x /usr/bin/time ]; then
+    out=$(/usr/bin/time -f '%U %S' -o "$W/gen_time" "${GEN[@]}" "$B" "$@")
+  else
+    out=$("${GEN[@]}" "$B" "$@")
+  fi
+  t1=$(server_ticks)
   n=$(sed -E 's/.*[ (]([0-9]+) requests in.*/\1/' <<<"$out")
-  echo "$out; server CPU $(awk -v t=$((t1 - t0)) -v hz="$TCK" -v n="$n" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }') us/request   ($(load))"
+  [ -s "$W/gen_time" ] && gen=", generator $(awk -v n="$n" '{ printf "%.1f", ($1 + $2) / n * 1e6 }' "$W/gen_time") us"
+  echo "$out; CPU per request: server $(awk -v t=$((t1 - t0)) -v hz="$TCK" -v n="$n" 'BEGIN { printf "%.1f", t / hz / n * 1e6 }') us$gen   ($(load))"
 }
-"$B" narinfo "$URL" 1 2 "${HASHES[@]}" >/dev/null # warm up
-narinfo_run narinfo "$URL" "$SECS" 1 "${HASHES[@]}"
-narinfo_run narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"
-MAX=$(sed -n 's/.*: \([0-9]*\) req\/s.*/\1/p' <<<"$out")
-for pct in 25 50 75; do
-  echo -n "$pct% of $MAX req/s: "
-  narinfo_run narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}"
-done
+narinfo_all() {
+  "${GEN[@]}" "$B" narinfo "$URL" 1 2 "${HASHES[@]}" >/dev/null # warm up
+  narinfo_run narinfo "$URL" "$SECS" 1 "${HASHES[@]}"
+  narinfo_run narinfo "$URL" "$SECS" "$CONNS" "${HASHES[@]}"
+  MAX=$(sed -n 's/.*: \([0-9]*\) req\/s.*/\1/p' <<<"$out")
+  for pct in 25 50 75; do
+    echo -n "$pct% of $MAX req/s: "
+    narinfo_run narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}"
+  done
+}
+echo "== narinfo (keep-alive, ${SECS}s each, ${#SMALL[@]} paths, signed)"
+narinfo_all
 
 echo "== NAR download"
 h=${P#/nix/store/}; h=${h%%-*}
 NARURL=$(curl -sf "$URL/$h.narinfo" | sed -n 's/^URL: //p')
 "$B" nar "$URL" "/$NARURL" 1 4; load
 "$B" nar "$URL" "/$NARURL" 16 1; load
+
+if [ "$PIN" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  taskset -c 0 "$B" serve "$W/data-zstd" "$W/port" "$W/sign.key" & PID=$!
+  for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
+  URL=http://127.0.0.1:$(cat "$W/port"); rm -f "$W/port"
+  GEN=(taskset -c 1)
+  echo "== narinfo, the server pinned to CPU 0 and the generator to CPU 1"
+  narinfo_all
+fi
 
 echo "== in-process, memory services ($BIG_MIB MiB NAR): store alone vs through HTTP"
 "$B" inproc "$BIG_MIB"; load
