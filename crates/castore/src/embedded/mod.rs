@@ -812,6 +812,9 @@ fn commit_batch(
     unsynced: &mut HashSet<u32>,
 ) -> Result<(), EmbeddedError> {
     let durable = batch.iter().any(|(r, _)| r.durable);
+    // The batch's small objects may still sit in the pack buffer: written out
+    // before segments are read back below and before the syncs.
+    packs.flush()?;
     let mut pack_ends: HashMap<u32, u64> = HashMap::new();
     for (r, _) in batch {
         let segs = r.blobs.iter().flat_map(|(_, e)| match e {

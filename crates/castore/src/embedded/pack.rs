@@ -22,6 +22,14 @@
 //! [`Packs::sync`] of that pack: Linux reports a writeback error to one fsync
 //! only, so forgetting it would let a commit refer to bytes that never reached the
 //! disk.
+//!
+//! Small appends (under [`BUFFERED`] bytes: small files, Directories) are
+//! gathered in a buffer of the active pack and written [`BUFFER_FLUSH`] bytes at a
+//! time, or when the pack is synced or rotated: one `pwrite` per small file was 7%
+//! of importing 100k small files. Their bytes reach the file before any commit
+//! that refers to them (the committer calls [`Packs::flush`] first, and
+//! [`Packs::sync`] flushes too); a failed buffer write fails every later sync of
+//! that pack, as a failed background sync does.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -38,6 +46,11 @@ use super::EmbeddedError;
 const PACK_ROTATE: u64 = 1 << 30;
 /// Bytes appended to a pack between background syncs (see the module doc).
 const WRITEBACK_STEP: u64 = 16 << 20;
+/// Appends shorter than this go through the active pack's buffer.
+const BUFFERED: usize = 16 * 1024;
+/// The buffer is written out once it holds this many bytes (under the lock:
+/// appenders wait for one `pwrite` of this size to the page cache at most).
+const BUFFER_FLUSH: usize = 256 * 1024;
 
 struct Active {
     id: u32,
@@ -45,6 +58,10 @@ struct Active {
     end: u64,
     /// Bytes appended since the last background sync was asked for.
     unsynced: u64,
+    /// Appended bytes not written to `file` yet, from offset `buf_at` on (a
+    /// larger append after them is written directly, at its own offset).
+    buf: Vec<u8>,
+    buf_at: u64,
 }
 
 /// Background syncs of packs: a thread fdatasyncing the packs it is sent.
@@ -205,6 +222,8 @@ impl Packs {
                 file,
                 end,
                 unsynced: 0,
+                buf: Vec::new(),
+                buf_at: 0,
             }),
             syncer: Mutex::new(Syncer {
                 tx: Some(tx),
@@ -212,6 +231,30 @@ impl Packs {
             }),
             failed,
         })
+    }
+
+    /// Writes out `a`'s buffer. A failure is also recorded against the pack: the
+    /// buffer held other appenders' bytes, whose commits must fail too.
+    fn write_buffer(&self, a: &mut Active) -> Result<(), EmbeddedError> {
+        if a.buf.is_empty() {
+            return Ok(());
+        }
+        let r = a.file.write_all_at(&a.buf, a.buf_at);
+        a.buf.clear();
+        r.map_err(|e| {
+            self.failed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(a.id)
+                .or_insert_with(|| format!("buffered write: {e}"));
+            io_err("write pack", &self.dir.join(pack_name(a.id)), e)
+        })
+    }
+
+    /// Writes out the buffered appends, so that reads and syncs see them.
+    pub fn flush(&self) -> Result<(), EmbeddedError> {
+        let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write_buffer(&mut a)
     }
 
     /// Appends `data` and returns (pack id, offset). Not durable until [`Packs::sync`].
@@ -222,6 +265,7 @@ impl Packs {
         let (id, file, offset) = {
             let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
             if a.end > 0 && a.end + len > PACK_ROTATE {
+                self.write_buffer(&mut a)?;
                 let id =
                     a.id.checked_add(1)
                         .ok_or_else(|| EmbeddedError::Corrupt("pack ids exhausted".into()))?;
@@ -239,6 +283,8 @@ impl Packs {
                     file,
                     end: 0,
                     unsynced: 0,
+                    buf: std::mem::take(&mut a.buf),
+                    buf_at: 0,
                 };
             }
             let offset = a.end;
@@ -248,11 +294,28 @@ impl Packs {
                 a.unsynced = 0;
                 kick.push((a.id, a.file.clone()));
             }
-            (a.id, a.file.clone(), offset)
+            if data.len() < BUFFERED {
+                if a.buf.is_empty() {
+                    a.buf_at = offset;
+                } else if a.buf_at + a.buf.len() as u64 != offset {
+                    // Not contiguous with the buffer (a larger append went between).
+                    self.write_buffer(&mut a)?;
+                    a.buf_at = offset;
+                }
+                a.buf.extend_from_slice(data);
+                if a.buf.len() >= BUFFER_FLUSH {
+                    self.write_buffer(&mut a)?;
+                }
+                (a.id, None, offset)
+            } else {
+                (a.id, Some(a.file.clone()), offset)
+            }
         };
         // Concurrent writers reserved disjoint ranges above, so they write in parallel.
-        file.write_all_at(data, offset)
-            .map_err(|e| io_err("write pack", &self.dir.join(pack_name(id)), e))?;
+        if let Some(file) = file {
+            file.write_all_at(data, offset)
+                .map_err(|e| io_err("write pack", &self.dir.join(pack_name(id)), e))?;
+        }
         if !kick.is_empty() {
             let s = self.syncer.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(tx) = &s.tx {
@@ -299,6 +362,12 @@ impl Packs {
     /// Makes everything appended to pack `id` so far durable.
     pub fn sync(&self, id: u32) -> Result<(), EmbeddedError> {
         let path = || self.dir.join(pack_name(id));
+        {
+            let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            if a.id == id {
+                self.write_buffer(&mut a)?;
+            }
+        }
         let file = self.file(id)?;
         // Held across the sync: a background sync of this pack is either done and
         // recorded, or starts after this one.
