@@ -38,7 +38,7 @@ pub mod redb_file;
 pub mod server;
 mod upload;
 
-pub use blobservice::{BlobReader, BlobService, BlobWriter, ChunkMeta};
+pub use blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta};
 pub use channel::{GrpcAddr, MAX_DECODING_MESSAGE_SIZE};
 pub use digest::{B3Digest, DIGEST_LEN, DigestLenError};
 pub use directoryservice::{DirectoryPutter, DirectoryService};

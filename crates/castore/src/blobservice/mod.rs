@@ -4,8 +4,14 @@ mod grpc;
 mod memory;
 mod verify;
 
+use std::io::SeekFrom;
+
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncSeek, AsyncSeekExt, AsyncWrite};
+use tokio_util::io::ReaderStream;
 
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
@@ -26,6 +32,13 @@ pub struct ChunkMeta {
 pub trait BlobReader: AsyncRead + AsyncSeek + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncSeek + Send + Unpin + ?Sized> BlobReader for T {}
+
+/// A blob's bytes as a stream of pieces (see [`BlobService::open_read_stream`]).
+pub type BlobStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Size of the pieces [`BlobService::open_read_stream`] reads from a reader by default
+/// (below glibc's mmap threshold, so a piece is not an mmap and munmap each).
+const STREAM_PIECE: usize = 64 * 1024;
 
 /// A blob being written. Nothing becomes visible until [`BlobWriter::close`] returns
 /// its digest; a writer dropped before that leaves nothing behind.
@@ -55,6 +68,28 @@ pub trait BlobService: Send + Sync {
     /// A reader for the blob (or chunk), or `None` if it is not stored.
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error>;
 
+    /// The blob's bytes from `offset` on as a stream of pieces, or `None` if it is
+    /// not stored. The same guarantees as a reader's: every piece is verified before
+    /// it is handed out, and corruption is an `InvalidData` error, never an early
+    /// end. Backends that verify into buffers of their own hand the pieces out
+    /// without a copy; by default they are read from [`BlobService::open_read`].
+    async fn open_read_stream(
+        &self,
+        digest: &B3Digest,
+        offset: u64,
+    ) -> Result<Option<BlobStream>, Error> {
+        let Some(mut reader) = self.open_read(digest).await? else {
+            return Ok(None);
+        };
+        let seek = async move {
+            if offset > 0 {
+                reader.seek(SeekFrom::Start(offset)).await?;
+            }
+            Ok::<_, std::io::Error>(ReaderStream::with_capacity(reader, STREAM_PIECE))
+        };
+        Ok(Some(futures::stream::once(seek).try_flatten().boxed()))
+    }
+
     /// A writer for a new blob.
     async fn open_write(&self) -> Box<dyn BlobWriter>;
 
@@ -70,6 +105,13 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         (**self).open_read(digest).await
+    }
+    async fn open_read_stream(
+        &self,
+        digest: &B3Digest,
+        offset: u64,
+    ) -> Result<Option<BlobStream>, Error> {
+        (**self).open_read_stream(digest, offset).await
     }
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         (**self).open_write().await

@@ -1,12 +1,13 @@
 //! [`BlobService`] and [`DirectoryService`] over an [`EmbeddedStore`].
 
 use async_trait::async_trait;
+use futures::StreamExt;
 
 use super::{EmbeddedBlobWriter, EmbeddedError, EmbeddedStore};
 use crate::directoryservice::{DirectoryCommit, ValidatingPutter};
 use crate::{
-    B3Digest, BlobReader, BlobService, BlobWriter, ChunkMeta, Directory, DirectoryPutter,
-    DirectoryService, Error,
+    B3Digest, BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta, Directory,
+    DirectoryPutter, DirectoryService, Error,
 };
 
 impl From<EmbeddedError> for Error {
@@ -28,6 +29,20 @@ impl BlobService for EmbeddedStore {
         Ok(self
             .open_blob(digest.as_bytes())?
             .map(|r| Box::new(r) as Box<dyn BlobReader>))
+    }
+
+    async fn open_read_stream(
+        &self,
+        digest: &B3Digest,
+        offset: u64,
+    ) -> Result<Option<BlobStream>, Error> {
+        let Some(mut reader) = self.open_blob(digest.as_bytes())? else {
+            return Ok(None);
+        };
+        reader.set_position(offset);
+        Ok(Some(
+            futures::stream::poll_fn(move |cx| reader.poll_next_bytes(cx)).boxed(),
+        ))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {

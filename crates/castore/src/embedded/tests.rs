@@ -27,7 +27,7 @@ pub(crate) fn data(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-async fn put(store: &EmbeddedStore, bytes: &[u8]) -> [u8; 32] {
+pub(crate) async fn put(store: &EmbeddedStore, bytes: &[u8]) -> [u8; 32] {
     let mut w = store.blob_writer();
     // Odd-sized writes exercise the batch boundaries.
     for piece in bytes.chunks(100_003) {
@@ -356,7 +356,7 @@ async fn directories_put_get() {
 }
 
 /// Uniformly random bytes (xorshift output, every byte of every word).
-fn random(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn random(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

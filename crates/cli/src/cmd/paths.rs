@@ -17,6 +17,9 @@ use super::store::{Store, StoreArgs, parse_store_path, runtime};
 
 /// Bytes copied to stdout at a time.
 const OUT_BUF: usize = 256 * 1024;
+/// A piece of a NAR this long is written to stdout from where it is (the store's
+/// verified buffer), not gathered with its neighbours first.
+const WRITE_DIRECT: usize = 64 * 1024;
 
 /// Arguments of `cairn dump`.
 #[derive(Args)]
@@ -125,6 +128,31 @@ async fn to_stdout(mut r: impl tokio::io::AsyncRead + Unpin) -> anyhow::Result<(
     }
 }
 
+/// Writes the pieces of `s` to stdout: small ones (NAR framing, small files)
+/// gathered into writes of up to [`OUT_BUF`] bytes, long ones as they are.
+async fn stream_to_stdout(
+    mut s: impl futures::Stream<Item = std::io::Result<impl AsRef<[u8]>>> + Unpin,
+) -> anyhow::Result<()> {
+    let mut out = raw_stdout()?;
+    let mut buf = Vec::with_capacity(OUT_BUF);
+    while let Some(piece) = s.next().await {
+        let piece = piece?;
+        let piece = piece.as_ref();
+        if buf.len() + piece.len() > OUT_BUF || piece.len() >= WRITE_DIRECT {
+            // A blocking write: stdout is a pipe or file the runtime cannot poll.
+            tokio::task::block_in_place(|| out.write_all(&buf))?;
+            buf.clear();
+        }
+        if piece.len() >= WRITE_DIRECT {
+            tokio::task::block_in_place(|| out.write_all(piece))?;
+        } else {
+            buf.extend_from_slice(piece);
+        }
+    }
+    tokio::task::block_in_place(|| out.write_all(&buf))?;
+    Ok(())
+}
+
 /// Runs `cairn dump`.
 pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
     let path = parse_store_path(&args.path)?;
@@ -133,7 +161,7 @@ pub fn dump(args: DumpArgs) -> anyhow::Result<()> {
         let info = store.path_info(&path).await?;
         let nar =
             cairn_store::nar::render(store.blobs.clone(), store.directories.clone(), info.node);
-        to_stdout(nar)
+        stream_to_stdout(nar.into_stream())
             .await
             .with_context(|| format!("writing the NAR of {}", path.to_absolute()))
     })

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
-use cairn_castore::{B3Digest, BlobReader, BlobService, DirectoryService, Node};
-use futures::StreamExt;
+use bytes::Bytes;
+use cairn_castore::{B3Digest, BlobService, BlobStream, DirectoryService, Node};
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, ReadBuf};
 
@@ -22,19 +22,22 @@ use super::segments::{Borrowed, Seg, Services, Shared, Walker, directory_len, ge
 /// this keeps ~32 blob reads in flight, which is what hides gRPC round trips.
 const BLOB_WINDOW: usize = 64;
 /// Files up to this size are read whole while ahead; larger ones are streamed from
-/// their open reader. Bounds the read-ahead memory to `BLOB_WINDOW` x this (4 MiB).
+/// their open blob stream. Bounds the read-ahead memory to `BLOB_WINDOW` x this
+/// (4 MiB).
 const SMALL_FILE: u64 = 64 * 1024;
 
 /// A segment ready to be served.
 enum Piece {
     Bytes(Bytes),
-    Reader {
+    Stream {
         digest: B3Digest,
-        reader: Box<dyn BlobReader>,
+        stream: BlobStream,
         /// The file's size in the tree.
         size: u64,
         /// Bytes still to serve.
         remaining: u64,
+        /// Verified bytes received and not served yet.
+        held: Bytes,
     },
 }
 
@@ -44,6 +47,23 @@ async fn load<S: Services>(svc: S, seg: Seg) -> Result<Piece, NarError> {
         Seg::Blob { digest, size, skip } => (digest, size, skip),
     };
     let read_err = |source| NarError::BlobRead { digest, source };
+    let want = size - skip;
+    if want > SMALL_FILE {
+        // Streamed: the store hands out its verified buffers, which a NAR dump
+        // writes out without copying them.
+        let stream = svc
+            .blobs()
+            .open_read_stream(&digest, skip)
+            .await?
+            .ok_or(NarError::BlobNotFound { digest, size })?;
+        return Ok(Piece::Stream {
+            digest,
+            stream,
+            size,
+            remaining: want,
+            held: Bytes::new(),
+        });
+    }
     let mut reader = svc
         .blobs()
         .open_read(&digest)
@@ -51,15 +71,6 @@ async fn load<S: Services>(svc: S, seg: Seg) -> Result<Piece, NarError> {
         .ok_or(NarError::BlobNotFound { digest, size })?;
     if skip > 0 {
         reader.seek(SeekFrom::Start(skip)).await.map_err(read_err)?;
-    }
-    let want = size - skip;
-    if want > SMALL_FILE {
-        return Ok(Piece::Reader {
-            digest,
-            reader,
-            size,
-            remaining: want,
-        });
     }
     // Read to the end (one byte past the size at most): a verifying reader checks
     // the digest when it reaches the end, and a longer blob is caught.
@@ -95,11 +106,20 @@ fn pieces<'a, S: Services + 'a>(
     .boxed()
 }
 
-/// The NAR as an `AsyncRead` over a stream of pieces.
+/// The NAR as bytes (an `AsyncRead`, or a stream of `Bytes`) over a stream of
+/// pieces.
 struct Render<'a> {
     pieces: BoxStream<'a, Result<Piece, NarError>>,
     current: Option<Piece>,
     failed: bool,
+}
+
+/// What the current piece gave.
+enum Step {
+    Bytes(Bytes),
+    /// The piece is served whole (and its blob ended where the tree says).
+    Done,
+    Failed(NarError),
 }
 
 impl<'a> Render<'a> {
@@ -111,10 +131,79 @@ impl<'a> Render<'a> {
         }
     }
 
-    fn fail(&mut self, e: NarError) -> Poll<io::Result<()>> {
+    fn fail(&mut self, e: NarError) -> io::Error {
         self.failed = true;
         self.current = None;
-        Poll::Ready(Err(e.into_io()))
+        e.into_io()
+    }
+
+    /// The next bytes of the NAR, `max` (> 0) at most, without a copy; `None` at
+    /// the end. After an error, every call fails.
+    fn poll_bytes(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if self.failed {
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "the NAR render failed earlier and cannot continue",
+                ))));
+            }
+            let Some(piece) = &mut self.current else {
+                match ready!(self.pieces.as_mut().poll_next(cx)) {
+                    None => return Poll::Ready(None),
+                    Some(Ok(piece)) => self.current = Some(piece),
+                    Some(Err(e)) => return Poll::Ready(Some(Err(self.fail(e)))),
+                }
+                continue;
+            };
+            let step = match piece {
+                Piece::Bytes(bytes) if bytes.is_empty() => Step::Done,
+                Piece::Bytes(bytes) => Step::Bytes(bytes.split_to(max.min(bytes.len()))),
+                Piece::Stream {
+                    digest,
+                    stream,
+                    size,
+                    remaining,
+                    held,
+                } => {
+                    let (digest, expected) = (*digest, *size);
+                    if held.is_empty() {
+                        // Past the size too: the stream must end here (and verify).
+                        match ready!(stream.poll_next_unpin(cx)) {
+                            Some(Ok(b)) => {
+                                *held = b;
+                                continue;
+                            }
+                            Some(Err(source)) => {
+                                Step::Failed(NarError::BlobRead { digest, source })
+                            }
+                            None if *remaining == 0 => Step::Done,
+                            None => Step::Failed(NarError::BlobSize {
+                                digest,
+                                expected,
+                                actual: expected - *remaining,
+                                longer: false,
+                            }),
+                        }
+                    } else if *remaining == 0 {
+                        Step::Failed(NarError::BlobSize {
+                            digest,
+                            expected,
+                            actual: expected + 1,
+                            longer: true,
+                        })
+                    } else {
+                        let left = usize::try_from(*remaining).unwrap_or(usize::MAX);
+                        let n = held.len().min(max).min(left);
+                        *remaining -= n as u64;
+                        Step::Bytes(held.split_to(n))
+                    }
+                }
+            };
+            match step {
+                Step::Bytes(b) => return Poll::Ready(Some(Ok(b))),
+                Step::Done => self.current = None,
+                Step::Failed(e) => return Poll::Ready(Some(Err(self.fail(e)))),
+            }
+        }
     }
 }
 
@@ -124,92 +213,35 @@ impl AsyncRead for Render<'_> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if this.failed {
-                return Poll::Ready(Err(io::Error::other(
-                    "the NAR render failed earlier and cannot continue",
-                )));
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(self.get_mut().poll_bytes(cx, out.remaining())) {
+            None => Poll::Ready(Ok(())),
+            Some(Ok(b)) => {
+                out.put_slice(&b);
+                Poll::Ready(Ok(()))
             }
-            if out.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            match &mut this.current {
-                None => match ready!(this.pieces.as_mut().poll_next(cx)) {
-                    None => return Poll::Ready(Ok(())),
-                    Some(Ok(piece)) => this.current = Some(piece),
-                    Some(Err(e)) => return this.fail(e),
-                },
-                Some(Piece::Bytes(bytes)) => {
-                    let n = bytes.len().min(out.remaining());
-                    out.put_slice(&bytes[..n]);
-                    bytes.advance(n);
-                    if bytes.is_empty() {
-                        this.current = None;
-                    }
-                    if n > 0 {
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                Some(Piece::Reader {
-                    digest,
-                    reader,
-                    size,
-                    remaining,
-                }) => {
-                    let digest = *digest;
-                    if *remaining == 0 {
-                        // Past the size: the reader must end here (and verify).
-                        let mut one = [0u8; 1];
-                        let mut rb = ReadBuf::new(&mut one);
-                        if let Err(source) = ready!(Pin::new(reader).poll_read(cx, &mut rb)) {
-                            return this.fail(NarError::BlobRead { digest, source });
-                        }
-                        if !rb.filled().is_empty() {
-                            let expected = *size;
-                            return this.fail(NarError::BlobSize {
-                                digest,
-                                expected,
-                                actual: expected + 1,
-                                longer: true,
-                            });
-                        }
-                        this.current = None;
-                        continue;
-                    }
-                    let max = usize::try_from(*remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(out.remaining());
-                    let dst = out.initialize_unfilled_to(max);
-                    let mut rb = ReadBuf::new(dst);
-                    if let Err(source) = ready!(Pin::new(&mut *reader).poll_read(cx, &mut rb)) {
-                        return this.fail(NarError::BlobRead { digest, source });
-                    }
-                    let n = rb.filled().len();
-                    if n == 0 {
-                        let expected = *size;
-                        let actual = expected - *remaining;
-                        return this.fail(NarError::BlobSize {
-                            digest,
-                            expected,
-                            actual,
-                            longer: false,
-                        });
-                    }
-                    out.advance(n);
-                    *remaining -= n as u64;
-                    return Poll::Ready(Ok(()));
-                }
-            }
+            Some(Err(e)) => Poll::Ready(Err(e)),
         }
     }
 }
 
 /// A NAR being rendered: an `AsyncRead` yielding exactly the bytes Nix writes for
-/// the tree. Errors (a missing or corrupt blob or directory) are `io::Error`s
-/// carrying a [`NarError`] ([`NarError::from_io`] recovers it); a render never ends
-/// early with a clean end of file.
+/// the tree (or the same bytes as a stream: [`NarRenderer::into_stream`]). Errors (a
+/// missing or corrupt blob or directory) are `io::Error`s carrying a [`NarError`]
+/// ([`NarError::from_io`] recovers it); a render never ends early with a clean end
+/// of file, and after an error every read fails.
 pub struct NarRenderer(Render<'static>);
+
+impl NarRenderer {
+    /// The NAR as a stream of [`Bytes`]: the same bytes and errors as reading it,
+    /// with the store's verified buffers of large files handed out as they are
+    /// rather than copied into the caller's buffer.
+    pub fn into_stream(mut self) -> impl Stream<Item = io::Result<Bytes>> + Send + Unpin {
+        futures::stream::poll_fn(move |cx| self.0.poll_bytes(cx, usize::MAX))
+    }
+}
 
 impl AsyncRead for NarRenderer {
     fn poll_read(
