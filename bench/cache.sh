@@ -22,7 +22,9 @@
 #     generator shares them with the server and, in the open loop, costs about as
 #     much CPU per request as the server: the pinned runs measure the server
 #     rather than the sharing (their rates are again 25/50/75% of their own
-#     closed-loop maximum).
+#     closed-loop maximum). On a machine busy with other work the pinned server
+#     has one core and shares it with that work: its tail is then worse than
+#     unpinned.
 #  3. NAR download (identity, rendered from the store): 1 and 16 concurrent
 #     clients, aggregate MB/s. Target: >= 1 GB/s aggregate.
 #  4. the same in one process over memory services, with the store alone (render,
