@@ -415,6 +415,20 @@ fn verify_finds_a_corrupted_byte_and_names_the_path() {
     ok(cairn_at(&data, &["verify", &store_paths[1]], None));
     let out = cairn_at(&data, &["verify", &store_paths[6]], None);
     assert!(!out.status.success());
+
+    // Dump fails naming the path, after writing less than the NAR: a prefix of
+    // it (the bytes before the corrupt chunk), never a clean short NAR.
+    let out = cairn_at(&data, &["dump", &store_paths[6]], None);
+    assert!(!out.status.success(), "dump of a corrupted file succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&store_paths[6]), "{err}");
+    let theirs = nix("nix-store", &["--dump", s(&root.join("big"))]);
+    assert!(
+        out.stdout.len() < theirs.len() && theirs.starts_with(&out.stdout),
+        "dump wrote {} bytes that are not a strict prefix of the {}-byte NAR",
+        out.stdout.len(),
+        theirs.len()
+    );
 }
 
 /// A running daemon, killed if the test fails before stopping it.
