@@ -861,6 +861,11 @@ fn commit_batch(
                 }
             }
             for (d, entry) in &r.blobs {
+                if matches!(entry, BlobEntry::Single) && r.chunks.iter().any(|(c, _)| c == d) {
+                    // Its one chunk, under its digest, was entered just above (or
+                    // was there): nothing more to look up for a small file.
+                    continue;
+                }
                 if blobs.get(d).map_err(db_err)?.is_some() {
                     // Stored by another writer already, chunks and all.
                     continue;
