@@ -37,6 +37,8 @@ use cairn_castore::{
 };
 use cairn_nix::hash::{HashAlgo, Hasher, NixHash};
 use cairn_nix::nar;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -68,6 +70,11 @@ const FLUSH_ENTRIES: u64 = 8 * 1024;
 /// on 300k small files into the embedded store (2 cores, load 4): 64 in flight
 /// 74.6 s, 47 MB peak RSS; 512 in flight 34.6 s, 54 MB.
 const MAX_UPLOADS: usize = 512;
+/// Small files handed to one upload task, which runs their uploads concurrently:
+/// a task spawned from the walk's thread per file cost a spawn and a worker
+/// wakeup each (7% of importing 100k small files). The walk hands over a partial
+/// batch before it waits for anything.
+const SPAWN_BATCH: usize = 32;
 
 /// What [`import_path`] stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +113,7 @@ pub async fn import_path(
         progress,
         nar: nar::Writer::new(HashAlgo::Sha256.hasher()),
         jobs: 0,
+        pending: Vec::with_capacity(SPAWN_BATCH),
     };
     let root_path = path.to_path_buf();
     let walk = tokio::task::spawn_blocking(move || walker.walk(&root_path));
@@ -287,6 +295,18 @@ struct Walker {
     progress: Arc<Progress>,
     nar: nar::Writer<Hasher>,
     jobs: usize,
+    /// Small files read but not handed to an upload task yet.
+    pending: Vec<SmallUpload>,
+}
+
+/// A small file read and hashed, to be uploaded with others by one task.
+struct SmallUpload {
+    job: usize,
+    digest: B3Digest,
+    bytes: Bytes,
+    path: PathBuf,
+    /// Its upload slot and memory, released when the upload ends.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 impl Walker {
@@ -337,6 +357,7 @@ impl Walker {
                 }
             },
         };
+        self.spawn_pending();
         let nar_size = self.nar.offset();
         let hash = self.nar.finish().map_err(|e| nar_err(root, e))?.finalize();
         let NixHash::Sha256(nar_sha256) = hash else {
@@ -358,7 +379,7 @@ impl Walker {
             size: directory.size(),
         };
         let kib = (directory.len() as u64 * ENTRY_BYTES).div_ceil(1024) + 1;
-        let budget = self.acquire(&self.budget, u32::try_from(kib).unwrap_or(u32::MAX))?;
+        let budget = self.acquire(&self.budget.clone(), u32::try_from(kib).unwrap_or(u32::MAX))?;
         let completed = Completed {
             directory,
             after: self.jobs,
@@ -466,10 +487,10 @@ impl Walker {
             return self.large_file(path, f, size, executable);
         }
 
-        let uploads = self.acquire(&self.uploads, 1)?;
+        let uploads = self.acquire(&self.uploads.clone(), 1)?;
         // Room for the bytes and the blob writer's copy of them.
         let kib = u32::try_from((2 * size).div_ceil(1024) + 1).unwrap_or(u32::MAX);
-        let budget = self.acquire(&self.budget, kib)?;
+        let budget = self.acquire(&self.budget.clone(), kib)?;
         let mut buf = Vec::with_capacity(size as usize);
         (&mut f)
             .take(size + 1)
@@ -486,21 +507,17 @@ impl Walker {
             .map_err(|e| nar_err(path, e))?;
         self.progress.add_bytes(size);
         let digest = B3Digest::of(&buf);
-        let bytes = Bytes::from(buf);
         let job = self.next_job();
-        let blobs = self.blobs.clone();
-        let events = self.events.clone();
-        let progress = self.progress.clone();
-        let path = path.to_path_buf();
-        self.handle.spawn(async move {
-            let r = upload_small(&*blobs, digest, &bytes, &path).await;
-            drop(bytes);
-            drop((budget, uploads));
-            if r.is_ok() {
-                progress.add_stored();
-            }
-            let _ = events.send(Event::Uploaded(job, r));
+        self.pending.push(SmallUpload {
+            job,
+            digest,
+            bytes: Bytes::from(buf),
+            path: path.to_path_buf(),
+            _permits: (budget, uploads),
         });
+        if self.pending.len() >= SPAWN_BATCH {
+            self.spawn_pending();
+        }
         Ok(Node::File {
             digest,
             size,
@@ -559,8 +576,8 @@ impl Walker {
             return Ok(node);
         }
 
-        let uploads = self.acquire(&self.uploads, 1)?;
-        let budget = self.acquire(&self.budget, LARGE_FILE_KIB)?;
+        let uploads = self.acquire(&self.uploads.clone(), 1)?;
+        let budget = self.acquire(&self.budget.clone(), LARGE_FILE_KIB)?;
         let job = self.next_job();
         let blobs = self.blobs.clone();
         let events = self.events.clone();
@@ -585,13 +602,46 @@ impl Walker {
         job
     }
 
-    /// Waits for `n` permits, giving up when the import is aborted.
-    fn acquire(&self, sem: &Arc<Semaphore>, n: u32) -> Result<OwnedSemaphorePermit, Error> {
+    /// Starts one task that uploads the pending small files concurrently.
+    fn spawn_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(SPAWN_BATCH));
+        let blobs = self.blobs.clone();
+        let events = self.events.clone();
+        let progress = self.progress.clone();
+        self.handle.spawn(async move {
+            let mut uploads: FuturesUnordered<_> = batch
+                .into_iter()
+                .map(|u| {
+                    let (blobs, events, progress) = (&blobs, &events, &progress);
+                    async move {
+                        let r = upload_small(&**blobs, u.digest, &u.bytes, &u.path).await;
+                        let job = u.job;
+                        // Frees its memory and upload slot before it is reported.
+                        drop(u);
+                        if r.is_ok() {
+                            progress.add_stored();
+                        }
+                        let _ = events.send(Event::Uploaded(job, r));
+                    }
+                })
+                .collect();
+            while uploads.next().await.is_some() {}
+        });
+    }
+
+    /// Waits for `n` permits, giving up when the import is aborted. Hands the
+    /// pending small files to an upload task before it waits: their permits may
+    /// be the ones it waits for.
+    fn acquire(&mut self, sem: &Arc<Semaphore>, n: u32) -> Result<OwnedSemaphorePermit, Error> {
         let n = n.min(BUDGET_KIB);
         // Usually there is room: no timer, no trip through the runtime.
         if let Ok(permit) = sem.clone().try_acquire_many_owned(n) {
             return Ok(permit);
         }
+        self.spawn_pending();
         let sem = sem.clone();
         let abort = self.abort.clone();
         self.handle.block_on(async move {
