@@ -66,10 +66,12 @@ const FLUSH_ENTRIES: u64 = 8 * 1024;
 /// fsync the import is bound by commits, not CPU. A small file's upload waits for
 /// its commit without holding a thread (the embedded blob writer compresses a
 /// blob of up to 8 KiB on the calling task and awaits the commit), so one in
-/// flight costs its bytes (also bounded by [`BUDGET_KIB`]) and a task. Measured
+/// flight costs its bytes (also bounded by [`BUDGET_KIB`]) and a future. Measured
 /// on 300k small files into the embedded store (2 cores, load 4): 64 in flight
-/// 74.6 s, 47 MB peak RSS; 512 in flight 34.6 s, 54 MB.
-const MAX_UPLOADS: usize = 512;
+/// 74.6 s, 47 MB peak RSS; 512 in flight 34.6 s, 54 MB. On 100k (load 3, 4 runs
+/// each, same minutes): 512 in flight 3.7-4.8 s, 4.4 s CPU, 28 MB; 2048 in flight
+/// 2.6-4.7 s, 4.1 s CPU, 35 MB (fewer, larger group commits).
+const MAX_UPLOADS: usize = 2048;
 /// Small files handed to one upload task, which runs their uploads concurrently:
 /// a task spawned from the walk's thread per file cost a spawn and a worker
 /// wakeup each (7% of importing 100k small files). The walk hands over a partial
