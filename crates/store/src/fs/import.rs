@@ -493,11 +493,7 @@ impl Walker {
         // Room for the bytes and the blob writer's copy of them.
         let kib = u32::try_from((2 * size).div_ceil(1024) + 1).unwrap_or(u32::MAX);
         let budget = self.acquire(&self.budget.clone(), kib)?;
-        let mut buf = Vec::with_capacity(size as usize);
-        (&mut f)
-            .take(size + 1)
-            .read_to_end(&mut buf)
-            .map_err(io("read"))?;
+        let buf = read_small(&mut f, size).map_err(io("read"))?;
         if buf.len() as u64 != size {
             return Err(Error::Changed {
                 path: path.to_path_buf(),
@@ -660,6 +656,32 @@ impl Walker {
             }
         })
     }
+}
+
+/// Reads the regular file `f` of `size` (<= [`SMALL_FILE`]) bytes, asking for one
+/// byte more so that a file that grew is noticed. A read that returns less than
+/// asked for counts as the end of the file, which on a regular file it is, so
+/// the usual last read that returns 0 (one syscall per file) is not made.
+fn read_small(f: &mut std::fs::File, size: u64) -> std::io::Result<Vec<u8>> {
+    let want = usize::try_from(size + 1).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; want];
+    let mut n = 0;
+    while n < want {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                if n < want && n as u64 >= size {
+                    // Short of the extra byte: the file ends at its size.
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(n);
+    Ok(buf)
 }
 
 /// Adds `node` to the innermost open directory.
@@ -839,4 +861,28 @@ async fn upload_file(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::read_small;
+
+    #[test]
+    fn read_small_reads_to_size_and_notices_growth() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&p, &bytes).unwrap();
+        let open = || std::fs::File::open(&p).unwrap();
+        assert_eq!(read_small(&mut open(), 5000).unwrap(), bytes);
+        // Larger than its recorded size (it grew): one byte more comes back.
+        assert_eq!(read_small(&mut open(), 4000).unwrap(), &bytes[..4001]);
+        // Smaller (it shrank): what there is.
+        assert_eq!(read_small(&mut open(), 6000).unwrap(), bytes);
+        std::fs::write(&p, b"").unwrap();
+        assert!(read_small(&mut open(), 0).unwrap().is_empty());
+        std::fs::write(&p, b"x").unwrap();
+        assert_eq!(read_small(&mut open(), 0).unwrap(), b"x");
+    }
 }
