@@ -11,7 +11,9 @@
 #       (Little's law: N / throughput);
 #     - open loop, as wrk2 does, at 25%, 50% and 75% of that maximum with N
 #       connections: requests sent on a fixed schedule, latency measured from the
-#       scheduled time (coordinated omission corrected): p50/p90/p99.
+#       scheduled time (coordinated omission corrected): p50/p90/p99; then at
+#       fixed rates ($RATES, default 13.4k/26.8k/40.2k req/s: 25/50/75% of the
+#       maximum before the narinfo fast path), comparable across builds.
 #     Target: p50 <= 100 us under load (the open-loop rates).
 #     Each run also prints the server's CPU time (user + system, from /proc) per
 #     request: its cost, which other processes' load changes much less than
@@ -31,12 +33,12 @@
 #     narinfo get+sign+format) next to it: the HTTP layer's own cost.
 # The machine's load average is printed next to every number: on a shared machine
 # compare ratios from one run, not numbers across runs.
-# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 ROUNDS=2 PIN=1 to change;
+# Usage: bench/cache.sh   (SECS=5 CONNS=8 BIG_MIB=256 ROUNDS=2 PIN=1 RATES="13400 26800 40200" to change;
 #   CACHE_BENCH=path runs that cache_bench binary instead of building one: an
 #   older build, to compare before/after in the same minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}; ROUNDS=${ROUNDS:-2}; PIN=${PIN:-1}
+SECS=${SECS:-5}; CONNS=${CONNS:-8}; BIG_MIB=${BIG_MIB:-256}; ROUNDS=${ROUNDS:-2}; PIN=${PIN:-1}; RATES=${RATES-"13400 26800 40200"}
 W=$(mktemp -d)
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; rm -rf "$W"' EXIT
@@ -112,6 +114,12 @@ narinfo_all() {
   for pct in 25 50 75; do
     echo -n "$pct% of $MAX req/s: "
     narinfo_run narinfo-rate "$URL" "$SECS" "$CONNS" $((MAX * pct / 100)) "${HASHES[@]}"
+  done
+  # Fixed rates too: the closed-loop maximum gains from batching pipelined answers
+  # that an open loop never gets, so its percentages move as the server changes.
+  for rate in $RATES; do
+    echo -n "fixed $rate req/s: "
+    narinfo_run narinfo-rate "$URL" "$SECS" "$CONNS" "$rate" "${HASHES[@]}"
   done
 }
 echo "== narinfo (keep-alive, ${SECS}s each, ${#SMALL[@]} paths, signed)"
