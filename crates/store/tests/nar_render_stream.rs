@@ -11,23 +11,8 @@ use std::sync::Arc;
 
 use cairn_castore::Node;
 use cairn_store::nar::{self, NarError};
-use futures::StreamExt;
+use cairn_testkit::stream::drain;
 use nar_util::*;
-
-/// The stream's bytes up to its end or first error, the error, and the item
-/// after the error.
-async fn drain(
-    mut s: impl futures::Stream<Item = io::Result<bytes::Bytes>> + Unpin,
-) -> (Vec<u8>, Option<io::Error>, Option<io::Result<bytes::Bytes>>) {
-    let mut out = Vec::new();
-    while let Some(piece) = s.next().await {
-        match piece {
-            Ok(b) => out.extend_from_slice(&b),
-            Err(e) => return (out, Some(e), s.next().await),
-        }
-    }
-    (out, None, None)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_is_nix_nar_on_every_backend_and_from_offsets() {

@@ -1,7 +1,8 @@
 //! What cairn's tests and benches share, so that each test states only what it
 //! checks: the real Nix run in a scratch environment of its own ([`nix`]), the
 //! oracle gRPC client we did not write ([`oracle`]), servers on loopback
-//! ([`loopback`]) and reproducible pseudo-random data ([`data`]).
+//! ([`loopback`]), reproducible pseudo-random data ([`data`]) and byte streams
+//! read up to their first error ([`stream`]).
 //!
 //! A dev-dependency only. It panics instead of returning errors: in a test a panic
 //! with a message saying what is missing is the failure report. Tests that need
@@ -12,3 +13,4 @@ pub mod data;
 pub mod loopback;
 pub mod nix;
 pub mod oracle;
+pub mod stream;

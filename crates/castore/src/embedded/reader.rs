@@ -703,25 +703,11 @@ mod tests {
     use crate::blobservice::MemoryBlobService;
     use crate::embedded::tests::{put, random};
     use crate::{B3Digest, BlobService};
+    use cairn_testkit::stream::drain;
 
     /// Text-like bytes, stored compressed.
     fn text(seed: u64, len: usize) -> Vec<u8> {
         random(seed, len).iter().map(|b| b'a' + b % 4).collect()
-    }
-
-    /// Every piece up to the first error (or the end), the error, and what the
-    /// stream gives after it.
-    async fn drain(
-        mut s: crate::BlobStream,
-    ) -> (Vec<u8>, Option<io::Error>, Option<io::Result<Bytes>>) {
-        let mut out = Vec::new();
-        while let Some(piece) = s.next().await {
-            match piece {
-                Ok(b) => out.extend_from_slice(&b),
-                Err(e) => return (out, Some(e), s.next().await),
-            }
-        }
-        (out, None, None)
     }
 
     /// Reads with `read` until the end or an error; the error, and what the next
