@@ -15,10 +15,10 @@
 //!   from that scheduled time, not from when it was sent. A request that waits
 //!   for the previous answer on its connection, or for a late timer, counts that
 //!   wait, so a stall shows in the latency of every request it delayed
-//!   (coordinated omission corrected). One thread per connection, blocking I/O,
-//!   timer slack set to 1 ns (`/proc/self/timerslack_ns`, inherited by the
-//!   threads); how late the
-//!   timer woke (when the connection was idle) is printed as `timer lag`.
+//!   (coordinated omission corrected). The connections are driven from
+//!   GEN_THREADS (default 1) epoll loops with a timerfd each (see `open_loop`);
+//!   how late a request went out whose connection was idle at its time is
+//!   printed as `timer lag`.
 //! - `cache_bench nar URL PATH CONNECTIONS ROUNDS`: each connection GETs the NAR
 //!   at URL/PATH ROUNDS times over one keep-alive connection: aggregate MB/s.
 //!
@@ -31,6 +31,8 @@
 //! The client is a minimal HTTP/1.1 client over one TCP connection (GET,
 //! `Content-Length` bodies only), so that its own cost stays small.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod open_loop;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,73 +100,6 @@ impl Conn {
     }
 }
 
-/// The blocking twin of [`Conn`], for the open-loop threads.
-struct SyncConn {
-    r: std::io::BufReader<std::net::TcpStream>,
-    w: std::net::TcpStream,
-    host: String,
-    req: Vec<u8>,
-    line: String,
-}
-
-impl SyncConn {
-    fn open(addr: &str) -> SyncConn {
-        let s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_nodelay(true).unwrap();
-        SyncConn {
-            r: std::io::BufReader::with_capacity(64 * 1024, s.try_clone().unwrap()),
-            w: s,
-            host: addr.to_owned(),
-            req: Vec::with_capacity(256),
-            line: String::new(),
-        }
-    }
-
-    /// GETs `path`: the status; the body is read and dropped.
-    fn get(&mut self, path: &str, sink: &mut [u8]) -> u16 {
-        use std::io::{BufRead, Read, Write};
-        self.req.clear();
-        write!(
-            self.req,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n",
-            self.host
-        )
-        .unwrap();
-        self.w.write_all(&self.req).unwrap();
-        self.line.clear();
-        self.r.read_line(&mut self.line).unwrap();
-        let status: u16 = self
-            .line
-            .split(' ')
-            .nth(1)
-            .expect("status line")
-            .parse()
-            .unwrap();
-        let mut len = None;
-        loop {
-            self.line.clear();
-            self.r.read_line(&mut self.line).unwrap();
-            let l = self.line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = l.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                len = Some(v.trim().parse::<u64>().unwrap());
-            }
-        }
-        let mut left = len.expect("this client needs Content-Length");
-        while left > 0 {
-            let n = sink.len().min(left as usize);
-            let got = self.r.read(&mut sink[..n]).unwrap();
-            assert!(got > 0, "connection closed mid-body");
-            left -= got as u64;
-        }
-        status
-    }
-}
-
 /// The value at quantile `q` of sorted nanoseconds, in microseconds.
 fn quantile_us(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -173,90 +108,25 @@ fn quantile_us(sorted: &[u64], q: f64) -> f64 {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)] as f64 / 1000.0
 }
 
-/// One connection's open-loop results, in nanoseconds.
-#[derive(Default)]
-struct RateResult {
-    /// From each request's scheduled time to its answer's end.
-    latency: Vec<u64>,
-    /// From each request's sending to its answer's end.
-    service: Vec<u64>,
-    /// How late the timer woke for a request whose connection was idle.
-    lag: Vec<u64>,
-}
-
 fn narinfo_rate(url: String, secs: u64, conns: usize, rate: f64, hashes: Vec<String>) {
-    let addr = host_of(&url);
-    let hashes = Arc::new(hashes);
-    // Every connection's request k+1 is `interval` after its request k; the
-    // connections' schedules are offset by interval/conns from each other.
-    let interval = Duration::from_secs_f64(conns as f64 / rate);
-    let barrier = Arc::new(std::sync::Barrier::new(conns + 1));
-    let start = Arc::new(std::sync::OnceLock::<Instant>::new());
-    // The default 50 us of timer slack would be counted as latency. Set on the
-    // main thread (the only one /proc has the file for), inherited by threads
-    // spawned after.
-    let slack = std::fs::write("/proc/self/timerslack_ns", "1").is_ok()
-        && std::fs::read_to_string("/proc/self/timerslack_ns").is_ok_and(|s| s.trim() == "1");
-    let mut threads = Vec::new();
-    for c in 0..conns {
-        let (addr, hashes, barrier, start) =
-            (addr.clone(), hashes.clone(), barrier.clone(), start.clone());
-        threads.push(std::thread::spawn(move || {
-            let mut conn = SyncConn::open(&addr);
-            let mut sink = vec![0u8; 64 * 1024];
-            let expected = (secs as f64 * rate / conns as f64) as usize + 16;
-            let mut r = RateResult {
-                latency: Vec::with_capacity(expected),
-                service: Vec::with_capacity(expected),
-                lag: Vec::with_capacity(expected),
-            };
-            let paths: Vec<String> = hashes.iter().map(|h| format!("/{h}.narinfo")).collect();
-            barrier.wait();
-            let t0 = *start.get().unwrap() + interval.mul_f64(c as f64 / conns as f64);
-            let end = *start.get().unwrap() + Duration::from_secs(secs);
-            for k in 0u32.. {
-                let sched = t0 + interval * k;
-                if sched >= end {
-                    break;
-                }
-                let now = Instant::now();
-                let idle = now < sched;
-                if idle {
-                    std::thread::sleep(sched - now);
-                }
-                let sent = Instant::now();
-                if idle {
-                    r.lag.push((sent - sched).as_nanos() as u64);
-                }
-                let path = &paths[(c + k as usize) % paths.len()];
-                let status = conn.get(path, &mut sink);
-                let done = Instant::now();
-                assert_eq!(status, 200, "{path}");
-                r.latency.push((done - sched).as_nanos() as u64);
-                r.service.push((done - sent).as_nanos() as u64);
-            }
-            r
-        }));
-    }
-    start
-        .set(Instant::now() + Duration::from_millis(20))
-        .unwrap();
-    barrier.wait();
-    let mut all = RateResult::default();
-    for t in threads {
-        let r = t.join().unwrap();
-        all.latency.extend(r.latency);
-        all.service.extend(r.service);
-        all.lag.extend(r.lag);
-    }
+    let threads = std::env::var("GEN_THREADS").map_or(1, |v| v.parse().unwrap());
+    let load = open_loop::Load {
+        addr: host_of(&url),
+        secs,
+        conns,
+        rate,
+        threads,
+        paths: hashes.iter().map(|h| format!("/{h}.narinfo")).collect(),
+    };
+    let mut all = open_loop::run(&load);
     // The last requests may end after the schedule did: count until the last answer.
-    let elapsed = start.get().unwrap().elapsed().as_secs_f64();
+    let elapsed = all.end.saturating_sub(all.start) as f64 / 1e9;
     for v in [&mut all.latency, &mut all.service, &mut all.lag] {
         v.sort_unstable();
     }
     let l = &all.latency;
     println!(
-        "narinfo open loop: {conns} connections, target {rate:.0} req/s, done {:.0} req/s ({} requests in {elapsed:.1} s): latency from schedule p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us; service time p50 {:.0} us, p99 {:.0} us; timer lag p50 {:.0} us, p99 {:.0} us{}",
+        "narinfo open loop: {conns} connections ({threads} generator thread(s), epoll), target {rate:.0} req/s, done {:.0} req/s ({} requests in {elapsed:.1} s): latency from schedule p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us; service time p50 {:.0} us, p99 {:.0} us; timer lag p50 {:.0} us, p99 {:.0} us",
         l.len() as f64 / elapsed,
         l.len(),
         quantile_us(l, 0.5),
@@ -268,7 +138,6 @@ fn narinfo_rate(url: String, secs: u64, conns: usize, rate: f64, hashes: Vec<Str
         quantile_us(&all.service, 0.99),
         quantile_us(&all.lag, 0.5),
         quantile_us(&all.lag, 0.99),
-        if slack { "" } else { " (timer slack not set)" },
     );
 }
 
