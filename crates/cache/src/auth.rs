@@ -1,23 +1,24 @@
-//! Upload credentials: a token sent as `Authorization: Bearer <token>`, or as the
-//! password of `Authorization: Basic` (what curl, and so Nix, sends from a netrc
-//! `machine HOST login ANY password <token>` line).
+//! Credentials for uploads and, if the cache is private, for reads: a token sent
+//! as `Authorization: Bearer <token>`, or as the password of `Authorization:
+//! Basic` (what curl, and so Nix, sends from a netrc `machine HOST login ANY
+//! password <token>` line).
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-/// The secret an upload must present.
+/// A secret a request must present.
 #[derive(Clone)]
-pub struct UploadToken(String);
+pub struct Token(String);
 
-impl std::fmt::Debug for UploadToken {
+impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UploadToken(..)")
+        f.write_str("Token(..)")
     }
 }
 
-impl UploadToken {
+impl Token {
     /// A token from the contents of a token file: surrounding whitespace (the
     /// final newline of an editor) is not part of it. `None` if nothing is left.
     pub fn new(text: &str) -> Option<Self> {
@@ -27,7 +28,14 @@ impl UploadToken {
 
     /// Whether `headers` carry this token.
     pub fn check(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        headers
+            .get(AUTHORIZATION)
+            .is_some_and(|v| self.check_authorization(v.as_bytes()))
+    }
+
+    /// Whether an `Authorization` header's value carries this token.
+    pub fn check_authorization(&self, value: &[u8]) -> bool {
+        let Ok(value) = std::str::from_utf8(value) else {
             return false;
         };
         let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
@@ -72,7 +80,7 @@ mod tests {
 
     #[test]
     fn bearer_and_basic() {
-        let t = UploadToken::new("s3cret\n").unwrap();
+        let t = Token::new("s3cret\n").unwrap();
         assert!(t.check(&headers("Bearer s3cret")));
         assert!(t.check(&headers("bearer s3cret")));
         // `curl -u nix:s3cret`
@@ -84,6 +92,6 @@ mod tests {
         assert!(!t.check(&headers("Basic !!!")));
         assert!(!t.check(&headers("Token s3cret")));
         assert!(!t.check(&HeaderMap::new()));
-        assert!(UploadToken::new(" \n").is_none());
+        assert!(Token::new(" \n").is_none());
     }
 }

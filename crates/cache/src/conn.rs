@@ -52,8 +52,9 @@ enum Head {
     Other,
 }
 
-/// Parses the request at the start of `buf`.
-fn parse(buf: &[u8]) -> Head {
+/// Parses the request at the start of `buf`. A narinfo request that `may_read`
+/// refuses (given its `Authorization` header) is hyper's, which answers it 401.
+fn parse(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -85,6 +86,7 @@ fn parse(buf: &[u8]) -> Head {
     {
         return Head::Other;
     }
+    let mut authorization = None;
     for h in req.headers.iter() {
         let name = h.name;
         let is = |n: &str| name.eq_ignore_ascii_case(n);
@@ -93,9 +95,14 @@ fn parse(buf: &[u8]) -> Head {
             || is("expect")
             || is("upgrade")
             || (is("connection") && !h.value.eq_ignore_ascii_case(b"keep-alive"))
+            // Two are rare enough to leave to hyper and the router.
+            || (is("authorization") && authorization.replace(h.value).is_some())
         {
             return Head::Other;
         }
+    }
+    if !may_read(authorization) {
+        return Head::Other;
     }
     Head::Narinfo { hash, head, len }
 }
@@ -260,7 +267,7 @@ async fn serve_connection(
     let mut date = Date::new();
     loop {
         loop {
-            match parse(&buf) {
+            match parse(&buf, |a| cache.may_read(a)) {
                 Head::Narinfo { hash, head, len } => {
                     narinfo(&cache, &hash, head, date.now(), &mut out).await;
                     buf.advance(len);
@@ -388,7 +395,33 @@ mod tests {
     const H: &str = "mrca5xlp64pk5zy3z7rf3yzv3xsid47g";
 
     fn narinfo_head(req: &str) -> Head {
-        parse(req.as_bytes())
+        parse(req.as_bytes(), |_| true)
+    }
+
+    #[test]
+    fn private_cache_reads_without_the_token_go_to_hyper() {
+        let may_read = |a: Option<&[u8]>| a == Some(b"Bearer r34d");
+        let req = |auth: &str| format!("GET /{H}.narinfo HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+        let ok = req("authorization: Bearer r34d\r\n");
+        assert_eq!(
+            parse(ok.as_bytes(), may_read),
+            Head::Narinfo {
+                hash: H.as_bytes().try_into().unwrap(),
+                head: false,
+                len: ok.len()
+            }
+        );
+        for auth in [
+            "",
+            "Authorization: Bearer wrong\r\n",
+            "Authorization: Bearer r34d\r\nAuthorization: Bearer r34d\r\n",
+        ] {
+            assert_eq!(
+                parse(req(auth).as_bytes(), may_read),
+                Head::Other,
+                "{auth:?}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //!   uploads `nix copy --to` sends (`PUT /nar/<filehash>.nar[.xz|.zst|.bz2|.br]`
 //!   ingested as it streams, then `PUT /<hash>.narinfo` checked against it).
 //! - [`PendingUploads`]: uploaded NARs waiting for their narinfo, durable.
-//! - [`Compression`], [`UploadToken`], [`CacheError`] (every error's status code).
+//! - [`Compression`], [`Token`], [`CacheError`] (every error's status code).
 //!
 //! NAR rendering and ingestion and the path info model belong to `cairn-store`,
 //! Nix's text formats and signatures to `cairn-nix`; this crate owns the HTTP
@@ -42,7 +42,7 @@ mod listing;
 mod pending;
 mod server;
 
-pub use auth::UploadToken;
+pub use auth::Token;
 pub use compression::Compression;
 pub use conn::serve;
 pub use error::CacheError;

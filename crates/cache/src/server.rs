@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use cairn_castore::{BlobService, DirectoryService};
 use cairn_nix::cache_info::CacheInfo;
@@ -24,7 +25,7 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::auth::UploadToken;
+use crate::auth::Token;
 use crate::compression::Compression;
 use crate::error::CacheError;
 use crate::hashing::HashingReader;
@@ -42,8 +43,12 @@ pub struct CacheConfig {
     /// If not empty, an uploaded narinfo is accepted only with a valid signature
     /// by one of these.
     pub trusted_keys: Vec<VerifyingKey>,
-    /// If set, uploads (PUT) must carry this token; reads stay open.
-    pub upload_token: Option<UploadToken>,
+    /// If set, uploads (PUT) must carry this token.
+    pub upload_token: Option<Token>,
+    /// If set, the cache is private: every other request (reads) must carry this
+    /// token or the upload token (a writer reads too: `nix copy --to` asks which
+    /// paths the cache has).
+    pub read_token: Option<Token>,
     /// An uploaded NAR whose narinfo has not come this long after the upload is
     /// forgotten (its blobs stay in the store).
     pub pending_max_age: Duration,
@@ -51,7 +56,8 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
-    /// cache.nixos.org), no keys, uploads open, pending uploads kept for a day.
+    /// cache.nixos.org), no keys, uploads and reads open, pending uploads kept for
+    /// a day.
     fn default() -> Self {
         let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();
         cache_info.want_mass_query = Some(true);
@@ -61,6 +67,7 @@ impl Default for CacheConfig {
             sign_keys: Vec::new(),
             trusted_keys: Vec::new(),
             upload_token: None,
+            read_token: None,
             pending_max_age: Duration::from_secs(24 * 60 * 60),
         }
     }
@@ -161,6 +168,23 @@ impl BinaryCache {
 }
 
 impl BinaryCache {
+    /// Whether a read whose `Authorization` header is `authorization` may go on:
+    /// always for a public cache; for a private one, with the read or the upload
+    /// token.
+    pub(crate) fn may_read(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(read) = &self.config.read_token else {
+            return true;
+        };
+        authorization.is_some_and(|v| {
+            read.check_authorization(v)
+                || self
+                    .config
+                    .upload_token
+                    .as_ref()
+                    .is_some_and(|u| u.check_authorization(v))
+        })
+    }
+
     /// Expires old pending uploads if the last time was long enough ago (a
     /// quarter of their maximum age, at most an hour).
     async fn expire_pending(&self) {
@@ -259,7 +283,19 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
         )
         .route("/{file}", get(get_file).put(put_file))
         .fallback(|| async { CacheError::NotFound })
+        .layer(middleware::from_fn_with_state(cache.clone(), guard_reads))
         .with_state(cache)
+}
+
+/// A private cache answers every request but an upload with 401 unless it
+/// carries a token that may read (uploads check theirs in their handlers). The
+/// 404 of an unknown URL is no exception: it would tell what the cache holds.
+async fn guard_reads(State(cache): Cache, req: Request, next: Next) -> Response {
+    let auth = req.headers().get(header::AUTHORIZATION);
+    if req.method() != Method::PUT && !cache.may_read(auth.map(HeaderValue::as_bytes)) {
+        return CacheError::Unauthorized.into_response();
+    }
+    next.run(req).await
 }
 
 /// Objects whose URL names their content: never change.

@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use cairn_cache::{BinaryCache, CacheConfig, PendingUploads, UploadToken};
+use cairn_cache::{BinaryCache, CacheConfig, PendingUploads, Token};
 use cairn_nix::signature::SigningKey;
 use cairn_store::pathinfo::PathInfoService;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -658,7 +658,7 @@ async fn trusted_keys_and_tokens() {
     let other = SigningKey::from_seed("other-1", &[7; 32]).unwrap();
     let server = Server::start(CacheConfig {
         trusted_keys: vec![pk.parse().unwrap()],
-        upload_token: UploadToken::new("t0ken"),
+        upload_token: Token::new("t0ken"),
         ..CacheConfig::default()
     })
     .await;
@@ -1198,7 +1198,7 @@ async fn nix_signed_uploads_with_a_trusted_key() {
     let (bad_store, _) = signed_store(&xdg, &d.join("bad"), &untrusted);
     let server = Server::start(CacheConfig {
         trusted_keys: vec![public.trim().parse().unwrap()],
-        upload_token: UploadToken::new("t0ken"),
+        upload_token: Token::new("t0ken"),
         ..CacheConfig::default()
     })
     .await;
@@ -1751,4 +1751,146 @@ async fn shutdown_closes_both_paths() {
     assert!(matches!(done, Ok(Ok(Ok(())))), "{done:?}");
     // And no longer listening.
     assert!(TcpStream::connect(s.addr()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_cache_needs_a_token_to_read() {
+    let f = fixture();
+    let (sk, pk) = key();
+    let server = Server::start(CacheConfig {
+        sign_keys: vec![sk],
+        upload_token: Token::new("upl0ad"),
+        read_token: Token::new("r3ad"),
+        ..CacheConfig::default()
+    })
+    .await;
+    let url = server.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (store, top, root) = (f.store.clone(), f.top.clone(), f.root.clone());
+    let uploaded = tokio::task::spawn_blocking(move || {
+        let xdg = d.join("xdg");
+        let host = url.trim_start_matches("http://").split(':').next().unwrap();
+        let netrc = |password: &str| {
+            let p = d.join(format!("netrc-{password}"));
+            std::fs::write(
+                &p,
+                format!("machine {host} login nix password {password}\n"),
+            )
+            .unwrap();
+            p.to_str().unwrap().to_owned()
+        };
+        let copy_to = |password: &str| {
+            let mut c = nix(&xdg, "nix");
+            c.args([
+                "copy",
+                "--option",
+                "netrc-file",
+                &netrc(password),
+                "--store",
+                &store,
+                "--to",
+                &url,
+                &top,
+            ]);
+            c
+        };
+        // The read token reads but cannot upload.
+        let out = run(&mut copy_to("r3ad"));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains("401"), "{err}");
+        // The upload token reads too: `nix copy --to` first asks what the cache has.
+        ok(&mut copy_to("upl0ad"));
+
+        let (code, ni) = curl(&[
+            "-u",
+            "nix:r3ad",
+            &format!("{url}/{}.narinfo", hash_part(&top)),
+        ]);
+        assert_eq!(code, 200);
+        let ni = String::from_utf8(ni).unwrap();
+        let nar = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        let missing = "00000000000000000000000000000000";
+        // Every read, the fast path's narinfo included, and even a URL the cache
+        // does not have: 401 with a Basic challenge, unless a token that may read
+        // comes with it.
+        for (path, found) in [
+            ("nix-cache-info".to_owned(), 200),
+            (format!("{}.narinfo", hash_part(&top)), 200),
+            (nar.to_owned(), 200),
+            (format!("{}.ls", hash_part(&top)), 200),
+            (format!("{missing}.narinfo"), 404),
+            ("nope".to_owned(), 404),
+        ] {
+            let u = format!("{url}/{path}");
+            for (auth, code) in [
+                (vec![], 401),
+                (vec!["-H", "Authorization: Bearer wrong"], 401),
+                (vec!["-u", "nix:wrong"], 401),
+                (vec!["-H", "Authorization: Bearer r3ad"], found),
+                (vec!["-u", "nix:r3ad"], found),
+                (vec!["-u", "nix:upl0ad"], found),
+            ] {
+                for method in [&[][..], &["-I"][..]] {
+                    let args: Vec<&str> = auth.iter().chain(method).copied().chain([&*u]).collect();
+                    let (got, body) = curl(&args);
+                    assert_eq!(got, code, "{args:?}");
+                    if code == 401 && !method.is_empty() {
+                        let head = String::from_utf8_lossy(&body).to_lowercase();
+                        assert!(
+                            head.contains("www-authenticate: basic realm=\"cairn\""),
+                            "{args:?}: {head}"
+                        );
+                    }
+                }
+            }
+        }
+
+        // A substituter without the token gets nothing; with it in a netrc, the
+        // closure, signed by the cache's key.
+        let fresh = root.join("fresh-private");
+        let fresh = fresh.to_str().unwrap();
+        let copy_from = |netrc_file: &str| {
+            let mut c = nix(&xdg, "nix");
+            c.args([
+                "copy",
+                "--option",
+                "netrc-file",
+                netrc_file,
+                "--option",
+                "trusted-public-keys",
+                &pk,
+                "--from",
+                &url,
+                "--to",
+                fresh,
+                &top,
+            ]);
+            c
+        };
+        // (Nix 2.8 takes a 401 for a cache it cannot use, so the path has no
+        // substituter.)
+        let in_fresh = format!("{fresh}{top}");
+        let out = run(&mut copy_from("/dev/null"));
+        assert!(!out.status.success());
+        assert!(!Path::new(&in_fresh).exists());
+        ok(&mut copy_from(&netrc("r3ad")));
+        assert!(Path::new(&in_fresh).exists());
+        ok(nix(&xdg, "nix").args([
+            "store",
+            "verify",
+            "--option",
+            "trusted-public-keys",
+            &pk,
+            "--store",
+            fresh,
+            "-r",
+            &top,
+        ]));
+        top
+    })
+    .await
+    .unwrap();
+    assert!(server.has(&uploaded).await);
+    server.stop().await;
 }

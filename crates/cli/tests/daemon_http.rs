@@ -1,5 +1,5 @@
 //! `cairn daemon`'s binary cache as a user runs it: the real binary on the embedded
-//! store, `--sign-key` and `--upload-token-file`, spoken to by the real Nix 2.8
+//! store, `--sign-key`, `--upload-token-file` and `--read-token-file`, spoken to by the real Nix 2.8
 //! (`nix copy --to` with a netrc, `nix path-info`) and curl. An upload's NAR sent
 //! before a SIGTERM is accepted with its narinfo after the restart, and registered
 //! paths stay. Needs Nix and curl (`scripts/install-test-deps.sh`).
@@ -24,20 +24,25 @@ impl Drop for Daemon {
     }
 }
 
+/// `cairn daemon` on `data` with its binary cache on a free port, and `extra`.
+fn daemon_cmd(data: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    c.args([
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--no-socket", "--data-dir"])
+    .arg(data)
+    .args(extra);
+    c
+}
+
 /// Starts the daemon with its binary cache on a free port; returns its URL.
 fn start(data: &Path, extra: &[&str]) -> (Daemon, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--no-socket",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
+    let mut child = daemon_cmd(data, extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -257,4 +262,43 @@ fn nix_copy_through_the_daemon_signed_with_a_token_and_across_restarts() {
     assert!(line.contains("grpc+http://"), "{line}");
     assert!(!line.contains("binary cache"), "{line}");
     stop(daemon);
+}
+
+#[test]
+fn read_token_file_makes_the_cache_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    std::fs::write(t.join("read"), "r34d\n").unwrap();
+    std::fs::write(t.join("upload"), "upl0ad\n").unwrap();
+    std::fs::write(t.join("empty"), " \n").unwrap();
+    let arg = |name: &str| t.join(name).to_str().unwrap().to_owned();
+    let (read, upload) = (arg("read"), arg("upload"));
+    let (daemon, url) = start(
+        &t.join("data"),
+        &["--read-token-file", &read, "--upload-token-file", &upload],
+    );
+    for path in ["nix-cache-info", "00000000000000000000000000000000.narinfo"] {
+        let u = format!("{url}/{path}");
+        let (code, _) = curl(&[&u]);
+        assert_eq!(code, 401, "{path} without a token");
+        let (code, _) = curl(&["-u", "x:wrong", &u]);
+        assert_eq!(code, 401, "{path} with a wrong token");
+        let want = if path == "nix-cache-info" { 200 } else { 404 };
+        for user in ["x:r34d", "x:upl0ad"] {
+            let (code, _) = curl(&["-u", user, &u]);
+            assert_eq!(code, want, "{path} as {user}");
+        }
+    }
+    stop(daemon);
+
+    // An empty token file is refused at start, saying which.
+    let out = daemon_cmd(&t.join("data"), &["--read-token-file", &arg("empty")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("read token file") && err.contains("is empty"),
+        "{err}"
+    );
 }

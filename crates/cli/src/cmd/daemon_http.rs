@@ -36,9 +36,16 @@ pub struct HttpArgs {
 
     /// Uploads (PUT) must carry the token in this file, as `Authorization: Bearer
     /// TOKEN` or as the password of Basic authentication (a netrc line `machine
-    /// HOST login ANY password TOKEN` for Nix). Reads stay open.
+    /// HOST login ANY password TOKEN` for Nix). Reads stay open unless
+    /// --read-token-file is given.
     #[arg(long, value_name = "FILE")]
     upload_token_file: Option<PathBuf>,
+
+    /// Make the cache private: reads (GET and HEAD of narinfos, NARs, listings,
+    /// /nix-cache-info) must carry the token in this file, or the upload token,
+    /// in the same forms as uploads (a netrc line for Nix substituters).
+    #[arg(long, value_name = "FILE")]
+    read_token_file: Option<PathBuf>,
 
     /// `Priority` in /nix-cache-info (lower is preferred among substituters).
     #[arg(long, default_value_t = 40, value_name = "N")]
@@ -75,16 +82,22 @@ impl HttpArgs {
                 .trusted_keys
                 .push(k.parse().with_context(|| format!("--trusted-key {k:?}"))?);
         }
-        if let Some(f) = &self.upload_token_file {
-            let text = std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read upload token {}", f.display()))?;
-            config.upload_token = Some(
-                cairn_cache::UploadToken::new(&text)
-                    .with_context(|| format!("upload token file {} is empty", f.display()))?,
-            );
-        }
+        config.upload_token = read_token(self.upload_token_file.as_deref(), "upload")?;
+        config.read_token = read_token(self.read_token_file.as_deref(), "read")?;
         Ok(config)
     }
+}
+
+/// The token in `file`, if given; `what` names it in errors.
+fn read_token(file: Option<&Path>, what: &str) -> anyhow::Result<Option<cairn_cache::Token>> {
+    let Some(f) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read {what} token {}", f.display()))?;
+    let token = cairn_cache::Token::new(&text)
+        .with_context(|| format!("{what} token file {} is empty", f.display()))?;
+    Ok(Some(token))
 }
 
 /// Binds the binary cache's listener (unless `--no-http`) and returns its address
