@@ -14,7 +14,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,8 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
-use crate::server::{BinaryCache, NARINFO_CACHE, narinfo_text};
+use crate::server::{ACCESS, BinaryCache, NARINFO_CACHE, access, narinfo_text};
 
 /// A request head larger than this that is still incomplete goes to hyper (which
 /// has its own limits and errors).
@@ -175,26 +176,35 @@ fn encode(
 async fn narinfo(cache: &BinaryCache, hash: &[u8; 32], head: bool, date: &str, out: &mut Vec<u8>) {
     // The parser let only ASCII through.
     let hash = std::str::from_utf8(hash).unwrap_or_default();
-    match narinfo_text(cache, hash).await {
-        Ok(text) => encode(
-            out,
-            StatusCode::OK,
-            [
-                ("content-type", &b"text/x-nix-narinfo"[..]),
-                ("cache-control", NARINFO_CACHE.as_bytes()),
-            ],
-            &HeaderMap::new(),
-            &text,
-            head,
-            date,
-        ),
+    let start = tracing::enabled!(target: ACCESS, tracing::Level::DEBUG).then(Instant::now);
+    let status = match narinfo_text(cache, hash).await {
+        Ok(text) => {
+            encode(
+                out,
+                StatusCode::OK,
+                [
+                    ("content-type", &b"text/x-nix-narinfo"[..]),
+                    ("cache-control", NARINFO_CACHE.as_bytes()),
+                ],
+                &HeaderMap::new(),
+                &text,
+                head,
+                date,
+            );
+            StatusCode::OK
+        }
         Err(e) => {
             let (parts, body) = e.into_response().into_parts();
             let body = axum::body::to_bytes(body, MAX_ERROR_BODY)
                 .await
                 .unwrap_or_else(|_| Bytes::new());
             encode(out, parts.status, [], &parts.headers, &body, head, date);
+            parts.status
         }
+    };
+    if let Some(start) = start {
+        let method = if head { "HEAD" } else { "GET" };
+        access(method, &format!("/{hash}.narinfo"), status, start);
     }
 }
 
@@ -214,10 +224,11 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     // Small responses (narinfo) must not wait for Nagle's algorithm.
                     let _ = stream.set_nodelay(true);
-                    conns.spawn(serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone()));
+                    let span = tracing::debug_span!(target: ACCESS, "conn", %peer);
+                    conns.spawn(serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone()).instrument(span));
                 }
                 Err(e) => accept_error(e).await,
             },

@@ -284,7 +284,38 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
         .route("/{file}", get(get_file).put(put_file))
         .fallback(|| async { CacheError::NotFound })
         .layer(middleware::from_fn_with_state(cache.clone(), guard_reads))
+        .layer(middleware::from_fn(log_access))
         .with_state(cache)
+}
+
+/// The `tracing` target of the access log: one debug event per request
+/// (`RUST_LOG=cairn_cache::access=debug`), in the span of its connection, which
+/// names the peer.
+pub(crate) const ACCESS: &str = "cairn_cache::access";
+
+/// Logs a request to [`ACCESS`] when its answer's head is ready (a NAR's body is
+/// still to come then).
+async fn log_access(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(target: ACCESS, tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    access(method.as_str(), &path, response.status(), start);
+    response
+}
+
+/// One access log event.
+pub(crate) fn access(method: &str, path: &str, status: StatusCode, start: Instant) {
+    tracing::debug!(
+        target: ACCESS,
+        method,
+        path,
+        status = status.as_u16(),
+        us = start.elapsed().as_micros() as u64,
+        "request"
+    );
 }
 
 /// A private cache answers every request but an upload with 401 unless it

@@ -13,7 +13,7 @@ use cairn_nix::narinfo::NarInfo;
 use cairn_nix::signature::{SigningKey, VerifyingKey};
 
 /// A running daemon, killed if the test fails before stopping it.
-struct Daemon(Option<Child>);
+struct Daemon(Option<Child>, Option<std::thread::JoinHandle<String>>);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -42,7 +42,12 @@ fn daemon_cmd(data: &Path, extra: &[&str]) -> Command {
 
 /// Starts the daemon with its binary cache on a free port; returns its URL.
 fn start(data: &Path, extra: &[&str]) -> (Daemon, String) {
-    let mut child = daemon_cmd(data, extra)
+    spawn(daemon_cmd(data, extra))
+}
+
+/// Starts the daemon `cmd` runs; returns its binary cache's URL.
+fn spawn(mut cmd: Command) -> (Daemon, String) {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -56,11 +61,18 @@ fn start(data: &Path, extra: &[&str]) -> (Daemon, String) {
         .map(|w| w.trim_end_matches(','))
         .unwrap_or_else(|| panic!("no http:// address in the daemon's first line: {line:?}"))
         .to_string();
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), url)
+    // The rest of stderr, for `stop` to return.
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    (Daemon(Some(child), Some(log)), url)
 }
 
-fn stop(mut daemon: Daemon) {
+/// Stops the daemon with SIGTERM; returns what it wrote to stderr after its first
+/// line.
+fn stop(mut daemon: Daemon) -> String {
     let mut child = daemon.0.take().unwrap();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -69,6 +81,11 @@ fn stop(mut daemon: Daemon) {
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "daemon exited with {exit} after SIGTERM");
+    daemon
+        .1
+        .take()
+        .map(|t| t.join().unwrap())
+        .unwrap_or_default()
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -255,7 +272,7 @@ fn nix_copy_through_the_daemon_signed_with_a_token_and_across_restarts() {
         .spawn()
         .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let daemon = Daemon(Some(child));
+    let daemon = Daemon(Some(child), None);
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
@@ -301,4 +318,39 @@ fn read_token_file_makes_the_cache_private() {
         err.contains("read token file") && err.contains("is empty"),
         "{err}"
     );
+}
+
+#[test]
+fn access_log_names_each_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = daemon_cmd(&tmp.path().join("data"), &[]);
+    cmd.env("RUST_LOG", "cairn_cache::access=debug");
+    let (daemon, url) = spawn(cmd);
+    let missing = "/00000000000000000000000000000000.narinfo";
+    // One request on the narinfo fast path, one through the router.
+    assert_eq!(curl(&[&format!("{url}{missing}")]).0, 404);
+    assert_eq!(curl(&[&format!("{url}/nix-cache-info")]).0, 200);
+    let log = stop(daemon);
+    let line = |path: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("path=\"{path}\"")))
+            .unwrap_or_else(|| panic!("no access log line for {path}:\n{log}"))
+            .to_owned()
+    };
+    let host = url.trim_start_matches("http://").split(':').next().unwrap();
+    for (path, status) in [(missing, 404), ("/nix-cache-info", 200)] {
+        let l = line(path);
+        for want in [
+            "cairn_cache::access".to_owned(),
+            "method=\"GET\"".to_owned(),
+            format!("status={status}"),
+            format!("peer={host}:"),
+        ] {
+            assert!(l.contains(&want), "{want} not in {l:?}");
+        }
+        assert!(
+            !l.contains('\x1b'),
+            "colour codes in a log that is not a terminal: {l:?}"
+        );
+    }
 }
