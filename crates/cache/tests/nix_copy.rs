@@ -831,8 +831,11 @@ fn curl_status(args: &[&str]) -> (i32, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn missing_blob_aborts_the_download() {
+/// A cache over memory services serving one path, `00…0-{name}`: a directory
+/// of `entries` in order, each a file whose contents are stored (`Some`) or a
+/// 1 MiB file whose blob never was (`None`). Its NarHash is a dummy; its NarSize
+/// is returned.
+async fn serve_with_missing_blob(name: &str, entries: &[(&str, Option<&[u8]>)]) -> (Server, u64) {
     use cairn_castore::{B3Digest, Directory, Node, PathComponent};
     let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
     let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
@@ -842,37 +845,38 @@ async fn missing_blob_aborts_the_download() {
         dirs.clone(),
     )
     .unwrap();
-    // A directory whose first file is stored and whose second (1 MiB) is not.
-    let mut w = blobs.open_write().await;
-    tokio::io::AsyncWriteExt::write_all(&mut w, b"present\n")
-        .await
-        .unwrap();
-    let present = w.close().await.unwrap();
     let mut dir = Directory::new();
-    let file = |digest, size| Node::File {
-        digest,
-        size,
-        executable: false,
-    };
-    dir.add(PathComponent::try_from("a").unwrap(), file(present, 8))
-        .unwrap();
-    dir.add(
-        PathComponent::try_from("b").unwrap(),
-        file(B3Digest::of(b"never stored"), 1 << 20),
-    )
-    .unwrap();
+    for (entry, contents) in entries {
+        let (digest, size) = match contents {
+            Some(c) => {
+                let mut w = blobs.open_write().await;
+                tokio::io::AsyncWriteExt::write_all(&mut w, c)
+                    .await
+                    .unwrap();
+                (w.close().await.unwrap(), c.len() as u64)
+            }
+            None => (B3Digest::of(b"never stored"), 1 << 20),
+        };
+        let node = Node::File {
+            digest,
+            size,
+            executable: false,
+        };
+        dir.add(PathComponent::try_from(*entry).unwrap(), node)
+            .unwrap();
+    }
     let size = dir.size();
-    let digest = dirs.put(dir).await.unwrap();
-    let root = Node::Directory { digest, size };
+    let root = Node::Directory {
+        digest: dirs.put(dir).await.unwrap(),
+        size,
+    };
     let nar_size = cairn_store::nar::nar_size(dirs.as_ref(), &root)
         .await
         .unwrap();
-    let store_path =
-        cairn_nix::store_path::StorePath::from_basename("00000000000000000000000000000000-broken")
-            .unwrap();
+    let basename = format!("{}-{name}", "0".repeat(32));
     infos
         .put(cairn_store::pathinfo::PathInfo {
-            store_path,
+            store_path: cairn_nix::store_path::StorePath::from_basename(&basename).unwrap(),
             node: root,
             references: vec![],
             nar_size,
@@ -889,6 +893,14 @@ async fn missing_blob_aborts_the_download() {
         Some((blobs, dirs, infos)),
     )
     .await;
+    (server, nar_size)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_blob_aborts_the_download() {
+    // A directory whose first file is stored and whose second (1 MiB) is not.
+    let (server, _) =
+        serve_with_missing_blob("broken", &[("a", Some(b"present\n")), ("b", None)]).await;
     let url = server.url.clone();
     tokio::task::spawn_blocking(move || {
         let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
@@ -1250,7 +1262,6 @@ async fn nix_signed_uploads_with_a_trusted_key() {
 /// NAR fails.
 #[tokio::test(flavor = "multi_thread")]
 async fn range_does_not_render_what_comes_before() {
-    use cairn_castore::{B3Digest, Directory, Node, PathComponent};
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     std::fs::create_dir(&tree).unwrap();
@@ -1260,59 +1271,9 @@ async fn range_does_not_render_what_comes_before() {
     let nar = run(nix(&xdg, "nix-store").arg("--dump").arg(&tree)).stdout;
     assert!(nar.len() > 1 << 20, "nix-store --dump: {} bytes", nar.len());
 
-    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
-    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
-    let infos = cairn_store::pathinfo::path_info_service_from_addr(
-        "memory://",
-        blobs.clone(),
-        dirs.clone(),
-    )
-    .unwrap();
-    let mut w = blobs.open_write().await;
-    tokio::io::AsyncWriteExt::write_all(&mut w, b"present\n")
-        .await
-        .unwrap();
-    let present = w.close().await.unwrap();
-    let file = |digest, size| Node::File {
-        digest,
-        size,
-        executable: false,
-    };
-    let mut d = Directory::new();
-    d.add(
-        PathComponent::try_from("a").unwrap(),
-        file(B3Digest::of(b"never stored"), 1 << 20),
-    )
-    .unwrap();
-    d.add(PathComponent::try_from("b").unwrap(), file(present, 8))
-        .unwrap();
-    let size = d.size();
-    let root = Node::Directory {
-        digest: dirs.put(d).await.unwrap(),
-        size,
-    };
-    infos
-        .put(cairn_store::pathinfo::PathInfo {
-            store_path: cairn_nix::store_path::StorePath::from_basename(
-                "00000000000000000000000000000000-tail",
-            )
-            .unwrap(),
-            node: root,
-            references: vec![],
-            nar_size: nar.len() as u64,
-            nar_sha256: [1; 32],
-            signatures: vec![],
-            deriver: None,
-            ca: None,
-        })
-        .await
-        .unwrap();
-    let server = Server::start_with(
-        CacheConfig::default(),
-        PendingUploads::in_memory().unwrap(),
-        Some((blobs, dirs, infos)),
-    )
-    .await;
+    let (server, nar_size) =
+        serve_with_missing_blob("tail", &[("a", None), ("b", Some(b"present\n"))]).await;
+    assert_eq!(nar_size, nar.len() as u64);
     let url = server.url.clone();
     tokio::task::spawn_blocking(move || {
         let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
