@@ -56,6 +56,32 @@ fn blob_count(store: &EmbeddedStore) -> u64 {
     r.open_table(BLOBS).unwrap().len().unwrap() + r.open_table(CHUNKS).unwrap().len().unwrap()
 }
 
+/// Bytes written while a batch is processed join the next batch in order: the
+/// blob, its chunks and their boundaries are the same whatever the writes'
+/// sizes (FastCDC cuts only on full windows, so batch boundaries never show).
+#[tokio::test]
+async fn batches_written_while_one_is_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let bytes = data(77, (13 << 20) + 12_345);
+    let mut whole = store.blob_writer();
+    whole.write_all(&bytes).await.unwrap();
+    let d = whole.close().await.unwrap();
+    assert_eq!(&d, blake3::hash(&bytes).as_bytes());
+    let reference = store.blob_chunks(&d).unwrap().unwrap();
+    for piece in [1000usize, 8192, 65_537, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let mut w = store.blob_writer();
+        for p in bytes.chunks(piece) {
+            w.write_all(p).await.unwrap();
+        }
+        assert_eq!(w.close().await.unwrap(), d, "writes of {piece} bytes");
+        assert_eq!(store.blob_chunks(&d).unwrap().unwrap(), reference);
+        assert_eq!(get(&store, &d).await.unwrap(), bytes);
+    }
+}
+
 #[tokio::test]
 async fn roundtrip_sizes() {
     let dir = tempfile::tempdir().unwrap();
