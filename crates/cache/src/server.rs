@@ -22,13 +22,13 @@ use cairn_nix::store_path::{DIGEST_LEN, FileIngestionMethod, HASH_PART_LEN};
 use cairn_store::nar::NarError;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use futures::{StreamExt as _, TryStreamExt as _};
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use crate::auth::Token;
 use crate::compression::Compression;
 use crate::error::CacheError;
-use crate::hashing::HashingReader;
+use crate::hashing::HashingStream;
 use crate::listing::listing;
 use crate::pending::{PendingNar, PendingUploads};
 
@@ -813,10 +813,7 @@ async fn put_nar(
         return Err(CacheError::NotFound);
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let input = BufReader::with_capacity(
-        256 * 1024,
-        HashingReader::new(StreamReader::new(stream), compression != Compression::None),
-    );
+    let input = StreamReader::new(HashingStream::new(stream, compression != Compression::None));
     use async_compression::tokio::bufread as dec;
     let (ingested, input) = match compression {
         Compression::None => ingest_all(&cache, input, |d| d).await?,
@@ -874,7 +871,7 @@ async fn put_nar(
     Ok(StatusCode::CREATED)
 }
 
-type Input<S> = BufReader<HashingReader<StreamReader<S, Bytes>>>;
+type Input<S> = StreamReader<HashingStream<S>, Bytes>;
 
 /// Ingests the NAR read from `decoder`, then checks that nothing follows it (in
 /// the decompressed stream, then in the upload), reading the upload to its end so

@@ -537,6 +537,16 @@ async fn rejected_uploads_register_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
     let (ca, dep, top) = (f.ca.clone(), f.dep.clone(), f.top.clone());
+    let zst = {
+        use tokio::io::AsyncReadExt as _;
+        let bytes = std::fs::read(file_cache_entry(f, &ca).1).unwrap();
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::ZstdEncoder::new(&bytes[..])
+            .read_to_end(&mut out)
+            .await
+            .unwrap();
+        out
+    };
     tokio::task::spawn_blocking(move || {
         let (ni, nar) = file_cache_entry(f, &ca);
         let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
@@ -586,6 +596,31 @@ async fn rejected_uploads_register_nothing() {
             &[],
         );
         assert_eq!(code, 400, "{msg}");
+
+        // Compressed: the file hash is of the bytes as sent. Named by the NAR's
+        // hash instead, refused; with bytes after the compressed stream, refused;
+        // named right, accepted.
+        let sha = |b: &[u8]| cairn_nix::hash::HashAlgo::Sha256.digest(b).to_nix32();
+        let put_zst = |hash: String, data: &[u8]| {
+            put(
+                &format!("{url}/nar/{hash}.nar.zst"),
+                &write("zst", data),
+                &[],
+            )
+        };
+        let (code, msg) = put_zst(sha(&bytes), &zst);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("SHA-256"), "{msg}");
+        let mut zst_long = zst.clone();
+        zst_long.extend_from_slice(b"xx");
+        let (code, msg) = put_zst(sha(&zst_long), &zst_long);
+        assert_eq!(code, 400, "{msg}");
+        assert!(
+            msg.contains("after the end of the compressed stream"),
+            "{msg}"
+        );
+        let (code, msg) = put_zst(sha(&zst), &zst);
+        assert_eq!(code, 201, "{msg}");
 
         // The real NAR: accepted (but not served under its file hash, by GET
         // or HEAD: see head_and_get_agree).
