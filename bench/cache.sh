@@ -3,6 +3,12 @@
 #  1. upload: `nix copy --to http://` (cairn, embedded store) vs `nix copy --to
 #     file://` of the same closure (a 256 MiB random file + 2000 small files), each
 #     with compression=none and zstd; time ratio cairn/file (lower is better).
+#     Also the server's CPU time during the http copy and the client's (nix:
+#     user + system, from /usr/bin/time if there): the http copy is serial (Nix
+#     sends one request at a time on one connection, and holds a NAR whole in
+#     memory before sending it), so its wall time is about the two added, and
+#     what the client spends beyond its file:// copy is Nix's own HTTP path.
+#     UPLOAD_ONLY=1 stops after this part.
 #  2. narinfo, over the uploaded paths' narinfos (signed on the fly with a key
 #     given to the server), keep-alive, S seconds each:
 #     - closed loop (each connection sends its next request when the answer to
@@ -72,6 +78,8 @@ for i in $(seq 200); do
 done
 
 secs() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'; }
+# The client's CPU time (user+system) from /usr/bin/time, if there.
+if [ -x /usr/bin/time ]; then NIXTIME=(/usr/bin/time -f '%U+%S'); else NIXTIME=(sh -c 'shift 2; exec "$@"' x); fi
 echo "== upload: nix copy of a $(nix path-info --store "$S" -S "$P" | awk '{printf "%.0f MiB", $2/1048576}') path + ${#SMALL[@]} small paths"
 # Each round into an empty cache and an empty file:// directory.
 for comp in none zstd; do
@@ -80,13 +88,17 @@ for comp in none zstd; do
     "$B" serve "$W/data-$comp" "$W/port" "$W/sign.key" & PID=$!
     for _ in $(seq 100); do [ -s "$W/port" ] && break; sleep 0.1; done
     PORT=$(cat "$W/port"); rm -f "$W/port"
-    th=$(secs nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
-    tf=$(secs nix copy --store "$S" --to "file://$W/file-$comp?compression=$comp" "$P" "${SMALL[@]}")
-    printf '%-5s http (cairn) %6.2f s   file:// %6.2f s   ratio %.2f   (%s)\n' "$comp" "$th" "$tf" "$(awk -v a="$th" -v b="$tf" 'BEGIN { print a / b }')" "$(load)"
+    c0=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+    th=$(secs "${NIXTIME[@]}" -o "$W/nix_http" nix copy --store "$S" --to "http://127.0.0.1:$PORT?compression=$comp" "$P" "${SMALL[@]}")
+    c1=$(awk '{ print $14 + $15 }' "/proc/$PID/stat")
+    tf=$(secs "${NIXTIME[@]}" -o "$W/nix_file" nix copy --store "$S" --to "file://$W/file-$comp?compression=$comp" "$P" "${SMALL[@]}")
+    printf '%-5s http (cairn) %6.2f s   file:// %6.2f s   ratio %.2f   CPU: server %.2f s, nix http %s s, nix file %s s   (%s)\n' "$comp" "$th" "$tf" "$(awk -v a="$th" -v b="$tf" 'BEGIN { print a / b }')" \
+      "$(awk -v t=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" 'BEGIN { print t / hz }')" "$(cat "$W/nix_http" 2>/dev/null || echo "?")" "$(cat "$W/nix_file" 2>/dev/null || echo "?")" "$(load)"
     if [ "$comp" = zstd ] && [ "$round" = "$ROUNDS" ]; then break 2; fi
     kill "$PID"; wait "$PID" 2>/dev/null || true; PID=
   done
 done
+[ "${UPLOAD_ONLY:-0}" = 1 ] && exit 0
 URL=http://127.0.0.1:$PORT
 nix path-info --store "$URL" "$P" >/dev/null
 
