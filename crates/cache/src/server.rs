@@ -813,43 +813,8 @@ async fn put_nar(
         return Err(CacheError::NotFound);
     };
     let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let input = StreamReader::new(HashingStream::new(stream, compression != Compression::None));
-    use async_compression::tokio::bufread as dec;
-    let (ingested, input) = match compression {
-        Compression::None => ingest_all(&cache, input, |d| d).await?,
-        Compression::Xz => {
-            ingest_all(
-                &cache,
-                dec::XzDecoder::new(input),
-                dec::XzDecoder::into_inner,
-            )
-            .await?
-        }
-        Compression::Zstd => {
-            ingest_all(
-                &cache,
-                dec::ZstdDecoder::new(input),
-                dec::ZstdDecoder::into_inner,
-            )
-            .await?
-        }
-        Compression::Bzip2 => {
-            ingest_all(
-                &cache,
-                dec::BzDecoder::new(input),
-                dec::BzDecoder::into_inner,
-            )
-            .await?
-        }
-        Compression::Brotli => {
-            ingest_all(
-                &cache,
-                dec::BrotliDecoder::new(input),
-                dec::BrotliDecoder::into_inner,
-            )
-            .await?
-        }
-    };
+    let mut input = StreamReader::new(HashingStream::new(stream, compression != Compression::None));
+    let ingested = ingest_all(&cache, compression, &mut input).await?;
     let (file_hash, file_size) = input.into_inner().finish();
     // Uncompressed, the file is the NAR.
     let got_sha256 = file_hash.unwrap_or(ingested.nar_sha256);
@@ -871,21 +836,15 @@ async fn put_nar(
     Ok(StatusCode::CREATED)
 }
 
-type Input<S> = StreamReader<HashingStream<S>, Bytes>;
-
-/// Ingests the NAR read from `decoder`, then checks that nothing follows it (in
-/// the decompressed stream, then in the upload), reading the upload to its end so
-/// that its hash covers every byte.
-async fn ingest_all<S, D>(
+/// Ingests the NAR decompressed from `input`, then checks that nothing follows
+/// it (in the decompressed stream, then in the upload), reading the upload to its
+/// end so that its hash covers every byte.
+async fn ingest_all<R: AsyncBufRead + Send + Unpin>(
     cache: &BinaryCache,
-    mut decoder: D,
-    into_input: impl FnOnce(D) -> Input<S>,
-) -> Result<(cairn_store::nar::Ingested, Input<S>), CacheError>
-where
-    S: futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + Unpin,
-    D: AsyncRead + Send + Unpin,
-    Input<S>: AsyncBufRead,
-{
+    compression: Compression,
+    input: &mut R,
+) -> Result<cairn_store::nar::Ingested, CacheError> {
+    let mut decoder = compression.decoder(&mut *input);
     let ingested = cairn_store::nar::ingest(
         cache.blobs.as_ref(),
         cache.directories.as_ref(),
@@ -903,7 +862,7 @@ where
             "the upload has data after the end of the NAR".into(),
         ));
     }
-    let mut input = into_input(decoder);
+    drop(decoder);
     let n = input
         .read(&mut probe)
         .await
@@ -913,7 +872,7 @@ where
             "the upload has data after the end of the compressed stream".into(),
         ));
     }
-    Ok((ingested, input))
+    Ok(ingested)
 }
 
 #[cfg(test)]
