@@ -40,11 +40,13 @@ impl GrpcBlobService for GrpcBlobServer {
     ) -> Result<Response<proto::StatBlobResponse>, Status> {
         let request = request.into_inner();
         let digest = B3Digest::try_from(&request.digest).map_err(Error::from)?;
-        // The chunk list doubles as the existence check.
-        let Some(chunks) = self.blobs.chunks(&digest).await? else {
-            return Err(not_found(digest));
-        };
+        // The chunk list doubles as the existence check; without it, `has` is an
+        // index lookup where the chunk list means reading every segment of a
+        // large blob.
         let chunks = if request.send_chunks {
+            let Some(chunks) = self.blobs.chunks(&digest).await? else {
+                return Err(not_found(digest));
+            };
             chunks
                 .into_iter()
                 .map(|c| proto::stat_blob_response::ChunkMeta {
@@ -52,8 +54,10 @@ impl GrpcBlobService for GrpcBlobServer {
                     size: c.size,
                 })
                 .collect()
-        } else {
+        } else if self.blobs.has(&digest).await? {
             Vec::new()
+        } else {
+            return Err(not_found(digest));
         };
         // No bao outboard is kept; WIRE.md sends it only "when available".
         Ok(Response::new(proto::StatBlobResponse {
