@@ -1,7 +1,6 @@
 //! The HTTP routes of the binary cache, over the blob, directory and path info
 //! services.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,9 @@ use cairn_nix::cache_info::CacheInfo;
 use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::{self, FieldText, NarInfo};
 use cairn_nix::nixbase32;
-use cairn_nix::signature::{Signature, SigningKey, VerifyingKey};
+use cairn_nix::signature::{SigningKey, VerifyingKey};
 use cairn_nix::store_path::{DIGEST_LEN, FileIngestionMethod, HASH_PART_LEN};
+use cairn_store::lru::Lru;
 use cairn_store::nar::NarError;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -81,57 +81,20 @@ pub struct BinaryCache {
     pending: PendingUploads,
     config: CacheConfig,
     cache_info_text: Bytes,
-    /// The configured keys' signatures by fingerprint: ed25519 signing is most of
-    /// a narinfo request's cost, and a fingerprint's signatures never change.
-    signatures: Mutex<HashMap<String, Vec<Signature>>>,
     /// Rendered, signed narinfos: see [`BinaryCache::narinfo`].
-    rendered: Mutex<Rendered>,
+    rendered: Mutex<Lru<[u8; DIGEST_LEN], (PathInfo, Bytes)>>,
     /// When pending uploads were last expired.
     last_expiry: Mutex<Instant>,
 }
 
-/// Entries in the signature cache before it is emptied (a few hundred bytes each).
-const MAX_CACHED_SIGNATURES: usize = 1 << 16;
-
-/// Memory the rendered narinfos may take (about: each entry counts twice its text,
-/// for the path info kept with it, plus [`RENDERED_OVERHEAD`]) before the cache
-/// is emptied.
+/// Memory the rendered narinfos may take (about: each entry costs
+/// [`rendered_cost`]); the least recently used are dropped beyond it.
 const MAX_RENDERED_BYTES: usize = 32 << 20;
-/// What an entry of the rendered narinfo cache costs besides its text.
-const RENDERED_OVERHEAD: usize = 256;
 
-/// Narinfo texts by store path digest, each with the path info it was rendered
-/// from.
-#[derive(Default)]
-struct Rendered {
-    entries: HashMap<[u8; DIGEST_LEN], (PathInfo, Bytes)>,
-    /// Their cost, as [`MAX_RENDERED_BYTES`] counts it.
-    bytes: usize,
-}
-
-impl Rendered {
-    fn cost(text: &Bytes) -> usize {
-        2 * text.len() + RENDERED_OVERHEAD
-    }
-
-    /// Keeps `text` as the narinfo of `info` (replacing what was kept for its
-    /// path), after emptying the cache if it would cost more than `max_bytes`. A
-    /// text too large to keep at all is not kept and empties nothing.
-    fn keep(&mut self, digest: [u8; DIGEST_LEN], info: PathInfo, text: Bytes, max_bytes: usize) {
-        if let Some((_, old)) = self.entries.remove(&digest) {
-            self.bytes -= Self::cost(&old);
-        }
-        let cost = Self::cost(&text);
-        if cost > max_bytes {
-            return;
-        }
-        if self.bytes + cost > max_bytes {
-            self.entries.clear();
-            self.bytes = 0;
-        }
-        self.bytes += cost;
-        self.entries.insert(digest, (info, text));
-    }
+/// What a rendered narinfo costs in the cache: its text, about as much again for
+/// the path info kept with it, and the maps' own entries.
+fn rendered_cost(text: &Bytes) -> usize {
+    2 * text.len() + 256
 }
 
 impl BinaryCache {
@@ -161,8 +124,7 @@ impl BinaryCache {
             pending,
             config,
             cache_info_text,
-            signatures: Mutex::new(HashMap::new()),
-            rendered: Mutex::default(),
+            rendered: Mutex::new(Lru::new(MAX_RENDERED_BYTES)),
         }
     }
 }
@@ -205,40 +167,13 @@ impl BinaryCache {
             Err(e) => tracing::warn!(error = %e, "cannot expire pending uploads"),
         }
     }
-
-    /// The configured keys' signatures of `fingerprint`.
-    fn sign(&self, fingerprint: &str) -> Vec<Signature> {
-        if self.config.sign_keys.is_empty() {
-            return Vec::new();
-        }
-        let lock = || {
-            self.signatures
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-        };
-        if let Some(sigs) = lock().get(fingerprint) {
-            return sigs.clone();
-        }
-        let sigs: Vec<Signature> = self
-            .config
-            .sign_keys
-            .iter()
-            .map(|k| k.sign(fingerprint.as_bytes()))
-            .collect();
-        let mut cached = lock();
-        if cached.len() >= MAX_CACHED_SIGNATURES {
-            cached.clear();
-        }
-        cached.insert(fingerprint.to_owned(), sigs.clone());
-        sigs
-    }
 }
 
 impl BinaryCache {
     /// The narinfo of `info`, signed by the configured keys.
     ///
-    /// Formatting and looking up the signatures are most of a narinfo request's
-    /// own cost, so the text is kept with the path info it was made from and
+    /// Signing (ed25519) and formatting are most of a narinfo request's own
+    /// cost, so the text is kept with the path info it was made from and
     /// reused while a lookup returns that same path info. Comparing with the
     /// lookup, rather than forgetting the text when this cache stores a path,
     /// stays right when paths are stored by others (the daemon's gRPC service
@@ -246,7 +181,7 @@ impl BinaryCache {
     fn narinfo(&self, info: PathInfo) -> Result<Bytes, CacheError> {
         let digest = *info.store_path.digest();
         let lock = || self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((cached, text)) = lock().entries.get(&digest)
+        if let Some((cached, text)) = lock().get(&digest)
             && *cached == info
         {
             return Ok(text.clone());
@@ -261,11 +196,13 @@ impl BinaryCache {
             Some(info.nar_hash()),
             Some(info.nar_size),
         );
-        for sig in self.sign(&ni.fingerprint()) {
-            ni.add_signature(sig);
+        let fingerprint = ni.fingerprint();
+        for key in &self.config.sign_keys {
+            ni.add_signature(key.sign(fingerprint.as_bytes()));
         }
         let text = Bytes::from(ni.to_string());
-        lock().keep(digest, info, text.clone(), MAX_RENDERED_BYTES);
+        let cost = rendered_cost(&text);
+        lock().insert(digest, (info, text.clone()), cost);
         Ok(text)
     }
 }
@@ -966,35 +903,12 @@ mod tests {
         assert!(!back.contains("other-1:"), "{back}");
 
         // A different path with the same text length does not take its place.
-        let c = symlink_info(2);
-        assert!(text(&cache.narinfo(c).unwrap()).contains("-p2\n"));
+        let c = cache.narinfo(symlink_info(2)).unwrap();
+        assert!(text(&c).contains("-p2\n"));
         assert_eq!(text(&cache.narinfo(a).unwrap()), text(&first));
         let r = cache.rendered.lock().unwrap();
-        assert_eq!(r.entries.len(), 2);
-        let cost: usize = r.entries.values().map(|(_, t)| Rendered::cost(t)).sum();
-        assert_eq!(r.bytes, cost);
-    }
-
-    #[test]
-    fn rendered_narinfos_are_bounded() {
-        let text = |n: usize| Bytes::from(vec![b'x'; n]);
-        let one = Rendered::cost(&text(100));
-        let max = 3 * one;
-        let mut r = Rendered::default();
-        for n in 1..=3 {
-            r.keep([n; DIGEST_LEN], symlink_info(n), text(100), max);
-        }
-        assert_eq!((r.entries.len(), r.bytes), (3, max));
-        // Again for a kept path: replaced, nothing emptied.
-        r.keep([2; DIGEST_LEN], symlink_info(2), text(100), max);
-        assert_eq!((r.entries.len(), r.bytes), (3, max));
-        // Too large to keep: not kept, nothing emptied.
-        r.keep([9; DIGEST_LEN], symlink_info(9), text(max), max);
-        assert_eq!((r.entries.len(), r.bytes), (3, max));
-        // One more than fits: the cache is emptied, then keeps it.
-        r.keep([4; DIGEST_LEN], symlink_info(4), text(100), max);
-        assert_eq!((r.entries.len(), r.bytes), (1, one));
-        assert!(r.entries.contains_key(&[4; DIGEST_LEN]));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.cost(), rendered_cost(&first) + rendered_cost(&c));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! [`CachingPathInfoService`]: a bounded in-memory cache in front of another
 //! [`PathInfoService`], so repeated lookups (narinfo requests) skip the backend.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -9,6 +8,7 @@ use cairn_castore::{Error, Node};
 use futures::stream::BoxStream;
 
 use super::{PathInfo, PathInfoService};
+use crate::lru::Lru;
 
 /// Caches what `inner.get` found, at most `capacity` entries, least recently used
 /// evicted first.
@@ -22,32 +22,14 @@ use super::{PathInfo, PathInfoService};
 pub struct CachingPathInfoService {
     inner: Arc<dyn PathInfoService>,
     capacity: usize,
-    state: Mutex<Lru>,
+    state: Mutex<State>,
 }
 
-#[derive(Default)]
-struct Lru {
-    /// digest -> (entry, its stamp in `order`).
-    entries: HashMap<[u8; 20], (PathInfo, u64)>,
-    /// stamp -> digest, oldest use first.
-    order: BTreeMap<u64, [u8; 20]>,
-    next_stamp: u64,
+struct State {
+    lru: Lru<[u8; 20], PathInfo>,
     /// Bumped by every `put` after `inner.put` returns: a `get` that read the
     /// backend while it changed must not cache what it read, which may be stale.
     epoch: u64,
-}
-
-impl Lru {
-    fn stamp(&mut self) -> u64 {
-        self.next_stamp += 1;
-        self.next_stamp
-    }
-
-    fn remove(&mut self, digest: &[u8; 20]) {
-        if let Some((_, stamp)) = self.entries.remove(digest) {
-            self.order.remove(&stamp);
-        }
-    }
 }
 
 impl CachingPathInfoService {
@@ -56,13 +38,16 @@ impl CachingPathInfoService {
         Self {
             inner,
             capacity,
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                lru: Lru::new(capacity),
+                epoch: 0,
+            }),
         }
     }
 
     /// How many entries are cached now.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().lru.len()
     }
 
     /// Whether nothing is cached.
@@ -70,7 +55,7 @@ impl CachingPathInfoService {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state is consistent between statements, so a panic elsewhere leaves
         // it usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -81,33 +66,19 @@ impl CachingPathInfoService {
 impl PathInfoService for CachingPathInfoService {
     async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
         let epoch = {
-            let mut lru = self.lock();
-            let stamp = lru.stamp();
-            if let Some((info, old)) = lru.entries.get_mut(&digest) {
-                let (info, old) = (info.clone(), std::mem::replace(old, stamp));
-                lru.order.remove(&old);
-                lru.order.insert(stamp, digest);
-                return Ok(Some(info));
+            let mut state = self.lock();
+            if let Some(info) = state.lru.get(&digest) {
+                return Ok(Some(info.clone()));
             }
-            lru.epoch
+            state.epoch
         };
         let found = self.inner.get(digest).await?;
         if let Some(info) = &found
             && self.capacity > 0
         {
-            let mut lru = self.lock();
-            if lru.epoch == epoch && !lru.entries.contains_key(&digest) {
-                while lru.entries.len() >= self.capacity {
-                    match lru.order.pop_first() {
-                        Some((_, oldest)) => {
-                            lru.entries.remove(&oldest);
-                        }
-                        None => break,
-                    }
-                }
-                let stamp = lru.stamp();
-                lru.order.insert(stamp, digest);
-                lru.entries.insert(digest, (info.clone(), stamp));
+            let mut state = self.lock();
+            if state.epoch == epoch && !state.lru.contains_key(&digest) {
+                state.lru.insert(digest, info.clone(), 1);
             }
         }
         Ok(found)
@@ -117,9 +88,9 @@ impl PathInfoService for CachingPathInfoService {
         let digest = *info.store_path.digest();
         let result = self.inner.put(info).await;
         // Even on error: the backend may have stored it before failing.
-        let mut lru = self.lock();
-        lru.epoch += 1;
-        lru.remove(&digest);
+        let mut state = self.lock();
+        state.epoch += 1;
+        state.lru.remove(&digest);
         result
     }
 
