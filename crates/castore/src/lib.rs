@@ -7,7 +7,8 @@
 //! - [`BlobService`] and [`DirectoryService`]: the storage traits, their contracts in
 //!   their docs, with backends: memory, the embedded persistent store, and gRPC
 //!   clients; [`from_addr`] picks one by URL.
-//! - [`server`]: the `tvix.castore.v1` gRPC services over any backend.
+//! - [`server`]: the `tvix.castore.v1` gRPC services over any backend, also served
+//!   under the seed's `tvix.store.v1` names.
 //!
 //! This crate never sees a store path, a NAR or a narinfo: those belong to the store
 //! layer above it (and Nix's formats to `cairn-nix`). Names here are opaque bytes
@@ -21,7 +22,7 @@
 //!     PathComponent::try_from("hello").unwrap(),
 //!     Node::File { digest: B3Digest::of(b"hi"), size: 2, executable: false },
 //! ).unwrap();
-//! assert_eq!(dir.size(), 1);
+//! assert_eq!(dir.size(), 2); // tvix's rule: 2 per entry
 //! assert_eq!(Directory::decode(&dir.encode()).unwrap(), dir);
 //! ```
 

@@ -111,6 +111,16 @@ async fn put_blob(b: &Backend, content: &[u8]) -> B3Digest {
     w.close().await.unwrap()
 }
 
+/// A channel to a gRPC backend's server, for calls below the client.
+fn channel_of(b: &Backend) -> tonic::transport::Channel {
+    let url = b.url.as_ref().expect("a gRPC backend");
+    cairn_castore::GrpcAddr::parse(url)
+        .unwrap()
+        .unwrap()
+        .channel()
+        .unwrap()
+}
+
 async fn read_all(b: &Backend, digest: &B3Digest) -> Vec<u8> {
     let mut r = b.blobs.open_read(digest).await.unwrap().unwrap();
     let mut out = Vec::new();
@@ -205,12 +215,7 @@ mod scenarios {
     /// the end of the stream) gets nothing stored. For gRPC backends.
     pub async fn blob_cancelled_upload_leaves_nothing(b: &Backend) {
         use cairn_castore::proto::{BlobChunk, blob_service_client::BlobServiceClient};
-        let url = b.url.as_ref().expect("a gRPC backend");
-        let channel = cairn_castore::GrpcAddr::parse(url)
-            .unwrap()
-            .unwrap()
-            .channel()
-            .unwrap();
+        let channel = channel_of(b);
         let content = data(2_000_000, 4);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -236,6 +241,25 @@ mod scenarios {
             "a cancelled upload became visible"
         );
         drop(tx);
+    }
+
+    /// What tvix's client expects of Get for an absent directory: recursive, an
+    /// empty stream with status OK; non-recursive, NOT_FOUND.
+    pub async fn dir_absent_answers_as_tvix(b: &Backend) {
+        use cairn_castore::proto::{
+            GetDirectoryRequest, directory_service_client::DirectoryServiceClient,
+            get_directory_request::ByWhat,
+        };
+        let channel = channel_of(b);
+        let mut client = DirectoryServiceClient::new(channel);
+        let request = |recursive| GetDirectoryRequest {
+            by_what: Some(ByWhat::Digest(b3(b"absent").to_bytes())),
+            recursive,
+        };
+        let mut stream = client.get(request(true)).await.unwrap().into_inner();
+        assert_eq!(stream.message().await.unwrap(), None);
+        let status = client.get(request(false)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
     }
 
     pub async fn blob_closed_writer_refuses_more(b: &Backend) {
@@ -275,6 +299,19 @@ mod scenarios {
         d
     }
 
+    /// Puts `closure` (leaves first) through one putter; the root digest.
+    async fn put_closure(b: &Backend, closure: &[Directory]) -> B3Digest {
+        let mut p = b.dirs.put_multiple_start();
+        for d in closure {
+            p.put(d.clone()).await.unwrap();
+        }
+        p.close().await.unwrap()
+    }
+
+    async fn closure_of(b: &Backend, root: &B3Digest) -> Vec<Directory> {
+        b.dirs.get_recursive(root).try_collect().await.unwrap()
+    }
+
     pub async fn dir_absent(b: &Backend) {
         let d = b3(b"no dir");
         assert!(b.dirs.get(&d).await.unwrap().is_none());
@@ -298,15 +335,15 @@ mod scenarios {
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
         // A parent of stored children can be put alone.
-        let parent = parent_of(&[("a", &leaf, 1), ("e", &Directory::new(), 0)]);
+        let parent = parent_of(&[("a", &leaf, 2), ("e", &Directory::new(), 0)]);
         assert_eq!(b.dirs.put(parent.clone()).await.unwrap(), parent.digest());
-        // Two entries plus the leaf's one.
-        assert_eq!(parent.size(), 3);
+        // tvix's rule: 2 x two entries plus the leaf's 2.
+        assert_eq!(parent.size(), 6);
     }
 
     pub async fn dir_closure_recursive(b: &Backend) {
         let leaf = leaf();
-        let mut mid = parent_of(&[("leaf", &leaf, 1)]);
+        let mut mid = parent_of(&[("leaf", &leaf, 2)]);
         mid.add(
             name("link"),
             Node::Symlink {
@@ -315,26 +352,16 @@ mod scenarios {
         )
         .unwrap();
         // leaf is reachable twice: directly and through mid.
-        let root = parent_of(&[("again", &leaf, 1), ("mid", &mid, 3)]);
-        let mut p = b.dirs.put_multiple_start();
-        p.put(leaf.clone()).await.unwrap();
-        p.put(mid.clone()).await.unwrap();
-        p.put(root.clone()).await.unwrap();
-        assert_eq!(p.close().await.unwrap(), root.digest());
-        drop(p);
-
-        let got: Vec<Directory> = b
-            .dirs
-            .get_recursive(&root.digest())
-            .try_collect()
-            .await
-            .unwrap();
+        let root = parent_of(&[("again", &leaf, 2), ("mid", &mid, 6)]);
+        let closure = [leaf.clone(), mid.clone(), root.clone()];
+        assert_eq!(put_closure(b, &closure).await, root.digest());
+        let got = closure_of(b, &root.digest()).await;
         // Root first, breadth-first, each digest once.
         assert_eq!(got, vec![root.clone(), leaf.clone(), mid.clone()]);
         assert_eq!(b.dirs.get(&mid.digest()).await.unwrap(), Some(mid));
     }
 
-    async fn rejected_closure(b: &Backend, closure: Vec<Directory>) {
+    async fn rejected_closure(b: &Backend, closure: Vec<Directory>) -> cairn_castore::Error {
         let mut p = b.dirs.put_multiple_start();
         let mut result = Ok(());
         for d in &closure {
@@ -355,6 +382,7 @@ mod scenarios {
                 "{d:?} visible"
             );
         }
+        err
     }
 
     pub async fn dir_unknown_reference_rejects_all(b: &Backend) {
@@ -366,15 +394,21 @@ mod scenarios {
             },
         )
         .unwrap();
-        let unknown = parent_of(&[("never-sent", &sub, 1)]);
+        let unknown = parent_of(&[("never-sent", &sub, 2)]);
         rejected_closure(b, vec![leaf(), unknown]).await;
     }
 
     pub async fn dir_wrong_size_rejects_all(b: &Backend) {
         let leaf = leaf();
-        // Correct: 1; legacy: 2; anything else is wrong.
+        // tvix's rule: 2; the proto comment's: 1; anything else is wrong.
         for size in [0, 3, 7] {
-            rejected_closure(b, vec![leaf.clone(), parent_of(&[("l", &leaf, size)])]).await;
+            let err =
+                rejected_closure(b, vec![leaf.clone(), parent_of(&[("l", &leaf, size)])]).await;
+            assert!(
+                err.to_string()
+                    .contains(&format!("has size {size}, expected 2")),
+                "{err}"
+            );
         }
     }
 
@@ -384,47 +418,70 @@ mod scenarios {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
     }
 
-    pub async fn dir_legacy_size_accepted_and_corrected(b: &Backend) {
+    /// A closure with sizes by either rule, even mixed, is stored as sent and
+    /// served back unchanged under the client's own digests.
+    pub async fn dir_either_size_rule_stored_as_sent(b: &Backend) {
         let leaf = leaf();
-        let legacy_mid = parent_of(&[("l", &leaf, 2)]);
-        // tvix's legacy size of legacy_mid is 2 * 1 + 2 = 4.
-        let legacy_root = parent_of(&[("m", &legacy_mid, 4)]);
-        let mut p = b.dirs.put_multiple_start();
-        p.put(leaf.clone()).await.unwrap();
-        p.put(legacy_mid.clone()).await.unwrap();
-        p.put(legacy_root.clone()).await.unwrap();
-        let root_digest = p.close().await.unwrap();
-        drop(p);
-
-        let mid = parent_of(&[("l", &leaf, 1)]);
-        let root = parent_of(&[("m", &mid, 2)]);
-        assert_eq!(root_digest, root.digest());
-        let got: Vec<Directory> = b
-            .dirs
-            .get_recursive(&root_digest)
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(got, vec![root, mid, leaf]);
-        assert!(b.dirs.get(&legacy_root.digest()).await.unwrap().is_none());
+        // The proto comment's rule throughout: mid has 1 entry + leaf's 1.
+        let proto_mid = parent_of(&[("l", &leaf, 1)]);
+        let proto_root = parent_of(&[("m", &proto_mid, 2)]);
+        // tvix's rule throughout: mid has 2 x 1 + leaf's 2.
+        let tvix_mid = parent_of(&[("l", &leaf, 2)]);
+        let tvix_root = parent_of(&[("m", &tvix_mid, 4)]);
+        // Mixed edges: proto_mid by tvix's rule (2 x 1 + its recorded 1), tvix_mid
+        // by the proto comment's (1 + its recorded 2).
+        let mixed_root = parent_of(&[("a", &proto_mid, 3), ("b", &tvix_mid, 3)]);
+        for (mid, root) in [
+            (vec![proto_mid.clone()], &proto_root),
+            (vec![tvix_mid.clone()], &tvix_root),
+            (vec![proto_mid.clone(), tvix_mid.clone()], &mixed_root),
+        ] {
+            let mut closure = vec![leaf.clone()];
+            closure.extend(mid.iter().cloned());
+            closure.push(root.clone());
+            assert_eq!(put_closure(b, &closure).await, root.digest());
+            let got = closure_of(b, &root.digest()).await;
+            let mut want = vec![root.clone()];
+            want.extend(mid);
+            want.push(leaf.clone());
+            assert_eq!(got, want);
+            for d in &got {
+                assert_eq!(
+                    b.dirs.get(&d.digest()).await.unwrap().map(|d| d.encode()),
+                    Some(d.encode())
+                );
+            }
+        }
     }
 
-    pub async fn dir_legacy_size_of_stored_child(b: &Backend) {
+    pub async fn dir_either_size_of_stored_child(b: &Backend) {
         let leaf = leaf();
-        let mid = parent_of(&[("l", &leaf, 1)]);
-        let mut p = b.dirs.put_multiple_start();
-        p.put(leaf.clone()).await.unwrap();
-        p.put(mid.clone()).await.unwrap();
-        p.close().await.unwrap();
-        drop(p);
-        // Referencing the stored mid with tvix's legacy size: 2 * 1 + 2 = 4.
-        let legacy_root = parent_of(&[("m", &mid, 4), ("n", &mid, 2)]);
-        let root = parent_of(&[("m", &mid, 2), ("n", &mid, 2)]);
-        assert_eq!(b.dirs.put(legacy_root).await.unwrap(), root.digest());
+        let mid = parent_of(&[("l", &leaf, 2)]);
+        put_closure(b, &[leaf.clone(), mid.clone()]).await;
+        // The stored mid by tvix's rule (4) and by the proto comment's (3).
+        let root = parent_of(&[("m", &mid, 4), ("n", &mid, 3)]);
+        assert_eq!(b.dirs.put(root.clone()).await.unwrap(), root.digest());
         assert_eq!(b.dirs.get(&root.digest()).await.unwrap(), Some(root));
-        // 3 is neither the size (2) nor the legacy size (4).
-        let err = b.dirs.put(parent_of(&[("m", &mid, 3)])).await.unwrap_err();
+        // 2 is neither.
+        let err = b.dirs.put(parent_of(&[("m", &mid, 2)])).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+
+    /// A directory the root does not reach is refused (naming it) and nothing
+    /// of the closure is stored; a reference to a stored directory is fine.
+    pub async fn dir_unreachable_rejected(b: &Backend) {
+        let leaf = leaf();
+        let stray = parent_of(&[("l", &leaf, 2)]);
+        let root = parent_of(&[("x", &leaf, 2)]);
+        let err = rejected_closure(b, vec![leaf.clone(), stray.clone(), root.clone()]).await;
+        let msg = err.to_string();
+        assert!(msg.contains(&stray.digest().to_string()), "{msg}");
+        assert!(msg.contains("not reachable"), "{msg}");
+        // The root sent first and again last does not make the rest reachable.
+        rejected_closure(b, vec![leaf.clone(), stray.clone(), leaf.clone()]).await;
+
+        b.dirs.put(leaf.clone()).await.unwrap();
+        assert_eq!(b.dirs.put(root.clone()).await.unwrap(), root.digest());
     }
 
     pub async fn dir_dropped_putter_leaves_nothing(b: &Backend) {
@@ -465,8 +522,9 @@ macro_rules! backend_suite {
             one_test!($make, dir_unknown_reference_rejects_all);
             one_test!($make, dir_wrong_size_rejects_all);
             one_test!($make, dir_empty_closure_rejected);
-            one_test!($make, dir_legacy_size_accepted_and_corrected);
-            one_test!($make, dir_legacy_size_of_stored_child);
+            one_test!($make, dir_either_size_rule_stored_as_sent);
+            one_test!($make, dir_either_size_of_stored_child);
+            one_test!($make, dir_unreachable_rejected);
             one_test!($make, dir_dropped_putter_leaves_nothing);
         }
     };
@@ -483,6 +541,7 @@ macro_rules! server_suite {
         mod $name {
             use super::*;
             one_test!($make, blob_cancelled_upload_leaves_nothing);
+            one_test!($make, dir_absent_answers_as_tvix);
         }
     };
 }

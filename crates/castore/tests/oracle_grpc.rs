@@ -14,6 +14,7 @@ use std::sync::Arc;
 use base64::Engine;
 use cairn_castore::blobservice::MemoryBlobService;
 use cairn_castore::directoryservice::MemoryDirectoryService;
+use cairn_testkit::pb::{ld, uint};
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -72,35 +73,17 @@ impl Client {
     }
 }
 
-// Hand-written protobuf encoding, for expected digests.
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    loop {
-        let b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(b);
-            return;
-        }
-        out.push(b | 0x80);
-    }
-}
-
-fn ld(field: u64, data: &[u8], out: &mut Vec<u8>) {
-    varint(field << 3 | 2, out);
-    varint(data.len() as u64, out);
-    out.extend_from_slice(data);
-}
-
 /// A `DirectoryNode` or `FileNode` (name, digest, size) inside list `list`.
 fn entry(list: u64, name: &[u8], digest: &[u8], size: u64, out: &mut Vec<u8>) {
     let mut node = Vec::new();
     ld(1, name, &mut node);
     ld(2, digest, &mut node);
-    if size != 0 {
-        varint(3 << 3, &mut node);
-        varint(size, &mut node);
-    }
+    uint(3, size, &mut node);
     ld(list, &node, out);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn blake3(bytes: &[u8]) -> Vec<u8> {
@@ -152,6 +135,8 @@ fn oracle_grpc_client() {
         for service in [
             "tvix.castore.v1.BlobService",
             "tvix.castore.v1.DirectoryService",
+            "tvix.store.v1.BlobService",
+            "tvix.store.v1.DirectoryService",
             "grpc.health.v1.Health",
         ] {
             assert!(out.stdout.contains(service), "{version}: {}", out.stdout);
@@ -256,21 +241,111 @@ fn oracle_grpc_client() {
         &[format!(r#"{{"digest":"{}"}}"#, b64(&blake3(b"no dir")))],
         "NOT_FOUND",
     );
+    // Recursive Get of an absent root: an empty stream, status OK (as tvix).
+    let out = c.ok(
+        "tvix.castore.v1.DirectoryService/Get",
+        &[format!(
+            r#"{{"digest":"{}","recursive":true}}"#,
+            b64(&blake3(b"no dir"))
+        )],
+    );
+    assert_eq!(out.trim(), "", "{out}");
     c.fails(
         "tvix.castore.v1.DirectoryService/Get",
         &[format!(r#"{{"digest":"{}"}}"#, b64(&[2; 33]))],
         "INVALID_ARGUMENT",
     );
 
-    // tvix's legacy size (2 per entry) is accepted; the stored parent carries 1.
-    let legacy_parent = format!(
+    // tvix's size (2 per entry) is accepted too, and stored as sent: the digest
+    // is that of the bytes with size 2, and Get gives them back.
+    let tvix_parent = format!(
         r#"{{"directories":[{}]}}"#,
-        dirnode_json(b"legacy", &leaf_digest, 2)
+        dirnode_json(b"tvix", &leaf_digest, 2)
     );
-    let mut corrected = Vec::new();
-    entry(1, b"legacy", &leaf_digest, 1, &mut corrected);
-    let out = c.ok("tvix.castore.v1.DirectoryService/Put", &[legacy_parent]);
-    assert!(out.contains(&b64(&blake3(&corrected))), "{out}");
+    let mut as_sent = Vec::new();
+    entry(1, b"tvix", &leaf_digest, 2, &mut as_sent);
+    let out = c.ok("tvix.castore.v1.DirectoryService/Put", &[tvix_parent]);
+    assert!(out.contains(&b64(&blake3(&as_sent))), "{out}");
+    let out = c.ok(
+        "tvix.castore.v1.DirectoryService/Get",
+        &[format!(r#"{{"digest":"{}"}}"#, b64(&blake3(&as_sent)))],
+    );
+    assert!(out.contains(r#""size": "2""#), "{out}");
+
+    // A directory the root does not reach: refused, naming it.
+    let stray = format!(r#"{{"symlinks":[{}]}}"#, symlink_json(b"stray", b"t"));
+    let mut stray_bytes = Vec::new();
+    let mut link = Vec::new();
+    ld(1, b"stray", &mut link);
+    ld(2, b"t", &mut link);
+    ld(3, &link, &mut stray_bytes);
+    let stderr = c.fails(
+        "tvix.castore.v1.DirectoryService/Put",
+        &[stray, leaf.clone()],
+        "INVALID_ARGUMENT",
+    );
+    assert!(
+        stderr.contains(&hex(&blake3(&stray_bytes))) && stderr.contains("not reachable"),
+        "{stderr}"
+    );
+    c.fails(
+        "tvix.castore.v1.DirectoryService/Get",
+        &[format!(r#"{{"digest":"{}"}}"#, b64(&blake3(&stray_bytes)))],
+        "NOT_FOUND",
+    );
+
+    // The seed's services (package tvix.store.v1) on the same store, as its
+    // documented session uses them: Put some bytes, get their BLAKE3 back, Read
+    // and Stat them.
+    let seed_content = b"seed bytes";
+    let seed_digest = blake3(seed_content);
+    let out = c.ok(
+        "tvix.store.v1.BlobService/Put",
+        &[format!(r#"{{"data":"{}"}}"#, b64(seed_content))],
+    );
+    assert!(out.contains(&b64(&seed_digest)), "{out}");
+    let out = c.ok(
+        "tvix.store.v1.BlobService/Read",
+        &[format!(r#"{{"digest":"{}"}}"#, b64(&seed_digest))],
+    );
+    assert!(out.contains(&b64(seed_content)), "{out}");
+    c.ok(
+        "tvix.store.v1.BlobService/Stat",
+        &[format!(
+            r#"{{"digest":"{}","include_chunks":true}}"#,
+            b64(&seed_digest)
+        )],
+    );
+    c.fails(
+        "tvix.store.v1.BlobService/Stat",
+        std::slice::from_ref(&absent),
+        "NOT_FOUND",
+    );
+    // What the castore service stored, the seed's reads, and back.
+    let out = c.ok(
+        "tvix.store.v1.BlobService/Read",
+        &[format!(r#"{{"digest":"{}"}}"#, b64(&digest))],
+    );
+    assert!(out.contains(&b64(content)), "{out}");
+    // The seed's Directory has string names and uint32 sizes (same encoding).
+    let seed_leaf = format!(
+        r#"{{"files":[{{"name":"file","digest":"{}","size":11}}]}}"#,
+        b64(&digest)
+    );
+    let out = c.ok("tvix.store.v1.DirectoryService/Put", &[seed_leaf]);
+    assert!(out.contains(&b64(&leaf_digest)), "{out}");
+    let out = c.ok(
+        "tvix.store.v1.DirectoryService/Get",
+        &[format!(
+            r#"{{"digest":"{}","recursive":true}}"#,
+            b64(&root_digest)
+        )],
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains(r#""name": "sub""#) && out.contains(r#""name": "file""#),
+        "{out}"
+    );
 
     // Every malformed input of WIRE.md: INVALID_ARGUMENT, naming the problem.
     let files = |entries: &[String]| format!(r#"{{"files":[{}]}}"#, entries.join(","));

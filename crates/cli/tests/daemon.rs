@@ -537,3 +537,91 @@ fn daemon_pathinfo_service_against_the_oracle_client_and_nix() {
     assert_eq!(calculate_nar(&addr, &run_node, b""), run_nar);
     stop(daemon);
 }
+
+/// `cairn import` of the three worked trees of WIRE.md gives the root digests and
+/// sizes tvix computes for them (tvix's size rule, so the same tree gets the same
+/// digests in cairn and tvix) and the store paths listed there; the daemon then
+/// serves those root nodes, and every directory of the closures, by those digests.
+#[test]
+fn import_of_wire_trees_gives_tvix_digests() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let t1 = tmp.path().join("t1");
+    std::fs::create_dir_all(t1.join("sub")).unwrap();
+    std::fs::write(t1.join("a"), "hello\n").unwrap();
+    std::os::unix::fs::symlink("a", t1.join("link")).unwrap();
+    std::fs::write(t1.join("sub/b"), "world\n").unwrap();
+    let t2 = tmp.path().join("t2");
+    std::fs::create_dir_all(t2.join("d/d/d")).unwrap();
+    std::fs::create_dir_all(t2.join("d/e")).unwrap();
+    std::fs::write(t2.join("d/d/d/f"), "x").unwrap();
+    let t3 = tmp.path().join("t3");
+    std::fs::create_dir_all(t3.join("empty")).unwrap();
+    std::fs::write(t3.join("f"), "").unwrap();
+    std::fs::set_permissions(t3.join("f"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // From WIRE.md: (tree, root digest, root size, store path).
+    let expected = [
+        (
+            &t1,
+            "eSENmoyWHN7tU6p05/QlopN4HMw9rfrW0XgVVrIQAz8=",
+            8,
+            "/nix/store/9sz2a5xb3xc6xaspcz4k7pmx7j25656p-t1",
+        ),
+        (
+            &t2,
+            "RhA22NC0ooO5xksXqLKrfnhU1oIX4Cf3L+0wNfDgebE=",
+            10,
+            "/nix/store/ip1d28sq3wn8m1qyn7hkc947zjd1v0qf-t2",
+        ),
+        (
+            &t3,
+            "+mD7M/ZjkNysAz44LO3lpuJ/kQfBHOFXO4mQliGOX3g=",
+            4,
+            "/nix/store/fiha6hgvpl851537lw8v3jslkn54idic-t3",
+        ),
+    ];
+    let data = tmp.path().join("data");
+    for (tree, _, _, path) in &expected {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("import")
+            .arg(tree)
+            .env("CAIRN_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), *path);
+    }
+
+    let (daemon, addr) = start(&data);
+    for (_, digest, size, path) in &expected {
+        let info = get(&addr, path);
+        let node = &info["node"]["directory"];
+        assert_eq!(node["digest"], *digest, "{path}: {info}");
+        assert_eq!(node["size"], size.to_string(), "{path}: {info}");
+        // The closure, root first: every directory is served under the digest of
+        // the bytes served, and the root under tvix's digest.
+        let dirs = call_ok(
+            &addr,
+            "tvix.castore.v1.DirectoryService/Get",
+            &[serde_json::json!({ "digest": digest, "recursive": true }).to_string()],
+        );
+        assert!(!dirs.is_empty(), "{path}");
+        for d in &dirs {
+            for child in d["directories"].as_array().into_iter().flatten() {
+                let one = call_ok(
+                    &addr,
+                    "tvix.castore.v1.DirectoryService/Get",
+                    &[serde_json::json!({ "digest": child["digest"] }).to_string()],
+                );
+                assert_eq!(one.len(), 1, "{path}: {child}");
+                assert!(dirs.contains(&one[0]), "{path}: {child}");
+            }
+        }
+    }
+    stop(daemon);
+}

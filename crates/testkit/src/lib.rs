@@ -1,8 +1,9 @@
 //! What cairn's tests and benches share, so that each test states only what it
 //! checks: the real Nix run in a scratch environment of its own ([`nix`]), the
 //! oracle gRPC client we did not write ([`oracle`]), servers on loopback
-//! ([`loopback`]), reproducible pseudo-random data ([`data`]) and byte streams
-//! read up to their first error ([`stream`]).
+//! ([`loopback`]), reproducible pseudo-random data ([`data`]), byte streams
+//! read up to their first error ([`stream`]) and protobuf encoded by hand
+//! ([`pb`]).
 //!
 //! A dev-dependency only. It panics instead of returning errors: in a test a panic
 //! with a message saying what is missing is the failure report. Tests that need
@@ -13,4 +14,5 @@ pub mod data;
 pub mod loopback;
 pub mod nix;
 pub mod oracle;
+pub mod pb;
 pub mod stream;

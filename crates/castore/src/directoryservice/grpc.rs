@@ -114,6 +114,8 @@ impl DirectoryService for GrpcDirectoryService {
                 }
                 yield dir;
             }
+            // An empty stream is how servers (tvix's, cairn's) say the root is
+            // absent; earlier cairn servers answered NOT_FOUND, handled above.
             if received.is_empty() {
                 Err(not_found(root))?;
             }

@@ -21,9 +21,11 @@ use crate::{B3Digest, Directory, Error};
 /// Contract for every backend (checked by `tests/conformance.rs`):
 /// - An absent directory is `Ok(None)` from [`DirectoryService::get`]; a recursive get
 ///   of an absent root yields one `NotFound` error.
-/// - What comes out is valid and consistent: each directory hashes to the digest it
-///   is stored under, every child it references is stored, and every `size` is the
-///   correct one (never tvix's legacy value).
+/// - What comes out is valid and consistent: each directory is exactly what was
+///   put, hashes to the digest it is stored under, every child it references is
+///   stored, and every `size` matches its child by one of the two rules (see
+///   [`ClosureValidator`]). The gRPC server turns the `NotFound` of a recursive
+///   get into an empty stream, as tvix answers.
 /// - [`DirectoryService::get_recursive`] yields the root first, then its descendants
 ///   breadth-first, each digest once, each after a directory referencing it.
 /// - Uploads go through a [`DirectoryPutter`], leaves first and root last, and are

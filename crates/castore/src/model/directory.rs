@@ -12,12 +12,14 @@ use crate::{B3Digest, proto};
 /// the three kinds by construction (one map), and the map keeps them in bytewise
 /// order, which is the order of the canonical encoding.
 ///
-/// Child directories carry the size they claim; see the [module docs](super) for
-/// who checks it.
+/// Child directories carry the size they claim, which is kept as it is (it is part
+/// of the encoding, hence of the digest); see the [module docs](super) for who
+/// checks it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Directory {
     nodes: BTreeMap<PathComponent, Node>,
-    size: u64,
+    /// Sum of the child directories' sizes as recorded in their entries.
+    child_sizes: u64,
 }
 
 impl Directory {
@@ -31,13 +33,18 @@ impl Directory {
         if self.nodes.contains_key(&name) {
             return Err(DirectoryError::DuplicateName(name));
         }
-        let add = match &node {
-            Node::Directory { size, .. } => size.checked_add(1),
-            _ => Some(1),
+        let child_sizes = match &node {
+            Node::Directory { size, .. } => self.child_sizes.checked_add(*size),
+            _ => Some(self.child_sizes),
         };
-        self.size = add
-            .and_then(|a| self.size.checked_add(a))
-            .ok_or_else(|| DirectoryError::SizeOverflow(name.clone()))?;
+        // The larger of the two sizes (tvix's) must fit, so both do.
+        let fits = child_sizes.filter(|c| {
+            (self.nodes.len() as u64 + 1)
+                .checked_mul(2)
+                .and_then(|n| n.checked_add(*c))
+                .is_some()
+        });
+        self.child_sizes = fits.ok_or_else(|| DirectoryError::SizeOverflow(name.clone()))?;
         self.nodes.insert(name, node);
         Ok(())
     }
@@ -73,43 +80,25 @@ impl Directory {
         self.nodes.is_empty()
     }
 
-    /// Number of direct entries plus the sizes of the child directories: the `size`
-    /// a `DirectoryNode` pointing here carries (0 for an empty directory).
+    /// The `size` a `DirectoryNode` pointing here carries by tvix's rule, which
+    /// cairn emits: 2 x direct entries + the child directories' sizes as recorded
+    /// here (0 for an empty directory, 2 for one holding a file). tvix-store and
+    /// its continuation compute this, so the same tree gets the same digests.
     pub fn size(&self) -> u64 {
-        self.size
+        // `add` checked that this fits.
+        2 * self.nodes.len() as u64 + self.child_sizes
     }
 
-    /// The size tvix-store's last release computes: 2 x direct entries + the sum of
-    /// the child sizes as recorded. Accepted from clients, never emitted.
-    pub fn legacy_size(&self, mut child_legacy_sizes: impl FnMut(&B3Digest) -> u64) -> Option<u64> {
-        let mut total = (self.nodes.len() as u64).checked_mul(2)?;
-        for (_, digest, _) in self.directories() {
-            total = total.checked_add(child_legacy_sizes(digest))?;
-        }
-        Some(total)
+    /// The size by the rule of the proto's comment (and of the seed's
+    /// implementation): direct entries + the child directories' sizes as recorded
+    /// here. Accepted on an edge from a client, never emitted.
+    pub fn proto_size(&self) -> u64 {
+        self.nodes.len() as u64 + self.child_sizes
     }
 
-    /// Replaces a child directory's digest and size (used when a closure is
-    /// canonicalised). Fails if `name` is not a directory entry or sizes overflow.
-    pub(crate) fn set_child_directory(
-        &mut self,
-        name: &PathComponent,
-        digest: B3Digest,
-        size: u64,
-    ) -> Result<(), DirectoryError> {
-        let Some(Node::Directory { digest: d, size: s }) = self.nodes.get_mut(name) else {
-            return Err(DirectoryError::UnknownReference {
-                name: name.clone(),
-                digest,
-            });
-        };
-        let new_total = (self.size - *s)
-            .checked_add(size)
-            .ok_or_else(|| DirectoryError::SizeOverflow(name.clone()))?;
-        *d = digest;
-        *s = size;
-        self.size = new_total;
-        Ok(())
+    /// Whether `size` on an edge pointing here is acceptable: either rule.
+    pub fn accepts_size(&self, size: u64) -> bool {
+        size == self.size() || size == self.proto_size()
     }
 
     /// The protobuf message: three sorted lists.
@@ -301,6 +290,7 @@ mod tests {
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
         assert_eq!(d.size(), 0);
+        assert_eq!(d.proto_size(), 0);
     }
 
     #[test]
@@ -335,7 +325,8 @@ mod tests {
         assert_eq!(d.encode(), expected);
         assert_eq!(d.digest(), B3Digest::from(blake3::hash(&expected)));
         assert_eq!(Directory::decode(&expected).unwrap(), d);
-        assert_eq!(d.size(), 2);
+        assert_eq!(d.size(), 4);
+        assert_eq!(d.proto_size(), 2);
     }
 
     #[test]
@@ -346,8 +337,11 @@ mod tests {
             symlinks: vec![link("s", "x")],
         })
         .unwrap();
-        assert_eq!(d.size(), 4 + 5);
-        assert_eq!(d.legacy_size(|_| 7), Some(8 + 7 + 7));
+        // The recorded child sizes count, whichever rule produced them.
+        assert_eq!(d.size(), 2 * 4 + 5);
+        assert_eq!(d.proto_size(), 4 + 5);
+        assert!(d.accepts_size(13) && d.accepts_size(9));
+        assert!(!d.accepts_size(10) && !d.accepts_size(0));
     }
 
     #[test]
@@ -422,6 +416,14 @@ mod tests {
         assert!(matches!(
             reject(proto::Directory {
                 directories: vec![dirnode("a", u64::MAX), dirnode("b", 1)],
+                ..Default::default()
+            }),
+            DirectoryError::SizeOverflow(_)
+        ));
+        // The sum fits but tvix's size (2 x entries on top) does not.
+        assert!(matches!(
+            reject(proto::Directory {
+                directories: vec![dirnode("a", u64::MAX - 1)],
                 ..Default::default()
             }),
             DirectoryError::SizeOverflow(_)

@@ -3,10 +3,11 @@
 //! of these types satisfies every per-message rule of WIRE.md.
 //!
 //! One rule cannot be checked on a single message: a `DirectoryNode`'s `size` must
-//! match the child it points at. A [`Directory`] therefore holds child sizes as
-//! claimed; the directory services check them against the children when a closure
-//! is put (see [`crate::directoryservice::ClosureValidator`]), so a `Directory` read
-//! back from a service is consistent.
+//! match the child it points at, by either of the two rules in WIRE.md
+//! ([`Directory::size`], [`Directory::proto_size`]). A [`Directory`] therefore holds
+//! child sizes as claimed; the directory services check them against the children
+//! when a closure is put (see [`crate::directoryservice::ClosureValidator`]), so a
+//! `Directory` read back from a service is consistent.
 
 mod directory;
 mod name;
@@ -111,9 +112,9 @@ pub enum DirectoryError {
         /// The digest it references.
         digest: B3Digest,
     },
-    /// A child directory's `size` differs from the child's actual size.
+    /// A child directory's `size` is neither of the child's two sizes.
     #[error(
-        "directory entry \"{name}\" -> {digest} has size {got}, expected {expected} (or the legacy {legacy})"
+        "directory entry \"{name}\" -> {digest} has size {got}, expected {expected} (tvix's rule) or {proto} (the proto comment's rule)"
     )]
     WrongSize {
         /// The entry.
@@ -122,9 +123,12 @@ pub enum DirectoryError {
         digest: B3Digest,
         /// The size it claims.
         got: u64,
-        /// The size of the child.
+        /// The child's size by tvix's rule ([`Directory::size`]).
         expected: u64,
-        /// The size tvix-store's last release would compute (also accepted).
-        legacy: u64,
+        /// The child's size by the proto comment's rule ([`Directory::proto_size`]).
+        proto: u64,
     },
+    /// A directory of an uploaded closure that its root does not reach.
+    #[error("directory {0} is not reachable from the closure's root (it would only be garbage)")]
+    Unreachable(B3Digest),
 }

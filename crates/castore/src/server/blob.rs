@@ -13,6 +13,7 @@ use crate::proto::blob_service_server::BlobService as GrpcBlobService;
 use crate::{B3Digest, BlobService, Error, proto};
 
 /// Serves a [`BlobService`] as `tvix.castore.v1.BlobService`.
+#[derive(Clone)]
 pub struct GrpcBlobServer {
     blobs: Arc<dyn BlobService>,
 }

@@ -11,6 +11,7 @@ use crate::proto::get_directory_request::ByWhat;
 use crate::{B3Digest, Directory, DirectoryService, Error, proto};
 
 /// Serves a [`DirectoryService`] as `tvix.castore.v1.DirectoryService`.
+#[derive(Clone)]
 pub struct GrpcDirectoryServer {
     directories: Arc<dyn DirectoryService>,
 }
@@ -47,19 +48,17 @@ impl GrpcDirectoryService for GrpcDirectoryServer {
                 .into()),
             };
         }
-        // Answer NOT_FOUND as the call's status rather than as a first stream item,
-        // when the root is absent.
+        // An absent root is an empty stream with status OK: what tvix's server
+        // answers, and its client reads a NOT_FOUND here as a failure rather than
+        // as "absent".
         let mut stream =
             crate::directoryservice::get_recursive_owned(self.directories.clone(), digest);
         let first = match stream.next().await {
-            Some(first) => first?,
-            None => {
-                return Err(Error::NotFound {
-                    what: "directory",
-                    digest,
-                }
-                .into());
+            Some(Err(Error::NotFound { digest: d, .. })) if d == digest => {
+                return Ok(Response::new(futures::stream::empty().boxed()));
             }
+            Some(first) => first?,
+            None => return Ok(Response::new(futures::stream::empty().boxed())),
         };
         let rest = stream.map(|d| d.map(|d| d.to_proto()).map_err(Status::from));
         Ok(Response::new(

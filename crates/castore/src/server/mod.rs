@@ -10,6 +10,7 @@
 mod blob;
 mod directory;
 mod reset;
+mod seed;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,10 +22,13 @@ use tonic::transport::server::Connected;
 
 pub use blob::GrpcBlobServer;
 pub use directory::GrpcDirectoryServer;
+pub use seed::{SeedBlobServer, SeedDirectoryServer};
 
 use crate::channel::MAX_DECODING_MESSAGE_SIZE;
 use crate::proto::blob_service_server::BlobServiceServer;
 use crate::proto::directory_service_server::DirectoryServiceServer;
+use crate::proto::seed::blob_service_server::BlobServiceServer as SeedBlobServiceServer;
+use crate::proto::seed::directory_service_server::DirectoryServiceServer as SeedDirectoryServiceServer;
 use crate::{BlobService, DirectoryService, Error};
 
 /// Largest piece of blob data the server puts in one `BlobChunk`, well under gRPC's
@@ -35,10 +39,12 @@ pub const MAX_BLOB_MESSAGE: usize = 1 << 20;
 /// A layer above that adds services passes its own sets as `extra_descriptors`.
 pub const DESCRIPTOR_SETS: &[&[u8]] = &[
     crate::proto::FILE_DESCRIPTOR_SET,
+    crate::proto::seed::FILE_DESCRIPTOR_SET,
     tonic_health::pb::FILE_DESCRIPTOR_SET,
 ];
 
-/// The BlobService and DirectoryService servers, gRPC reflection v1 and v1alpha
+/// The BlobService and DirectoryService servers (as `tvix.castore.v1` and as the
+/// seed's `tvix.store.v1`, on the same store), gRPC reflection v1 and v1alpha
 /// (describing them and every set in `extra_descriptors`) and `grpc.health.v1`
 /// (reporting SERVING overall and for both services). Add more services to the
 /// returned `Routes`, and report their health through the returned reporter.
@@ -67,15 +73,31 @@ pub async fn routes(
     reporter
         .set_serving::<DirectoryServiceServer<GrpcDirectoryServer>>()
         .await;
+    reporter
+        .set_serving::<SeedBlobServiceServer<SeedBlobServer>>()
+        .await;
+    reporter
+        .set_serving::<SeedDirectoryServiceServer<SeedDirectoryServer>>()
+        .await;
 
+    let blob_server = GrpcBlobServer::new(blobs);
+    let directory_server = GrpcDirectoryServer::new(directories);
     let mut builder = Routes::builder();
     builder
         .add_service(reset::NoResetEof(
-            BlobServiceServer::new(GrpcBlobServer::new(blobs))
+            BlobServiceServer::new(blob_server.clone())
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
         ))
         .add_service(reset::NoResetEof(
-            DirectoryServiceServer::new(GrpcDirectoryServer::new(directories))
+            DirectoryServiceServer::new(directory_server.clone())
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+        ))
+        .add_service(reset::NoResetEof(
+            SeedBlobServiceServer::new(SeedBlobServer(blob_server))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+        ))
+        .add_service(reset::NoResetEof(
+            SeedDirectoryServiceServer::new(SeedDirectoryServer(directory_server))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
         ))
         .add_service(v1)

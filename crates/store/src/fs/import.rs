@@ -22,7 +22,7 @@
 //! Uploads run concurrently, bounded in number and in bytes held; the walk waits
 //! when the bounds are reached.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -32,13 +32,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use cairn_castore::{
-    B3Digest, BlobService, Directory, DirectoryPutter, DirectoryService, Node, PathComponent,
-    SymlinkTarget,
+    B3Digest, BlobService, Directory, DirectoryService, Node, PathComponent, SymlinkTarget,
 };
 use cairn_nix::hash::{HashAlgo, Hasher, NixHash};
 use cairn_nix::nar;
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
@@ -141,7 +140,7 @@ pub async fn import_path(
         }
         while waiting.front().is_some_and(|c| c.after <= done.low) {
             let Some(c) = waiting.pop_front() else { break };
-            if let Err(e) = putter.put(c.directory).await {
+            if let Err(e) = putter.put(c.digest, c.directory).await {
                 abort.store(true, Ordering::Relaxed);
                 first_error.get_or_insert(e);
                 waiting.clear();
@@ -166,7 +165,7 @@ pub async fn import_path(
             walked.jobs
         )));
     }
-    putter.close().await?;
+    putter.flush().await?;
     Ok(Imported {
         root: walked.root,
         nar_size: walked.nar_size,
@@ -199,62 +198,92 @@ impl Watermark {
 }
 
 /// Directories going to the directory service, committed every
-/// [`FLUSH_ENTRIES`] entries (each commit holds complete subtrees whose blobs are
-/// stored; later ones reference them as stored directories).
+/// [`FLUSH_ENTRIES`] entries. A closure put must be reachable from its root
+/// (WIRE.md, as tvix checks), so a commit is one closure per complete subtree
+/// held: the walk completes directories in post-order, so the held ones form a
+/// forest whose trees are consecutive runs, each ending with its root. Later
+/// closures reference committed ones as stored directories.
 struct Putter<'a> {
     service: &'a dyn DirectoryService,
     path: &'a Path,
-    current: Option<Box<dyn DirectoryPutter + 'a>>,
-    /// Entries sent to `current`.
-    held: u64,
-    /// Directories sent in all (for error messages).
-    sent: usize,
+    /// Directories held, in the order the walk completed them.
+    held: Vec<Directory>,
+    /// The roots of the held forest: digest and where its run in `held` starts.
+    roots: Vec<(B3Digest, usize)>,
+    /// Entries held.
+    entries: u64,
 }
+
+/// Closures committed at once when a flush holds several.
+const CONCURRENT_COMMITS: usize = 16;
 
 impl<'a> Putter<'a> {
     fn new(service: &'a dyn DirectoryService, path: &'a Path) -> Self {
         Putter {
             service,
             path,
-            current: None,
-            held: 0,
-            sent: 0,
+            held: Vec::new(),
+            roots: Vec::new(),
+            entries: 0,
         }
     }
 
-    async fn put(&mut self, directory: Directory) -> Result<(), Error> {
-        let entries = directory.len() as u64;
-        let service = self.service;
-        let p = self
-            .current
-            .get_or_insert_with(|| service.put_multiple_start());
-        p.put(directory)
-            .await
-            .map_err(|e| Error::store(self.path, e))?;
-        self.sent += 1;
-        self.held += entries + 1;
-        if self.held >= FLUSH_ENTRIES {
-            self.close().await?;
+    async fn put(&mut self, digest: B3Digest, directory: Directory) -> Result<(), Error> {
+        // Its children completed since the last flush are the last roots (post-
+        // order). A root that is not its child but has the digest of one (an
+        // identical subtree elsewhere) may be taken in too: the directory still
+        // reaches it by that digest.
+        let mut children: HashMap<B3Digest, usize> = HashMap::new();
+        for (_, child, _) in directory.directories() {
+            *children.entry(*child).or_default() += 1;
+        }
+        let mut start = self.held.len();
+        while let Some((top, top_start)) = self.roots.last() {
+            match children.get_mut(top) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    start = *top_start;
+                    self.roots.pop();
+                }
+                _ => break,
+            }
+        }
+        self.roots.push((digest, start));
+        self.entries += directory.len() as u64 + 1;
+        self.held.push(directory);
+        if self.entries >= FLUSH_ENTRIES {
+            self.flush().await?;
         }
         Ok(())
     }
 
-    async fn close(&mut self) -> Result<(), Error> {
-        self.held = 0;
-        match self.current.take() {
-            Some(mut p) => p
-                .close()
-                .await
-                .map(drop)
-                .map_err(|e| Error::store(self.path, e)),
-            None => Ok(()),
+    /// Commits every held tree as its own closure.
+    async fn flush(&mut self) -> Result<(), Error> {
+        self.entries = 0;
+        let mut runs = Vec::with_capacity(self.roots.len());
+        for (_, start) in self.roots.drain(..).rev() {
+            runs.push(self.held.split_off(start));
         }
+        let service = self.service;
+        futures::stream::iter(runs)
+            .map(|run| async move {
+                let mut putter = service.put_multiple_start();
+                for directory in run {
+                    putter.put(directory).await?;
+                }
+                putter.close().await
+            })
+            .buffer_unordered(CONCURRENT_COMMITS)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+            .map_err(|e| Error::store(self.path, e))
     }
 }
 
 /// A directory the walk has left, to be stored once uploads `0..after` finished.
 struct Completed {
     directory: Directory,
+    digest: B3Digest,
     after: usize,
     /// Its share of the memory budget, released when it is stored.
     _budget: OwnedSemaphorePermit,
@@ -376,14 +405,16 @@ impl Walker {
     /// Hands a directory the walk has left to the collector, to be stored after
     /// the uploads started so far, and returns its node.
     fn complete(&mut self, directory: Directory) -> Result<Node, Error> {
+        let digest = directory.digest();
         let node = Node::Directory {
-            digest: directory.digest(),
+            digest,
             size: directory.size(),
         };
         let kib = (directory.len() as u64 * ENTRY_BYTES).div_ceil(1024) + 1;
         let budget = self.acquire(&self.budget.clone(), u32::try_from(kib).unwrap_or(u32::MAX))?;
         let completed = Completed {
             directory,
+            digest,
             after: self.jobs,
             _budget: budget,
         };
