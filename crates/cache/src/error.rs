@@ -17,6 +17,11 @@ pub enum CacheError {
     /// An upload without valid credentials (401).
     #[error("uploads need a valid token (Authorization: Bearer or Basic)")]
     Unauthorized,
+    /// A read of a private cache without valid credentials (401).
+    #[error(
+        "this cache is private: reads need its read token (Authorization: Bearer, or Basic with the token as password, e.g. a netrc line for Nix)"
+    )]
+    ReadUnauthorized,
     /// A narinfo not signed by a trusted key (403).
     #[error("{0}")]
     Forbidden(String),
@@ -43,7 +48,7 @@ impl CacheError {
         match self {
             CacheError::NotFound => StatusCode::NOT_FOUND,
             CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            CacheError::Unauthorized => StatusCode::UNAUTHORIZED,
+            CacheError::Unauthorized | CacheError::ReadUnauthorized => StatusCode::UNAUTHORIZED,
             CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
             CacheError::Conflict(_) => StatusCode::CONFLICT,
             CacheError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -75,7 +80,7 @@ impl IntoResponse for CacheError {
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            CacheError::Unauthorized => {
+            CacheError::Unauthorized | CacheError::ReadUnauthorized => {
                 // curl (and so Nix) sends netrc credentials after this challenge.
                 headers.insert(
                     header::WWW_AUTHENTICATE,

@@ -33,7 +33,6 @@
 //! # Ok(()) }
 //! ```
 
-mod auth;
 mod compression;
 mod conn;
 mod error;
@@ -42,7 +41,7 @@ mod listing;
 mod pending;
 mod server;
 
-pub use auth::Token;
+pub use cairn_castore::auth::Token;
 pub use compression::Compression;
 pub use conn::serve;
 pub use error::CacheError;

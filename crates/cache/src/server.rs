@@ -25,12 +25,12 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt as _};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::auth::Token;
 use crate::compression::Compression;
 use crate::error::CacheError;
 use crate::hashing::HashingStream;
 use crate::listing::listing;
 use crate::pending::{PendingNar, PendingUploads};
+use cairn_castore::auth::Token;
 
 /// What a cache serves and accepts, beyond its storage.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct CacheConfig {
     pub trusted_keys: Vec<VerifyingKey>,
     /// If set, uploads (PUT) must carry this token.
     pub upload_token: Option<Token>,
+    /// Without an upload token: accept uploads from anyone (else they are
+    /// refused with 403).
+    pub allow_anonymous_uploads: bool,
     /// If set, the cache is private: every other request (reads) must carry this
     /// token or the upload token (a writer reads too: `nix copy --to` asks which
     /// paths the cache has).
@@ -56,8 +59,8 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
-    /// cache.nixos.org), no keys, uploads and reads open, pending uploads kept for
-    /// a day.
+    /// cache.nixos.org), no keys, uploads refused, reads open, pending uploads
+    /// kept for a day.
     fn default() -> Self {
         let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();
         cache_info.want_mass_query = Some(true);
@@ -67,6 +70,7 @@ impl Default for CacheConfig {
             sign_keys: Vec::new(),
             trusted_keys: Vec::new(),
             upload_token: None,
+            allow_anonymous_uploads: false,
             read_token: None,
             pending_max_age: Duration::from_secs(24 * 60 * 60),
         }
@@ -261,7 +265,7 @@ pub(crate) fn access(method: &str, path: &str, status: StatusCode, start: Instan
 async fn guard_reads(State(cache): Cache, req: Request, next: Next) -> Response {
     let auth = req.headers().get(header::AUTHORIZATION);
     if req.method() != Method::PUT && !cache.may_read(auth.map(HeaderValue::as_bytes)) {
-        return CacheError::Unauthorized.into_response();
+        return CacheError::ReadUnauthorized.into_response();
     }
     next.run(req).await
 }
@@ -282,7 +286,11 @@ fn response(ctype: &'static str, cache: &'static str, body: impl Into<Body>) -> 
 fn check_upload(cache: &BinaryCache, headers: &HeaderMap) -> Result<(), CacheError> {
     match &cache.config.upload_token {
         Some(t) if !t.check(headers) => Err(CacheError::Unauthorized),
-        _ => Ok(()),
+        Some(_) => Ok(()),
+        None if cache.config.allow_anonymous_uploads => Ok(()),
+        None => Err(CacheError::Forbidden(
+            "uploads to this cache are disabled: its operator can enable them with --upload-token-file FILE (clients then send the token, e.g. from a netrc file) or --allow-anonymous-uploads".into(),
+        )),
     }
 }
 

@@ -301,7 +301,7 @@ async fn nix_copy_to_and_from_each_compression() {
         let xdg = xdg.path();
         let server = Server::start(CacheConfig {
             sign_keys: vec![sk.clone()],
-            ..CacheConfig::default()
+            ..open_uploads()
         })
         .await;
         // With Nix's own listing uploads (which cairn reads and drops).
@@ -404,6 +404,62 @@ async fn nix_copy_to_and_from_each_compression() {
     }
 }
 
+/// A cache that accepts uploads without a token (the default refuses them).
+fn open_uploads() -> CacheConfig {
+    CacheConfig {
+        allow_anonymous_uploads: true,
+        ..CacheConfig::default()
+    }
+}
+
+/// Without an upload token or `allow_anonymous_uploads`, every upload is 403
+/// saying how to enable uploads, `nix copy --to` fails, and nothing is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_refused_by_default() {
+    let f = fixture();
+    let server = Server::start(CacheConfig::default()).await;
+    let url = server.url.clone();
+    let ca = f.ca.clone();
+    let store = f.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let (ni, nar) = file_cache_entry(f, &ca);
+        let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
+        let (code, msg) = put(&format!("{url}/nar/{nar_name}"), &nar, &[]);
+        assert_eq!(code, 403, "{msg}");
+        assert!(
+            msg.contains("--upload-token-file") && msg.contains("--allow-anonymous-uploads"),
+            "{msg}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ni_file = dir.path().join("ni");
+        std::fs::write(&ni_file, ni.as_bytes()).unwrap();
+        let (code, msg) = put(&format!("{url}/{}.narinfo", hash_part(&ca)), &ni_file, &[]);
+        assert_eq!(code, 403, "{msg}");
+        assert_eq!(
+            curl(&["-I", &format!("{url}/{}.narinfo", hash_part(&ca))]).0,
+            404
+        );
+
+        let xdg = tempfile::tempdir().unwrap();
+        let out = run(nix(xdg.path(), "nix").args([
+            "copy",
+            "--store",
+            &store,
+            "--to",
+            &format!("{url}?compression=none"),
+            &ca,
+        ]));
+        assert!(!out.status.success(), "nix copy --to succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("403"), "{stderr}");
+    })
+    .await
+    .unwrap();
+    assert!(!server.has(&f.ca).await);
+    assert_eq!(server.pending.len().await.unwrap(), 0);
+    server.stop().await;
+}
+
 /// Uploads `paths` with `nix copy --to` (no compression).
 async fn upload(server: &Server, paths: &[&str]) {
     let f = fixture();
@@ -425,7 +481,7 @@ async fn upload(server: &Server, paths: &[&str]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn listing_range_and_downloads() {
     let f = fixture();
-    let server = Server::start(CacheConfig::default()).await;
+    let server = Server::start(open_uploads()).await;
     let mut paths = vec![f.ca.as_str(), f.top.as_str()];
     paths.extend(f.roots.iter().map(String::as_str));
     upload(&server, &paths).await;
@@ -532,7 +588,7 @@ async fn listing_range_and_downloads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rejected_uploads_register_nothing() {
     let f = fixture();
-    let server = Server::start(CacheConfig::default()).await;
+    let server = Server::start(open_uploads()).await;
     let url = server.url.clone();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_owned();
@@ -694,7 +750,7 @@ async fn trusted_keys_and_tokens() {
     let server = Server::start(CacheConfig {
         trusted_keys: vec![pk.parse().unwrap()],
         upload_token: Token::new("t0ken"),
-        ..CacheConfig::default()
+        ..open_uploads()
     })
     .await;
     let url = server.url.clone();
@@ -820,7 +876,7 @@ async fn pending_upload_survives_restart() {
     let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
 
     let server = Server::start_with(
-        CacheConfig::default(),
+        open_uploads(),
         PendingUploads::open(data.path()).unwrap(),
         Some(services.clone()),
     )
@@ -836,7 +892,7 @@ async fn pending_upload_survives_restart() {
     server.stop().await;
 
     let server = Server::start_with(
-        CacheConfig::default(),
+        open_uploads(),
         PendingUploads::open(data.path()).unwrap(),
         Some(services),
     )
@@ -923,7 +979,7 @@ async fn serve_with_missing_blob(name: &str, entries: &[(&str, Option<&[u8]>)]) 
         .await
         .unwrap();
     let server = Server::start_with(
-        CacheConfig::default(),
+        open_uploads(),
         PendingUploads::in_memory().unwrap(),
         Some((blobs, dirs, infos)),
     )
@@ -1002,7 +1058,7 @@ fn curl_head(method: &str, url: &str, extra: &[&str]) -> (Vec<(String, String)>,
 #[tokio::test(flavor = "multi_thread")]
 async fn head_and_get_agree() {
     let f = fixture();
-    let server = Server::start(CacheConfig::default()).await;
+    let server = Server::start(open_uploads()).await;
     upload(&server, &[&f.ca]).await;
     // A NAR uploaded without its narinfo: pending, under its file hash.
     let (_, dep_nar) = file_cache_entry(f, &f.dep);
@@ -1087,7 +1143,7 @@ async fn unclaimed_uploads_expire_when_the_cache_starts() {
     let (_, nar) = file_cache_entry(f, &f.ca);
     let nar_name = nar.file_name().unwrap().to_str().unwrap().to_owned();
     let server = Server::start_with(
-        CacheConfig::default(),
+        open_uploads(),
         PendingUploads::open(data.path()).unwrap(),
         None,
     )
@@ -1104,7 +1160,7 @@ async fn unclaimed_uploads_expire_when_the_cache_starts() {
     let kept = Server::start_with(
         CacheConfig {
             pending_max_age: std::time::Duration::from_secs(60),
-            ..CacheConfig::default()
+            ..open_uploads()
         },
         PendingUploads::open(data.path()).unwrap(),
         None,
@@ -1115,7 +1171,7 @@ async fn unclaimed_uploads_expire_when_the_cache_starts() {
     let server = Server::start_with(
         CacheConfig {
             pending_max_age: std::time::Duration::from_secs(1),
-            ..CacheConfig::default()
+            ..open_uploads()
         },
         PendingUploads::open(data.path()).unwrap(),
         None,
@@ -1189,7 +1245,7 @@ async fn narinfo_text_is_nixs() {
 
     let server = Server::start(CacheConfig {
         sign_keys: vec![sk],
-        ..CacheConfig::default()
+        ..open_uploads()
     })
     .await;
     let url = server.url.clone();
@@ -1246,7 +1302,7 @@ async fn nix_signed_uploads_with_a_trusted_key() {
     let server = Server::start(CacheConfig {
         trusted_keys: vec![public.trim().parse().unwrap()],
         upload_token: Token::new("t0ken"),
-        ..CacheConfig::default()
+        ..open_uploads()
     })
     .await;
     let url = server.url.clone();
@@ -1446,7 +1502,7 @@ async fn uploads_are_ingested_as_they_stream() {
     )
     .unwrap();
     let server = Server::start_with(
-        CacheConfig::default(),
+        open_uploads(),
         PendingUploads::in_memory().unwrap(),
         Some((blobs, dirs, infos)),
     )
@@ -1494,7 +1550,7 @@ async fn configured_cache_info_is_what_nix_reads() {
     cache_info.priority = Some(10);
     let server = Server::start(CacheConfig {
         cache_info,
-        ..CacheConfig::default()
+        ..open_uploads()
     })
     .await;
     let url = server.url.clone();
@@ -1528,7 +1584,7 @@ async fn configured_cache_info_is_what_nix_reads() {
 /// parts of its paths.
 async fn raw_server() -> (Server, Vec<String>) {
     let f = fixture();
-    let mut config = CacheConfig::default();
+    let mut config = open_uploads();
     config.sign_keys.push(key().0);
     let s = Server::start(config).await;
     let paths = [&f.top, &f.dep, &f.ca];
@@ -1757,7 +1813,7 @@ async fn private_cache_needs_a_token_to_read() {
         sign_keys: vec![sk],
         upload_token: Token::new("upl0ad"),
         read_token: Token::new("r3ad"),
-        ..CacheConfig::default()
+        ..open_uploads()
     })
     .await;
     let url = server.url.clone();

@@ -1,11 +1,67 @@
 //! gRPC channels for the `grpc+http://` and `grpc+unix://` client backends.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
+use tonic::body::Body;
+use tonic::codegen::http::{HeaderValue, Request, header};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::Error;
+use crate::auth::Token;
+
+/// The credential this process's gRPC clients send, if any.
+static CLIENT_TOKEN: OnceLock<HeaderValue> = OnceLock::new();
+
+/// Makes every gRPC client of this process send `token` (as `authorization:
+/// Bearer TOKEN` metadata), for servers that require one. Set once, by the
+/// binary, before any client is made; later calls fail.
+pub fn set_client_token(token: &Token) -> Result<(), Error> {
+    let value = token.bearer().ok_or_else(|| {
+        Error::InvalidArgument("the token holds characters not allowed in a header".into())
+    })?;
+    CLIENT_TOKEN
+        .set(value)
+        .map_err(|_| Error::InvalidArgument("the client token is already set".into()))
+}
+
+/// A [`Channel`] that adds the process's client token (see [`set_client_token`])
+/// to every call.
+#[derive(Clone, Debug)]
+pub struct GrpcChannel {
+    inner: Channel,
+    authorization: Option<HeaderValue>,
+}
+
+impl GrpcChannel {
+    fn new(inner: Channel) -> Self {
+        Self {
+            inner,
+            authorization: CLIENT_TOKEN.get().cloned(),
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for GrpcChannel {
+    type Response = <Channel as tower::Service<Request<Body>>>::Response;
+    type Error = <Channel as tower::Service<Request<Body>>>::Error;
+    type Future = <Channel as tower::Service<Request<Body>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, value.clone());
+        }
+        self.inner.call(request)
+    }
+}
 
 /// Largest message a client or server of ours decodes. Blob data is sent in pieces
 /// of at most [`crate::server::MAX_BLOB_MESSAGE`]; only a huge flat directory can
@@ -73,7 +129,11 @@ impl GrpcAddr {
 
     /// A channel that connects on first use (and reconnects when needed), so a
     /// client can be set up before its server is up.
-    pub fn channel(&self) -> Result<Channel, Error> {
+    pub fn channel(&self) -> Result<GrpcChannel, Error> {
+        self.plain_channel().map(GrpcChannel::new)
+    }
+
+    fn plain_channel(&self) -> Result<Channel, Error> {
         match self {
             GrpcAddr::Http(hostport) => {
                 let endpoint = Endpoint::from_shared(format!("http://{hostport}"))

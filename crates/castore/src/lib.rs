@@ -26,6 +26,7 @@
 //! assert_eq!(Directory::decode(&dir.encode()).unwrap(), dir);
 //! ```
 
+pub mod auth;
 pub mod blobservice;
 mod channel;
 mod digest;
@@ -40,7 +41,7 @@ pub mod server;
 mod upload;
 
 pub use blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta};
-pub use channel::{GrpcAddr, MAX_DECODING_MESSAGE_SIZE};
+pub use channel::{GrpcAddr, GrpcChannel, MAX_DECODING_MESSAGE_SIZE, set_client_token};
 pub use digest::{B3Digest, DIGEST_LEN, DigestLenError};
 pub use directoryservice::{DirectoryPutter, DirectoryService};
 pub use error::{Error, ErrorKind};

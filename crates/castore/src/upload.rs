@@ -12,13 +12,13 @@
 //! server's stream yields an error instead of its end. The call itself is left to
 //! run to that end rather than dropped, as dropping it sends the `CANCEL` again.
 
+use crate::GrpcChannel;
 use std::marker::PhantomData;
 
 use futures::Stream;
 use tonic::Status;
 use tonic::codec::{Codec, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
 /// One item of an upload stream.
@@ -69,7 +69,7 @@ where
 /// stream and returns the single response. `items` must end (return `None`) only
 /// when the upload is complete, and yield [`Upload::Abandon`] when it is not.
 pub(crate) async fn upload<T, U>(
-    channel: Channel,
+    channel: GrpcChannel,
     service: &'static str,
     method: &'static str,
     path: &'static str,

@@ -112,7 +112,7 @@ async fn put_blob(b: &Backend, content: &[u8]) -> B3Digest {
 }
 
 /// A channel to a gRPC backend's server, for calls below the client.
-fn channel_of(b: &Backend) -> tonic::transport::Channel {
+fn channel_of(b: &Backend) -> cairn_castore::GrpcChannel {
     let url = b.url.as_ref().expect("a gRPC backend");
     cairn_castore::GrpcAddr::parse(url)
         .unwrap()

@@ -56,6 +56,12 @@ impl Drop for Daemon {
 
 /// Starts the daemon on a free port and returns it with its TCP address.
 fn start(data_dir: &Path) -> (Daemon, String) {
+    let (daemon, addr, _) = start_with(data_dir, &[]);
+    (daemon, addr)
+}
+
+/// [`start`] with more flags; also returns the daemon's first line.
+fn start_with(data_dir: &Path, extra: &[&str]) -> (Daemon, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
             "daemon",
@@ -66,6 +72,7 @@ fn start(data_dir: &Path) -> (Daemon, String) {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -80,7 +87,7 @@ fn start(data_dir: &Path) -> (Daemon, String) {
         .to_string();
     // Keep draining stderr so the daemon never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), addr)
+    (Daemon(Some(child)), addr, line)
 }
 
 fn stop(mut daemon: Daemon) {
@@ -623,5 +630,103 @@ fn import_of_wire_trees_gives_tvix_digests() {
             }
         }
     }
+    stop(daemon);
+}
+
+/// Who may write: the socket is the daemon user's only, a non-loopback --listen
+/// with open writes is refused, and with --grpc-token-file TCP writes (and,
+/// with --grpc-read-token-file, reads) need the token, which cairn's commands
+/// send from --token-file; the socket needs none.
+#[test]
+fn daemon_access_control() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["daemon", "--no-http", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("non-loopback") && stderr.contains("--grpc-token-file"),
+        "{stderr}"
+    );
+
+    let token = tmp.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let read_token = tmp.path().join("read-token");
+    std::fs::write(&read_token, "r3ad\n").unwrap();
+    let (daemon, addr, line) = start_with(
+        &data,
+        &[
+            "--grpc-token-file",
+            token.to_str().unwrap(),
+            "--grpc-read-token-file",
+            read_token.to_str().unwrap(),
+        ],
+    );
+    assert!(line.contains("writes with the token"), "{line}");
+    assert!(line.contains("uploads refused"), "{line}");
+    let socket = data.join("cairn.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    let file = tmp.path().join("f");
+    std::fs::write(&file, "some content").unwrap();
+    let cairn = |args: &[&str], token: Option<&Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
+            .env("CAIRN_DATA_DIR", &data)
+            .env_remove("CAIRN_TOKEN_FILE");
+        if let Some(t) = token {
+            c.env("CAIRN_TOKEN_FILE", t);
+        }
+        c.output().unwrap()
+    };
+    let store = format!("grpc+http://{addr}");
+    let import = ["import", "--store", &store, file.to_str().unwrap()];
+    let out = cairn(&import, None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("need") && stderr.contains("token"),
+        "{stderr}"
+    );
+    // The read token does not allow writes.
+    assert!(!cairn(&import, Some(&read_token)).status.success());
+    let out = cairn(&import, Some(&token));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    // Reads need a token too, either one.
+    let info = ["path-info", "--store", &store, &path];
+    assert!(!cairn(&info, None).status.success());
+    assert!(cairn(&info, Some(&read_token)).status.success());
+    assert!(cairn(&info, Some(&token)).status.success());
+    // The oracle client without a token: UNAUTHENTICATED; health stays open.
+    call_fails(
+        &addr,
+        "tvix.castore.v1.BlobService/Put",
+        &serde_json::json!({ "data": b64(b"x") }),
+        "UNAUTHENTICATED",
+    );
+    call_ok(&addr, "grpc.health.v1.Health/Check", &["{}".into()]);
+
+    // Over the socket (the data directory's daemon), no token is needed.
+    std::fs::write(&file, "other content").unwrap();
+    let out = cairn(&["import", file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stop(daemon);
 }

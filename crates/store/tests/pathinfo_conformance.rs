@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cairn_castore::GrpcChannel as Channel;
 use cairn_castore::{
     B3Digest, BlobService, Directory, DirectoryService, ErrorKind, Node, PathComponent,
     SymlinkTarget,
@@ -25,7 +26,6 @@ use cairn_store::proto;
 use cairn_store::proto::path_info_service_client::PathInfoServiceClient;
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
-use tonic::transport::Channel;
 
 /// A backend under test; dropping it stops whatever serves it.
 pub struct Backend {

@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use bytes::Bytes;
+use cairn_castore::GrpcChannel as Channel;
 use cairn_castore::proto as cproto;
 use cairn_castore::proto::blob_service_client::BlobServiceClient;
 use cairn_castore::proto::directory_service_client::DirectoryServiceClient;
@@ -23,7 +24,6 @@ use cairn_store::proto::path_info_service_client::PathInfoServiceClient;
 use cairn_testkit::pb::{ld, uint};
 use prost::Message;
 use sha2::Digest;
-use tonic::transport::Channel;
 
 /// A tree as the client knows it.
 enum Entry {

@@ -1,5 +1,6 @@
 //! [`GrpcBlobService`]: a client of a `tvix.castore.v1.BlobService` server.
 
+use crate::GrpcChannel;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -12,7 +13,6 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
-use tonic::transport::Channel;
 
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 use crate::proto::blob_service_client::BlobServiceClient;
@@ -26,13 +26,13 @@ const MAX_PIECE: usize = 1 << 20;
 /// whole blob in memory.
 #[derive(Clone)]
 pub struct GrpcBlobService {
-    client: BlobServiceClient<Channel>,
-    channel: Channel,
+    client: BlobServiceClient<GrpcChannel>,
+    channel: GrpcChannel,
 }
 
 impl GrpcBlobService {
     /// A client on `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: GrpcChannel) -> Self {
         Self {
             client: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::channel::MAX_DECODING_MESSAGE_SIZE),
@@ -52,7 +52,7 @@ impl GrpcBlobService {
 
 /// Stat `digest`, with its chunk list if `send_chunks`; `None` if absent.
 async fn stat(
-    mut client: BlobServiceClient<Channel>,
+    mut client: BlobServiceClient<GrpcChannel>,
     digest: B3Digest,
     send_chunks: bool,
 ) -> Result<Option<Vec<ChunkMeta>>, Error> {
@@ -171,7 +171,7 @@ struct PendingSeek {
 /// blob never re-reads from its start; a blob stored as one piece is re-read and the
 /// bytes before the position dropped, as they must be hashed to verify it.
 struct GrpcBlobReader {
-    client: BlobServiceClient<Channel>,
+    client: BlobServiceClient<GrpcChannel>,
     digest: B3Digest,
     segments: Vec<Segment>,
     /// Whether `segments` came from the chunk list (fetched at the first seek).
@@ -185,7 +185,7 @@ struct GrpcBlobReader {
 impl GrpcBlobReader {
     /// A reader of `digest` from its start, on the already opened whole-blob `stream`.
     fn new(
-        client: BlobServiceClient<Channel>,
+        client: BlobServiceClient<GrpcChannel>,
         digest: B3Digest,
         stream: tonic::Streaming<proto::BlobChunk>,
     ) -> Self {
@@ -453,7 +453,7 @@ struct GrpcBlobWriter {
 }
 
 impl GrpcBlobWriter {
-    fn new(channel: Channel) -> Self {
+    fn new(channel: GrpcChannel) -> Self {
         let (tx, mut rx) = mpsc::channel::<Piece>(8);
         let body = async_stream::stream! {
             while let Some(piece) = rx.recv().await {

@@ -1,5 +1,6 @@
 //! [`GrpcDirectoryService`]: a client of a `tvix.castore.v1.DirectoryService` server.
 
+use crate::GrpcChannel;
 use std::collections::HashSet;
 
 use async_trait::async_trait;
@@ -7,7 +8,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use super::{DirectoryPutter, DirectoryService};
 use crate::proto::directory_service_client::DirectoryServiceClient;
@@ -18,13 +18,13 @@ use crate::{B3Digest, Directory, Error, proto};
 /// against the digests asked for; uploads are validated by the server.
 #[derive(Clone)]
 pub struct GrpcDirectoryService {
-    client: DirectoryServiceClient<Channel>,
-    channel: Channel,
+    client: DirectoryServiceClient<GrpcChannel>,
+    channel: GrpcChannel,
 }
 
 impl GrpcDirectoryService {
     /// A client on `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: GrpcChannel) -> Self {
         Self {
             client: DirectoryServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::channel::MAX_DECODING_MESSAGE_SIZE),
@@ -148,7 +148,7 @@ type PutTask = JoinHandle<Result<proto::PutDirectoryResponse, tonic::Status>>;
 /// first directory; it only ends cleanly on close, and fails (nothing stored, see
 /// [`crate::upload`]) when the putter is dropped before.
 struct GrpcDirectoryPutter {
-    channel: Channel,
+    channel: GrpcChannel,
     call: Option<(mpsc::Sender<Msg>, PutTask)>,
     failed: bool,
 }

@@ -7,6 +7,7 @@
 //! `DATA_LOSS` for corruption found at rest, `INTERNAL` only for the server's own
 //! failures (see [`crate::Error`]'s conversion).
 
+pub mod access;
 mod blob;
 mod directory;
 mod reset;
@@ -124,9 +125,25 @@ pub fn tcp_incoming(
 }
 
 /// Serves `routes` on the connections of `incoming` (a TCP or unix listener
-/// stream) until `shutdown` completes.
+/// stream) until `shutdown` completes, with the default [`access::Access`]:
+/// writes from loopback peers and the socket only.
 pub async fn serve<I, IO, IE>(
     routes: Routes,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(routes, access::Access::default(), incoming, shutdown).await
+}
+
+/// [`serve`] with the access policy `access`.
+pub async fn serve_with<I, IO, IE>(
+    routes: Routes,
+    access: access::Access,
     incoming: I,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error>
@@ -140,6 +157,7 @@ where
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .layer(access::AccessLayer(access))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

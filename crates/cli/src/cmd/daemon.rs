@@ -12,7 +12,8 @@ use clap::Args;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
 
-use super::store::{data_dir, embedded_url};
+use super::store::{data_dir, embedded_url, read_token};
+use cairn_castore::server::access::{Access, AnonymousWrites};
 
 /// Path infos the daemon keeps in memory in front of the embedded store (each a few
 /// hundred bytes plus references and signatures).
@@ -48,6 +49,29 @@ pub struct DaemonArgs {
     #[arg(long)]
     no_socket: bool,
 
+    /// Also let members of this group (name or number) connect to the unix
+    /// socket, which is otherwise only the daemon's user's (mode 0600 -> 0660).
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+
+    /// gRPC writes (the Put methods) over TCP must carry the token in this file
+    /// as `authorization: Bearer TOKEN` metadata (cairn's commands: --token-file
+    /// or CAIRN_TOKEN_FILE); otherwise UNAUTHENTICATED. The unix socket needs no
+    /// token: its file permissions decide who connects.
+    #[arg(long, value_name = "FILE")]
+    grpc_token_file: Option<PathBuf>,
+
+    /// gRPC reads over TCP (all but health and reflection) must carry the token
+    /// in this file, or the write token.
+    #[arg(long, value_name = "FILE")]
+    grpc_read_token_file: Option<PathBuf>,
+
+    /// Accept gRPC writes without a token from anyone who reaches --listen.
+    /// Without this or --grpc-token-file, TCP writes are accepted from loopback
+    /// peers only, and a non-loopback --listen is refused.
+    #[arg(long)]
+    allow_anonymous_writes: bool,
+
     #[command(flatten)]
     http: super::daemon_http::HttpArgs,
 }
@@ -63,6 +87,17 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .directory_service_addr
         .unwrap_or_else(|| embedded.clone());
     let info_url = args.path_info_service_addr.unwrap_or(embedded);
+    let write_token = read_token(args.grpc_token_file.as_deref(), "gRPC write")?;
+    let access = Access {
+        anonymous_writes: match (args.allow_anonymous_writes, &write_token) {
+            (true, _) => AnonymousWrites::Anyone,
+            (false, Some(_)) => AnonymousWrites::Refused,
+            (false, None) => AnonymousWrites::Loopback,
+        },
+        write_token,
+        read_token: read_token(args.grpc_read_token_file.as_deref(), "gRPC read")?,
+    };
+    let socket_gid = args.socket_group.as_deref().map(group_id).transpose()?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
@@ -75,6 +110,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let tcp_addr = tcp.local_addr().context("cannot read the listening address")?;
+        if !tcp_addr.ip().is_loopback() && access.write_token.is_none() && !args.allow_anonymous_writes {
+            anyhow::bail!(
+                "refusing to serve gRPC on the non-loopback address {tcp_addr} with writes open: set --grpc-token-file FILE (writes then need that token), or --allow-anonymous-writes to accept writes from anyone who reaches it"
+            );
+        }
+        let writes = match access.anonymous_writes {
+            AnonymousWrites::Anyone => "from anyone (--allow-anonymous-writes)",
+            AnonymousWrites::Refused => "with the token, or over the socket",
+            AnonymousWrites::Loopback => "from loopback peers and the socket",
+        };
 
         let path_info = cairn_store::pathinfo::path_info_service_from_addr(
             &info_url,
@@ -103,15 +148,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         };
 
         let mut servers = tokio::task::JoinSet::new();
-        servers.spawn(cairn_castore::server::serve(
+        servers.spawn(cairn_castore::server::serve_with(
             routes.clone(),
+            access.clone(),
             cairn_castore::server::tcp_incoming(tcp),
             stopped(stop_rx.clone()),
         ));
         let mut http_note = String::new();
-        if let Some((addr, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
+        if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
             servers.spawn(server);
-            http_note = format!(", binary cache on http://{addr}");
+            http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
         }
         let mut socket_note = String::new();
         let socket = dir.join("cairn.sock");
@@ -123,10 +169,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 }
                 _ => {}
             }
-            let unix = tokio::net::UnixListener::bind(&socket)
-                .with_context(|| format!("cannot listen on {}", socket.display()))?;
-            servers.spawn(cairn_castore::server::serve(
+            let unix = bind_private_socket(&socket, socket_gid)?;
+            servers.spawn(cairn_castore::server::serve_with(
                 routes,
+                access,
                 UnixListenerStream::new(unix),
                 stopped(stop_rx),
             ));
@@ -138,7 +184,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
         // Tests and scripts read this line to learn the port when --listen used port 0.
-        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note}{http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
         tracing::info!(%tcp_addr, "serving");
 
         tokio::select! {
@@ -159,4 +205,52 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Binds the unix socket at `path` so that only the daemon's user (and the group
+/// `gid`, if given) can connect: it is bound under a temporary name, given its
+/// mode and group, and only then renamed into place, so no one can connect
+/// while it is still open to all.
+fn bind_private_socket(
+    path: &std::path::Path,
+    gid: Option<u32>,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension(format!("sock.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let unix = tokio::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("cannot listen on {}", tmp.display()))?;
+    let set_up = || -> anyhow::Result<()> {
+        let mode = if gid.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move the socket to {}", path.display()))
+    };
+    if let Err(e) = set_up() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(unix)
+}
+
+/// The id of the group `name` (a number, or a name in /etc/group).
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name))
+                .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+                .flatten()
+        })
+        .with_context(|| format!("--socket-group {name}: no such group in /etc/group"))
 }

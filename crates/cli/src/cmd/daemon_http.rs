@@ -11,6 +11,8 @@ use cairn_castore::{BlobService, DirectoryService};
 use cairn_store::pathinfo::PathInfoService;
 use clap::{ArgAction, Args};
 
+use super::store::read_token;
+
 /// Flags of `cairn daemon` for the binary cache.
 #[derive(Args)]
 pub struct HttpArgs {
@@ -40,6 +42,13 @@ pub struct HttpArgs {
     /// --read-token-file is given.
     #[arg(long, value_name = "FILE")]
     upload_token_file: Option<PathBuf>,
+
+    /// Accept uploads (`nix copy --to`) from anyone who reaches the cache, without
+    /// a token. They are then served signed with --sign-key like any other path:
+    /// only for a cache on a trusted network. Without this or
+    /// --upload-token-file, uploads are refused (403).
+    #[arg(long)]
+    allow_anonymous_uploads: bool,
 
     /// Make the cache private: reads (GET and HEAD of narinfos, NARs, listings,
     /// /nix-cache-info) must carry the token in this file, or the upload token,
@@ -84,24 +93,13 @@ impl HttpArgs {
         }
         config.upload_token = read_token(self.upload_token_file.as_deref(), "upload")?;
         config.read_token = read_token(self.read_token_file.as_deref(), "read")?;
+        config.allow_anonymous_uploads = self.allow_anonymous_uploads;
         Ok(config)
     }
 }
 
-/// The token in `file`, if given; `what` names it in errors.
-fn read_token(file: Option<&Path>, what: &str) -> anyhow::Result<Option<cairn_cache::Token>> {
-    let Some(f) = file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(f)
-        .with_context(|| format!("cannot read {what} token {}", f.display()))?;
-    let token = cairn_cache::Token::new(&text)
-        .with_context(|| format!("{what} token file {} is empty", f.display()))?;
-    Ok(Some(token))
-}
-
-/// Binds the binary cache's listener (unless `--no-http`) and returns its address
-/// and the server future, which runs until `shutdown` completes. Pending uploads
+/// Binds the binary cache's listener (unless `--no-http`) and returns its address,
+/// who may upload (for the startup line) and the server future, which runs until `shutdown` completes. Pending uploads
 /// are kept in `data_dir`.
 pub async fn bind(
     args: &HttpArgs,
@@ -113,6 +111,7 @@ pub async fn bind(
 ) -> anyhow::Result<
     Option<(
         SocketAddr,
+        &'static str,
         impl Future<Output = Result<(), cairn_castore::Error>> + Send + 'static,
     )>,
 > {
@@ -129,7 +128,12 @@ pub async fn bind(
     let addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
-    Ok(Some((addr, async move {
+    let uploads = match (&args.upload_token_file, args.allow_anonymous_uploads) {
+        (Some(_), _) => "with the upload token",
+        (None, true) => "from anyone (--allow-anonymous-uploads)",
+        (None, false) => "refused (no --upload-token-file)",
+    };
+    Ok(Some((addr, uploads, async move {
         cairn_cache::serve(listener, Arc::new(cache), shutdown)
             .await
             .map_err(cairn_castore::Error::Io)

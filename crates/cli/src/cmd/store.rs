@@ -38,6 +38,28 @@ pub struct StoreArgs {
     /// Path info service [default: the data directory's].
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     pub path_info_service_addr: Option<String>,
+
+    /// Send the token in this file to gRPC servers (as `authorization: Bearer`
+    /// metadata), for a daemon started with --grpc-token-file or
+    /// --grpc-read-token-file. Not needed on the daemon's unix socket.
+    #[arg(long, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The token in `file`, if given; `what` names it in errors. Surrounding
+/// whitespace is not part of it.
+pub fn read_token(
+    file: Option<&Path>,
+    what: &str,
+) -> anyhow::Result<Option<cairn_castore::auth::Token>> {
+    let Some(f) = file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(f)
+        .with_context(|| format!("cannot read {what} token {}", f.display()))?;
+    let token = cairn_castore::auth::Token::new(&text)
+        .with_context(|| format!("{what} token file {} is empty", f.display()))?;
+    Ok(Some(token))
 }
 
 /// The data directory: the flag or `CAIRN_DATA_DIR`, else `$XDG_DATA_HOME/cairn`,
@@ -117,6 +139,9 @@ impl StoreArgs {
 
     /// Opens the services. Needs a tokio runtime (gRPC clients are created in it).
     pub fn open(&self) -> anyhow::Result<Store> {
+        if let Some(token) = read_token(self.token_file.as_deref(), "client")? {
+            cairn_castore::set_client_token(&token).context("--token-file")?;
+        }
         let [blob_url, dir_url, info_url] = self.urls()?;
         let blobs = cairn_castore::blob_service_from_addr(&blob_url)
             .with_context(|| format!("cannot open blob service {blob_url}"))?;

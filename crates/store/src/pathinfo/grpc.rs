@@ -2,9 +2,9 @@
 
 use async_trait::async_trait;
 use cairn_castore::Error;
+use cairn_castore::GrpcChannel;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tonic::transport::Channel;
 
 use super::{PathInfo, PathInfoService};
 use crate::proto;
@@ -14,12 +14,12 @@ use crate::proto::path_info_service_client::PathInfoServiceClient;
 /// server checks content on `put`.
 #[derive(Clone)]
 pub struct GrpcPathInfoService {
-    client: PathInfoServiceClient<Channel>,
+    client: PathInfoServiceClient<GrpcChannel>,
 }
 
 impl GrpcPathInfoService {
     /// A client on `channel`.
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: GrpcChannel) -> Self {
         Self {
             client: PathInfoServiceClient::new(channel)
                 .max_decoding_message_size(cairn_castore::MAX_DECODING_MESSAGE_SIZE),
@@ -28,7 +28,7 @@ impl GrpcPathInfoService {
 
     /// The raw generated client, for callers that need the whole API (CalculateNAR)
     /// or want to send unvalidated messages.
-    pub fn client(&self) -> PathInfoServiceClient<Channel> {
+    pub fn client(&self) -> PathInfoServiceClient<GrpcChannel> {
         self.client.clone()
     }
 }

@@ -1,14 +1,14 @@
-//! Credentials for uploads and, if the cache is private, for reads: a token sent
-//! as `Authorization: Bearer <token>`, or as the password of `Authorization:
-//! Basic` (what curl, and so Nix, sends from a netrc `machine HOST login ANY
-//! password <token>` line).
+//! Credentials for writes and, where reads are private, for reads, over gRPC and
+//! HTTP alike: a token sent as `authorization: Bearer <token>`, or as the
+//! password of `Authorization: Basic` (what curl, and so Nix, sends from a netrc
+//! `machine HOST login ANY password <token>` line).
 
-use axum::http::HeaderMap;
-use axum::http::header::AUTHORIZATION;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use tonic::codegen::http::HeaderMap;
+use tonic::codegen::http::header::AUTHORIZATION;
 
-/// A secret a request must present.
+/// A secret a request must present. Never printed: its `Debug` hides it.
 #[derive(Clone)]
 pub struct Token(String);
 
@@ -24,6 +24,15 @@ impl Token {
     pub fn new(text: &str) -> Option<Self> {
         let t = text.trim();
         (!t.is_empty()).then(|| Self(t.to_owned()))
+    }
+
+    /// `Bearer TOKEN`, as a header value marked sensitive; `None` if the token
+    /// has bytes a header cannot hold.
+    pub(crate) fn bearer(&self) -> Option<tonic::codegen::http::HeaderValue> {
+        let mut value =
+            tonic::codegen::http::HeaderValue::try_from(format!("Bearer {}", self.0)).ok()?;
+        value.set_sensitive(true);
+        Some(value)
     }
 
     /// Whether `headers` carry this token.
