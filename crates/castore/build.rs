@@ -45,9 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compile(
         "castore.proto",
         "castore_descriptor.bin",
-        tonic_prost_build::configure().bytes("."),
+        tonic_prost_build::configure()
+            .bytes(".")
+            .codec_path("crate::codec::StrictCodec"),
     )?;
-    let mut seed = tonic_prost_build::configure().bytes(".");
+    let mut seed = tonic_prost_build::configure()
+        .bytes(".")
+        .codec_path("crate::codec::StrictCodec");
     for name in SEED_SAME_ON_THE_WIRE {
         seed = seed.extern_path(
             format!(".tvix.store.v1.{name}"),

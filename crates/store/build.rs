@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".")
         .extern_path(".tvix.castore.v1", "::cairn_castore::proto")
+        .codec_path("::cairn_castore::codec::StrictCodec")
         .compile_fds(with_imports.file_descriptor_set())?;
     Ok(())
 }

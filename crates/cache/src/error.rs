@@ -34,6 +34,10 @@ pub enum CacheError {
     /// A body larger than this endpoint accepts (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The store's disk is full (507): Nix retries a 500 and then hangs; a 507
+    /// fails the copy at once, saying why.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// A `Range` outside the NAR (416); carries the NAR size.
     #[error("range not satisfiable (the NAR has {0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -53,18 +57,36 @@ impl CacheError {
             CacheError::Conflict(_) => StatusCode::CONFLICT,
             CacheError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             CacheError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CacheError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             CacheError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             CacheError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// A castore/store error: the caller's mistake is a 400 naming it, anything
-    /// else is the server's failure.
+    /// A castore/store error: the caller's mistake is a 400 naming it, input
+    /// beyond a limit 413, a full disk 507, anything else the server's failure.
     pub(crate) fn from_store(e: cairn_castore::Error) -> Self {
         match e.kind() {
             cairn_castore::ErrorKind::InvalidArgument => CacheError::BadRequest(e.to_string()),
+            cairn_castore::ErrorKind::ResourceExhausted => Self::exhausted(&e),
             _ => CacheError::Internal(e.to_string()),
         }
+    }
+
+    /// 507 if `e` is a full disk somewhere in its chain, else 413.
+    pub(crate) fn exhausted(e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return CacheError::InsufficientStorage(format!(
+                    "the cache's storage is full: {e}"
+                ));
+            }
+            cause = c.source();
+        }
+        CacheError::TooLarge(e.to_string())
     }
 }
 

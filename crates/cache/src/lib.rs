@@ -47,4 +47,4 @@ pub use conn::serve;
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};
-pub use server::{BinaryCache, CacheConfig, router};
+pub use server::{BinaryCache, CacheConfig, DEFAULT_MAX_NAR_SIZE, router};

@@ -32,6 +32,11 @@ use crate::listing::listing;
 use crate::pending::{PendingNar, PendingUploads};
 use cairn_castore::auth::Token;
 
+/// [`CacheConfig::max_nar_size`] unless the operator says otherwise: above the
+/// largest NARs in nixpkgs (a few GiB), far below what a small compressed upload
+/// can expand to (xz turns 610 KB of zeros into 4 GiB, and more).
+pub const DEFAULT_MAX_NAR_SIZE: u64 = 8 << 30;
+
 /// What a cache serves and accepts, beyond its storage.
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
@@ -45,6 +50,8 @@ pub struct CacheConfig {
     pub trusted_keys: Vec<VerifyingKey>,
     /// If set, uploads (PUT) must carry this token.
     pub upload_token: Option<Token>,
+    /// Largest NAR an upload may decompress to (413 as soon as it grows past).
+    pub max_nar_size: u64,
     /// Without an upload token: accept uploads from anyone (else they are
     /// refused with 403).
     pub allow_anonymous_uploads: bool,
@@ -70,6 +77,7 @@ impl Default for CacheConfig {
             sign_keys: Vec::new(),
             trusted_keys: Vec::new(),
             upload_token: None,
+            max_nar_size: DEFAULT_MAX_NAR_SIZE,
             allow_anonymous_uploads: false,
             read_token: None,
             pending_max_age: Duration::from_secs(24 * 60 * 60),
@@ -529,6 +537,14 @@ async fn put_narinfo(
         deriver: ni.deriver,
         ca: ni.ca,
     };
+    // Nix refuses to substitute a path whose CA gives another store path: never
+    // sign and serve one.
+    info.validate().map_err(|e| {
+        bad(format!(
+            "narinfo for {}: CA and StorePath disagree ({e})",
+            info.store_path
+        ))
+    })?;
     let mut status = StatusCode::CREATED;
     if let Some(old) = cache
         .path_info
@@ -732,12 +748,50 @@ async fn get_nar(
 }
 
 fn nar_error(e: NarError) -> CacheError {
+    if e.kind() == cairn_castore::ErrorKind::ResourceExhausted {
+        return CacheError::exhausted(&e);
+    }
     match e {
         NarError::Nar(_)
         | NarError::Name { .. }
         | NarError::Target { .. }
         | NarError::Directory { .. } => CacheError::BadRequest(format!("invalid NAR: {e}")),
         other => CacheError::Internal(other.to_string()),
+    }
+}
+
+/// A reader failing with `FileTooLarge` once more than `left` bytes came
+/// through: an upload's decompressed NAR is refused as it grows past the
+/// limit, never after.
+struct AtMost<R> {
+    inner: R,
+    left: u64,
+    limit: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for AtMost<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        match this.left.checked_sub(n) {
+            Some(left) => {
+                this.left = left;
+                std::task::Poll::Ready(Ok(()))
+            }
+            None => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!(
+                    "the NAR is larger than this cache accepts ({} bytes; its operator can raise --max-nar-size)",
+                    this.limit
+                ),
+            ))),
+        }
     }
 }
 
@@ -789,7 +843,11 @@ async fn ingest_all<R: AsyncBufRead + Send + Unpin>(
     compression: Compression,
     input: &mut R,
 ) -> Result<cairn_store::nar::Ingested, CacheError> {
-    let mut decoder = compression.decoder(&mut *input);
+    let mut decoder = AtMost {
+        inner: compression.decoder(&mut *input),
+        left: cache.config.max_nar_size,
+        limit: cache.config.max_nar_size,
+    };
     let ingested = cairn_store::nar::ingest(
         cache.blobs.as_ref(),
         cache.directories.as_ref(),

@@ -702,6 +702,13 @@ async fn rejected_uploads_register_nothing() {
         assert!(msg.contains("does not match the URL"), "{msg}");
         let (code, msg) = put(&ni_url, &write("ni", b"StorePath: nonsense\n"), &[]);
         assert_eq!(code, 400, "{msg}");
+        // A CA that gives another store path than StorePath.
+        let ca_line = ni.lines().find(|l| l.starts_with("CA: ")).unwrap();
+        // (Flat with the NAR's hash: only the path it gives is wrong.)
+        let bad_ca = ni.replace(ca_line, &ca_line.replace("fixed:r:", "fixed:"));
+        let (code, msg) = put(&ni_url, &write("ni", bad_ca.as_bytes()), &[]);
+        assert_eq!(code, 400, "{msg}");
+        assert!(msg.contains("CA and StorePath disagree"), "{msg}");
         for p in [&ca, &dep] {
             assert_eq!(curl(&[&format!("{url}/{}.narinfo", hash_part(p))]).0, 404);
         }

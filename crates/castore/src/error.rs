@@ -13,6 +13,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// Stored data does not hash to its digest.
     Corrupt,
+    /// The caller's input is larger than the server accepts, or the server's
+    /// storage is full.
+    ResourceExhausted,
     /// Storage, I/O or transport failure; may succeed on retry.
     Internal,
 }
@@ -66,6 +69,10 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::InvalidDirectory {
+                source: DirectoryError::TooManyEntries { .. },
+                ..
+            } => ErrorKind::ResourceExhausted,
             Error::InvalidDigest(_)
             | Error::InvalidDirectory { .. }
             | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
@@ -73,6 +80,9 @@ impl Error {
             Error::Storage(_) | Error::Transport(_) => ErrorKind::Internal,
             Error::Io(e) => match e.kind() {
                 std::io::ErrorKind::InvalidData => ErrorKind::Corrupt,
+                std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::StorageFull => {
+                    ErrorKind::ResourceExhausted
+                }
                 std::io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
                 std::io::ErrorKind::NotFound => ErrorKind::NotFound,
                 _ => ErrorKind::Internal,
@@ -83,6 +93,7 @@ impl Error {
                     ErrorKind::InvalidArgument
                 }
                 tonic::Code::DataLoss => ErrorKind::Corrupt,
+                tonic::Code::ResourceExhausted => ErrorKind::ResourceExhausted,
                 _ => ErrorKind::Internal,
             },
         }
@@ -103,6 +114,7 @@ impl Error {
                 let kind = match other.kind() {
                     ErrorKind::NotFound => K::NotFound,
                     ErrorKind::InvalidArgument => K::InvalidInput,
+                    ErrorKind::ResourceExhausted => K::FileTooLarge,
                     ErrorKind::Corrupt => K::InvalidData,
                     ErrorKind::Internal => K::Other,
                 };
@@ -143,6 +155,7 @@ fn status_for(kind: ErrorKind, msg: String) -> tonic::Status {
         ErrorKind::NotFound => tonic::Status::not_found(msg),
         ErrorKind::InvalidArgument => tonic::Status::invalid_argument(msg),
         ErrorKind::Corrupt => tonic::Status::data_loss(msg),
+        ErrorKind::ResourceExhausted => tonic::Status::resource_exhausted(msg),
         ErrorKind::Internal => {
             tracing::warn!(error = %msg, "internal error");
             tonic::Status::internal(msg)

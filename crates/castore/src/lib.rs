@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod blobservice;
 mod channel;
+pub mod codec;
 mod digest;
 pub mod directoryservice;
 pub mod embedded;

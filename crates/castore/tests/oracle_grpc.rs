@@ -439,5 +439,36 @@ fn oracle_grpc_client() {
         "NOT_FOUND",
     );
 
+    // Bytes that are not a protobuf message: INVALID_ARGUMENT (tonic's default
+    // would be INTERNAL), sent with curl as one gRPC frame (0, length, bytes).
+    let frame = tempfile::NamedTempFile::new().unwrap();
+    // Field 1, length-delimited, claiming 127 bytes where 1 follows.
+    std::fs::write(frame.path(), [0, 0, 0, 0, 3, 0x0a, 0x7f, 0x01]).unwrap();
+    for method in [
+        "tvix.castore.v1.BlobService/Stat",
+        "tvix.castore.v1.DirectoryService/Put",
+        "tvix.store.v1.BlobService/Stat",
+    ] {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-i",
+                "--http2-prior-knowledge",
+                "-H",
+                "content-type: application/grpc",
+                "-H",
+                "te: trailers",
+                "--data-binary",
+            ])
+            .arg(format!("@{}", frame.path().display()))
+            .arg(format!("http://{}/{method}", c.addr))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        // 3 is INVALID_ARGUMENT.
+        assert!(text.contains("grpc-status: 3"), "{method}: {text}");
+        assert!(text.contains("malformed"), "{method}: {text}");
+    }
+
     drop(server);
 }

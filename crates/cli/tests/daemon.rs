@@ -399,7 +399,22 @@ fn daemon_pathinfo_service_against_the_oracle_client_and_nix() {
         "executable": true,
     }});
 
-    // Put the tree's PathInfo with every field set, Nix's NAR hash, size and ca.
+    // A file root with nothing optional but ca, put first: the tree references
+    // it, and a reference must be registered before its referrer.
+    let run_info = serde_json::json!({
+        "node": run_node,
+        "narinfo": {
+            "nar_size": run_nix.nar_size.to_string(),
+            "nar_sha256": run_nix.nar_sha256_b64,
+            "ca": { "digest": run_nix.nar_sha256_b64 },
+        },
+    });
+    let put = call_ok(&addr, PUT, &[run_info.to_string()]);
+    assert_eq!(put, vec![run_info.clone()]);
+    assert_eq!(get(&addr, &run_nix.path), run_info);
+    // Then the tree's PathInfo with Nix's NAR hash and size and every other field
+    // set but ca: a content address with this (made-up) reference would give
+    // another store path, which the server refuses (see below).
     let ca_digest = unb64(&tree_nix.nar_sha256_b64.clone().into());
     assert_eq!(
         tree_nix.ca,
@@ -417,26 +432,17 @@ fn daemon_pathinfo_service_against_the_oracle_client_and_nix() {
             "signatures": [{ "name": "cache.example.org-1", "data": b64(&[5; 64]) }],
             "reference_names": [run_basename],
             "deriver": { "name": "tree.drv", "digest": b64(&[7; 20]) },
-            // `type` NAR_SHA256 is 0, proto3's default: absent from the JSON.
-            "ca": { "digest": tree_nix.nar_sha256_b64 },
         },
     });
+    let mut with_ca = tree_info.clone();
+    // `type` NAR_SHA256 is 0, proto3's default: absent from the JSON.
+    with_ca["narinfo"]["ca"] = serde_json::json!({ "digest": tree_nix.nar_sha256_b64 });
+    let err = call_fails(&addr, PUT, &with_ca, "INVALID_ARGUMENT");
+    assert!(err.contains("narinfo.ca"), "{err}");
     let put = call_ok(&addr, PUT, &[tree_info.to_string()]);
     assert_eq!(put, vec![tree_info.clone()]);
     assert_eq!(get(&addr, &tree_nix.path), tree_info);
 
-    // A second path, a file root with nothing optional but ca.
-    let run_info = serde_json::json!({
-        "node": run_node,
-        "narinfo": {
-            "nar_size": run_nix.nar_size.to_string(),
-            "nar_sha256": run_nix.nar_sha256_b64,
-            "ca": { "digest": run_nix.nar_sha256_b64 },
-        },
-    });
-    let put = call_ok(&addr, PUT, &[run_info.to_string()]);
-    assert_eq!(put, vec![run_info.clone()]);
-    assert_eq!(get(&addr, &run_nix.path), run_info);
     let mut expected_list = vec![tree_info.clone(), run_info.clone()];
     expected_list.sort_by_key(|p| p["node"].to_string());
     assert_eq!(list(&addr), expected_list);
@@ -496,6 +502,18 @@ fn daemon_pathinfo_service_against_the_oracle_client_and_nix() {
     });
     case("narinfo", &|v| {
         v.as_object_mut().unwrap().remove("narinfo");
+    });
+    // Well-formed, but not what the content is, or a reference not registered.
+    case("narinfo.nar_sha256", &|v| {
+        v["narinfo"]["nar_sha256"] = b64(&[1; 32]).into()
+    });
+    case("narinfo.nar_size", &|v| {
+        v["narinfo"]["nar_size"] = "1".into()
+    });
+    case("references[0]", &|v| {
+        v["references"][0] = b64(&[9; 20]).into();
+        v["narinfo"]["reference_names"][0] =
+            format!("{}-absent", cairn_nix::nixbase32::encode(&[9; 20])).into();
     });
     for (msg, field) in &cases {
         let err = call_fails(&addr, PUT, msg, "INVALID_ARGUMENT");
@@ -728,5 +746,79 @@ fn daemon_access_control() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stop(daemon);
+}
+
+/// The operator's limits refuse early, with 413 over HTTP and
+/// RESOURCE_EXHAUSTED over gRPC, registering nothing: a directory of more
+/// entries than --max-directory-entries (in a NAR upload and in a
+/// DirectoryService.Put) and a NAR larger than --max-nar-size.
+#[test]
+fn daemon_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (daemon, addr, line) = start_with(
+        &data,
+        &[
+            "--max-directory-entries",
+            "100",
+            "--max-nar-size",
+            "1M",
+            "--allow-anonymous-uploads",
+        ],
+    );
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
+        .to_string();
+    let nix = cairn_testkit::nix::Nix::new();
+    let put_nar = |tree: &Path| {
+        let nar = cairn_testkit::nix::ok_bytes(nix.command("nix-store").arg("--dump").arg(tree));
+        let sha = cairn_nix::hash::HashAlgo::Sha256.digest(&nar).to_nix32();
+        let file = tmp.path().join("upload.nar");
+        std::fs::write(&file, &nar).unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{http}/nar/{sha}.nar"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wide = tmp.path().join("wide");
+    std::fs::create_dir(&wide).unwrap();
+    for i in 0..150 {
+        std::fs::write(wide.join(format!("f{i}")), "x").unwrap();
+    }
+    let out = put_nar(&wide);
+    assert!(out.ends_with("413"), "{out}");
+    assert!(out.contains("more than 100 entries"), "{out}");
+    let big = tmp.path().join("big");
+    std::fs::write(&big, vec![0u8; 2 << 20]).unwrap();
+    let out = put_nar(&big);
+    assert!(out.ends_with("413"), "{out}");
+    assert!(out.contains("--max-nar-size"), "{out}");
+    // Within the limits: accepted.
+    let small = tmp.path().join("small");
+    std::fs::write(&small, "small").unwrap();
+    let out = put_nar(&small);
+    assert!(out.ends_with("201"), "{out}");
+
+    let entries: Vec<serde_json::Value> = (0..150)
+        .map(|i| {
+            serde_json::json!({
+                "name": b64(format!("f{i:03}").as_bytes()),
+                "target": b64(b"t"),
+            })
+        })
+        .collect();
+    let err = call_fails(
+        &addr,
+        "tvix.castore.v1.DirectoryService/Put",
+        &serde_json::json!({ "symlinks": entries }),
+        "RESOURCE_EXHAUSTED",
+    );
+    assert!(err.contains("more than 100 entries"), "{err}");
     stop(daemon);
 }

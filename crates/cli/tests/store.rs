@@ -658,3 +658,40 @@ fn kill_9_during_imports_loses_nothing_printed() {
     assert_eq!(text(ok(cairn_at(&store_dir, &args, None))), full);
     ok(cairn_at(&store_dir, &["verify"], None));
 }
+
+/// `cairn verify` also fails a path whose references are not in the store (a
+/// substituter could not fetch its closure), naming them; other paths pass.
+#[test]
+fn verify_names_absent_references() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let file = tmp.path().join("f");
+    fs::write(&file, "referrer").unwrap();
+    let imported = text(ok(cairn_at(&data, &["import", s(&file)], None)));
+    let imported = imported.trim();
+    let absent = "/nix/store/00000000000000000000000000000000-absent";
+    let referrer = "/nix/store/11111111111111111111111111111111-referrer";
+    // Written in-process through the local backend, which leaves references to
+    // its callers (the daemon's gRPC and HTTP puts check them).
+    let url = format!("redb://{}", data.display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let blobs = cairn_castore::blob_service_from_addr(&url).unwrap();
+        let dirs = cairn_castore::directory_service_from_addr(&url).unwrap();
+        let infos = cairn_store::pathinfo::path_info_service_from_addr(&url, blobs, dirs).unwrap();
+        let p = cairn_nix::store_path::StorePath::parse_absolute(imported).unwrap();
+        let mut info = infos.get(*p.digest()).await.unwrap().unwrap();
+        info.store_path = cairn_nix::store_path::StorePath::parse_absolute(referrer).unwrap();
+        info.references = vec![cairn_nix::store_path::StorePath::parse_absolute(absent).unwrap()];
+        info.ca = None;
+        infos.put(info).await.unwrap();
+    });
+    let out = cairn_at(&data, &["verify"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(referrer) && err.contains(absent) && err.contains("not in the store"),
+        "{err}"
+    );
+    assert!(!err.contains(&format!("'{imported}'")), "{err}");
+    ok(cairn_at(&data, &["verify", imported], None));
+}

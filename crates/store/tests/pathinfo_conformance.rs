@@ -151,9 +151,31 @@ async fn put_tree(b: &Backend, content: &[u8]) -> Node {
     Node::Directory { digest, size }
 }
 
-/// A path info with every optional field set.
+/// `info` with content address `ca`, under the store path that address gives
+/// (as `validate` requires).
+fn with_ca(mut info: PathInfo, ca: ContentAddress) -> PathInfo {
+    let name = info.store_path.name().to_owned();
+    info.store_path = match &ca {
+        ContentAddress::Text { sha256 } => {
+            cairn_nix::store_path::make_text_path(&name, sha256, &info.references)
+        }
+        ContentAddress::Fixed { method, hash } => cairn_nix::store_path::make_fixed_output_path(
+            *method,
+            hash,
+            &name,
+            &info.references,
+            false,
+        ),
+    }
+    .unwrap();
+    info.ca = Some(ca);
+    info
+}
+
+/// A path info with every optional field set (its store path is the one its
+/// content address gives, not `path(i, ..)`).
 fn full_info(i: u32, node: Node) -> PathInfo {
-    PathInfo {
+    let info = PathInfo {
         store_path: path(i, "full-1.0"),
         node,
         references: vec![path(1000 + i, "dep-b"), path(2000 + i, "dep-a")],
@@ -161,11 +183,49 @@ fn full_info(i: u32, node: Node) -> PathInfo {
         nar_sha256: [i as u8; 32],
         signatures: vec![Signature::new("cache.example.org-1", [7; 64]).unwrap()],
         deriver: Some(path(3000 + i, "full-1.0.drv")),
-        ca: Some(ContentAddress::Fixed {
+        ca: None,
+    };
+    with_ca(
+        info,
+        ContentAddress::Fixed {
             method: FileIngestionMethod::Recursive,
             hash: NixHash::Sha256([9; 32]),
-        }),
+        },
+    )
+}
+
+/// `info` made acceptable to a gRPC server, which checks what the local
+/// backends leave to their callers: its NAR size and hash are its content's
+/// (computed by the NAR renderer, checked against Nix in other tests), and its
+/// references are registered (as bare symlink paths, returned).
+async fn prepared(b: &Backend, mut info: PathInfo) -> (PathInfo, Vec<PathInfo>) {
+    let (size, sha256) = cairn_store::nar::calculate(&*b.blobs, &*b.dirs, &info.node)
+        .await
+        .unwrap();
+    info.nar_size = size;
+    info.nar_sha256 = sha256;
+    let mut deps = Vec::new();
+    for r in info.references.clone() {
+        if r == info.store_path || b.pathinfos.get(*r.digest()).await.unwrap().is_some() {
+            continue;
+        }
+        let (size, sha256) = cairn_store::nar::calculate(&*b.blobs, &*b.dirs, &symlink())
+            .await
+            .unwrap();
+        let dep = PathInfo {
+            store_path: r,
+            node: symlink(),
+            references: vec![],
+            nar_size: size,
+            nar_sha256: sha256,
+            signatures: vec![],
+            deriver: None,
+            ca: None,
+        };
+        b.pathinfos.put(dep.clone()).await.unwrap();
+        deps.push(dep);
     }
+    (info, deps)
 }
 
 /// A path info with every optional field empty.
@@ -209,6 +269,7 @@ mod scenarios {
             full_info(3, symlink()),
         ];
         for info in infos {
+            let (info, _) = prepared(b, info).await;
             let stored = b.pathinfos.put(info.clone()).await.unwrap();
             assert_eq!(stored, info);
             let got = b.pathinfos.get(*info.store_path.digest()).await.unwrap();
@@ -254,8 +315,7 @@ mod scenarios {
             },
         ];
         for (i, ca) in cas.into_iter().enumerate() {
-            let mut info = bare_info(100 + i as u32, symlink());
-            info.ca = Some(ca);
+            let (info, _) = prepared(b, with_ca(bare_info(100 + i as u32, symlink()), ca)).await;
             b.pathinfos.put(info.clone()).await.unwrap();
             let got = b.pathinfos.get(*info.store_path.digest()).await.unwrap();
             assert_eq!(got, Some(info));
@@ -263,7 +323,7 @@ mod scenarios {
     }
 
     pub async fn put_replaces(b: &Backend) {
-        let first = bare_info(5, symlink());
+        let (first, _) = prepared(b, bare_info(5, symlink())).await;
         b.pathinfos.put(first.clone()).await.unwrap();
         let mut second = first.clone();
         second.signatures = vec![Signature::new("other-1", [3; 64]).unwrap()];
@@ -468,6 +528,8 @@ mod scenarios {
     /// What tvix-store and Nix 2.8 accept is stored as given: references repeated
     /// and out of order (Nix keeps a set; `pathinfo_nix` checks its views), an
     /// all-zero NAR hash, a NAR size that is not 0 (the only size rule Nix has).
+    /// A gRPC server checks the NAR hash and size against the content, so those
+    /// two only locally.
     pub async fn put_accepts_what_nix_accepts(b: &Backend) {
         let mut info = full_info(7, symlink());
         info.references = vec![
@@ -475,13 +537,15 @@ mod scenarios {
             path(1007, "dep-b"),
             path(2007, "dep-a"),
         ];
-        info.nar_sha256 = [0; 32];
-        info.nar_size = 1;
+        let ca = info.ca.clone().unwrap();
+        let (mut info, _) = prepared(b, with_ca(info, ca)).await;
+        let digest = *info.store_path.digest();
+        if b.raw.is_none() {
+            info.nar_sha256 = [0; 32];
+            info.nar_size = 1;
+        }
         assert_eq!(b.pathinfos.put(info.clone()).await.unwrap(), info);
-        assert_eq!(
-            b.pathinfos.get(digest(7)).await.unwrap(),
-            Some(info.clone())
-        );
+        assert_eq!(b.pathinfos.get(digest).await.unwrap(), Some(info.clone()));
         if let Some(client) = &b.raw {
             let sent = proto::PathInfo::from(&info);
             let got = client.clone().put(sent.clone()).await.unwrap().into_inner();
@@ -489,10 +553,88 @@ mod scenarios {
         }
     }
 
+    /// A content address must give the store path (every backend), and a root
+    /// directory's size must be one of its two sizes; a gRPC server also checks
+    /// the NAR hash and size against the content (which checks every file node's
+    /// size against its blob) and that every reference is registered. Each
+    /// refusal is INVALID_ARGUMENT naming the field, and registers nothing.
+    pub async fn put_checked_against_content(b: &Backend) {
+        let tree = put_tree(b, b"checked").await;
+        let (good, _) = prepared(b, full_info(40, tree.clone())).await;
+        let refuse = |info: PathInfo, field: &'static str| async move {
+            let err = b.pathinfos.put(info.clone()).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{field}: {err}");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+            assert!(
+                b.pathinfos
+                    .get(*info.store_path.digest())
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        };
+        let mut other_path = good.clone();
+        other_path.store_path = path(40, "full-1.0");
+        refuse(other_path, "narinfo.ca").await;
+        let mut wrong_ca = good.clone();
+        wrong_ca.ca = Some(ContentAddress::Fixed {
+            method: FileIngestionMethod::Flat,
+            hash: NixHash::Sha256([9; 32]),
+        });
+        refuse(wrong_ca, "narinfo.ca").await;
+        let Node::Directory { digest, size } = tree else {
+            unreachable!()
+        };
+        let mut wrong_root_size = good.clone();
+        wrong_root_size.node = Node::Directory {
+            digest,
+            size: size + 5,
+        };
+        refuse(wrong_root_size, "node: size").await;
+        if b.raw.is_some() {
+            let mut wrong_hash = good.clone();
+            wrong_hash.nar_sha256[0] ^= 1;
+            refuse(wrong_hash, "narinfo.nar_sha256").await;
+            let mut wrong_size = good.clone();
+            wrong_size.nar_size += 1;
+            refuse(wrong_size, "narinfo.nar_size").await;
+            let mut absent_ref = good.clone();
+            absent_ref.references = vec![path(4040, "nowhere")];
+            let absent_ref = with_ca(absent_ref, good.ca.clone().unwrap());
+            refuse(absent_ref, "references[0]").await;
+            // A file node claiming another size than its blob's.
+            let blob = put_blob(b, b"twelve bytes").await;
+            let (file, _) = prepared(
+                b,
+                bare_info(
+                    41,
+                    Node::File {
+                        digest: blob,
+                        size: 12,
+                        executable: false,
+                    },
+                ),
+            )
+            .await;
+            let mut wrong_file = file.clone();
+            wrong_file.node = Node::File {
+                digest: blob,
+                size: 13,
+                executable: false,
+            };
+            refuse(wrong_file, "node").await;
+            b.pathinfos.put(file).await.unwrap();
+        }
+        b.pathinfos.put(good).await.unwrap();
+    }
+
     /// Puts in flight at once (grouped into shared commits by the redb backend) all
     /// succeed and are all stored; one that fails does not fail the others.
     pub async fn concurrent_puts_all_stored(b: &Backend) {
-        let infos: Vec<PathInfo> = (0..64).map(|i| full_info(500 + i, symlink())).collect();
+        let mut infos = Vec::new();
+        for i in 0..64 {
+            infos.push(prepared(b, full_info(500 + i, symlink())).await.0);
+        }
         let missing = bare_info(
             499,
             Node::File {
@@ -522,7 +664,8 @@ mod scenarios {
             assert_eq!(got.as_ref(), Some(info));
         }
         let listed: Vec<PathInfo> = b.pathinfos.list().try_collect().await.unwrap();
-        assert_eq!(listed.len(), 64);
+        // And the two references of each.
+        assert_eq!(listed.len(), 64 * 3);
     }
 
     pub async fn get_malformed_request_rejected(b: &Backend) {
@@ -569,11 +712,14 @@ mod scenarios {
             } else {
                 bare_info(i, symlink())
             };
+            let (info, deps) = prepared(b, info).await;
             b.pathinfos.put(info.clone()).await.unwrap();
-            expected.insert(proto::PathInfo::from(&info).encode_to_vec_sorted());
+            for p in deps.iter().chain([&info]) {
+                expected.insert(proto::PathInfo::from(p).encode_to_vec_sorted());
+            }
         }
         let listed: Vec<PathInfo> = b.pathinfos.list().try_collect().await.unwrap();
-        assert_eq!(listed.len(), 700);
+        assert_eq!(listed.len(), 700 + 2 * 350);
         let got: BTreeSet<Vec<u8>> = listed
             .iter()
             .map(|i| proto::PathInfo::from(i).encode_to_vec_sorted())
@@ -630,7 +776,10 @@ async fn embedded_persists_across_reopen() {
     let blobs = cairn_castore::blob_service_from_addr(&url).unwrap();
     let dirs = cairn_castore::directory_service_from_addr(&url).unwrap();
     let pathinfos = path_info_service_from_addr(&url, blobs, dirs).unwrap();
-    assert_eq!(pathinfos.get(digest(1)).await.unwrap(), Some(info));
+    assert_eq!(
+        pathinfos.get(*info.store_path.digest()).await.unwrap(),
+        Some(info)
+    );
     assert_eq!(
         pathinfos
             .list()
@@ -670,6 +819,7 @@ macro_rules! backend_suite {
             one_test!($make, put_invalid_struct_rejected);
             one_test!($make, concurrent_puts_all_stored);
             one_test!($make, put_accepts_what_nix_accepts);
+            one_test!($make, put_checked_against_content);
             one_test!($make, get_malformed_request_rejected);
             one_test!($make, list_many);
         }

@@ -230,9 +230,11 @@ async fn serve(data: String, port_file: String, key: Option<String>) {
     let infos: Arc<dyn cairn_store::pathinfo::PathInfoService> = Arc::new(
         cairn_store::pathinfo::CachingPathInfoService::new(infos, entries),
     );
-    let mut config = cairn_cache::CacheConfig::default();
     // bench/cache.sh uploads with `nix copy --to`, on loopback.
-    config.allow_anonymous_uploads = true;
+    let mut config = cairn_cache::CacheConfig {
+        allow_anonymous_uploads: true,
+        ..Default::default()
+    };
     if let Some(k) = key {
         config
             .sign_keys

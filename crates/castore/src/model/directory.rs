@@ -1,12 +1,33 @@
 //! [`Directory`]: a validated listing, its size, canonical encoding and digest.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use prost::Message;
 
 use super::{DirectoryError, Node, NodeKind, PathComponent, SymlinkTarget};
 use crate::{B3Digest, proto};
+
+/// Entries one directory may hold unless the operator says otherwise: far more
+/// than real trees have (a directory of a quarter million files is rare), few
+/// enough that one directory's validation, storage and listing stay cheap (its
+/// message is at most ~20 MiB). A directory of a million entries uploaded as a
+/// 441 KB NAR would otherwise cost 400 MB and most of a minute.
+pub const DEFAULT_MAX_DIRECTORY_ENTRIES: usize = 1 << 18;
+
+static MAX_ENTRIES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_DIRECTORY_ENTRIES);
+
+/// Sets how many entries one directory may hold in this process (the daemon's
+/// `--max-directory-entries`); more is refused as it arrives.
+pub fn set_max_directory_entries(limit: usize) {
+    MAX_ENTRIES.store(limit, Ordering::Relaxed);
+}
+
+/// How many entries one directory may hold in this process.
+pub fn max_directory_entries() -> usize {
+    MAX_ENTRIES.load(Ordering::Relaxed)
+}
 
 /// A directory listing: entries by name, each a [`Node`]. Names are unique across
 /// the three kinds by construction (one map), and the map keeps them in bytewise
@@ -28,10 +49,15 @@ impl Directory {
         Self::default()
     }
 
-    /// Adds an entry; fails if the name is taken or the size would overflow.
+    /// Adds an entry; fails if the name is taken, the directory is full
+    /// ([`max_directory_entries`]) or the size would overflow.
     pub fn add(&mut self, name: PathComponent, node: Node) -> Result<(), DirectoryError> {
         if self.nodes.contains_key(&name) {
             return Err(DirectoryError::DuplicateName(name));
+        }
+        let limit = max_directory_entries();
+        if self.nodes.len() >= limit {
+            return Err(DirectoryError::TooManyEntries { limit });
         }
         let child_sizes = match &node {
             Node::Directory { size, .. } => self.child_sizes.checked_add(*size),

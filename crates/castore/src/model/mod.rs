@@ -15,7 +15,9 @@ mod node;
 
 use std::fmt;
 
-pub use directory::Directory;
+pub use directory::{
+    DEFAULT_MAX_DIRECTORY_ENTRIES, Directory, max_directory_entries, set_max_directory_entries,
+};
 pub use name::{
     MAX_NAME_LEN, MAX_TARGET_LEN, NameError, PathComponent, SymlinkTarget, TargetError,
 };
@@ -127,6 +129,15 @@ pub enum DirectoryError {
         expected: u64,
         /// The child's size by the proto comment's rule ([`Directory::proto_size`]).
         proto: u64,
+    },
+    /// More entries than this process accepts in one directory
+    /// ([`max_directory_entries`]).
+    #[error(
+        "more than {limit} entries in one directory (the server's limit; its operator can raise --max-directory-entries)"
+    )]
+    TooManyEntries {
+        /// The limit.
+        limit: usize,
     },
     /// A directory of an uploaded closure that its root does not reach.
     #[error("directory {0} is not reachable from the closure's root (it would only be garbage)")]

@@ -66,6 +66,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     grpc_read_token_file: Option<PathBuf>,
 
+    /// Refuse a directory of more entries than this, as it arrives (gRPC
+    /// DirectoryService.Put: RESOURCE_EXHAUSTED; a NAR upload: 413).
+    #[arg(long, default_value_t = cairn_castore::model::DEFAULT_MAX_DIRECTORY_ENTRIES, value_name = "N")]
+    max_directory_entries: usize,
+
     /// Accept gRPC writes without a token from anyone who reaches --listen.
     /// Without this or --grpc-token-file, TCP writes are accepted from loopback
     /// peers only, and a non-loopback --listen is refused.
@@ -98,6 +103,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         read_token: read_token(args.grpc_read_token_file.as_deref(), "gRPC read")?,
     };
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose()?;
+    cairn_castore::model::set_max_directory_entries(args.max_directory_entries);
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {

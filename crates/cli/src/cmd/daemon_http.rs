@@ -50,6 +50,11 @@ pub struct HttpArgs {
     #[arg(long)]
     allow_anonymous_uploads: bool,
 
+    /// Refuse (413) an upload whose NAR decompresses to more than this many bytes
+    /// (suffixes K, M, G, T: powers of 1024), as soon as it grows past it.
+    #[arg(long, default_value = "8G", value_name = "SIZE", value_parser = parse_size)]
+    max_nar_size: u64,
+
     /// Make the cache private: reads (GET and HEAD of narinfos, NARs, listings,
     /// /nix-cache-info) must carry the token in this file, or the upload token,
     /// in the same forms as uploads (a netrc line for Nix substituters).
@@ -94,8 +99,32 @@ impl HttpArgs {
         config.upload_token = read_token(self.upload_token_file.as_deref(), "upload")?;
         config.read_token = read_token(self.read_token_file.as_deref(), "read")?;
         config.allow_anonymous_uploads = self.allow_anonymous_uploads;
+        config.max_nar_size = self.max_nar_size;
         Ok(config)
     }
+}
+
+/// A size in bytes, with an optional K, M, G or T suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{s:?}: unknown size suffix {c:?} (K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number of bytes, e.g. 8G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }
 
 /// Binds the binary cache's listener (unless `--no-http`) and returns its address,

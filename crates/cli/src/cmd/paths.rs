@@ -504,6 +504,24 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         let mut check = async |info: PathInfo| {
             checked += 1;
             let path = info.store_path.to_absolute();
+            // A substituter fetching this path would fail on a reference that is
+            // not here.
+            let mut missing = Vec::new();
+            for r in &info.references {
+                match store.path_info.get(*r.digest()).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => missing.push(r.to_absolute()),
+                    Err(e) => missing.push(format!("{} ({e})", r.to_absolute())),
+                }
+            }
+            if !missing.is_empty() {
+                failed += 1;
+                eprintln!(
+                    "path '{path}' references paths that are not in the store: {}",
+                    missing.join(", ")
+                );
+                return;
+            }
             match cairn_store::nar::calculate(&*store.blobs, &*store.directories, &info.node)
                 .await
             {

@@ -151,6 +151,10 @@ impl NarError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             NarError::Nar(cairn_nix::nar::Error::Io { source, .. }) => io_kind(source),
+            NarError::Directory {
+                source: cairn_castore::DirectoryError::TooManyEntries { .. },
+                ..
+            } => ErrorKind::ResourceExhausted,
             NarError::Nar(_)
             | NarError::Name { .. }
             | NarError::Target { .. }
@@ -174,6 +178,7 @@ impl NarError {
         let kind = match self.kind() {
             ErrorKind::NotFound => K::NotFound,
             ErrorKind::InvalidArgument => K::InvalidInput,
+            ErrorKind::ResourceExhausted => K::FileTooLarge,
             ErrorKind::Corrupt => K::InvalidData,
             ErrorKind::Internal => K::Other,
         };
@@ -195,6 +200,7 @@ fn io_kind(e: &std::io::Error) -> ErrorKind {
     match e.kind() {
         std::io::ErrorKind::InvalidData => ErrorKind::Corrupt,
         std::io::ErrorKind::InvalidInput => ErrorKind::InvalidArgument,
+        std::io::ErrorKind::FileTooLarge => ErrorKind::ResourceExhausted,
         std::io::ErrorKind::NotFound => ErrorKind::NotFound,
         _ => ErrorKind::Internal,
     }
@@ -219,6 +225,10 @@ impl From<NarError> for cairn_castore::Error {
                     cairn_castore::Error::InvalidArgument(other.to_string())
                 }
                 ErrorKind::Corrupt => cairn_castore::Error::Corrupt(other.to_string()),
+                ErrorKind::ResourceExhausted => cairn_castore::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    other,
+                )),
                 ErrorKind::NotFound => cairn_castore::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::NotFound,
                     other,

@@ -79,7 +79,7 @@ pub trait PathInfoService: Send + Sync {
 
 /// Checks what a backend's `put` must check before storing `info`: that it is
 /// valid ([`PathInfo::validate`]) and that the content of its root node is in the
-/// castore.
+/// castore (a directory with a size its `size` may claim).
 pub async fn check_content(
     info: &PathInfo,
     blobs: &dyn BlobService,
@@ -88,14 +88,22 @@ pub async fn check_content(
     info.validate()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     match &info.node {
-        Node::Directory { digest, .. } => {
-            if directories.get(digest).await?.is_none() {
+        Node::Directory { digest, size } => match directories.get(digest).await? {
+            None => {
                 return Err(Error::InvalidArgument(format!(
                     "node: directory {digest} of {} is not in the directory service",
                     info.store_path
                 )));
             }
-        }
+            Some(dir) if !dir.accepts_size(*size) => {
+                return Err(Error::InvalidArgument(format!(
+                    "node: size {size}, but directory {digest} has size {} (tvix's rule) or {} (the proto comment's)",
+                    dir.size(),
+                    dir.proto_size()
+                )));
+            }
+            Some(_) => {}
+        },
         Node::File { digest, .. } => {
             if !blobs.has(digest).await? {
                 return Err(Error::InvalidArgument(format!(

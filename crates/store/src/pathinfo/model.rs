@@ -139,6 +139,26 @@ pub enum PathInfoError {
         /// Length of the algorithm's digests.
         expected: usize,
     },
+    /// `narinfo.ca` would give another store path than the path info's (Nix
+    /// refuses to substitute such a path).
+    #[error("narinfo.ca: {ca} with these references gives {expected}, not the store path {got}")]
+    CaMismatch {
+        /// The content address, as Nix prints it.
+        ca: String,
+        /// The path it gives.
+        expected: String,
+        /// The path claimed.
+        got: String,
+    },
+    /// `narinfo.ca` with these references gives no store path at all (a flat or
+    /// non-SHA-256 fixed output cannot have references).
+    #[error("narinfo.ca: {ca} cannot be the address of a path with references: {reason}")]
+    CaImpossible {
+        /// The content address, as Nix prints it.
+        ca: String,
+        /// Why.
+        reason: String,
+    },
     /// A narinfo's `NarHash` is not SHA-256 (only for [`PathInfo::from_narinfo`]).
     #[error("NarHash: {0} hash, expected sha256")]
     NarHashNotSha256(HashAlgo),
@@ -371,10 +391,53 @@ fn json_string(out: &mut String, s: &str) {
 
 impl PathInfo {
     /// Checks the rules the field types do not enforce (a `PathInfo` built field by
-    /// field rather than converted from protobuf): `nar_size` is not 0.
+    /// field rather than converted from protobuf): `nar_size` is not 0, and a
+    /// content address gives exactly this store path (with these references; one
+    /// naming the path itself is a self-reference), as Nix checks before it
+    /// substitutes a path.
     pub fn validate(&self) -> Result<(), PathInfoError> {
         if self.nar_size == 0 {
             return Err(PathInfoError::EmptyNar);
+        }
+        if let Some(ca) = &self.ca {
+            let others: Vec<&StorePath> = self
+                .references
+                .iter()
+                .filter(|r| **r != self.store_path)
+                .collect();
+            let self_reference = others.len() != self.references.len();
+            let name = self.store_path.name();
+            let expected = match ca {
+                ContentAddress::Text { sha256 } if !self_reference => {
+                    cairn_nix::store_path::make_text_path(name, sha256, others)
+                }
+                ContentAddress::Text { .. } => Err(StorePathError::ReferencesNotAllowed),
+                ContentAddress::Fixed { method, hash } => {
+                    cairn_nix::store_path::make_fixed_output_path(
+                        *method,
+                        hash,
+                        name,
+                        others,
+                        self_reference,
+                    )
+                }
+            };
+            match expected {
+                Ok(p) if p == self.store_path => {}
+                Ok(p) => {
+                    return Err(PathInfoError::CaMismatch {
+                        ca: ca.to_string(),
+                        expected: p.to_absolute(),
+                        got: self.store_path.to_absolute(),
+                    });
+                }
+                Err(e) => {
+                    return Err(PathInfoError::CaImpossible {
+                        ca: ca.to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
         }
         Ok(())
     }

@@ -105,6 +105,73 @@ fn default_calculator(
     })
 }
 
+impl GrpcPathInfoServer {
+    /// The NAR size and SHA-256 of `node`: remembered in memory, or by the path
+    /// info backend, or computed (reading and verifying every blob) and then
+    /// remembered.
+    async fn nar_of(&self, node: &Node) -> Result<(u64, [u8; 32]), Error> {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node);
+        if let Some(v) = cached {
+            return Ok(v);
+        }
+        let v = match self.pathinfos.cached_nar(node).await? {
+            Some(v) => v,
+            None => {
+                let v =
+                    (self.calculate)(self.blobs.clone(), self.directories.clone(), node.clone())
+                        .await?;
+                // The answer is right whether or not it could be kept.
+                if let Err(e) = self.pathinfos.remember_nar(node, v).await {
+                    tracing::warn!(error = %e, "cannot persist a CalculateNAR result");
+                }
+                v
+            }
+        };
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node.clone(), v);
+        Ok(v)
+    }
+
+    /// What an HTTP upload's narinfo is checked for, for a path info put over
+    /// gRPC: every reference is registered (or is the path itself), and the NAR
+    /// hash and size are those of the content (its NAR rendered, which also
+    /// checks each file node's size against its blob).
+    async fn check_put(&self, info: &PathInfo) -> Result<(), Status> {
+        for (i, r) in info.references.iter().enumerate() {
+            if *r != info.store_path && self.pathinfos.get(*r.digest()).await?.is_none() {
+                return Err(invalid(format!(
+                    "references[{i}]: {} is not registered here (put the path info of every reference first)",
+                    r.to_absolute()
+                )));
+            }
+        }
+        let (nar_size, nar_sha256) = self.nar_of(&info.node).await.map_err(|e| match e.kind() {
+            cairn_castore::ErrorKind::Internal => Status::from(e),
+            _ => invalid(format!("node: its content does not render as a NAR: {e}")),
+        })?;
+        if nar_size != info.nar_size {
+            return Err(invalid(format!(
+                "narinfo.nar_size: {}, but the NAR of the node's content has {nar_size} bytes",
+                info.nar_size
+            )));
+        }
+        if nar_sha256 != info.nar_sha256 {
+            return Err(invalid(format!(
+                "narinfo.nar_sha256: {}, but the NAR of the node's content has {}",
+                cairn_nix::hash::NixHash::Sha256(info.nar_sha256).to_nix32_prefixed(),
+                cairn_nix::hash::NixHash::Sha256(nar_sha256).to_nix32_prefixed(),
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -137,6 +204,9 @@ impl proto::path_info_service_server::PathInfoService for GrpcPathInfoServer {
         request: Request<proto::PathInfo>,
     ) -> Result<Response<proto::PathInfo>, Status> {
         let info = PathInfo::try_from(request.into_inner()).map_err(invalid)?;
+        info.validate().map_err(invalid)?;
+        super::check_content(&info, self.blobs.as_ref(), self.directories.as_ref()).await?;
+        self.check_put(&info).await?;
         let stored = self.pathinfos.put(info).await?;
         Ok(Response::new(proto::PathInfo::from(&stored)))
     }
@@ -148,37 +218,7 @@ impl proto::path_info_service_server::PathInfoService for GrpcPathInfoServer {
         // The name does not enter the NAR: accept empty (current clients) or any.
         let (_, node) = Node::try_from_proto_unnamed(request.into_inner())
             .map_err(|e| invalid(format!("node: {e}")))?;
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&node);
-        let (nar_size, nar_sha256) = match cached {
-            Some(v) => v,
-            None => {
-                let v = match self.pathinfos.cached_nar(&node).await? {
-                    Some(v) => v,
-                    None => {
-                        let v = (self.calculate)(
-                            self.blobs.clone(),
-                            self.directories.clone(),
-                            node.clone(),
-                        )
-                        .await?;
-                        // The answer is right whether or not it could be kept.
-                        if let Err(e) = self.pathinfos.remember_nar(&node, v).await {
-                            tracing::warn!(error = %e, "cannot persist a CalculateNAR result");
-                        }
-                        v
-                    }
-                };
-                self.cache
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(node, v);
-                v
-            }
-        };
+        let (nar_size, nar_sha256) = self.nar_of(&node).await?;
         Ok(Response::new(proto::CalculateNarResponse {
             nar_size,
             nar_sha256: bytes::Bytes::copy_from_slice(&nar_sha256),
