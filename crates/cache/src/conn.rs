@@ -220,15 +220,31 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(cache.config().max_connections));
+    let mut refused = 0u64;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Over the cap: closed at once (the client sees a reset), so
+                    // the accept queue keeps moving and file descriptors stay free
+                    // for the other listeners.
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        refused += 1;
+                        if refused.is_power_of_two() {
+                            tracing::warn!(%peer, refused, "binary cache at its connection limit: closing new connections");
+                        }
+                        continue;
+                    };
                     // Small responses (narinfo) must not wait for Nagle's algorithm.
                     let _ = stream.set_nodelay(true);
                     let span = tracing::debug_span!(target: ACCESS, "conn", %peer);
-                    conns.spawn(serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone()).instrument(span));
+                    let conn = serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone());
+                    conns.spawn(async move {
+                        conn.await;
+                        drop(slot);
+                    }.instrument(span));
                 }
                 Err(e) => accept_error(e).await,
             },
@@ -286,7 +302,7 @@ async fn serve_connection(
                 Head::Partial if buf.len() <= MAX_HEAD => break,
                 Head::Partial | Head::Other => {
                     if stream.write_all(&out).await.is_ok() {
-                        hand_over(stream, buf, router, stop).await;
+                        hand_over(stream, buf, router, stop, cache.config()).await;
                     }
                     return;
                 }
@@ -302,10 +318,20 @@ async fn serve_connection(
             return;
         }
         buf.reserve(4096);
+        // Waiting for a request, or for the rest of one begun.
+        let wait = if buf.is_empty() {
+            cache.config().idle_timeout
+        } else {
+            cache.config().header_read_timeout
+        };
         tokio::select! {
-            r = stream.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => match r {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    tracing::debug!(target: ACCESS, ?wait, "connection closed: no request in time");
+                    return;
+                }
             },
             // Between requests only: one begun is answered first. A closed
             // channel also means stop.
@@ -321,14 +347,24 @@ async fn hand_over(
     read: BytesMut,
     router: Router,
     mut stop: watch::Receiver<bool>,
+    config: &crate::CacheConfig,
 ) {
     let io = hyper_util::rt::TokioIo::new(Rewind {
         read: read.freeze(),
         inner: stream,
     });
     let service = hyper_util::service::TowerToHyperService::new(router);
-    let builder =
+    let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(config.idle_timeout / 4)
+        .keep_alive_timeout(config.header_read_timeout);
     let conn = builder.serve_connection_with_upgrades(io, service);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {

@@ -52,6 +52,13 @@ pub struct CacheConfig {
     pub upload_token: Option<Token>,
     /// Largest NAR an upload may decompress to (413 as soon as it grows past).
     pub max_nar_size: u64,
+    /// Connections served at once; more are closed as soon as they are accepted,
+    /// so a flood cannot take every file descriptor of the process.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head once it started one.
+    pub header_read_timeout: Duration,
+    /// How long a connection may wait idle for its next request.
+    pub idle_timeout: Duration,
     /// Without an upload token: accept uploads from anyone (else they are
     /// refused with 403).
     pub allow_anonymous_uploads: bool,
@@ -67,7 +74,8 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
     /// cache.nixos.org), no keys, uploads refused, reads open, pending uploads
-    /// kept for a day.
+    /// kept for a day, NARs up to 8 GiB, 4096 connections, 30 s to send a
+    /// request head, 120 s idle between requests.
     fn default() -> Self {
         let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();
         cache_info.want_mass_query = Some(true);
@@ -78,6 +86,9 @@ impl Default for CacheConfig {
             trusted_keys: Vec::new(),
             upload_token: None,
             max_nar_size: DEFAULT_MAX_NAR_SIZE,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             allow_anonymous_uploads: false,
             read_token: None,
             pending_max_age: Duration::from_secs(24 * 60 * 60),
@@ -142,6 +153,11 @@ impl BinaryCache {
 }
 
 impl BinaryCache {
+    /// The settings it was made with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
     /// Whether a read whose `Authorization` header is `authorization` may go on:
     /// always for a public cache; for a private one, with the read or the upload
     /// token.

@@ -822,3 +822,75 @@ fn daemon_limits() {
     assert!(err.contains("more than 100 entries"), "{err}");
     stop(daemon);
 }
+
+/// A flood of idle connections (bounded, on 127.0.0.1) on the binary cache and
+/// on gRPC's TCP port takes no more than each listener's cap; imports through
+/// the socket go on meanwhile, the idle ones are closed after the idle timeout,
+/// and the cache answers again.
+#[test]
+fn idle_connection_flood_stalls_nothing() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (daemon, addr, line) = start_with(
+        &data,
+        &[
+            "--http-max-connections",
+            "50",
+            "--http-idle-timeout",
+            "2",
+            "--grpc-max-connections",
+            "50",
+        ],
+    );
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
+        .to_string();
+    let mut flood = Vec::new();
+    for target in [&http, &addr] {
+        for _ in 0..300 {
+            flood.push(std::net::TcpStream::connect(target).unwrap());
+        }
+    }
+    // Imports through the socket while the flood holds its connections.
+    for i in 0..3 {
+        let file = tmp.path().join(format!("f{i}"));
+        std::fs::write(&file, format!("during the flood {i}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("import")
+            .arg(&file)
+            .env("CAIRN_DATA_DIR", &data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The binary cache closes the idle ones after its idle timeout (and those
+    // over its cap at once): every flood connection to it ends.
+    let started = std::time::Instant::now();
+    for conn in &mut flood[..300] {
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        // Closed (EOF, or a reset for one closed at accept), not timed out.
+        match conn.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a flood connection is still open: {other:?}"),
+        }
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    drop(flood);
+    let mut conn = std::net::TcpStream::connect(&http).unwrap();
+    conn.write_all(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop(daemon);
+}

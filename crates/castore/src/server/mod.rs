@@ -124,6 +124,94 @@ pub fn tcp_incoming(
     })
 }
 
+/// The connections of `incoming`, at most `max` at once: one beyond is closed as
+/// soon as it is accepted, so a flood of idle connections cannot take every file
+/// descriptor of the process (and stall its other listeners).
+pub fn capped<I, IO, IE>(incoming: I, max: usize) -> impl Stream<Item = Result<Capped<IO>, IE>>
+where
+    I: Stream<Item = Result<IO, IE>>,
+{
+    use tokio_stream::StreamExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let mut refused = 0u64;
+    incoming.filter_map(move |conn| match conn {
+        Err(e) => Some(Err(e)),
+        Ok(io) => match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(Ok(Capped { io, _slot: slot })),
+            Err(_) => {
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(
+                        refused,
+                        "gRPC at its connection limit: closing new connections"
+                    );
+                }
+                None
+            }
+        },
+    })
+}
+
+/// A connection holding one of [`capped`]'s slots until it is dropped.
+pub struct Capped<IO> {
+    io: IO,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<IO: Connected> Connected for Capped<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Capped<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Capped<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Serves `routes` on the connections of `incoming` (a TCP or unix listener
 /// stream) until `shutdown` completes, with the default [`access::Access`]:
 /// writes from loopback peers and the socket only.
@@ -157,6 +245,12 @@ where
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
+        // A peer that went away without closing is noticed and its connection
+        // dropped, instead of holding a descriptor for good.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .max_concurrent_streams(Some(1024))
         .layer(access::AccessLayer(access))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

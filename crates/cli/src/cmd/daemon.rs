@@ -66,6 +66,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     grpc_read_token_file: Option<PathBuf>,
 
+    /// gRPC connections served at once, per listener (TCP and the socket); more
+    /// are closed when accepted.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    grpc_max_connections: usize,
+
     /// Refuse a directory of more entries than this, as it arrives (gRPC
     /// DirectoryService.Put: RESOURCE_EXHAUSTED; a NAR upload: 413).
     #[arg(long, default_value_t = cairn_castore::model::DEFAULT_MAX_DIRECTORY_ENTRIES, value_name = "N")]
@@ -104,6 +109,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     };
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose()?;
     cairn_castore::model::set_max_directory_entries(args.max_directory_entries);
+    raise_file_limit();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
@@ -157,7 +163,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         servers.spawn(cairn_castore::server::serve_with(
             routes.clone(),
             access.clone(),
-            cairn_castore::server::tcp_incoming(tcp),
+            cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
             stopped(stop_rx.clone()),
         ));
         let mut http_note = String::new();
@@ -179,7 +185,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             servers.spawn(cairn_castore::server::serve_with(
                 routes,
                 access,
-                UnixListenerStream::new(unix),
+                cairn_castore::server::capped(UnixListenerStream::new(unix), args.grpc_max_connections),
                 stopped(stop_rx),
             ));
             socket_note = format!(" and grpc+unix://{}", socket.display());
@@ -259,4 +265,22 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
                 .flatten()
         })
         .with_context(|| format!("--socket-group {name}: no such group in /etc/group"))
+}
+
+/// Raises the soft limit on open files to the hard one: every connection, pack
+/// and redb file is a descriptor, and the usual soft limit (1024) is far below
+/// the connection caps.
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open file limit");
+        }
+    }
+    tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open file limit");
 }

@@ -55,6 +55,18 @@ pub struct HttpArgs {
     #[arg(long, default_value = "8G", value_name = "SIZE", value_parser = parse_size)]
     max_nar_size: u64,
 
+    /// Binary cache connections served at once; more are closed when accepted.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    http_max_connections: usize,
+
+    /// Seconds a binary cache connection may wait idle for its next request.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    http_idle_timeout: u64,
+
+    /// Seconds a client may take to send a request head once it started one.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    http_header_timeout: u64,
+
     /// Make the cache private: reads (GET and HEAD of narinfos, NARs, listings,
     /// /nix-cache-info) must carry the token in this file, or the upload token,
     /// in the same forms as uploads (a netrc line for Nix substituters).
@@ -100,6 +112,9 @@ impl HttpArgs {
         config.read_token = read_token(self.read_token_file.as_deref(), "read")?;
         config.allow_anonymous_uploads = self.allow_anonymous_uploads;
         config.max_nar_size = self.max_nar_size;
+        config.max_connections = self.http_max_connections;
+        config.idle_timeout = std::time::Duration::from_secs(self.http_idle_timeout);
+        config.header_read_timeout = std::time::Duration::from_secs(self.http_header_timeout);
         Ok(config)
     }
 }
