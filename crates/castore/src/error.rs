@@ -77,7 +77,9 @@ impl Error {
             | Error::InvalidDirectory { .. }
             | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Storage(e) if storage_full(e.as_ref()) => ErrorKind::ResourceExhausted,
             Error::Storage(_) | Error::Transport(_) => ErrorKind::Internal,
+            Error::Io(e) if storage_full(e) => ErrorKind::ResourceExhausted,
             Error::Io(e) => match e.kind() {
                 std::io::ErrorKind::InvalidData => ErrorKind::Corrupt,
                 std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::StorageFull => {
@@ -122,6 +124,20 @@ impl Error {
             }
         }
     }
+}
+
+/// Whether a full disk (`ENOSPC`) is somewhere in `e`'s chain of causes.
+pub fn storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 impl From<tonic::Status> for Error {

@@ -45,7 +45,7 @@ pub use blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta
 pub use channel::{GrpcAddr, GrpcChannel, MAX_DECODING_MESSAGE_SIZE, set_client_token};
 pub use digest::{B3Digest, DIGEST_LEN, DigestLenError};
 pub use directoryservice::{DirectoryPutter, DirectoryService};
-pub use error::{Error, ErrorKind};
+pub use error::{Error, ErrorKind, storage_full};
 pub use from_addr::{blob_service_from_addr, directory_service_from_addr};
 pub use model::{
     Directory, DirectoryError, NameError, Node, NodeKind, PathComponent, SymlinkTarget, TargetError,

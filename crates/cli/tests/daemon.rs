@@ -894,3 +894,99 @@ fn idle_connection_flood_stalls_nothing() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     stop(daemon);
 }
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a tmpfs (as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: uploads get 507 naming the data directory (Nix fails at once
+/// instead of retrying a 500), the failed writes' space is given back, and once
+/// space is freed writes work again without a restart.
+#[test]
+fn full_disk_then_space_freed_without_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    let _fs = Tmpfs::mount(&mnt, "40m");
+    let data = mnt.join("data");
+    let filler = mnt.join("filler");
+    std::fs::write(&filler, vec![1u8; 12 << 20]).unwrap();
+    let (daemon, _addr, line) = start_with(&data, &["--allow-anonymous-uploads"]);
+    let http = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
+        .to_string();
+    let nix = cairn_testkit::nix::Nix::new();
+    let put_nar = |seed: u64| {
+        let file = tmp.path().join(format!("content-{seed}"));
+        std::fs::write(&file, cairn_testkit::data::pseudo_random(6 << 20, seed)).unwrap();
+        let nar = cairn_testkit::nix::ok_bytes(nix.command("nix-store").arg("--dump").arg(&file));
+        let sha = cairn_nix::hash::HashAlgo::Sha256.digest(&nar).to_nix32();
+        let upload = tmp.path().join("upload.nar");
+        std::fs::write(&upload, &nar).unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary"])
+            .arg(format!("@{}", upload.display()))
+            .arg(format!("http://{http}/nar/{sha}.nar"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let packs_size = || -> u64 {
+        std::fs::read_dir(data.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let mut full = None;
+    for seed in 0..10 {
+        let out = put_nar(seed);
+        if !out.ends_with("201") {
+            full = Some((seed, out));
+            break;
+        }
+    }
+    let (seed, out) = full.expect("the disk never filled up");
+    assert!(out.ends_with("507"), "{out}");
+    assert!(
+        out.contains("storage is full") && out.contains(data.to_str().unwrap()),
+        "{out}"
+    );
+    // The failed upload's bytes are given back (the committer cuts the retired
+    // pack within about a second): the packs hold the committed uploads only.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let committed = packs_size();
+    assert!(
+        committed <= (seed + 1) * (6 << 20),
+        "{committed} bytes in the packs"
+    );
+    // Space freed: the same upload now succeeds, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let out = put_nar(seed);
+    assert!(out.ends_with("201"), "{out}");
+    let out = put_nar(100);
+    assert!(out.ends_with("201"), "{out}");
+    stop(daemon);
+}

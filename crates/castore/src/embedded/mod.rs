@@ -787,7 +787,18 @@ pub(crate) fn hex(d: &[u8; 32]) -> String {
 /// request asks for it, after fsyncing every pack written since the last durable one.
 fn committer(db: &Database, packs: &Packs, rx: mpsc::Receiver<(CommitReq, Reply)>) {
     let mut unsynced: HashSet<u32> = HashSet::new();
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Between commits: give back the space of failed writes, and stop
+        // syncing packs that failed (a commit referring to them fails by itself).
+        for id in packs.reclaim() {
+            unsynced.remove(&id);
+        }
+        unsynced.retain(|p| !packs.is_failed(*p));
+        let first = match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = vec![first];
         while batch.len() < 4096 {
             match rx.try_recv() {
@@ -846,7 +857,7 @@ fn commit_batch(
         let mut blobs = txn.open_table(BLOBS).map_err(db_err)?;
         let mut dirs = txn.open_table(DIRECTORIES).map_err(db_err)?;
         let mut pt = txn.open_table(PACKS).map_err(db_err)?;
-        for (p, end) in pack_ends {
+        for (&p, &end) in &pack_ends {
             let old = pt.get(p).map_err(db_err)?.map(|v| v.value()).unwrap_or(0);
             if end > old {
                 pt.insert(p, end).map_err(db_err)?;
@@ -904,6 +915,9 @@ fn commit_batch(
         }
     }
     txn.commit().map_err(db_err)?;
+    for (p, end) in pack_ends {
+        packs.committed(p, end);
+    }
     if durable {
         unsynced.clear();
     }

@@ -30,6 +30,12 @@
 //! that refers to them (the committer calls [`Packs::flush`] first, and
 //! [`Packs::sync`] flushes too); a failed buffer write fails every later sync of
 //! that pack, as a failed background sync does.
+//!
+//! A failed write or sync (a full disk, say) retires the active pack: appends go
+//! to a new pack from then on, so writes work again as soon as there is space,
+//! without a restart, and the retired pack is cut back to its committed length
+//! by [`Packs::reclaim`] (on the committer's thread, between commits), giving
+//! the failed writes' space back at once.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -62,6 +68,8 @@ struct Active {
     /// larger append after them is written directly, at its own offset).
     buf: Vec<u8>,
     buf_at: u64,
+    /// A write or sync of this pack failed: the next append starts a new pack.
+    broken: bool,
 }
 
 /// Background syncs of packs: a thread fdatasyncing the packs it is sent.
@@ -78,6 +86,10 @@ pub(crate) struct Packs {
     /// Packs whose background sync failed, with the error; locked across every
     /// sync.
     failed: Arc<Mutex<HashMap<u32, String>>>,
+    /// Length of each pack referenced by committed entries (the `packs` table).
+    committed: Mutex<HashMap<u32, u64>>,
+    /// Retired packs not cut back to their committed length yet.
+    to_reclaim: Mutex<Vec<u32>>,
 }
 
 impl Drop for Packs {
@@ -224,13 +236,134 @@ impl Packs {
                 unsynced: 0,
                 buf: Vec::new(),
                 buf_at: 0,
+                broken: false,
             }),
             syncer: Mutex::new(Syncer {
                 tx: Some(tx),
                 thread: Some(thread),
             }),
             failed,
+            committed: Mutex::new(committed.clone()),
+            to_reclaim: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Records that committed entries now reference pack `id` up to `end`.
+    pub fn committed(&self, id: u32, end: u64) {
+        let mut c = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let e = c.entry(id).or_insert(0);
+        *e = (*e).max(end);
+    }
+
+    /// Whether a write or sync of pack `id` failed (commits referencing its
+    /// uncommitted bytes must fail).
+    pub fn is_failed(&self, id: u32) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(&id)
+    }
+
+    /// Retires the active pack after a failed write: recorded as failed (so no
+    /// commit refers to its lost bytes), cut back later by [`Packs::reclaim`],
+    /// and replaced by a new pack at the next append.
+    fn retire(&self, a: &mut Active, cause: &std::io::Error) {
+        if a.broken {
+            return;
+        }
+        tracing::warn!(pack = a.id, error = %cause, "pack write failed: retiring the pack");
+        a.broken = true;
+        a.buf.clear();
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(a.id)
+            .or_insert_with(|| format!("write: {cause}"));
+        self.to_reclaim
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(a.id);
+    }
+
+    /// Cuts every retired pack back to its committed length. Called on the
+    /// committer's thread between commits, so no commit in flight refers to the
+    /// bytes cut. Returns the packs cut.
+    pub fn reclaim(&self) -> Vec<u32> {
+        let ids = std::mem::take(
+            &mut *self
+                .to_reclaim
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut done = Vec::new();
+        for id in ids {
+            let len = self
+                .committed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&id)
+                .copied()
+                .unwrap_or(0);
+            let path = self.dir.join(pack_name(id));
+            match self
+                .file(id)
+                .and_then(|f| f.set_len(len).map_err(|e| io_err("truncate", &path, e)))
+            {
+                Ok(()) => {
+                    tracing::info!(
+                        pack = id,
+                        len,
+                        "retired pack cut back to its committed length"
+                    );
+                    done.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(pack = id, error = %e, "cannot cut a retired pack back yet");
+                    self.to_reclaim
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(id);
+                }
+            }
+        }
+        done
+    }
+
+    /// Starts pack `a.id + 1` as the active pack (rotation, or replacing a
+    /// retired one), writing out what the old one buffered first.
+    fn rotate(
+        &self,
+        a: &mut Active,
+        kick: &mut Vec<(u32, Arc<File>)>,
+    ) -> Result<(), EmbeddedError> {
+        if !a.broken {
+            self.write_buffer(a)?;
+        }
+        let id =
+            a.id.checked_add(1)
+                .ok_or_else(|| EmbeddedError::Corrupt("pack ids exhausted".into()))?;
+        let file = Arc::new(open_pack(&self.dir.join(pack_name(id)), true)?);
+        sync_dir(&self.dir)?;
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, file.clone());
+        if a.unsynced > 0 && !a.broken {
+            kick.push((a.id, a.file.clone()));
+        }
+        *a = Active {
+            id,
+            file,
+            end: 0,
+            unsynced: 0,
+            buf: Vec::new(),
+            buf_at: 0,
+            broken: false,
+        };
+        Ok(())
     }
 
     /// Writes out `a`'s buffer. A failure is also recorded against the pack: the
@@ -242,11 +375,7 @@ impl Packs {
         let r = a.file.write_all_at(&a.buf, a.buf_at);
         a.buf.clear();
         r.map_err(|e| {
-            self.failed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(a.id)
-                .or_insert_with(|| format!("buffered write: {e}"));
+            self.retire(a, &e);
             io_err("write pack", &self.dir.join(pack_name(a.id)), e)
         })
     }
@@ -264,28 +393,13 @@ impl Packs {
         let mut kick: Vec<(u32, Arc<File>)> = Vec::new();
         let (id, file, offset) = {
             let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-            if a.end > 0 && a.end + len > PACK_ROTATE {
-                self.write_buffer(&mut a)?;
-                let id =
-                    a.id.checked_add(1)
-                        .ok_or_else(|| EmbeddedError::Corrupt("pack ids exhausted".into()))?;
-                let file = Arc::new(open_pack(&self.dir.join(pack_name(id)), true)?);
-                sync_dir(&self.dir)?;
-                self.files
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id, file.clone());
-                if a.unsynced > 0 {
-                    kick.push((a.id, a.file.clone()));
-                }
-                *a = Active {
-                    id,
-                    file,
-                    end: 0,
-                    unsynced: 0,
-                    buf: std::mem::take(&mut a.buf),
-                    buf_at: 0,
-                };
+            // A failed background sync also retires the pack.
+            if !a.broken && self.is_failed(a.id) {
+                let e = std::io::Error::other("an earlier sync of this pack failed");
+                self.retire(&mut a, &e);
+            }
+            if a.broken || (a.end > 0 && a.end + len > PACK_ROTATE) {
+                self.rotate(&mut a, &mut kick)?;
             }
             let offset = a.end;
             a.end += len;
@@ -312,9 +426,14 @@ impl Packs {
             }
         };
         // Concurrent writers reserved disjoint ranges above, so they write in parallel.
-        if let Some(file) = file {
-            file.write_all_at(data, offset)
-                .map_err(|e| io_err("write pack", &self.dir.join(pack_name(id)), e))?;
+        if let Some(file) = file
+            && let Err(e) = file.write_all_at(data, offset)
+        {
+            let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            if a.id == id {
+                self.retire(&mut a, &e);
+            }
+            return Err(io_err("write pack", &self.dir.join(pack_name(id)), e));
         }
         if !kick.is_empty() {
             let s = self.syncer.lock().unwrap_or_else(PoisonError::into_inner);

@@ -65,7 +65,8 @@ enum State {
     /// wait for one group commit cheaply.
     Committing([u8; 32], oneshot::Receiver<Result<(), EmbeddedError>>),
     Done([u8; 32]),
-    Failed(String),
+    /// The kind (a full disk stays recognisable) and message of the failure.
+    Failed(io::ErrorKind, String),
 }
 
 /// Writes one blob into an [`EmbeddedStore`]. Write the bytes with
@@ -113,11 +114,13 @@ impl EmbeddedBlobWriter {
                             self.next.clear();
                             State::Idle(job)
                         }
-                        Ok(Err(e)) => State::Failed(e.to_string()),
-                        Err(e) => State::Failed(format!("blob writer task: {e}")),
+                        Ok(Err(e)) => failed(&e),
+                        Err(e) => {
+                            State::Failed(io::ErrorKind::Other, format!("blob writer task: {e}"))
+                        }
                     };
                 }
-                State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
+                State::Failed(k, m) => return Poll::Ready(Err(io::Error::new(*k, m.clone()))),
                 State::Closing(_) | State::Committing(..) | State::Done(_) => {
                     return Poll::Ready(Err(io::Error::other("blob writer already closed")));
                 }
@@ -133,9 +136,10 @@ impl EmbeddedBlobWriter {
             match &mut self.state {
                 State::Busy(_) => ready!(self.poll_busy(cx))?,
                 State::Idle(_) => {
-                    let State::Idle(job) =
-                        std::mem::replace(&mut self.state, State::Failed(String::new()))
-                    else {
+                    let State::Idle(job) = std::mem::replace(
+                        &mut self.state,
+                        State::Failed(io::ErrorKind::Other, String::new()),
+                    ) else {
                         unreachable!("matched Idle above")
                     };
                     self.state = if job.count == 0 && job.buf.len() <= INLINE_CLOSE {
@@ -148,19 +152,23 @@ impl EmbeddedBlobWriter {
                     let r = ready!(Pin::new(h).poll(cx));
                     self.state = match r {
                         Ok(r) => committing(r),
-                        Err(e) => State::Failed(format!("blob writer task: {e}")),
+                        Err(e) => {
+                            State::Failed(io::ErrorKind::Other, format!("blob writer task: {e}"))
+                        }
                     };
                 }
                 State::Committing(d, rx) => {
                     let r = ready!(Pin::new(rx).poll(cx));
                     self.state = match r {
                         Ok(Ok(())) => State::Done(*d),
-                        Ok(Err(e)) => State::Failed(e.to_string()),
-                        Err(_) => State::Failed(EmbeddedError::Closed.to_string()),
+                        Ok(Err(e)) => failed(&e),
+                        Err(_) => {
+                            State::Failed(io::ErrorKind::Other, EmbeddedError::Closed.to_string())
+                        }
                     };
                 }
                 State::Done(d) => return Poll::Ready(Ok(*d)),
-                State::Failed(m) => return Poll::Ready(Err(io::Error::other(m.clone()))),
+                State::Failed(k, m) => return Poll::Ready(Err(io::Error::new(*k, m.clone()))),
             }
         }
     }
@@ -211,8 +219,10 @@ impl AsyncWrite for EmbeddedBlobWriter {
                 job.buf.extend_from_slice(&data[..n]);
                 return Poll::Ready(Ok(n));
             }
-            let State::Idle(job) = std::mem::replace(&mut this.state, State::Failed(String::new()))
-            else {
+            let State::Idle(job) = std::mem::replace(
+                &mut this.state,
+                State::Failed(io::ErrorKind::Other, String::new()),
+            ) else {
                 unreachable!("matched Idle above")
             };
             this.state = State::Busy(tokio::task::spawn_blocking(move || process(job, false)));
@@ -418,7 +428,7 @@ struct Closed {
 fn committing(r: Result<Closed, EmbeddedError>) -> State {
     match r {
         Ok(c) => State::Committing(c.digest, c.store.submit(c.req)),
-        Err(e) => State::Failed(e.to_string()),
+        Err(e) => failed(&e),
     }
 }
 
@@ -463,4 +473,15 @@ fn finish(job: Box<Job>) -> Result<Closed, EmbeddedError> {
         store: job.store,
         req,
     })
+}
+
+/// A failed writer's state: the error's message, and `StorageFull` as its kind
+/// when a full disk caused it (so callers can answer 507 / RESOURCE_EXHAUSTED).
+fn failed(e: &EmbeddedError) -> State {
+    let kind = if crate::storage_full(e) {
+        io::ErrorKind::StorageFull
+    } else {
+        io::ErrorKind::Other
+    };
+    State::Failed(kind, e.to_string())
 }

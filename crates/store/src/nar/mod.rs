@@ -189,6 +189,9 @@ impl NarError {
 /// The kind of an I/O error from a castore reader or writer (which may carry a
 /// castore error inside).
 fn io_kind(e: &std::io::Error) -> ErrorKind {
+    if cairn_castore::storage_full(e) {
+        return ErrorKind::ResourceExhausted;
+    }
     if let Some(inner) = e.get_ref() {
         if let Some(c) = inner.downcast_ref::<cairn_castore::Error>() {
             return c.kind();
