@@ -208,6 +208,13 @@ impl EmbeddedStore {
         };
         txn.commit().map_err(db_err)?;
         let packs = Arc::new(Packs::open(dir.join("packs"), &committed)?);
+        // No writer exists yet, so every byte below a committed length that no
+        // entry references is garbage (an aborted upload's, followed by a commit).
+        match reclaim_unreferenced(&db, &packs) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(bytes = n, "gave back the space of unreferenced pack bytes"),
+            Err(e) => tracing::warn!(error = %e, "cannot give back unreferenced pack bytes"),
+        }
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let committer = {
@@ -781,6 +788,52 @@ pub(crate) fn read_segment(
 
 pub(crate) fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Punches holes in every pack where no chunk, segment or directory entry
+/// refers to its bytes, below its committed length; returns the bytes of disk
+/// given back. Only safe
+/// while no writer runs: an uncommitted writer's bytes may lie below another's
+/// commit.
+fn reclaim_unreferenced(db: &Database, packs: &Packs) -> Result<u64, EmbeddedError> {
+    let mut used: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+    {
+        let txn = db.begin_read().map_err(db_err)?;
+        for table in [CHUNKS, SEGMENTS, DIRECTORIES] {
+            let t = txn.open_table(table).map_err(db_err)?;
+            for e in t.iter().map_err(db_err)? {
+                let (_, v) = e.map_err(db_err)?;
+                let loc = ChunkLoc::decode(v.value(), u32::MAX as usize)?;
+                used.entry(loc.pack)
+                    .or_default()
+                    .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
+            }
+        }
+    }
+    // Holes smaller than a page give nothing back.
+    const MIN_HOLE: u64 = 64 << 10;
+    let mut total = 0;
+    for (id, len) in packs.committed_lengths() {
+        let mut ranges = used.remove(&id).unwrap_or_default();
+        ranges.sort_unstable();
+        let mut at = 0u64;
+        let mut gaps = Vec::new();
+        for (start, end) in ranges.into_iter().chain([(len, len)]) {
+            if start > at + MIN_HOLE {
+                gaps.push((at, start - at));
+            }
+            at = at.max(end);
+        }
+        if gaps.is_empty() {
+            continue;
+        }
+        let before = packs.allocated(id)?;
+        for (offset, n) in gaps {
+            packs.punch(id, offset, n)?;
+        }
+        total += before.saturating_sub(packs.allocated(id)?);
+    }
+    Ok(total)
 }
 
 /// Groups whatever requests are queued into one redb transaction; durable if any

@@ -248,6 +248,38 @@ impl Packs {
         })
     }
 
+    /// Gives back the disk space of `len` bytes at `offset` of pack `id` (a
+    /// hole: the file keeps its length, the range reads as zeros).
+    pub fn punch(&self, id: u32, offset: u64, len: u64) -> Result<(), EmbeddedError> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let file = self.file(id)?;
+        fallocate(
+            &*file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            offset,
+            len,
+        )
+        .map_err(|e| io_err("punch a hole in", &self.dir.join(pack_name(id)), e.into()))
+    }
+
+    /// Bytes of disk pack `id` takes (its allocated blocks).
+    pub fn allocated(&self, id: u32) -> Result<u64, EmbeddedError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self
+            .file(id)?
+            .metadata()
+            .map_err(|e| io_err("stat", &self.dir.join(pack_name(id)), e))?;
+        Ok(meta.blocks() * 512)
+    }
+
+    /// The committed length of every pack.
+    pub fn committed_lengths(&self) -> HashMap<u32, u64> {
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Records that committed entries now reference pack `id` up to `end`.
     pub fn committed(&self, id: u32, end: u64) {
         let mut c = self
