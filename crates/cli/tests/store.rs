@@ -11,25 +11,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
 use common::*;
-
-/// `cairn` on the data directory `data` (through `CAIRN_DATA_DIR`, as a user would
-/// set it), with no other store settings from the environment.
-fn cairn_at(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    run(
-        Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(args)
-            .env("CAIRN_DATA_DIR", data)
-            .env_remove("CAIRN_STORE")
-            .env_remove("BLOB_SERVICE_ADDR")
-            .env_remove("DIRECTORY_SERVICE_ADDR")
-            .env_remove("PATH_INFO_SERVICE_ADDR"),
-        stdin,
-    )
-}
 
 /// Adds a multi-MiB file (several chunks, streamed) to `make_tree`'s tree.
 fn make_full_tree(root: &Path) {
@@ -141,21 +126,6 @@ fn import_refuses_a_fifo_naming_it() {
     assert!(out.stdout.is_empty());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(s(&fifo)) && err.contains("FIFO"), "{err}");
-}
-
-/// Bytes under `dir`, recursively.
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let m = fs::symlink_metadata(e.path()).unwrap();
-        if m.is_dir() {
-            total += dir_size(&e.path());
-        } else {
-            total += m.len();
-        }
-    }
-    total
 }
 
 /// Imports `make_full_tree` and each of `ROOTS` into a fresh data directory and
@@ -429,63 +399,6 @@ fn verify_finds_a_corrupted_byte_and_names_the_path() {
         out.stdout.len(),
         theirs.len()
     );
-}
-
-/// A running daemon, killed if the test fails before stopping it.
-struct Daemon(Option<std::process::Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts `cairn daemon` on `data` and a free port; returns it with its TCP address.
-fn start_daemon(data: &Path) -> (Daemon, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env_remove("BLOB_SERVICE_ADDR")
-        .env_remove("DIRECTORY_SERVICE_ADDR")
-        .env_remove("PATH_INFO_SERVICE_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc+http://"))
-        .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
-        .to_string();
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), format!("grpc+http://{addr}"))
-}
-
-fn stop_daemon(mut daemon: Daemon) {
-    let mut child = daemon.0.take().unwrap();
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
 }
 
 #[test]

@@ -448,6 +448,8 @@ enum Piece {
 struct GrpcBlobWriter {
     tx: PollSender<Piece>,
     task: Option<JoinHandle<Result<proto::PutBlobResponse, tonic::Status>>>,
+    /// What the task ended with, once a write found it gone; `close` returns it.
+    ended: Option<Result<proto::PutBlobResponse, Error>>,
     hasher: blake3::Hasher,
     closed: bool,
 }
@@ -475,6 +477,7 @@ impl GrpcBlobWriter {
         Self {
             tx: PollSender::new(tx),
             task: Some(task),
+            ended: None,
             hasher: blake3::Hasher::new(),
             closed: false,
         }
@@ -486,6 +489,35 @@ fn broken() -> io::Error {
         io::ErrorKind::BrokenPipe,
         "blob upload ended early; close() reports why",
     )
+}
+
+/// The upload task's outcome as the crate's result.
+fn outcome(
+    joined: Result<Result<proto::PutBlobResponse, tonic::Status>, tokio::task::JoinError>,
+) -> Result<proto::PutBlobResponse, Error> {
+    joined
+        .map_err(|e| Error::Io(io::Error::other(e)))?
+        .map_err(Error::from)
+}
+
+impl GrpcBlobWriter {
+    /// The error for a write after the upload task stopped taking data: its own
+    /// error (the server's answer, a dead connection), so that a caller that
+    /// never gets to `close` still learns why.
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if let Some(task) = self.task.as_mut() {
+            let joined = ready!(task.poll_unpin(cx));
+            self.task = None;
+            self.ended = Some(outcome(joined));
+        }
+        Poll::Ready(match &self.ended {
+            Some(Err(e)) => io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                format!("blob upload ended early: {e}"),
+            ),
+            _ => broken(),
+        })
+    }
 }
 
 impl AsyncWrite for GrpcBlobWriter {
@@ -503,7 +535,9 @@ impl AsyncWrite for GrpcBlobWriter {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        ready!(self.tx.poll_reserve(cx)).map_err(|_| broken())?;
+        if ready!(self.tx.poll_reserve(cx)).is_err() {
+            return self.poll_ended(cx).map(Err);
+        }
         let n = data.len().min(MAX_PIECE);
         self.tx
             .send_item(Piece::Data(Bytes::copy_from_slice(&data[..n])))
@@ -535,11 +569,13 @@ impl BlobWriter for GrpcBlobWriter {
             .await
             .is_ok()
             && self.tx.send_item(Piece::Finish).is_ok();
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| Error::Io(io::Error::other("blob upload task missing")))?;
-        let response = task.await.map_err(|e| Error::Io(io::Error::other(e)))??;
+        let response = match (self.task.take(), self.ended.take()) {
+            (Some(task), _) => outcome(task.await)?,
+            (None, Some(ended)) => ended?,
+            (None, None) => {
+                return Err(Error::Io(io::Error::other("blob upload task missing")));
+            }
+        };
         if !sent {
             return Err(Error::Io(broken()));
         }

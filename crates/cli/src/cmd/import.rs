@@ -41,7 +41,7 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async {
         let store = args.store.open()?;
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::stdout::locked();
         for path in &args.paths {
             let name = match &args.name {
                 Some(n) => n.clone(),

@@ -58,7 +58,7 @@ pub fn run(c: KeyCommand) -> anyhow::Result<()> {
             key.to_verifying_key().to_string()
         }
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = crate::stdout::locked();
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(())

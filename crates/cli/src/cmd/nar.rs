@@ -13,6 +13,8 @@ use cairn_nix::hash::HashAlgo;
 use cairn_nix::nar::{self, Event, Reader, Writer};
 use clap::{Args, Subcommand};
 
+use crate::stdout;
+
 /// Buffer between the NAR writer and stdout. Smaller than the writer's 256 KiB
 /// contents buffer, so file contents go to stdout without an extra copy.
 const STDOUT_BUF: usize = 128 * 1024;
@@ -86,13 +88,13 @@ pub struct LsArgs {
 pub fn run(c: NarCommand) -> anyhow::Result<()> {
     match c {
         NarCommand::Dump(a) => {
-            let mut w = Writer::new(BufWriter::with_capacity(STDOUT_BUF, raw_stdout()?));
+            let mut w = Writer::new(BufWriter::with_capacity(STDOUT_BUF, stdout::raw()?));
             dump(&a.path, &mut w)?;
             w.finish().context("writing the NAR to stdout")?;
             Ok(())
         }
         NarCommand::Hash(a) => {
-            let mut out = io::stdout().lock();
+            let mut out = stdout::locked();
             for path in &a.paths {
                 let mut w = Writer::new(HashAlgo::Sha256.hasher());
                 dump(path, &mut w)?;
@@ -104,7 +106,7 @@ pub fn run(c: NarCommand) -> anyhow::Result<()> {
         }
         NarCommand::Restore(a) => restore(&a.dir, io::stdin().lock()),
         NarCommand::Ls(a) => {
-            let mut out = BufWriter::new(io::stdout().lock());
+            let mut out = BufWriter::new(stdout::locked());
             if a.file.as_os_str() == "-" {
                 ls(io::stdin().lock(), &mut out, a.json, "stdin")?;
             } else {
@@ -116,17 +118,6 @@ pub fn run(c: NarCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Stdout as a plain file: `io::Stdout` is line-buffered, and would scan all file
-/// contents for newlines and split writes at them.
-fn raw_stdout() -> anyhow::Result<File> {
-    use std::os::fd::AsFd;
-    let fd = io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("cannot use stdout")?;
-    Ok(File::from(fd))
 }
 
 // ---- dump -----------------------------------------------------------------------

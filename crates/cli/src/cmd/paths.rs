@@ -2,7 +2,6 @@
 //! `path-info`, `ls`, `cat` and `verify`.
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -14,6 +13,7 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::store::{Store, StoreArgs, parse_store_path, runtime};
+use crate::stdout;
 
 /// Bytes copied to stdout at a time.
 const OUT_BUF: usize = 256 * 1024;
@@ -104,19 +104,9 @@ pub struct VerifyArgs {
     store: StoreArgs,
 }
 
-/// Stdout as a plain file: `io::Stdout` is line-buffered and would split writes
-/// at newlines.
-fn raw_stdout() -> anyhow::Result<std::fs::File> {
-    let fd = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .context("cannot use stdout")?;
-    Ok(std::fs::File::from(fd))
-}
-
 /// Copies `r` to stdout.
 async fn to_stdout(mut r: impl tokio::io::AsyncRead + Unpin) -> anyhow::Result<()> {
-    let mut out = raw_stdout()?;
+    let mut out = stdout::raw()?;
     let mut buf = vec![0u8; OUT_BUF];
     loop {
         let n = r.read(&mut buf).await?;
@@ -133,7 +123,7 @@ async fn to_stdout(mut r: impl tokio::io::AsyncRead + Unpin) -> anyhow::Result<(
 async fn stream_to_stdout(
     mut s: impl futures::Stream<Item = std::io::Result<impl AsRef<[u8]>>> + Unpin,
 ) -> anyhow::Result<()> {
-    let mut out = raw_stdout()?;
+    let mut out = stdout::raw()?;
     let mut buf = Vec::with_capacity(OUT_BUF);
     while let Some(piece) = s.next().await {
         let piece = piece?;
@@ -223,7 +213,9 @@ pub fn add_nar(args: AddNarArgs) -> anyhow::Result<()> {
             ingested.nar_sha256,
         )
         .await?;
-        println!("{}", path.to_absolute());
+        let mut out = stdout::locked();
+        writeln!(out, "{}", path.to_absolute())?;
+        out.flush()?;
         Ok(())
     })
 }
@@ -244,7 +236,7 @@ pub fn path_info(args: PathInfoArgs) -> anyhow::Result<()> {
         // Nix prints a set of paths: sorted, each once.
         infos.sort_by(|a, b| a.store_path.cmp(&b.store_path));
         infos.dedup_by(|a, b| a.store_path == b.store_path);
-        let mut out = std::io::stdout().lock();
+        let mut out = stdout::locked();
         if args.json {
             let items: Vec<String> = infos.iter().map(PathInfo::to_json).collect();
             write!(out, "[{}]", items.join(","))?;
@@ -316,7 +308,7 @@ pub fn ls(args: LsArgs) -> anyhow::Result<()> {
             )
             .await?;
         }
-        let mut stdout = std::io::stdout().lock();
+        let mut stdout = stdout::locked();
         stdout.write_all(&out)?;
         stdout.flush()?;
         Ok(())

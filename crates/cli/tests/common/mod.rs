@@ -17,6 +17,24 @@ pub fn cairn(args: &[&str], stdin: Option<&[u8]>) -> Output {
     run(Command::new(env!("CARGO_BIN_EXE_cairn")).args(args), stdin)
 }
 
+/// `cairn ARGS` on the data directory `data` (through `CAIRN_DATA_DIR`, as a user
+/// would set it), with no other store settings from the environment.
+pub fn cairn_at_cmd(data: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(args)
+        .env("CAIRN_DATA_DIR", data)
+        .env_remove("CAIRN_STORE")
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR")
+        .env_remove("PATH_INFO_SERVICE_ADDR");
+    cmd
+}
+
+/// [`cairn_at_cmd`] run to its end, with `stdin` fed from a thread.
+pub fn cairn_at(data: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    run(&mut cairn_at_cmd(data, args), stdin)
+}
+
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Output {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
@@ -169,4 +187,76 @@ pub fn make_tree(root: &Path) {
     }
     fs::create_dir_all(&deep).unwrap();
     fs::write(deep.join("bottom"), b"deep down").unwrap();
+}
+
+/// A running daemon, killed if the test fails before stopping it.
+pub struct Daemon(pub Option<std::process::Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `cairn daemon` on `data` and a free port; returns it with its TCP address.
+pub fn start_daemon(data: &Path) -> (Daemon, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args([
+            "daemon",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env_remove("BLOB_SERVICE_ADDR")
+        .env_remove("DIRECTORY_SERVICE_ADDR")
+        .env_remove("PATH_INFO_SERVICE_ADDR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("grpc+http://"))
+        .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (Daemon(Some(child)), format!("grpc+http://{addr}"))
+}
+
+pub fn stop_daemon(mut daemon: Daemon) {
+    let mut child = daemon.0.take().unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+/// Bytes under `dir`, recursively.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = fs::symlink_metadata(e.path()).unwrap();
+        if m.is_dir() {
+            total += dir_size(&e.path());
+        } else {
+            total += m.len();
+        }
+    }
+    total
 }
