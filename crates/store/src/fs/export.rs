@@ -24,7 +24,9 @@ const COPY_BUF: usize = 256 * 1024;
 /// files (0644, or 0755 if executable) and symlinks as stored.
 ///
 /// Everything is created under a temporary name next to `dest` and renamed to
-/// `dest` only when complete: on error nothing is left at `dest`. Every entry is
+/// `dest` only when complete, by a rename that never replaces: on error nothing
+/// is left at `dest`, and a path someone else creates at `dest` meanwhile is left
+/// as it is ([`Error::Exists`]). Every entry is
 /// created new inside that temporary directory (never following an existing
 /// symlink), and entry names are validated path components, so nothing is written
 /// outside `dest`.
@@ -34,6 +36,20 @@ pub async fn export(
     node: &Node,
     dest: &Path,
 ) -> Result<(), Error> {
+    export_with(blobs, directories, node, dest, || {}).await
+}
+
+/// [`export`], calling `before_rename` once the tree is complete and before it is
+/// renamed to `dest`: tests create `dest` there.
+async fn export_with(
+    blobs: Arc<dyn BlobService>,
+    directories: &dyn DirectoryService,
+    node: &Node,
+    dest: &Path,
+    before_rename: impl FnOnce(),
+) -> Result<(), Error> {
+    // Fails early, before anything is read; the rename below is what guarantees
+    // that nothing at `dest` is ever replaced.
     if std::fs::symlink_metadata(dest).is_ok() {
         return Err(Error::Exists {
             path: dest.to_path_buf(),
@@ -59,17 +75,44 @@ pub async fn export(
     let tmp = parent.join(tmp_name);
 
     let result = match materialize(blobs, directories, node, &tmp).await {
-        Ok(()) => std::fs::rename(&tmp, dest).map_err(|source| Error::Io {
-            what: "rename into place",
-            path: dest.to_path_buf(),
-            source,
-        }),
+        Ok(()) => {
+            before_rename();
+            rename_new(&tmp, dest)
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
         remove_all(&tmp);
     }
     result
+}
+
+/// Renames `from` to `to` unless something exists at `to`, in one step
+/// (`renameat2` with `RENAME_NOREPLACE`): a plain rename would replace a file, a
+/// symlink or an empty directory created at `to` since `export` checked.
+fn rename_new(from: &Path, to: &Path) -> Result<(), Error> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(|errno| match errno {
+        Errno::EXIST => Error::Exists {
+            path: to.to_path_buf(),
+        },
+        Errno::INVAL => Error::Io {
+            what: "rename into place",
+            path: to.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the file system cannot rename without replacing (RENAME_NOREPLACE), \
+                 which export needs so as never to replace a path; export to another \
+                 file system",
+            ),
+        },
+        errno => Error::Io {
+            what: "rename into place",
+            path: to.to_path_buf(),
+            source: errno.into(),
+        },
+    })
 }
 
 /// Removes what a failed export created; best effort, the export's error matters.
@@ -241,4 +284,85 @@ async fn write_file(
         .await
         .map_err(io("set the mode of", &path))?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use cairn_castore::blobservice::MemoryBlobService;
+    use cairn_castore::directoryservice::MemoryDirectoryService;
+
+    use super::*;
+    use crate::fs::{Progress, import_path};
+
+    /// Exports what `make` creates at `tmp/src` to `tmp/dest`, while `intruder`
+    /// creates `tmp/dest` between the export's check and its rename. Checks that
+    /// the export fails naming `dest` and leaves nothing of its own; returns `dest`
+    /// for the caller to check that it is untouched.
+    async fn export_racing(
+        tmp: &Path,
+        make: impl FnOnce(&Path),
+        intruder: impl FnOnce(&Path),
+    ) -> PathBuf {
+        let src = tmp.join("src");
+        make(&src);
+        let blobs: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let dirs = MemoryDirectoryService::new();
+        let imported = import_path(blobs.clone(), &dirs, &src, Arc::new(Progress::new()))
+            .await
+            .unwrap();
+        let dest = tmp.join("dest");
+        let err = export_with(blobs, &dirs, &imported.root, &dest, || intruder(&dest))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Exists { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&dest.display().to_string()), "{message}");
+        let mut left: Vec<_> = std::fs::read_dir(tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dest", "src"], "temporary left behind");
+        dest
+    }
+
+    #[tokio::test]
+    async fn a_file_created_at_dest_during_the_export_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = export_racing(
+            tmp.path(),
+            |src| std::fs::write(src, b"exported").unwrap(),
+            |dest| std::fs::write(dest, b"someone else's").unwrap(),
+        )
+        .await;
+        assert_eq!(std::fs::read(&dest).unwrap(), b"someone else's");
+    }
+
+    #[tokio::test]
+    async fn an_empty_directory_created_at_dest_during_the_export_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = export_racing(
+            tmp.path(),
+            |src| {
+                std::fs::create_dir_all(src.join("sub")).unwrap();
+                std::fs::write(src.join("sub/f"), b"exported").unwrap();
+            },
+            |dest| std::fs::create_dir(dest).unwrap(),
+        )
+        .await;
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_symlink_created_at_dest_during_the_export_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = export_racing(
+            tmp.path(),
+            |src| std::fs::write(src, b"exported").unwrap(),
+            |dest| std::os::unix::fs::symlink("/nowhere", dest).unwrap(),
+        )
+        .await;
+        assert_eq!(std::fs::read_link(&dest).unwrap(), Path::new("/nowhere"));
+    }
 }
