@@ -3,10 +3,17 @@
 use std::pin::Pin;
 
 use async_compression::Level;
-use async_compression::tokio::bufread::{
-    BrotliDecoder, BzDecoder, XzDecoder, XzEncoder, ZstdDecoder, ZstdEncoder,
-};
-use tokio::io::{AsyncBufRead, AsyncRead, BufReader};
+use async_compression::tokio::bufread::{BrotliDecoder, BzDecoder, XzDecoder, ZstdDecoder};
+use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
+use bytes::Bytes;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::StreamReader;
+
+/// NAR bytes handed to the compressor at a time. Each block is read whole
+/// before it is compressed, so the compressor's input, and with it its output,
+/// is the same on every request; compressing it holds a runtime thread about as
+/// long as the reads of a 256 KiB buffer did.
+const BLOCK: usize = 256 * 1024;
 
 /// A NAR file's compression.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,21 +95,73 @@ impl Compression {
     /// A reader compressing `input` for a download, tuned for speed (the NAR is
     /// rendered per request, so compression time is paid per request); `None` for
     /// the compressions cairn does not serve (bzip2, brotli).
+    ///
+    /// The output is a function of `input`'s bytes alone (it is served as
+    /// immutable): the compressor gets them in blocks of [`BLOCK`] bytes and is
+    /// never flushed before the end. (A compressing reader flushes whenever its
+    /// input is not ready, which made the bytes depend on the rendering's timing.)
+    /// Memory stays at one block, one block's output and the compressor's window.
     pub fn encoder<'a, R: AsyncRead + Send + 'a>(
         self,
         input: R,
     ) -> Option<Pin<Box<dyn AsyncRead + Send + 'a>>> {
-        let input = BufReader::with_capacity(256 * 1024, input);
         match self {
             Compression::None => Some(Box::pin(input)),
-            Compression::Zstd => Some(Box::pin(ZstdEncoder::with_quality(
+            Compression::Zstd => Some(compressed(
                 input,
-                Level::Precise(1),
-            ))),
-            Compression::Xz => Some(Box::pin(XzEncoder::with_quality(input, Level::Precise(1)))),
+                ZstdEncoder::with_quality(Vec::new(), Level::Precise(1)),
+                ZstdEncoder::get_mut,
+            )),
+            Compression::Xz => Some(compressed(
+                input,
+                XzEncoder::with_quality(Vec::new(), Level::Precise(1)),
+                XzEncoder::get_mut,
+            )),
             Compression::Bzip2 | Compression::Brotli => None,
         }
     }
+}
+
+/// `input` through `encoder`, a compressor writing into a `Vec` (`output` gives
+/// it), block by block; see [`Compression::encoder`].
+fn compressed<'a, R, E>(
+    input: R,
+    mut encoder: E,
+    output: fn(&mut E) -> &mut Vec<u8>,
+) -> Pin<Box<dyn AsyncRead + Send + 'a>>
+where
+    R: AsyncRead + Send + 'a,
+    E: AsyncWrite + Unpin + Send + 'a,
+{
+    let stream = async_stream::try_stream! {
+        let mut input = Box::pin(input);
+        let mut block = vec![0u8; BLOCK];
+        loop {
+            let mut filled = 0;
+            while filled < BLOCK {
+                match input.read(&mut block[filled..]).await? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            // Writing into a `Vec` never waits: each write compresses at once.
+            encoder.write_all(&block[..filled]).await?;
+            let end = filled < BLOCK;
+            if end {
+                encoder.shutdown().await?;
+            }
+            let out = std::mem::take(output(&mut encoder));
+            if !out.is_empty() {
+                yield Bytes::from(out);
+            }
+            if end {
+                break;
+            }
+        }
+    };
+    let stream: Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send + 'a>> =
+        Box::pin(stream);
+    Box::pin(StreamReader::new(stream))
 }
 
 #[cfg(test)]

@@ -934,9 +934,25 @@ fn curl_status(args: &[&str]) -> (i32, String) {
 /// 1 MiB file whose blob never was (`None`). Its NarHash is a dummy; its NarSize
 /// is returned.
 async fn serve_with_missing_blob(name: &str, entries: &[(&str, Option<&[u8]>)]) -> (Server, u64) {
+    serve_entries(name, entries, "memory://").await
+}
+
+/// The `URL:` of the narinfo of [`serve_entries`]'s path.
+fn served_nar_url(url: &str) -> String {
+    let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
+    assert_eq!(code, 200);
+    let ni = String::from_utf8(ni).unwrap();
+    ni.lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .unwrap()
+        .to_string()
+}
+
+/// [`serve_with_missing_blob`] on the blob and directory services of `addr`.
+async fn serve_entries(name: &str, entries: &[(&str, Option<&[u8]>)], addr: &str) -> (Server, u64) {
     use cairn_castore::{B3Digest, Directory, Node, PathComponent};
-    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
-    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let blobs = cairn_castore::blob_service_from_addr(addr).unwrap();
+    let dirs = cairn_castore::directory_service_from_addr(addr).unwrap();
     let infos = cairn_store::pathinfo::path_info_service_from_addr(
         "memory://",
         blobs.clone(),
@@ -1001,10 +1017,8 @@ async fn missing_blob_aborts_the_download() {
         serve_with_missing_blob("broken", &[("a", Some(b"present\n")), ("b", None)]).await;
     let url = server.url.clone();
     tokio::task::spawn_blocking(move || {
-        let (code, ni) = curl(&[&format!("{url}/{}.narinfo", "0".repeat(32))]);
-        assert_eq!(code, 200);
-        let ni = String::from_utf8(ni).unwrap();
-        let nar_url = ni.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap();
+        let nar_url = served_nar_url(&url);
+        let nar_url = nar_url.as_str();
         // Identity (Content-Length), a range from the start of the missing file's
         // neighbourhood, and zstd (chunked): every one is a failed transfer for
         // curl, never a complete response.
@@ -1020,6 +1034,77 @@ async fn missing_blob_aborts_the_download() {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let (exit, status) = curl_status(&args);
             assert_ne!(exit, 0, "{args:?} ended cleanly with status {status}");
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+/// `.nar.zst` and `.nar.xz` are served `immutable`, so a client or proxy may keep
+/// whichever copy it got: every request must get the same bytes, however the
+/// NAR's rendering (blobs decoded on other threads) happens to be timed.
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_nars_are_the_same_bytes_every_time() {
+    // The embedded store, whose reads finish on its decoding threads: the
+    // compressor sees the NAR arrive in pieces at varying times.
+    let data = tempfile::tempdir().unwrap();
+    let addr = format!("redb://{}", data.path().display());
+    let files: Vec<(String, Vec<u8>)> = (0..4u64)
+        .map(|i| {
+            let mut contents = cairn_testkit::data::pseudo_random(2 << 20, i);
+            // Some of it compressible, so that the compressed stream is not
+            // just the input stored.
+            contents.extend(b"compressible ".repeat(80_000 * (i as usize + 1)));
+            (format!("f{i}"), contents)
+        })
+        .collect();
+    let entries: Vec<(&str, Option<&[u8]>)> = files
+        .iter()
+        .map(|(n, c)| (n.as_str(), Some(c.as_slice())))
+        .collect();
+    let (server, nar_size) = serve_entries("compressed", &entries, &addr).await;
+    let url = server.url.clone();
+    tokio::task::spawn_blocking(move || {
+        let nar_url = served_nar_url(&url);
+        let nar_url = nar_url.as_str();
+        let (code, nar) = curl(&[&format!("{url}/{nar_url}")]);
+        assert_eq!(code, 200);
+        assert_eq!(nar.len() as u64, nar_size);
+        let dir = tempfile::tempdir().unwrap();
+        for (ext, tool) in [("zst", "zstd"), ("xz", "xz")] {
+            let file_url = format!("{url}/{nar_url}.{ext}");
+            let get = || {
+                let (code, body) = curl(&[&file_url]);
+                assert_eq!(code, 200, "{file_url}");
+                body
+            };
+            let first = get();
+            let file = dir.path().join(format!("nar.{ext}"));
+            std::fs::write(&file, &first).unwrap();
+            let out = run(Command::new(tool).arg("-dc").arg(&file));
+            assert!(out.status.success(), "{tool} -dc");
+            assert!(out.stdout == nar, "the {ext} download is not the NAR");
+            // One at a time, then four at once (and the other requests of this
+            // loop and of other tests load the machine meanwhile).
+            for round in 0..3 {
+                assert!(
+                    get() == first,
+                    "{ext} request {round} differs from the first"
+                );
+            }
+            let together: Vec<Vec<u8>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4).map(|_| scope.spawn(get)).collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for (i, body) in together.iter().enumerate() {
+                assert!(
+                    *body == first,
+                    "concurrent {ext} request {i} differs from the first ({} vs {} bytes)",
+                    body.len(),
+                    first.len()
+                );
+            }
         }
     })
     .await
