@@ -399,6 +399,28 @@ fn verify_finds_a_corrupted_byte_and_names_the_path() {
         out.stdout.len(),
         theirs.len()
     );
+
+    // Importing the same content again does not restore it while the damaged
+    // chunk is indexed (it dedups against it); --repair drops it, names the
+    // paths that need their content, and then a re-import restores both paths.
+    let out = cairn_at(&data, &["verify", "--repair"], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for p in [&store_paths[0], &store_paths[6]] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("path '{p}': "))
+                    && l.contains("needs its content again")),
+            "{err}"
+        );
+    }
+    assert!(err.contains("1 damaged chunks dropped"), "{err}");
+    assert_eq!(
+        text(ok(cairn_at(&data, &["import", s(&root.join("big"))], None))).trim_end(),
+        store_paths[6]
+    );
+    ok(cairn_at(&data, &["verify"], None));
+    assert!(ok(cairn_at(&data, &["dump", &store_paths[6]], None)) == theirs);
 }
 
 #[test]

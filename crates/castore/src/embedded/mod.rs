@@ -357,6 +357,62 @@ impl EmbeddedStore {
         }))
     }
 
+    /// Drops what is damaged of blob `digest` from the index: every chunk of it
+    /// that fails verification, and the blob's own entry if any did, so that
+    /// writing the same content again stores it anew (a write of a chunk whose
+    /// digest is indexed keeps the indexed copy). Returns the chunks dropped.
+    /// Other blobs sharing a dropped chunk read as missing until it is written
+    /// again.
+    pub async fn drop_damaged(&self, digest: &[u8; 32]) -> Result<usize, EmbeddedError> {
+        use tokio::io::AsyncReadExt;
+        let chunks: Vec<[u8; 32]> = match self.blob_chunks(digest) {
+            Ok(None) => return Ok(0),
+            Ok(Some(list)) if list.is_empty() => vec![*digest],
+            Ok(Some(list)) => list.into_iter().map(|(d, _)| d).collect(),
+            // Its chunk list itself is damaged: only the blob's entry can go.
+            Err(EmbeddedError::Corrupt(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut bad = Vec::new();
+        let mut seen = HashSet::new();
+        let mut buf = Vec::new();
+        for c in chunks {
+            if !seen.insert(c) {
+                continue;
+            }
+            let Some(mut r) = self.open_blob(&c)? else {
+                continue;
+            };
+            buf.clear();
+            match r.read_to_end(&mut buf).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => bad.push(c),
+                Err(e) => {
+                    return Err(EmbeddedError::Io {
+                        what: "read chunk of",
+                        path: self.dir().to_owned(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        let blob_damaged = !bad.is_empty() || seen.is_empty();
+        if !blob_damaged {
+            return Ok(0);
+        }
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        {
+            let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
+            for c in &bad {
+                chunks.remove(c).map_err(db_err)?;
+            }
+            let mut blobs = txn.open_table(BLOBS).map_err(db_err)?;
+            blobs.remove(digest).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(bad.len())
+    }
+
     /// The size of blob `digest`, if stored.
     pub fn blob_size(&self, digest: &[u8; 32]) -> Result<Option<u64>, EmbeddedError> {
         Ok(self.blob_layout(digest)?.map(|l| match l {

@@ -100,6 +100,12 @@ pub struct CatArgs {
 pub struct VerifyArgs {
     /// Store paths to check [default: every path in the store].
     paths: Vec<String>,
+    /// Drop what is damaged (chunks failing verification) from the embedded
+    /// store, so that importing or uploading the same content again restores
+    /// it; names the paths that need their content again. Works on the data
+    /// directory itself: stop a daemon serving it first.
+    #[arg(long)]
+    repair: bool,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -491,6 +497,18 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     runtime()?.block_on(async {
         let store = args.store.open()?;
+        let repair = if args.repair {
+            let urls = args.store.urls()?;
+            let Some(dir) = urls[0].strip_prefix("redb://") else {
+                bail!(
+                    "--repair works on the data directory itself, not on {}: stop the daemon serving it first",
+                    urls[0]
+                );
+            };
+            Some(cairn_castore::embedded::EmbeddedStore::open_shared(dir)?)
+        } else {
+            None
+        };
         let mut failed = 0usize;
         let mut checked = 0usize;
         let mut check = async |info: PathInfo| {
@@ -530,6 +548,14 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 Err(e) => {
                     failed += 1;
                     eprintln!("path '{path}' is damaged: {e}");
+                    if let Some(embedded) = &repair {
+                        match drop_damaged(embedded, &*store.directories, &info.node).await {
+                            Ok(n) => eprintln!(
+                                "path '{path}': {n} damaged chunks dropped; it needs its content again (import or upload it again)"
+                            ),
+                            Err(e) => eprintln!("path '{path}': cannot drop what is damaged: {e:#}"),
+                        }
+                    }
                 }
             }
         };
@@ -549,4 +575,33 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Drops the damaged chunks of every file of the tree at `node` from the
+/// embedded store; returns how many.
+async fn drop_damaged(
+    store: &cairn_castore::embedded::EmbeddedStore,
+    directories: &dyn cairn_castore::DirectoryService,
+    node: &Node,
+) -> anyhow::Result<usize> {
+    let mut files = Vec::new();
+    match node {
+        Node::File { digest, .. } => files.push(*digest),
+        Node::Directory { digest, .. } => {
+            let mut closure = directories.get_recursive(digest);
+            while let Some(dir) = closure.next().await {
+                for (_, child) in dir?.nodes() {
+                    if let Node::File { digest, .. } = child {
+                        files.push(*digest);
+                    }
+                }
+            }
+        }
+        Node::Symlink { .. } => {}
+    }
+    let mut dropped = 0;
+    for d in files {
+        dropped += store.drop_damaged(d.as_bytes()).await?;
+    }
+    Ok(dropped)
 }
