@@ -37,14 +37,18 @@ const MAX_HEADERS: usize = 32;
 /// A narinfo error's body (a one-line message) longer than this is cut.
 const MAX_ERROR_BODY: usize = 64 << 10;
 
-/// What the parser made of the start of the buffer.
+/// What the connection loop's parser made of the start of its buffer.
 #[derive(Debug, PartialEq, Eq)]
-enum Head {
+pub enum RequestHead {
     /// `GET` (or `HEAD` if `head`) of `/<hash>.narinfo` whose request head takes
-    /// `len` bytes.
+    /// `len` bytes: answered by the loop itself.
     Narinfo {
+        /// The URL's hash part: 32 ASCII digits and lowercase letters (not
+        /// necessarily nixbase32; see [`crate::parse_hash_part`]).
         hash: [u8; 32],
+        /// A `HEAD` request.
         head: bool,
+        /// Bytes of the request head, the blank line included.
         len: usize,
     },
     /// An incomplete request head.
@@ -53,23 +57,25 @@ enum Head {
     Other,
 }
 
-/// Parses the request at the start of `buf`. A narinfo request that `may_read`
-/// refuses (given its `Authorization` header) is hyper's, which answers it 401.
-fn parse(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> Head {
+/// Parses the request at the start of `buf`, as a connection does before it
+/// answers or hands over (public for the fuzz target: no socket, no store). A
+/// narinfo request that `may_read` refuses (given its `Authorization` header) is
+/// hyper's, which answers it 401.
+pub fn parse_request(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> RequestHead {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Other,
+        Ok(httparse::Status::Partial) => return RequestHead::Partial,
+        Err(_) => return RequestHead::Other,
     };
     let head = match req.method {
         Some("GET") => false,
         Some("HEAD") => true,
-        _ => return Head::Other,
+        _ => return RequestHead::Other,
     };
     if req.version != Some(1) {
-        return Head::Other;
+        return RequestHead::Other;
     }
     let Some(hash) = req
         .path
@@ -77,7 +83,7 @@ fn parse(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> Head {
         .and_then(|p| p.strip_suffix(".narinfo"))
         .and_then(|h| <[u8; 32]>::try_from(h.as_bytes()).ok())
     else {
-        return Head::Other;
+        return RequestHead::Other;
     };
     // The hash part's alphabet, so the path needs no percent-decoding (a wrong
     // hash in it is still a 404, from the lookup).
@@ -85,7 +91,7 @@ fn parse(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> Head {
         .iter()
         .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
     {
-        return Head::Other;
+        return RequestHead::Other;
     }
     let mut authorization = None;
     for h in req.headers.iter() {
@@ -99,13 +105,13 @@ fn parse(buf: &[u8], may_read: impl Fn(Option<&[u8]>) -> bool) -> Head {
             // Two are rare enough to leave to hyper and the router.
             || (is("authorization") && authorization.replace(h.value).is_some())
         {
-            return Head::Other;
+            return RequestHead::Other;
         }
     }
     if !may_read(authorization) {
-        return Head::Other;
+        return RequestHead::Other;
     }
-    Head::Narinfo { hash, head, len }
+    RequestHead::Narinfo { hash, head, len }
 }
 
 /// The `Date` header's value, formatted once a second.
@@ -294,13 +300,13 @@ async fn serve_connection(
     let mut date = Date::new();
     loop {
         loop {
-            match parse(&buf, |a| cache.may_read(a)) {
-                Head::Narinfo { hash, head, len } => {
+            match parse_request(&buf, |a| cache.may_read(a)) {
+                RequestHead::Narinfo { hash, head, len } => {
                     narinfo(&cache, &hash, head, date.now(), &mut out).await;
                     buf.advance(len);
                 }
-                Head::Partial if buf.len() <= MAX_HEAD => break,
-                Head::Partial | Head::Other => {
+                RequestHead::Partial if buf.len() <= MAX_HEAD => break,
+                RequestHead::Partial | RequestHead::Other => {
                     if stream.write_all(&out).await.is_ok() {
                         hand_over(stream, buf, router, stop, cache.config()).await;
                     }
@@ -441,8 +447,8 @@ mod tests {
 
     const H: &str = "mrca5xlp64pk5zy3z7rf3yzv3xsid47g";
 
-    fn narinfo_head(req: &str) -> Head {
-        parse(req.as_bytes(), |_| true)
+    fn narinfo_head(req: &str) -> RequestHead {
+        parse_request(req.as_bytes(), |_| true)
     }
 
     #[test]
@@ -451,8 +457,8 @@ mod tests {
         let req = |auth: &str| format!("GET /{H}.narinfo HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
         let ok = req("authorization: Bearer r34d\r\n");
         assert_eq!(
-            parse(ok.as_bytes(), may_read),
-            Head::Narinfo {
+            parse_request(ok.as_bytes(), may_read),
+            RequestHead::Narinfo {
                 hash: H.as_bytes().try_into().unwrap(),
                 head: false,
                 len: ok.len()
@@ -464,8 +470,8 @@ mod tests {
             "Authorization: Bearer r34d\r\nAuthorization: Bearer r34d\r\n",
         ] {
             assert_eq!(
-                parse(req(auth).as_bytes(), may_read),
-                Head::Other,
+                parse_request(req(auth).as_bytes(), may_read),
+                RequestHead::Other,
                 "{auth:?}"
             );
         }
@@ -476,7 +482,7 @@ mod tests {
         let get = format!("GET /{H}.narinfo HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n");
         assert_eq!(
             narinfo_head(&get),
-            Head::Narinfo {
+            RequestHead::Narinfo {
                 hash: H.as_bytes().try_into().unwrap(),
                 head: false,
                 len: get.len()
@@ -485,10 +491,10 @@ mod tests {
         let head = format!("HEAD /{H}.narinfo HTTP/1.1\r\nConnection: Keep-Alive\r\n\r\nGET");
         assert!(matches!(
             narinfo_head(&head),
-            Head::Narinfo { head: true, len, .. } if len == head.len() - 3
+            RequestHead::Narinfo { head: true, len, .. } if len == head.len() - 3
         ));
-        assert_eq!(narinfo_head(&get[..get.len() - 1]), Head::Partial);
-        assert_eq!(narinfo_head(""), Head::Partial);
+        assert_eq!(narinfo_head(&get[..get.len() - 1]), RequestHead::Partial);
+        assert_eq!(narinfo_head(""), RequestHead::Partial);
     }
 
     #[test]
@@ -509,7 +515,7 @@ mod tests {
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_owned(),
             "\x16\x03\x01 not http".to_owned(),
         ] {
-            assert_eq!(narinfo_head(&req), Head::Other, "{req:?}");
+            assert_eq!(narinfo_head(&req), RequestHead::Other, "{req:?}");
         }
     }
 }

@@ -43,8 +43,8 @@ mod server;
 
 pub use cairn_castore::auth::Token;
 pub use compression::Compression;
-pub use conn::serve;
+pub use conn::{RequestHead, parse_request, serve};
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};
-pub use server::{BinaryCache, CacheConfig, DEFAULT_MAX_NAR_SIZE, router};
+pub use server::{BinaryCache, CacheConfig, DEFAULT_MAX_NAR_SIZE, parse_hash_part, router};

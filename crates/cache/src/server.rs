@@ -347,8 +347,9 @@ async fn put_cache_info(
     Ok(StatusCode::CREATED)
 }
 
-/// The store path digest of a URL's hash part.
-fn parse_hash_part(s: &str) -> Option<[u8; DIGEST_LEN]> {
+/// The store path digest of a URL's hash part (`/<hash>.narinfo`, `/<hash>.ls`,
+/// `nar/<hash>-...`); `None` (a 404) unless it is 32 nixbase32 characters.
+pub fn parse_hash_part(s: &str) -> Option<[u8; DIGEST_LEN]> {
     if s.len() != HASH_PART_LEN {
         return None;
     }
