@@ -749,6 +749,30 @@ fn daemon_access_control() {
     stop(daemon);
 }
 
+/// The binary cache's address in the daemon's first line.
+fn http_addr(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
+        .to_string()
+}
+
+/// PUTs Nix's NAR of `tree` to the binary cache at `http` (uncompressed, named
+/// by its hash); the answer's body and status code on the last line.
+fn put_nar(nix: &cairn_testkit::nix::Nix, http: &str, tree: &Path) -> String {
+    let nar = cairn_testkit::nix::ok_bytes(nix.command("nix-store").arg("--dump").arg(tree));
+    let sha = cairn_nix::hash::HashAlgo::Sha256.digest(&nar).to_nix32();
+    let file = nix.path("upload.nar");
+    std::fs::write(&file, &nar).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{http}/nar/{sha}.nar"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The operator's limits refuse early, with 413 over HTTP and
 /// RESOURCE_EXHAUSTED over gRPC, registering nothing: a directory of more
 /// entries than --max-directory-entries (in a NAR upload and in a
@@ -767,25 +791,9 @@ fn daemon_limits() {
             "--allow-anonymous-uploads",
         ],
     );
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
-        .to_string();
+    let http = http_addr(&line);
     let nix = cairn_testkit::nix::Nix::new();
-    let put_nar = |tree: &Path| {
-        let nar = cairn_testkit::nix::ok_bytes(nix.command("nix-store").arg("--dump").arg(tree));
-        let sha = cairn_nix::hash::HashAlgo::Sha256.digest(&nar).to_nix32();
-        let file = tmp.path().join("upload.nar");
-        std::fs::write(&file, &nar).unwrap();
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary"])
-            .arg(format!("@{}", file.display()))
-            .arg(format!("http://{http}/nar/{sha}.nar"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let put_nar = |tree: &Path| put_nar(&nix, &http, tree);
     let wide = tmp.path().join("wide");
     std::fs::create_dir(&wide).unwrap();
     for i in 0..150 {
@@ -843,11 +851,7 @@ fn idle_connection_flood_stalls_nothing() {
             "50",
         ],
     );
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
-        .to_string();
+    let http = http_addr(&line);
     let mut flood = Vec::new();
     for target in [&http, &addr] {
         for _ in 0..300 {
@@ -933,26 +937,12 @@ fn full_disk_then_space_freed_without_restart() {
     let filler = mnt.join("filler");
     std::fs::write(&filler, vec![1u8; 12 << 20]).unwrap();
     let (daemon, _addr, line) = start_with(&data, &["--allow-anonymous-uploads"]);
-    let http = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
-        .to_string();
+    let http = http_addr(&line);
     let nix = cairn_testkit::nix::Nix::new();
     let put_nar = |seed: u64| {
         let file = tmp.path().join(format!("content-{seed}"));
         std::fs::write(&file, cairn_testkit::data::pseudo_random(6 << 20, seed)).unwrap();
-        let nar = cairn_testkit::nix::ok_bytes(nix.command("nix-store").arg("--dump").arg(&file));
-        let sha = cairn_nix::hash::HashAlgo::Sha256.digest(&nar).to_nix32();
-        let upload = tmp.path().join("upload.nar");
-        std::fs::write(&upload, &nar).unwrap();
-        let out = Command::new("curl")
-            .args(["-s", "-w", "\n%{http_code}", "-X", "PUT", "--data-binary"])
-            .arg(format!("@{}", upload.display()))
-            .arg(format!("http://{http}/nar/{sha}.nar"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        put_nar(&nix, &http, &file)
     };
     let packs_size = || -> u64 {
         std::fs::read_dir(data.join("packs"))

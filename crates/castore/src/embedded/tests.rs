@@ -257,7 +257,10 @@ async fn aborted_uploads_are_reclaimed_at_the_next_start() {
     let before = put(&store, &data(20, 3 << 20)).await;
     for seed in 0..5 {
         let mut w = store.blob_writer();
-        w.write_all(&tests_random(seed, 8 << 20)).await.unwrap();
+        // Incompressible, so an aborted upload takes its size on disk.
+        w.write_all(&cairn_testkit::data::pseudo_random(8 << 20, seed))
+            .await
+            .unwrap();
         w.flush().await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         drop(w);
@@ -280,19 +283,6 @@ async fn aborted_uploads_are_reclaimed_at_the_next_start() {
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(pack_disk(&store), reclaimed);
     assert_eq!(get(&store, &after).await.unwrap(), data(21, 3 << 20));
-}
-
-/// Incompressible bytes (so an aborted upload's size on disk is its size).
-fn tests_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A chunk repeated within a blob is stored once (within two segments of each
