@@ -94,8 +94,44 @@ fn main() -> ExitCode {
                 // `cairn nar dump x | head` is not an error.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", causes(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes joined with ": ", each cause once: many errors
+/// already include their source's message in their own, which anyhow's `{:#}`
+/// would print again (a full disk read "… No space left on device: No space
+/// left on device").
+fn causes(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device");
+        let wrapped = anyhow::Error::new(io)
+            .context("write pack /d/packs/0.pack: No space left on device")
+            .context("importing /src");
+        assert_eq!(
+            super::causes(&wrapped),
+            "importing /src: write pack /d/packs/0.pack: No space left on device"
+        );
+        let plain = anyhow::anyhow!("a").context("b");
+        assert_eq!(super::causes(&plain), "b: a");
     }
 }
