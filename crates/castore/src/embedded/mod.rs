@@ -43,7 +43,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 use tokio::sync::oneshot;
 
 use format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, SegRef};
@@ -56,6 +58,10 @@ const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks")
 const BLOBS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("blobs");
 const SEGMENTS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("segments");
 const DIRECTORIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("directories");
+/// Chunks a read found damaged (digest -> the location that failed), and the
+/// blobs they belong to (digest -> empty): a write of the same content stores
+/// it anew instead of deduplicating against it, and `has` says absent.
+const DAMAGED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("damaged");
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
 
 /// Bytes of index pages redb keeps in memory. redb's default (1 GiB) lets the
@@ -197,6 +203,7 @@ impl EmbeddedStore {
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(DIRECTORIES).map_err(db_err)?;
+        txn.open_table(DAMAGED).map_err(db_err)?;
         let committed = {
             let t = txn.open_table(PACKS).map_err(db_err)?;
             let mut m = HashMap::new();
@@ -288,6 +295,15 @@ impl EmbeddedStore {
     /// Whether blob `digest` is stored (including chunks of stored blobs).
     pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
+        if r.open_table(DAMAGED)
+            .map_err(db_err)?
+            .get(digest)
+            .map_err(db_err)?
+            .is_some()
+        {
+            // Damaged: to be written again.
+            return Ok(false);
+        }
         let c = r.open_table(CHUNKS).map_err(db_err)?;
         if c.get(digest).map_err(db_err)?.is_some() {
             return Ok(true);
@@ -479,9 +495,45 @@ impl EmbeddedStore {
     pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(CHUNKS).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            Some(v) => ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some),
-            None => Ok(None),
+        let Some(v) = t.get(digest).map_err(db_err)? else {
+            return Ok(None);
+        };
+        let damaged = r.open_table(DAMAGED).map_err(db_err)?;
+        if damaged
+            .get(digest)
+            .map_err(db_err)?
+            .is_some_and(|d| d.value() == v.value())
+        {
+            // Stored, but damaged: the writer stores it anew.
+            return Ok(None);
+        }
+        ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+    }
+
+    /// A read found chunk `chunk` of blob `blob` damaged at `loc`: recorded, so
+    /// that writing the same content again replaces it (and `has` of either
+    /// says absent until then). Reads of it stay errors until then.
+    pub(crate) fn mark_damaged(&self, blob: &[u8; 32], chunk: &[u8; 32], loc: &ChunkLoc) {
+        let mark = || -> Result<(), EmbeddedError> {
+            let txn = self.inner.db.begin_write().map_err(db_err)?;
+            {
+                let mut t = txn.open_table(DAMAGED).map_err(db_err)?;
+                t.insert(chunk, &loc.encode()[..]).map_err(db_err)?;
+                if blob != chunk {
+                    t.insert(blob, &[][..]).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        };
+        match mark() {
+            Ok(()) => tracing::warn!(
+                chunk = hex(chunk),
+                blob = hex(blob),
+                "damaged chunk: importing or uploading its content again replaces it"
+            ),
+            Err(e) => {
+                tracing::warn!(chunk = hex(chunk), error = %e, "cannot record a damaged chunk")
+            }
         }
     }
 
@@ -973,11 +1025,23 @@ fn commit_batch(
             }
         }
         let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
+        let mut damaged = txn.open_table(DAMAGED).map_err(db_err)?;
+        // Almost always empty: then no write pays for a lookup in it.
+        let any_damaged = !damaged.is_empty().map_err(db_err)?;
         for (r, _) in batch {
             for (d, loc) in &r.chunks {
-                // A concurrent writer may have stored the same chunk: keep the first.
-                if chunks.get(d).map_err(db_err)?.is_none() {
-                    chunks.insert(d, &loc.encode()[..]).map_err(db_err)?;
+                // A concurrent writer may have stored the same chunk: keep the
+                // first, unless a read found that one damaged.
+                let stored = chunks.get(d).map_err(db_err)?.map(|v| v.value().to_vec());
+                match stored {
+                    None => {
+                        chunks.insert(d, &loc.encode()[..]).map_err(db_err)?;
+                        if any_damaged {
+                            damaged.remove(d).map_err(db_err)?;
+                        }
+                    }
+                    Some(_) if !any_damaged => {}
+                    Some(_) => replace_damaged(&mut chunks, &mut damaged, d, loc)?,
                 }
             }
             for (d, entry) in &r.blobs {
@@ -986,7 +1050,11 @@ fn commit_batch(
                     // was there): nothing more to look up for a small file.
                     continue;
                 }
-                if blobs.get(d).map_err(db_err)?.is_some() {
+                // Written again after a read found it damaged: its chunks were
+                // replaced just above, and its entry (whose segments may hold
+                // the damaged locations) is replaced below.
+                let was_damaged = any_damaged && damaged.remove(d).map_err(db_err)?.is_some();
+                if !was_damaged && blobs.get(d).map_err(db_err)?.is_some() {
                     // Stored by another writer already, chunks and all.
                     continue;
                 }
@@ -1002,6 +1070,9 @@ fn commit_batch(
                     BlobEntry::Segmented(segs) => {
                         for s in segs {
                             for (c, loc) in read_segment(packs, s)? {
+                                if any_damaged {
+                                    replace_damaged(&mut chunks, &mut damaged, &c, &loc)?;
+                                }
                                 publish(&mut chunks, &c, Some(&loc), d)?;
                             }
                             if segments.get(&s.digest).map_err(db_err)?.is_none() {
@@ -1035,6 +1106,28 @@ fn commit_batch(
 
 /// Makes chunk `c` of blob `blob` visible at `loc` unless it is visible already
 /// (stored by an earlier blob, or by this one further up).
+/// Points chunk `c` at `loc` if its indexed location is one a read found
+/// damaged (a segment written again lists the chunk's new location).
+fn replace_damaged(
+    chunks: &mut redb::Table<&[u8; 32], &[u8]>,
+    damaged: &mut redb::Table<&[u8; 32], &[u8]>,
+    c: &[u8; 32],
+    loc: &ChunkLoc,
+) -> Result<(), EmbeddedError> {
+    let Some(old) = chunks.get(c).map_err(db_err)?.map(|v| v.value().to_vec()) else {
+        return Ok(());
+    };
+    let bad = damaged
+        .get(c)
+        .map_err(db_err)?
+        .is_some_and(|v| v.value() == &old[..]);
+    if bad && old != loc.encode() {
+        chunks.insert(c, &loc.encode()[..]).map_err(db_err)?;
+        damaged.remove(c).map_err(db_err)?;
+    }
+    Ok(())
+}
+
 fn publish(
     chunks: &mut redb::Table<&[u8; 32], &[u8]>,
     c: &[u8; 32],

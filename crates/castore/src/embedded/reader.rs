@@ -261,6 +261,8 @@ impl Pool {
 /// Reads one blob from an [`EmbeddedStore`]; see the module doc.
 pub struct EmbeddedBlobReader {
     store: EmbeddedStore,
+    /// The blob's digest (a damaged chunk is recorded against it).
+    digest: [u8; 32],
     /// The blob's runs of chunks, in order.
     spans: Vec<Span>,
     /// Chunks in the blob.
@@ -328,6 +330,7 @@ impl EmbeddedBlobReader {
         };
         EmbeddedBlobReader {
             store,
+            digest,
             spans,
             count,
             size,
@@ -445,9 +448,10 @@ impl EmbeddedBlobReader {
         let end = seg.first + hi;
         self.next = end;
         let store = self.store.clone();
+        let digest = self.digest;
         let buf = self.take_buf();
         let h = Pool::get().run(move || {
-            let d = decode_batch(&store, &seg.chunks[lo..hi], buf);
+            let d = decode_batch(&store, &digest, &seg.chunks[lo..hi], buf);
             let start = seg.starts[lo];
             let batch = Batch {
                 chunks: first..first + d.chunks,
@@ -477,7 +481,7 @@ impl EmbeddedBlobReader {
         if self.inline {
             let buf = self.take_buf();
             let seg = self.seg_of_chunk(idx)?;
-            let d = decode_batch(&self.store, &seg.chunks[..], buf);
+            let d = decode_batch(&self.store, &self.digest, &seg.chunks[..], buf);
             if let Some(e) = d.error {
                 return Poll::Ready(Err(to_io(e)));
             }
@@ -553,7 +557,12 @@ struct Decoded {
 /// grown if needed (a full-size buffer is not zeroed again), up to the first that
 /// fails. Chunks without a location (chunk lists of the format before segments)
 /// are looked up in the index.
-fn decode_batch(store: &EmbeddedStore, wanted: &[Chunk], mut buf: Vec<u8>) -> Decoded {
+fn decode_batch(
+    store: &EmbeddedStore,
+    blob: &[u8; 32],
+    wanted: &[Chunk],
+    mut buf: Vec<u8>,
+) -> Decoded {
     let mut done = Decoded {
         buf: Vec::new(),
         chunks: 0,
@@ -590,6 +599,9 @@ fn decode_batch(store: &EmbeddedStore, wanted: &[Chunk], mut buf: Vec<u8>) -> De
             let n = c.size as usize;
             if let Err(e) = store.read_chunk_into(&c.digest, c.size, loc, &mut done.buf[at..at + n])
             {
+                if matches!(e, EmbeddedError::Corrupt(_)) {
+                    store.mark_damaged(blob, &c.digest, loc);
+                }
                 done.error = Some(e);
                 return done;
             }
@@ -617,9 +629,10 @@ fn decode_batch(store: &EmbeddedStore, wanted: &[Chunk], mut buf: Vec<u8>) -> De
             return done;
         }
         let mut off = 0;
-        for c in &wanted[i..j] {
+        for (k, c) in wanted[i..j].iter().enumerate() {
             let n = c.size as usize;
             if blake3::hash(&dst[off..off + n]).as_bytes() != &c.digest {
+                store.mark_damaged(blob, &c.digest, &locs[i + k]);
                 done.error = Some(EmbeddedError::Corrupt(format!(
                     "chunk {} does not hash to its digest",
                     hex(&c.digest)
