@@ -228,8 +228,9 @@ fn restore(dest: &Path, input: impl Read) -> anyhow::Result<()> {
     tmp_name.push(format!(".cairn-restore-{}", std::process::id()));
     let tmp = parent.join(tmp_name);
 
+    // A path created at DEST since the check above is never replaced.
     let result = restore_into(&tmp, input).and_then(|()| {
-        fs::rename(&tmp, dest)
+        cairn_store::fs::rename_new(&tmp, dest)
             .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
     });
     if result.is_err() {

@@ -89,8 +89,9 @@ async fn export_with(
 
 /// Renames `from` to `to` unless something exists at `to`, in one step
 /// (`renameat2` with `RENAME_NOREPLACE`): a plain rename would replace a file, a
-/// symlink or an empty directory created at `to` since `export` checked.
-fn rename_new(from: &Path, to: &Path) -> Result<(), Error> {
+/// symlink or an empty directory created at `to` since the caller checked
+/// (`export`, `cairn nar restore`).
+pub fn rename_new(from: &Path, to: &Path) -> Result<(), Error> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     use rustix::io::Errno;
     renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE).map_err(|errno| match errno {
@@ -103,8 +104,7 @@ fn rename_new(from: &Path, to: &Path) -> Result<(), Error> {
             source: std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "the file system cannot rename without replacing (RENAME_NOREPLACE), \
-                 which export needs so as never to replace a path; export to another \
-                 file system",
+                 which is needed so as never to replace a path; use another file system",
             ),
         },
         errno => Error::Io {

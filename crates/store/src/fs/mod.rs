@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 mod export;
 mod import;
 
-pub use export::export;
+pub use export::{export, rename_new};
 pub use import::{Imported, import_path};
 
 /// Errors of [`import_path`] and [`export`]; each names the path concerned.
