@@ -18,9 +18,11 @@
 //! Until h2 accepts it, the socket is checked with cairn's own client.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+
+mod common;
+use common::{Daemon, stop_daemon as stop};
 
 use base64::Engine;
 
@@ -42,19 +44,8 @@ fn grpc(addr: &str, method: &str, messages: &[String]) -> (bool, String, String)
     )
 }
 
-/// A running daemon, killed if the test fails before stopping it.
-struct Daemon(Option<Child>);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Starts the daemon on a free port and returns it with its TCP address.
+/// Starts the daemon on a free port and returns it with its TCP address
+/// (`host:port`, as the oracle client takes it).
 fn start(data_dir: &Path) -> (Daemon, String) {
     let (daemon, addr, _) = start_with(data_dir, &[]);
     (daemon, addr)
@@ -62,41 +53,9 @@ fn start(data_dir: &Path) -> (Daemon, String) {
 
 /// [`start`] with more flags; also returns the daemon's first line.
 fn start_with(data_dir: &Path, extra: &[&str]) -> (Daemon, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc+http://"))
-        .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
-        .to_string();
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), addr, line)
-}
-
-fn stop(mut daemon: Daemon) {
-    let mut child = daemon.0.take().unwrap();
-    let pid = child.id().to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert!(exit.success(), "daemon exited with {exit} after SIGTERM");
+    let (daemon, url, line) = common::start_daemon_with(data_dir, extra);
+    let addr = url.trim_start_matches("grpc+http://").to_string();
+    (daemon, addr, line)
 }
 
 #[test]

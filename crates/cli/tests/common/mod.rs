@@ -203,6 +203,13 @@ impl Drop for Daemon {
 
 /// Starts `cairn daemon` on `data` and a free port; returns it with its TCP address.
 pub fn start_daemon(data: &Path) -> (Daemon, String) {
+    let (daemon, url, _) = start_daemon_with(data, &[]);
+    (daemon, url)
+}
+
+/// [`start_daemon`] with more flags; also returns the daemon's first line (which
+/// names its addresses and who may write).
+pub fn start_daemon_with(data: &Path, extra: &[&str]) -> (Daemon, String, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
         .args([
@@ -214,6 +221,7 @@ pub fn start_daemon(data: &Path) -> (Daemon, String) {
             "--data-dir",
         ])
         .arg(data)
+        .args(extra)
         .env_remove("BLOB_SERVICE_ADDR")
         .env_remove("DIRECTORY_SERVICE_ADDR")
         .env_remove("PATH_INFO_SERVICE_ADDR")
@@ -229,10 +237,12 @@ pub fn start_daemon(data: &Path) -> (Daemon, String) {
         .find_map(|w| w.strip_prefix("grpc+http://"))
         .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
         .to_string();
+    // Keep draining stderr so the daemon never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), format!("grpc+http://{addr}"))
+    (Daemon(Some(child)), format!("grpc+http://{addr}"), line)
 }
 
+/// Stops the daemon with SIGTERM; it must exit successfully.
 pub fn stop_daemon(mut daemon: Daemon) {
     let mut child = daemon.0.take().unwrap();
     let pid = child.id().to_string();
@@ -243,7 +253,8 @@ pub fn stop_daemon(mut daemon: Daemon) {
             .unwrap()
             .success()
     );
-    assert!(child.wait().unwrap().success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "daemon exited with {exit} after SIGTERM");
 }
 
 /// Bytes under `dir`, recursively.
