@@ -39,6 +39,7 @@ mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -147,6 +148,10 @@ struct Inner {
     dir: PathBuf,
     /// Batch buffers of finished readers, reused by later ones (see `reader`).
     read_bufs: Mutex<Vec<Vec<u8>>>,
+    /// Whether the `damaged` table may hold anything: false in a healthy store,
+    /// so `has` and the writers' dedup lookups skip it. Set when a read records
+    /// damage; never cleared while open.
+    maybe_damaged: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -203,7 +208,11 @@ impl EmbeddedStore {
         txn.open_table(BLOBS).map_err(db_err)?;
         txn.open_table(SEGMENTS).map_err(db_err)?;
         txn.open_table(DIRECTORIES).map_err(db_err)?;
-        txn.open_table(DAMAGED).map_err(db_err)?;
+        let maybe_damaged = !txn
+            .open_table(DAMAGED)
+            .map_err(db_err)?
+            .is_empty()
+            .map_err(db_err)?;
         let committed = {
             let t = txn.open_table(PACKS).map_err(db_err)?;
             let mut m = HashMap::new();
@@ -243,6 +252,7 @@ impl EmbeddedStore {
                 committer: Some(committer),
                 dir,
                 read_bufs: Mutex::new(Vec::new()),
+                maybe_damaged: AtomicBool::new(maybe_damaged),
             }),
         })
     }
@@ -295,11 +305,12 @@ impl EmbeddedStore {
     /// Whether blob `digest` is stored (including chunks of stored blobs).
     pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
-        if r.open_table(DAMAGED)
-            .map_err(db_err)?
-            .get(digest)
-            .map_err(db_err)?
-            .is_some()
+        if self.maybe_damaged()
+            && r.open_table(DAMAGED)
+                .map_err(db_err)?
+                .get(digest)
+                .map_err(db_err)?
+                .is_some()
         {
             // Damaged: to be written again.
             return Ok(false);
@@ -491,6 +502,10 @@ impl EmbeddedStore {
         read_object_into(&self.inner.packs, loc, digest, what, dst)
     }
 
+    fn maybe_damaged(&self) -> bool {
+        self.inner.maybe_damaged.load(Ordering::SeqCst)
+    }
+
     /// Where chunk `digest` is stored, if it is (for dedup on write).
     pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
@@ -498,11 +513,12 @@ impl EmbeddedStore {
         let Some(v) = t.get(digest).map_err(db_err)? else {
             return Ok(None);
         };
-        let damaged = r.open_table(DAMAGED).map_err(db_err)?;
-        if damaged
-            .get(digest)
-            .map_err(db_err)?
-            .is_some_and(|d| d.value() == v.value())
+        if self.maybe_damaged()
+            && r.open_table(DAMAGED)
+                .map_err(db_err)?
+                .get(digest)
+                .map_err(db_err)?
+                .is_some_and(|d| d.value() == v.value())
         {
             // Stored, but damaged: the writer stores it anew.
             return Ok(None);
@@ -514,6 +530,8 @@ impl EmbeddedStore {
     /// that writing the same content again replaces it (and `has` of either
     /// says absent until then). Reads of it stay errors until then.
     pub(crate) fn mark_damaged(&self, blob: &[u8; 32], chunk: &[u8; 32], loc: &ChunkLoc) {
+        // Before the record: a lookup that sees the record must see the flag.
+        self.inner.maybe_damaged.store(true, Ordering::SeqCst);
         let mark = || -> Result<(), EmbeddedError> {
             let txn = self.inner.db.begin_write().map_err(db_err)?;
             {
