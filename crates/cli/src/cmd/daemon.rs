@@ -284,3 +284,15 @@ fn raise_file_limit() {
     }
     tracing::debug!(limit = ?getrlimit(Resource::Nofile).current, "open file limit");
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn socket_groups() {
+        assert_eq!(super::group_id("0").ok(), Some(0));
+        assert_eq!(super::group_id("root").ok(), Some(0));
+        let err = super::group_id("no-such-group-cairn").unwrap_err();
+        assert!(err.to_string().contains("no such group"), "{err}");
+    }
+}

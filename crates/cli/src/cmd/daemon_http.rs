@@ -183,3 +183,26 @@ pub async fn bind(
             .map_err(cairn_castore::Error::Io)
     })))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8G"), Ok(8 << 30));
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for (bad, why) in [
+            ("12x", "unknown size suffix"),
+            ("", "expected a number"),
+            ("G", "expected a number"),
+            ("-1K", "expected a number"),
+            ("99999999999T", "too large"),
+        ] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+}
