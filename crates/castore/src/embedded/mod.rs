@@ -530,20 +530,11 @@ impl EmbeddedStore {
     /// that writing the same content again replaces it (and `has` of either
     /// says absent until then). Reads of it stay errors until then.
     pub(crate) fn mark_damaged(&self, blob: &[u8; 32], chunk: &[u8; 32], loc: &ChunkLoc) {
-        // Before the record: a lookup that sees the record must see the flag.
-        self.inner.maybe_damaged.store(true, Ordering::SeqCst);
-        let mark = || -> Result<(), EmbeddedError> {
-            let txn = self.inner.db.begin_write().map_err(db_err)?;
-            {
-                let mut t = txn.open_table(DAMAGED).map_err(db_err)?;
-                t.insert(chunk, &loc.encode()[..]).map_err(db_err)?;
-                if blob != chunk {
-                    t.insert(blob, &[][..]).map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        };
-        match mark() {
+        let mut marks = vec![(*chunk, loc.encode().to_vec())];
+        if blob != chunk {
+            marks.push((*blob, Vec::new()));
+        }
+        match self.record_damage(&marks) {
             Ok(()) => tracing::warn!(
                 chunk = hex(chunk),
                 blob = hex(blob),
@@ -553,6 +544,36 @@ impl EmbeddedStore {
                 tracing::warn!(chunk = hex(chunk), error = %e, "cannot record a damaged chunk")
             }
         }
+    }
+
+    /// A writer found the stored copy of `what` `digest` at `loc` not equal to
+    /// the bytes it holds: recorded, so that its commit replaces the copy (the
+    /// commit replaces an index entry only while it is recorded damaged).
+    pub(crate) fn replacing_damaged(
+        &self,
+        what: &str,
+        digest: &[u8; 32],
+        loc: &ChunkLoc,
+    ) -> Result<(), EmbeddedError> {
+        tracing::warn!(
+            digest = hex(digest),
+            "stored copy of {what} is damaged: this write replaces it"
+        );
+        self.record_damage(&[(*digest, loc.encode().to_vec())])
+    }
+
+    /// Enters (digest, damaged location or empty) pairs in the `damaged` table.
+    fn record_damage(&self, marks: &[([u8; 32], Vec<u8>)]) -> Result<(), EmbeddedError> {
+        // Before the record: a lookup that sees the record must see the flag.
+        self.inner.maybe_damaged.store(true, Ordering::SeqCst);
+        let txn = self.inner.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = txn.open_table(DAMAGED).map_err(db_err)?;
+            for (d, v) in marks {
+                t.insert(d, &v[..]).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Where the segment `digest` of a committed blob is stored, if any (a blob
@@ -580,6 +601,16 @@ impl EmbeddedStore {
             }
         };
         self.read_verified(&loc, digest, "directory").map(Some)
+    }
+
+    /// Where the Directory `digest` is stored, if it is.
+    fn directory_loc(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
+        let r = self.inner.db.begin_read().map_err(db_err)?;
+        let t = r.open_table(DIRECTORIES).map_err(db_err)?;
+        match t.get(digest).map_err(db_err)? {
+            Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Whether a Directory is stored under `digest`.
@@ -613,8 +644,11 @@ impl EmbeddedStore {
                     bytes.len()
                 )));
             }
-            if self.has_directory(&d)? {
-                continue;
+            if let Some(old) = self.directory_loc(&d)? {
+                if stored_equals(&self.inner.packs, &old, &bytes) {
+                    continue;
+                }
+                self.replacing_damaged("directory", &d, &old)?;
             }
             locs.push((d, store_object(&self.inner.packs, &bytes)?));
         }
@@ -900,6 +934,49 @@ pub(crate) fn read_object_into(
     Ok(())
 }
 
+thread_local! {
+    /// A stored copy's decompressed bytes, compared with what a writer holds.
+    static RAW_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the object stored at `loc` holds exactly `data`, which the caller
+/// hashed to the object's digest. A write checks this before it dedups against
+/// a stored copy, so that it never builds on a damaged one: a comparison, which
+/// costs less than hashing the copy again.
+pub(crate) fn stored_equals(packs: &Packs, loc: &ChunkLoc, data: &[u8]) -> bool {
+    if loc.raw_len as usize != data.len() {
+        return false;
+    }
+    if !loc.compressed {
+        return RAW_BUF.with(|cell| {
+            let mut raw = cell.borrow_mut();
+            raw.resize(data.len(), 0);
+            packs.read_exact(loc.pack, loc.offset, &mut raw).is_ok() && raw[..] == *data
+        });
+    }
+    PACK_BUF.with(|stored| {
+        RAW_BUF.with(|raw| {
+            let (mut stored, mut raw) = (stored.borrow_mut(), raw.borrow_mut());
+            if packs
+                .read_into(loc.pack, loc.offset, loc.stored_len as usize, &mut stored)
+                .is_err()
+            {
+                return false;
+            }
+            raw.resize(data.len(), 0);
+            let same = matches!(decode_into(&stored, &mut raw), Ok(n) if n == data.len())
+                && raw[..] == *data;
+            if stored.capacity() > 2 * MAX_CHUNK {
+                *stored = Vec::new();
+            }
+            if raw.capacity() > 2 * MAX_CHUNK {
+                *raw = Vec::new();
+            }
+            same
+        })
+    })
+}
+
 /// The (digest, location) chunks of segment `seg`, read from the packs and
 /// verified against its digest.
 pub(crate) fn read_segment(
@@ -1068,12 +1145,21 @@ fn commit_batch(
                     // was there): nothing more to look up for a small file.
                     continue;
                 }
-                // Written again after a read found it damaged: its chunks were
-                // replaced just above, and its entry (whose segments may hold
-                // the damaged locations) is replaced below.
-                let was_damaged = any_damaged && damaged.remove(d).map_err(db_err)?.is_some();
-                if !was_damaged && blobs.get(d).map_err(db_err)?.is_some() {
-                    // Stored by another writer already, chunks and all.
+                if any_damaged {
+                    // Written again after a read found it damaged: no longer absent.
+                    damaged.remove(d).map_err(db_err)?;
+                }
+                // Stored already, the same way (its chunks found intact where they
+                // are, or written again where they were damaged), or differently:
+                // by a concurrent writer, or over damage, which this writer's
+                // segments avoid. A new entry always lists intact, durable chunks,
+                // so it replaces a different one.
+                let encoded = entry.encode();
+                if blobs
+                    .get(d)
+                    .map_err(db_err)?
+                    .is_some_and(|v| v.value() == &encoded[..])
+                {
                     continue;
                 }
                 // The chunks that must be visible for this blob, one segment (or
@@ -1097,17 +1183,21 @@ fn commit_batch(
                                 segments
                                     .insert(&s.digest, &s.loc.encode()[..])
                                     .map_err(db_err)?;
+                            } else if any_damaged {
+                                replace_damaged(&mut segments, &mut damaged, &s.digest, &s.loc)?;
                             }
                         }
                     }
                 }
                 if !matches!(entry, BlobEntry::Single) {
-                    blobs.insert(d, &entry.encode()[..]).map_err(db_err)?;
+                    blobs.insert(d, &encoded[..]).map_err(db_err)?;
                 }
             }
             for (d, loc) in &r.directories {
                 if dirs.get(d).map_err(db_err)?.is_none() {
                     dirs.insert(d, &loc.encode()[..]).map_err(db_err)?;
+                } else if any_damaged {
+                    replace_damaged(&mut dirs, &mut damaged, d, loc)?;
                 }
             }
         }
@@ -1122,10 +1212,9 @@ fn commit_batch(
     Ok(())
 }
 
-/// Makes chunk `c` of blob `blob` visible at `loc` unless it is visible already
-/// (stored by an earlier blob, or by this one further up).
-/// Points chunk `c` at `loc` if its indexed location is one a read found
-/// damaged (a segment written again lists the chunk's new location).
+/// Points object `c` (a chunk, segment or directory) at `loc` if its indexed
+/// location is one found damaged (a segment written again lists the chunk's
+/// new location).
 fn replace_damaged(
     chunks: &mut redb::Table<&[u8; 32], &[u8]>,
     damaged: &mut redb::Table<&[u8; 32], &[u8]>,
@@ -1146,6 +1235,8 @@ fn replace_damaged(
     Ok(())
 }
 
+/// Makes chunk `c` of blob `blob` visible at `loc` unless it is visible already
+/// (stored by an earlier blob, or by this one further up).
 fn publish(
     chunks: &mut redb::Table<&[u8; 32], &[u8]>,
     c: &[u8; 32],

@@ -388,6 +388,49 @@ async fn corruption_is_an_error_not_wrong_data() {
     }
 }
 
+/// Damage no read has found yet: a write of content that matches a damaged
+/// object (a chunk of a small or large blob, or a large blob's segment, which
+/// lies at the end of its pack) stores it anew instead of deduplicating
+/// against it, and so does a different blob that shares the damaged chunks.
+#[tokio::test]
+async fn a_write_replaces_unnoticed_damage_it_would_reuse() {
+    for (len, at) in [(1000usize, 10u64), (2 << 20, 700_000), (2 << 20, u64::MAX)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let bytes = data(5, len);
+        let d = put(&store, &bytes).await;
+        corrupt_packs(&store, at);
+        // A longer blob with the same start: its first chunks are the damaged
+        // blob's (a one-chunk blob's chunk is cut differently, so only the
+        // large ones share).
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(&data(6, 300_000));
+        let l = put(&store, &longer).await;
+        assert_eq!(get(&store, &l).await.unwrap(), longer, "{len} at {at}");
+        assert_eq!(put(&store, &bytes).await, d);
+        assert_eq!(get(&store, &d).await.unwrap(), bytes, "{len} at {at}");
+        // And after a reopen, from the index.
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(get(&store, &d).await.unwrap(), bytes, "{len} at {at}");
+        assert_eq!(get(&store, &l).await.unwrap(), longer, "{len} at {at}");
+    }
+}
+
+#[tokio::test]
+async fn a_put_replaces_a_damaged_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let a = (*blake3::hash(b"a").as_bytes(), b"a".to_vec());
+    store.put_directories(vec![a.clone()]).await.unwrap();
+    corrupt_packs(&store, 0);
+    store.put_directories(vec![a.clone()]).await.unwrap();
+    assert_eq!(store.get_directory(&a.0).unwrap(), Some(a.1.clone()));
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.get_directory(&a.0).unwrap(), Some(a.1));
+}
+
 #[tokio::test]
 async fn edited_file_shares_most_chunks() {
     let dir = tempfile::tempdir().unwrap();

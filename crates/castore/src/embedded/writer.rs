@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use super::format::{
     AVG_CHUNK, BlobEntry, ChunkLoc, MAX_CHUNK, MIN_CHUNK, SEG_CHUNKS, SegRef, encode_segment,
 };
-use super::{CommitReq, EmbeddedError, EmbeddedStore, Level, append_encoded, encode};
+use super::{
+    CommitReq, EmbeddedError, EmbeddedStore, Level, append_encoded, encode, stored_equals,
+};
 
 /// Bytes buffered before a batch is processed.
 const BATCH: usize = 4 * 1024 * 1024;
@@ -252,8 +254,8 @@ fn workers() -> usize {
 /// or its encoding (`None`: store raw).
 type Encoded = ([u8; 32], Result<ChunkLoc, Option<Vec<u8>>>);
 
-/// Hashes every chunk `cuts` of `buf`, and compresses those not stored yet, on up
-/// to [`workers`] threads taking chunks in turn. Also feeds `whole` (the blob's
+/// Hashes every chunk `cuts` of `buf`, and compresses those not stored yet (or
+/// stored damaged), on up to [`workers`] threads taking chunks in turn. Also feeds `whole` (the blob's
 /// hasher, `None` when the one chunk is the whole blob) with `new_bytes` on one of
 /// them.
 fn hash_and_encode(
@@ -268,7 +270,10 @@ fn hash_and_encode(
         let data = &buf[r.clone()];
         let d = *blake3::hash(data).as_bytes();
         if let Some(loc) = store.find_chunk(&d)? {
-            return Ok((d, Ok(loc)));
+            if stored_equals(&store.inner.packs, &loc, data) {
+                return Ok((d, Ok(loc)));
+            }
+            store.replacing_damaged("chunk", &d, &loc)?;
         }
         Ok((d, Err(encode(data, level)?)))
     };
@@ -396,7 +401,15 @@ fn flush_segment(job: &mut Job) -> Result<(), EmbeddedError> {
     }
     let bytes = encode_segment(&job.seg);
     let digest = *blake3::hash(&bytes).as_bytes();
-    let loc = match job.store.find_segment(&digest)? {
+    let stored = match job.store.find_segment(&digest)? {
+        Some(loc) if stored_equals(&job.store.inner.packs, &loc, &bytes) => Some(loc),
+        Some(loc) => {
+            job.store.replacing_damaged("segment", &digest, &loc)?;
+            None
+        }
+        None => None,
+    };
+    let loc = match stored {
         Some(loc) => loc,
         None => {
             let encoded = encode(&bytes, Level::Chunk)?;
