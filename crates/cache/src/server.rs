@@ -32,10 +32,11 @@ use crate::listing::listing;
 use crate::pending::{PendingNar, PendingUploads};
 use cairn_castore::auth::Token;
 
-/// [`CacheConfig::max_nar_size`] unless the operator says otherwise: above the
-/// largest NARs in nixpkgs (a few GiB), far below what a small compressed upload
-/// can expand to (xz turns 610 KB of zeros into 4 GiB, and more).
-pub const DEFAULT_MAX_NAR_SIZE: u64 = 8 << 30;
+/// [`CacheConfig::max_nar_size`] unless the operator says otherwise: above all
+/// but the very largest NARs in nixpkgs (CUDA toolkits reach a few GiB: their
+/// caches raise it), and below what a small compressed upload can expand to
+/// (xz turns 610 KB of zeros into a file of 4 GiB, whose NAR is just over this).
+pub const DEFAULT_MAX_NAR_SIZE: u64 = 4 << 30;
 
 /// What a cache serves and accepts, beyond its storage.
 #[derive(Debug, Clone)]
@@ -74,7 +75,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     /// `StoreDir: /nix/store`, `WantMassQuery: 1`, `Priority: 40` (as
     /// cache.nixos.org), no keys, uploads refused, reads open, pending uploads
-    /// kept for a day, NARs up to 8 GiB, 4096 connections, 30 s to send a
+    /// kept for a day, NARs up to 4 GiB, 4096 connections, 30 s to send a
     /// request head, 120 s idle between requests.
     fn default() -> Self {
         let mut cache_info = CacheInfo::new(cairn_nix::store_path::STORE_DIR).unwrap_or_default();

@@ -57,7 +57,7 @@ pub enum Error {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     /// A gRPC server answered with an error status.
-    #[error("remote error: {}: {}", .0.code(), .0.message())]
+    #[error("the server answered {}: {}", code_name(.0.code()), .0.message())]
     Remote(tonic::Status),
     /// Could not connect to a gRPC server.
     #[error("transport error: {0}")]
@@ -126,6 +126,31 @@ impl Error {
     }
 }
 
+/// A gRPC status code as the gRPC specification and other tools spell it
+/// (`RESOURCE_EXHAUSTED`), which is what a user searches for.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// Whether a full disk (`ENOSPC`) is somewhere in `e`'s chain of causes.
 pub fn storage_full(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
@@ -157,12 +182,20 @@ impl From<Error> for tonic::Status {
         if let Error::Io(e) = &value {
             // An io::Error may wrap one of ours (from a reader or writer).
             if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
-                let msg = inner.to_string();
-                return status_for(inner.kind(), msg);
+                return status_for(inner.kind(), full_said(inner));
             }
         }
-        let msg = value.to_string();
-        status_for(value.kind(), msg)
+        status_for(value.kind(), full_said(&value))
+    }
+}
+
+/// The error's message, saying first that the storage is full when a full disk
+/// caused it (the message then goes on to name the file that did not fit).
+fn full_said(e: &Error) -> String {
+    if storage_full(e) {
+        format!("the store's storage is full: {e}")
+    } else {
+        e.to_string()
     }
 }
 

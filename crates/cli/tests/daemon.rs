@@ -891,10 +891,10 @@ impl Drop for Tmpfs {
 fn full_disk_then_space_freed_without_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
-    let _fs = Tmpfs::mount(&mnt, "40m");
+    let _fs = Tmpfs::mount(&mnt, "48m");
     let data = mnt.join("data");
     let filler = mnt.join("filler");
-    std::fs::write(&filler, vec![1u8; 12 << 20]).unwrap();
+    std::fs::write(&filler, vec![1u8; 24 << 20]).unwrap();
     let (daemon, _addr, line) = start_with(&data, &["--allow-anonymous-uploads"]);
     let http = http_addr(&line);
     let nix = cairn_testkit::nix::Nix::new();
@@ -919,10 +919,26 @@ fn full_disk_then_space_freed_without_restart() {
     }
     let (seed, out) = full.expect("the disk never filled up");
     assert!(out.ends_with("507"), "{out}");
+    assert_eq!(out.matches("storage is full").count(), 1, "{out}");
+    assert!(out.contains(data.to_str().unwrap()), "{out}");
+    // An import through the daemon's socket fails too, loudly: a non-zero exit
+    // with gRPC's RESOURCE_EXHAUSTED and the data directory, each said once.
+    let file = tmp.path().join("import-me");
+    std::fs::write(&file, cairn_testkit::data::pseudo_random(6 << 20, 200)).unwrap();
+    let out = common::cairn_at(&data, &["import", file.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.contains("storage is full") && out.contains(data.to_str().unwrap()),
-        "{out}"
+        !out.status.success(),
+        "import on a full disk succeeded: {err}"
     );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(err.contains("RESOURCE_EXHAUSTED"), "{err}");
+    assert_eq!(err.matches("storage is full").count(), 1, "{err}");
+    assert!(err.contains(data.to_str().unwrap()), "{err}");
     // The failed upload's bytes are given back (the committer cuts the retired
     // pack within about a second): the packs hold the committed uploads only.
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -937,5 +953,10 @@ fn full_disk_then_space_freed_without_restart() {
     assert!(out.ends_with("201"), "{out}");
     let out = put_nar(100);
     assert!(out.ends_with("201"), "{out}");
+    common::ok(common::cairn_at(
+        &data,
+        &["import", file.to_str().unwrap()],
+        None,
+    ));
     stop(daemon);
 }

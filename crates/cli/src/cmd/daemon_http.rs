@@ -52,7 +52,7 @@ pub struct HttpArgs {
 
     /// Refuse (413) an upload whose NAR decompresses to more than this many bytes
     /// (suffixes K, M, G, T: powers of 1024), as soon as it grows past it.
-    #[arg(long, default_value = "8G", value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
     max_nar_size: u64,
 
     /// Binary cache connections served at once; more are closed when accepted.
@@ -204,5 +204,21 @@ mod tests {
             let err = parse_size(bad).unwrap_err();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
+    }
+
+    /// The flag's default is the cache's, and refuses the NAR of the 4 GiB file
+    /// that 610 KB of xz expand to (issue 15's example).
+    #[test]
+    fn default_max_nar_size() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            http: super::HttpArgs,
+        }
+        let cli = Cli::try_parse_from(["cairn"]).unwrap();
+        assert_eq!(cli.http.max_nar_size, cairn_cache::DEFAULT_MAX_NAR_SIZE);
+        // A NAR is longer than the one file it holds.
+        assert!(cli.http.max_nar_size <= 4 << 30);
     }
 }
