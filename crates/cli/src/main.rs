@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod cmd;
 mod stdout;
@@ -33,7 +33,7 @@ enum Command {
     Key(cmd::key::KeyCommand),
     /// Serve the store over gRPC (BlobService, DirectoryService, PathInfoService,
     /// reflection, health) on TCP and on a unix socket in the data directory.
-    Daemon(cmd::daemon::DaemonArgs),
+    Daemon(Box<cmd::daemon::DaemonArgs>),
     /// Add files, directories or symlinks to the store as content-addressed store
     /// paths, printing one store path per line: the path `nix-store --add PATH`
     /// prints.
@@ -73,11 +73,18 @@ fn main() -> ExitCode {
         )
         .init();
 
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(Some(cli)) => cli,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", causes(&err));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
-        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Daemon(a) => cmd::daemon::run(*a),
         Command::Import(a) => cmd::import::run(a),
         Command::Dump(a) => cmd::paths::dump(a),
         Command::Export(a) => cmd::paths::export(a),
@@ -100,6 +107,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with the daemon's `--config` file read into it; `None`
+/// when the run was `cairn daemon --print-config`, which is done then.
+fn parse() -> anyhow::Result<Option<Cli>> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = Cli::command();
+    // Exits on --help, --version and mistakes, as Cli::parse would.
+    let first = command.clone().get_matches_from(argv.clone());
+    let argv = cmd::config::with_config_file(argv, &command, &first)?;
+    let matches = command.clone().get_matches_from(argv);
+    if let Some(("daemon", sub)) = matches.subcommand()
+        && sub.get_flag("print_config")
+        && let Some(daemon) = command.find_subcommand("daemon")
+    {
+        print!("{}", cmd::config::print(daemon, sub));
+        return Ok(None);
+    }
+    Ok(Some(
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+    ))
+}
+
 /// The error and its causes joined with ": ", each cause once: many errors
 /// already include their source's message in their own, which anyhow's `{:#}`
 /// would print again (a full disk read "… No space left on device: No space
@@ -111,10 +139,16 @@ fn causes(err: &anyhow::Error) -> String {
         if out.contains(&text) {
             continue;
         }
+        // "importing /a" then "/a: …": the path once.
+        let text = (1..text.len())
+            .rev()
+            .filter(|&k| text.is_char_boundary(k) && text[k..].starts_with(": "))
+            .find(|&k| out.ends_with(&text[..k]))
+            .map_or(text.as_str(), |k| &text[k + 2..]);
         if !out.is_empty() {
             out.push_str(": ");
         }
-        out.push_str(&text);
+        out.push_str(text);
     }
     out
 }
@@ -133,5 +167,13 @@ mod tests {
         );
         let plain = anyhow::anyhow!("a").context("b");
         assert_eq!(super::causes(&plain), "b: a");
+        let path = anyhow::anyhow!("/src/x: the server answered NOT_FOUND: gone")
+            .context("importing /src/x");
+        assert_eq!(
+            super::causes(&path),
+            "importing /src/x: the server answered NOT_FOUND: gone"
+        );
+        let other = anyhow::anyhow!("/src/x/y: bad").context("importing /src/x");
+        assert_eq!(super::causes(&other), "importing /src/x: /src/x/y: bad");
     }
 }

@@ -22,6 +22,19 @@ const PATH_INFO_CACHE_ENTRIES: usize = 65_536;
 /// Arguments of `cairn daemon`.
 #[derive(Args)]
 pub struct DaemonArgs {
+    /// Read options from this TOML file: a key for each option of this command,
+    /// under its long name without the dashes (`http-listen = "0.0.0.0:9000"`,
+    /// `sign-key = ["/etc/cairn/sk"]`, `no-socket = true`). The command line
+    /// and the environment override the file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration (defaults, --config, environment and
+    /// command line) as a config file, and exit. Secrets appear as the paths of
+    /// their files.
+    #[arg(long)]
+    print_config: bool,
+
     /// TCP address to serve gRPC on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8000")]
     listen: String,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod config;
 pub mod daemon;
 pub mod daemon_http;
 pub mod import;
