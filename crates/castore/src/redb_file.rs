@@ -28,7 +28,14 @@ pub fn open_or_create(path: &Path, mut builder: redb::Builder) -> io::Result<red
             tracing::warn!("{shown} was not closed cleanly; redb is repairing it");
         })
         .create(path)
-        .map_err(io::Error::other)
+        .map_err(|e| match e {
+            // Its own kind, so that a caller can wait for the other process.
+            redb::DatabaseError::DatabaseAlreadyOpen => io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "in use by another process (a cairn daemon or command holds its lock)",
+            ),
+            e => io::Error::other(e),
+        })
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{Daemon, stop_daemon as stop};
+use common::{Daemon, http_addr, stop_daemon as stop};
 
 use base64::Engine;
 
@@ -706,14 +706,6 @@ fn daemon_access_control() {
         String::from_utf8_lossy(&out.stderr)
     );
     stop(daemon);
-}
-
-/// The binary cache's address in the daemon's first line.
-fn http_addr(line: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("http://"))
-        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
-        .to_string()
 }
 
 /// PUTs Nix's NAR of `tree` to the binary cache at `http` (uncompressed, named

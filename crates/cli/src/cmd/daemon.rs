@@ -95,6 +95,11 @@ pub struct DaemonArgs {
     #[arg(long)]
     allow_anonymous_writes: bool,
 
+    /// On SIGTERM or SIGINT, seconds to let requests in flight finish before
+    /// they are dropped (an upload dropped so registers nothing).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    shutdown_timeout: u64,
+
     #[command(flatten)]
     http: super::daemon_http::HttpArgs,
 }
@@ -126,26 +131,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        let blobs = cairn_castore::blob_service_from_addr(&blob_url)
-            .with_context(|| format!("cannot open blob service {blob_url}"))?;
-        let directories = cairn_castore::directory_service_from_addr(&dir_url)
-            .with_context(|| format!("cannot open directory service {dir_url}"))?;
-
-        let tcp = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let tcp_addr = tcp.local_addr().context("cannot read the listening address")?;
-        if !tcp_addr.ip().is_loopback() && access.write_token.is_none() && !args.allow_anonymous_writes {
-            anyhow::bail!(
-                "refusing to serve gRPC on the non-loopback address {tcp_addr} with writes open: set --grpc-token-file FILE (writes then need that token), or --allow-anonymous-writes to accept writes from anyone who reaches it"
-            );
-        }
-        let writes = match access.anonymous_writes {
-            AnonymousWrites::Anyone => "from anyone (--allow-anonymous-writes)",
-            AnonymousWrites::Refused => "with the token, or over the socket",
-            AnonymousWrites::Loopback => "from loopback peers and the socket",
-        };
-
+        // A command may hold the data directory for a moment (or a daemon that
+        // is stopping): wait for it as the commands wait for a starting daemon.
+        let (blobs, directories) = super::store::when_unlocked(
+            super::store::LOCK_WAIT,
+            || Ok(dir.clone()),
+            || {
+                let blobs = cairn_castore::blob_service_from_addr(&blob_url)
+                    .with_context(|| format!("cannot open blob service {blob_url}"))?;
+                let directories = cairn_castore::directory_service_from_addr(&dir_url)
+                    .with_context(|| format!("cannot open directory service {dir_url}"))?;
+                Ok((blobs, directories))
+            },
+        )?;
         let path_info = cairn_store::pathinfo::path_info_service_from_addr(
             &info_url,
             blobs.clone(),
@@ -171,19 +169,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             // An error means the sender is gone, which also means stop.
             let _ = rx.wait_for(|stop| *stop).await;
         };
-
         let mut servers = tokio::task::JoinSet::new();
-        servers.spawn(cairn_castore::server::serve_with(
-            routes.clone(),
-            access.clone(),
-            cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
-            stopped(stop_rx.clone()),
-        ));
-        let mut http_note = String::new();
-        if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
-            servers.spawn(server);
-            http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
-        }
+
+        // The socket first: a script that waits for the TCP port and then runs a
+        // store command must find the socket (the command would otherwise find
+        // the data directory locked by this daemon).
         let mut socket_note = String::new();
         let socket = dir.join("cairn.sock");
         if !args.no_socket {
@@ -196,40 +186,120 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             }
             let unix = bind_private_socket(&socket, socket_gid)?;
             servers.spawn(cairn_castore::server::serve_with(
-                routes,
-                access,
+                routes.clone(),
+                access.clone(),
                 cairn_castore::server::capped(UnixListenerStream::new(unix), args.grpc_max_connections),
-                stopped(stop_rx),
+                stopped(stop_rx.clone()),
             ));
             socket_note = format!(" and grpc+unix://{}", socket.display());
         }
-        // Before the line below: whoever reads it may stop us at once, and a signal
-        // that arrives before its handler is installed kills the process instead
-        // of shutting it down.
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
-        // Tests and scripts read this line to learn the port when --listen used port 0.
-        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
-        tracing::info!(%tcp_addr, "serving");
+        let served = async {
+            let tcp = tokio::net::TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let tcp_addr = tcp.local_addr().context("cannot read the listening address")?;
+            if !tcp_addr.ip().is_loopback() && access.write_token.is_none() && !args.allow_anonymous_writes {
+                anyhow::bail!(
+                    "refusing to serve gRPC on the non-loopback address {tcp_addr} with writes open: set --grpc-token-file FILE (writes then need that token), or --allow-anonymous-writes to accept writes from anyone who reaches it"
+                );
+            }
+            let writes = match access.anonymous_writes {
+                AnonymousWrites::Anyone => "from anyone (--allow-anonymous-writes)",
+                AnonymousWrites::Refused => "with the token, or over the socket",
+                AnonymousWrites::Loopback => "from loopback peers and the socket",
+            };
+            servers.spawn(cairn_castore::server::serve_with(
+                routes,
+                access.clone(),
+                cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
+                stopped(stop_rx.clone()),
+            ));
+            let mut http_note = String::new();
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
+                servers.spawn(server);
+                http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
+            }
+            // Before the line below: whoever reads it may stop us at once, and a
+            // signal that arrives before its handler is installed kills the
+            // process instead of shutting it down.
+            let sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+            let sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+            // Ready: the store is open and every listener bound. Tests and scripts
+            // read this line to learn the ports when they asked for port 0.
+            eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+            tracing::info!(%tcp_addr, "serving");
+            notify_systemd("READY=1");
+            Ok((sigterm, sigint))
+        }
+        .await;
+        let (mut sigterm, mut sigint) = match served {
+            Ok(signals) => signals,
+            Err(e) => {
+                if !args.no_socket {
+                    let _ = std::fs::remove_file(&socket);
+                }
+                return Err(e);
+            }
+        };
 
+        let mut ended = Ok(());
         tokio::select! {
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
             Some(res) = servers.join_next() => {
                 // A server ended on its own: that is an error worth reporting.
-                res.context("server task failed")??;
+                ended = res.context("server task failed").and_then(|r| r.map_err(Into::into));
             }
         }
         eprintln!("cairn daemon: shutting down");
+        notify_systemd("STOPPING=1");
         let _ = stop_tx.send(true);
-        while let Some(res) = servers.join_next().await {
-            res.context("server task failed")??;
+        // Requests in flight finish (an upload either completes or registers
+        // nothing), up to the timeout; then the rest are dropped.
+        let drained = tokio::time::timeout(std::time::Duration::from_secs(args.shutdown_timeout), async {
+            while let Some(res) = servers.join_next().await {
+                if let Err(e) = res.context("server task failed").and_then(|r| r.map_err(anyhow::Error::from)) {
+                    tracing::warn!(error = format!("{e:#}"), "while shutting down");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            eprintln!(
+                "cairn daemon: requests still running after --shutdown-timeout {} s: dropping them",
+                args.shutdown_timeout
+            );
+            servers.shutdown().await;
         }
         if !args.no_socket {
             let _ = std::fs::remove_file(&socket);
         }
-        Ok(())
+        ended
     })
+}
+
+/// Tells systemd about the daemon's state (`READY=1`, `STOPPING=1`) when it
+/// started the daemon as `Type=notify` (it sets NOTIFY_SOCKET); else nothing.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let send = || -> std::io::Result<()> {
+        let sock = std::os::unix::net::UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        // '@' names a socket in the abstract namespace.
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &path)?;
+        }
+        Ok(())
+    };
+    if let Err(e) = send() {
+        tracing::warn!(error = %e, "cannot notify systemd of {state}");
+    }
 }
 
 /// Binds the unix socket at `path` so that only the daemon's user (and the group

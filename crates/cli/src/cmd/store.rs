@@ -142,6 +142,13 @@ impl StoreArgs {
         if let Some(token) = read_token(self.token_file.as_deref(), "client")? {
             cairn_castore::set_client_token(&token).context("--token-file")?;
         }
+        // A daemon that is starting holds the data directory's lock a moment
+        // before its socket answers; urls() looks for the socket again each time.
+        let dir = self.data_dir.clone();
+        when_unlocked(LOCK_WAIT, || data_dir(dir.clone()), || self.open_once())
+    }
+
+    fn open_once(&self) -> anyhow::Result<Store> {
         let [blob_url, dir_url, info_url] = self.urls()?;
         let blobs = cairn_castore::blob_service_from_addr(&blob_url)
             .with_context(|| format!("cannot open blob service {blob_url}"))?;
@@ -159,6 +166,54 @@ impl StoreArgs {
             path_info,
         })
     }
+}
+
+/// How long a command or the daemon waits for a data directory that another
+/// process holds: a daemon that is starting (then its socket answers soon), or
+/// a short command.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Runs `open` until it succeeds, fails otherwise than on a data directory
+/// locked by another process, or `wait` has passed; `dir` names the data
+/// directory in the error.
+pub fn when_unlocked<T>(
+    wait: std::time::Duration,
+    dir: impl Fn() -> anyhow::Result<PathBuf>,
+    mut open: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match open() {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!("data directory locked by another process: waiting for it");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if is_locked(&e) => {
+                let dir = dir()?;
+                return Err(e).with_context(|| {
+                    format!(
+                        "data directory {} stayed in use by another process for {} s, and no daemon answered on {}: stop the other process, or wait for it",
+                        dir.display(),
+                        wait.as_secs(),
+                        dir.join("cairn.sock").display()
+                    )
+                });
+            }
+            r => return r,
+        }
+    }
+}
+
+/// Whether `e` says a data directory is locked by another process.
+fn is_locked(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ResourceBusy)
+    })
 }
 
 /// A multi-threaded tokio runtime for a command.

@@ -242,6 +242,15 @@ pub fn start_daemon_with(data: &Path, extra: &[&str]) -> (Daemon, String, String
     (Daemon(Some(child)), format!("grpc+http://{addr}"), line)
 }
 
+/// The binary cache's address in the daemon's first line.
+#[allow(dead_code)]
+pub fn http_addr(line: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("http://"))
+        .unwrap_or_else(|| panic!("no binary cache address in {line:?}"))
+        .to_string()
+}
+
 /// Stops the daemon with SIGTERM; it must exit successfully.
 pub fn stop_daemon(mut daemon: Daemon) {
     let mut child = daemon.0.take().unwrap();
