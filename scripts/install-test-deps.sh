@@ -3,6 +3,7 @@
 #   * nix-bin (Nix 2.8): the oracle that NAR, hash, store path, narinfo and key tests
 #     compare against; nix-setup-systemd for the nixbld group that chroot stores need
 #   * xz-utils, zstd: compressors the binary cache tests feed to Nix
+#   * systemd: systemd-analyze, which checks the unit file under contrib/
 #   * a venv at $CAIRN_TEST_VENV (default /opt/cairn-test-venv) with grpcio,
 #     grpcio-reflection and protobuf, for the reflection-based gRPC client in
 #     tests/oracle/grpc_client.py
@@ -14,7 +15,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for p in nix-bin xz-utils zstd curl python3-venv; do
+for p in nix-bin xz-utils zstd curl python3-venv systemd; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -359,7 +359,10 @@ fn sigterm_drains_requests_in_flight_within_the_timeout() {
             assert!(took >= Duration::from_secs(2), "stopped after {took:?}");
         } else {
             // Cut off: no final answer (curl shows the 100 Continue it had, or 000).
-            assert!(code == "000" || code == "100", "the upload was answered: {code}");
+            assert!(
+                code == "000" || code == "100",
+                "the upload was answered: {code}"
+            );
             assert!(took < Duration::from_secs(3), "stopped after {took:?}");
         }
     }
@@ -379,4 +382,55 @@ fn spawn_daemon_with(data: &Path, extra: &[&str]) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// The unit file under contrib/ passes `systemd-analyze verify` without a
+/// warning (it reports unknown keys and bad values as warnings, with exit 0),
+/// and the example config file is one `cairn daemon` reads.
+#[test]
+fn contrib_unit_and_config_are_valid() {
+    let contrib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib");
+    let unit = std::fs::read_to_string(contrib.join("cairn.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/cairn daemon "),
+        "{unit}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("cairn.service");
+    // verify checks that the program exists: the one under test.
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/cairn", env!("CARGO_BIN_EXE_cairn")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package; ./test.sh installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+
+    let config = contrib.join("cairn.toml");
+    let printed = text(ok(cairn(
+        &[
+            "daemon",
+            "--config",
+            config.to_str().unwrap(),
+            "--print-config",
+        ],
+        None,
+    )));
+    assert!(
+        printed.contains("http-listen = \"0.0.0.0:9000\"\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("listen = \"127.0.0.1:8000\"\n"),
+        "{printed}"
+    );
 }
