@@ -51,6 +51,21 @@ fn config_file_sets_options_and_the_command_line_overrides_it() {
     let info = curl(&format!("http://{}/nix-cache-info", http_addr(&line)));
     assert!(info.contains("Priority: 9\n"), "{info}");
     stop_daemon(daemon);
+    // gRPC and socket options too: no socket, and gRPC over TCP still serves.
+    let sockless = tmp.path().join("sockless.toml");
+    std::fs::write(&sockless, "no-socket = true\ngrpc-max-connections = 8\n").unwrap();
+    let (daemon, grpc, line) = start_daemon_with(&data, &["--config", sockless.to_str().unwrap()]);
+    assert!(!line.contains("grpc+unix://"), "{line}");
+    assert!(!data.join("cairn.sock").exists());
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"through TCP").unwrap();
+    let out = cairn(&["import", "--store", &grpc, file.to_str().unwrap()], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop_daemon(daemon);
 
     // --print-config: the effective values, the token as its file, never its
     // contents; what it prints is a config file that gives the same again.
