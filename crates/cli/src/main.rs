@@ -19,8 +19,20 @@ mod stdout;
 #[derive(Parser)]
 #[command(name = "cairn", version, propagate_version = true)]
 struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object a line,
+    /// with the event's fields and spans) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -33,7 +45,7 @@ enum Command {
     Key(cmd::key::KeyCommand),
     /// Serve the store over gRPC (BlobService, DirectoryService, PathInfoService,
     /// reflection, health) on TCP and on a unix socket in the data directory.
-    Daemon(cmd::daemon::DaemonArgs),
+    Daemon(Box<cmd::daemon::DaemonArgs>),
     /// Add files, directories or symlinks to the store as content-addressed store
     /// paths, printing one store path per line: the path `nix-store --add PATH`
     /// prints.
@@ -63,21 +75,27 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    // Parsed first, for the log format; a usage error exits here, before any
+    // logging is needed.
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colours only for a person: not in a file, a pipe or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        );
+    match cli.log_format {
+        // Colours only for a person: not in a file, a pipe or the journal.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
-        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Daemon(a) => cmd::daemon::run(*a),
         Command::Import(a) => cmd::import::run(a),
         Command::Dump(a) => cmd::paths::dump(a),
         Command::Export(a) => cmd::paths::export(a),

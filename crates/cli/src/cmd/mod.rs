@@ -2,6 +2,7 @@
 
 pub mod daemon;
 pub mod daemon_http;
+pub mod daemon_metrics;
 pub mod import;
 pub mod key;
 pub mod nar;
