@@ -28,7 +28,8 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Args)]
 pub struct MetricsArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address, and not on the
-    /// binary cache's listener, where they are by default. The safer choice for
+    /// binary cache's listener, where they are by default (so, with --no-http,
+    /// only with this flag). The safer choice for
     /// a public cache: the metrics tell request rates and store size to whoever
     /// reaches the cache. Bind it to a private address: this listener has no
     /// authentication. (On the cache's listener, a private cache's
