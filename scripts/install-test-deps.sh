@@ -6,11 +6,13 @@
 #   * systemd: systemd-analyze, which checks the unit file under contrib/
 #   * a venv at $CAIRN_TEST_VENV (default /opt/cairn-test-venv) with grpcio,
 #     grpcio-reflection and protobuf, for the reflection-based gRPC client in
-#     tests/oracle/grpc_client.py
+#     tests/oracle/grpc_client.py, and prometheus_client, whose OpenMetrics parser
+#     reads the daemon's /metrics in crates/cli/tests/metrics.rs
 # Runs apt as root (or through sudo). Safe to re-run: does nothing when all is there.
 set -euo pipefail
 VENV=${CAIRN_TEST_VENV:-/opt/cairn-test-venv}
 GRPC_VER=1.85.1
+PROM_VER=0.21.1
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 
@@ -29,5 +31,9 @@ if ! "$VENV/bin/python" -c "import grpc, grpc_reflection; assert grpc.__version_
   echo "install-test-deps: creating $VENV (grpcio $GRPC_VER)"
   $SUDO python3 -m venv "$VENV" 2>/dev/null || $SUDO /usr/bin/python3 -m venv "$VENV"
   $SUDO "$VENV/bin/pip" install -q "grpcio==$GRPC_VER" "grpcio-reflection==$GRPC_VER" "grpcio-tools==$GRPC_VER"
+fi
+if ! "$VENV/bin/python" -c "import prometheus_client as p; from importlib.metadata import version; assert version('prometheus_client') == '$PROM_VER'" 2>/dev/null; then
+  echo "install-test-deps: prometheus_client $PROM_VER into $VENV"
+  $SUDO "$VENV/bin/pip" install -q "prometheus_client==$PROM_VER"
 fi
 nix --version

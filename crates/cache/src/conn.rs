@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
+use crate::metrics::HttpMetrics;
 use crate::server::{ACCESS, BinaryCache, NARINFO_CACHE, access, narinfo_text};
 
 /// A request head larger than this that is still incomplete goes to hyper (which
@@ -182,7 +183,7 @@ fn encode(
 async fn narinfo(cache: &BinaryCache, hash: &[u8; 32], head: bool, date: &str, out: &mut Vec<u8>) {
     // The parser let only ASCII through.
     let hash = std::str::from_utf8(hash).unwrap_or_default();
-    let start = tracing::enabled!(target: ACCESS, tracing::Level::DEBUG).then(Instant::now);
+    let start = Instant::now();
     let status = match narinfo_text(cache, hash).await {
         Ok(text) => {
             encode(
@@ -208,7 +209,8 @@ async fn narinfo(cache: &BinaryCache, hash: &[u8; 32], head: bool, date: &str, o
             parts.status
         }
     };
-    if let Some(start) = start {
+    cache.metrics.narinfo(status, start.elapsed());
+    if tracing::enabled!(target: ACCESS, tracing::Level::DEBUG) {
         let method = if head { "HEAD" } else { "GET" };
         access(method, &format!("/{hash}.narinfo"), status, start);
     }
@@ -307,14 +309,16 @@ async fn serve_connection(
                 }
                 RequestHead::Partial if buf.len() <= MAX_HEAD => break,
                 RequestHead::Partial | RequestHead::Other => {
+                    cache.metrics.sent.inc_by(out.len() as u64);
                     if stream.write_all(&out).await.is_ok() {
-                        hand_over(stream, buf, router, stop, cache.config()).await;
+                        hand_over(stream, buf, router, stop, &cache).await;
                     }
                     return;
                 }
             }
         }
         if !out.is_empty() {
+            cache.metrics.sent.inc_by(out.len() as u64);
             if stream.write_all(&out).await.is_err() {
                 return;
             }
@@ -333,7 +337,9 @@ async fn serve_connection(
         tokio::select! {
             r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => match r {
                 Ok(Ok(0) | Err(_)) => return,
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => {
+                    cache.metrics.received.inc_by(n as u64);
+                }
                 Err(_) => {
                     tracing::debug!(target: ACCESS, ?wait, "connection closed: no request in time");
                     return;
@@ -353,11 +359,13 @@ async fn hand_over(
     read: BytesMut,
     router: Router,
     mut stop: watch::Receiver<bool>,
-    config: &crate::CacheConfig,
+    cache: &BinaryCache,
 ) {
+    let config = cache.config();
     let io = hyper_util::rt::TokioIo::new(Rewind {
         read: read.freeze(),
         inner: stream,
+        metrics: cache.metrics.clone(),
     });
     let service = hyper_util::service::TowerToHyperService::new(router);
     let mut builder =
@@ -388,10 +396,12 @@ async fn hand_over(
     }
 }
 
-/// A stream whose first bytes are `read`.
+/// A stream whose first bytes are `read` (already counted), counting the bytes
+/// it reads and writes.
 struct Rewind {
     read: Bytes,
     inner: TcpStream,
+    metrics: Arc<HttpMetrics>,
 }
 
 impl AsyncRead for Rewind {
@@ -406,7 +416,20 @@ impl AsyncRead for Rewind {
             self.read.advance(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.metrics
+            .received
+            .inc_by((buf.filled().len() - before) as u64);
+        polled
+    }
+}
+
+impl Rewind {
+    fn sent(&self, polled: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.metrics.sent.inc_by(*n as u64);
+        }
     }
 }
 
@@ -416,7 +439,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.sent(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -424,7 +449,9 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.sent(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

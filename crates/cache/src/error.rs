@@ -25,6 +25,16 @@ pub enum CacheError {
     /// A narinfo not signed by a trusted key (403).
     #[error("{0}")]
     Forbidden(String),
+    /// An uploaded narinfo not signed by any trusted key (403).
+    #[error("{0}")]
+    Untrusted(String),
+    /// An upload whose content does not match the hash or size it was sent
+    /// under, or an uploaded narinfo that does not match its NAR (400).
+    #[error("{0}")]
+    HashMismatch(String),
+    /// An uploaded narinfo referring to a path the cache does not have (400).
+    #[error("{0}")]
+    MissingReference(String),
     /// A narinfo for a path already registered with other contents (409).
     #[error("{0}")]
     Conflict(String),
@@ -51,15 +61,37 @@ impl CacheError {
     pub fn status(&self) -> StatusCode {
         match self {
             CacheError::NotFound => StatusCode::NOT_FOUND,
-            CacheError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CacheError::BadRequest(_)
+            | CacheError::HashMismatch(_)
+            | CacheError::MissingReference(_) => StatusCode::BAD_REQUEST,
             CacheError::Unauthorized | CacheError::ReadUnauthorized => StatusCode::UNAUTHORIZED,
-            CacheError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CacheError::Forbidden(_) | CacheError::Untrusted(_) => StatusCode::FORBIDDEN,
             CacheError::Conflict(_) => StatusCode::CONFLICT,
             CacheError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             CacheError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CacheError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             CacheError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             CacheError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Why the request was refused, as the `reason` label of
+    /// `cairn_http_uploads_refused_total`: a small fixed set.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CacheError::NotFound => "not_found",
+            CacheError::BadRequest(_) => "bad_request",
+            CacheError::Unauthorized | CacheError::ReadUnauthorized => "unauthorized",
+            CacheError::Forbidden(_) => "forbidden",
+            CacheError::Untrusted(_) => "untrusted_signature",
+            CacheError::HashMismatch(_) => "hash_mismatch",
+            CacheError::MissingReference(_) => "missing_reference",
+            CacheError::Conflict(_) => "conflict",
+            CacheError::MethodNotAllowed => "method_not_allowed",
+            CacheError::TooLarge(_) => "too_large",
+            CacheError::InsufficientStorage(_) => "storage_full",
+            CacheError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            CacheError::Internal(_) => "internal",
         }
     }
 
@@ -93,12 +125,14 @@ impl CacheError {
 impl IntoResponse for CacheError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let reason = crate::metrics::Refusal(self.reason());
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         } else {
             tracing::debug!(error = %self, %status, "request refused");
         }
         let mut resp = (status, format!("{self}\n")).into_response();
+        resp.extensions_mut().insert(reason);
         let headers = resp.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {

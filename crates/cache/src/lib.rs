@@ -12,6 +12,7 @@
 //!   ingested as it streams, then `PUT /<hash>.narinfo` checked against it).
 //! - [`PendingUploads`]: uploaded NARs waiting for their narinfo, durable.
 //! - [`Compression`], [`Token`], [`CacheError`] (every error's status code).
+//! - [`metrics`]: the cache's Prometheus metrics and the `/metrics` endpoint.
 //!
 //! NAR rendering and ingestion and the path info model belong to `cairn-store`,
 //! Nix's text formats and signatures to `cairn-nix`; this crate owns the HTTP
@@ -38,6 +39,7 @@ mod conn;
 mod error;
 mod hashing;
 mod listing;
+pub mod metrics;
 mod pending;
 mod server;
 

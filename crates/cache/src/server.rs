@@ -29,6 +29,7 @@ use crate::compression::Compression;
 use crate::error::CacheError;
 use crate::hashing::HashingStream;
 use crate::listing::listing;
+use crate::metrics::{HttpMetrics, Route};
 use crate::pending::{PendingNar, PendingUploads};
 use cairn_castore::auth::Token;
 
@@ -109,6 +110,10 @@ pub struct BinaryCache {
     rendered: Mutex<Lru<[u8; DIGEST_LEN], (PathInfo, Bytes)>>,
     /// When pending uploads were last expired.
     last_expiry: Mutex<Instant>,
+    /// What it counts.
+    pub(crate) metrics: Arc<HttpMetrics>,
+    /// Served as `/metrics` if set.
+    exposition: Option<Arc<prometheus_client::registry::Registry>>,
 }
 
 /// Memory the rendered narinfos may take (about: each entry costs
@@ -149,7 +154,22 @@ impl BinaryCache {
             config,
             cache_info_text,
             rendered: Mutex::new(Lru::new(MAX_RENDERED_BYTES)),
+            metrics: Arc::default(),
+            exposition: None,
         }
+    }
+
+    /// Counts into `metrics` (shared with whoever registered them), and serves
+    /// `exposition` as `GET /metrics` if given (under the same read access as
+    /// the rest of the cache).
+    pub fn with_metrics(
+        mut self,
+        metrics: Arc<HttpMetrics>,
+        exposition: Option<Arc<prometheus_client::registry::Registry>>,
+    ) -> Self {
+        self.metrics = metrics;
+        self.exposition = exposition;
+        self
     }
 }
 
@@ -213,8 +233,10 @@ impl BinaryCache {
         if let Some((cached, text)) = lock().get(&digest)
             && *cached == info
         {
+            self.metrics.rendered_hits.inc();
             return Ok(text.clone());
         }
+        self.metrics.rendered_misses.inc();
         let url = FieldText::try_from(nar_url(&info))
             .map_err(|e| CacheError::Internal(format!("NAR URL: {e}")))?;
         let mut ni = info.to_narinfo(
@@ -243,6 +265,7 @@ type Cache = State<Arc<BinaryCache>>;
 pub fn router(cache: Arc<BinaryCache>) -> Router {
     Router::new()
         .route("/nix-cache-info", get(get_cache_info).put(put_cache_info))
+        .route("/metrics", get(get_metrics))
         .route(
             "/nar/{file}",
             get(get_nar).put(put_nar).layer(DefaultBodyLimit::disable()),
@@ -250,7 +273,7 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
         .route("/{file}", get(get_file).put(put_file))
         .fallback(|| async { CacheError::NotFound })
         .layer(middleware::from_fn_with_state(cache.clone(), guard_reads))
-        .layer(middleware::from_fn(log_access))
+        .layer(middleware::from_fn_with_state(cache.clone(), observe))
         .with_state(cache)
 }
 
@@ -259,17 +282,27 @@ pub fn router(cache: Arc<BinaryCache>) -> Router {
 /// names the peer.
 pub(crate) const ACCESS: &str = "cairn_cache::access";
 
-/// Logs a request to [`ACCESS`] when its answer's head is ready (a NAR's body is
-/// still to come then).
-async fn log_access(req: Request, next: Next) -> Response {
-    if !tracing::enabled!(target: ACCESS, tracing::Level::DEBUG) {
-        return next.run(req).await;
-    }
-    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+/// Counts a request in the metrics and logs it to [`ACCESS`] (if enabled) when
+/// its answer's head is ready (a NAR's body is still to come then).
+async fn observe(State(cache): Cache, req: Request, next: Next) -> Response {
+    let route = Route::of(req.method(), req.uri().path());
+    let logged = tracing::enabled!(target: ACCESS, tracing::Level::DEBUG)
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let start = Instant::now();
     let response = next.run(req).await;
-    access(method.as_str(), &path, response.status(), start);
+    cache.metrics.request(route, &response, start.elapsed());
+    if let Some((method, path)) = logged {
+        access(method.as_str(), &path, response.status(), start);
+    }
     response
+}
+
+/// `GET /metrics`: the registry given to [`BinaryCache::with_metrics`], if any.
+async fn get_metrics(State(cache): Cache) -> Response {
+    match &cache.exposition {
+        Some(registry) => crate::metrics::exposition(registry.clone()).await,
+        None => CacheError::NotFound.into_response(),
+    }
 }
 
 /// One access log event.
@@ -450,6 +483,7 @@ async fn put_narinfo(
     body: &[u8],
 ) -> Result<StatusCode, CacheError> {
     let bad = CacheError::BadRequest;
+    let mismatch = CacheError::HashMismatch;
     let text = std::str::from_utf8(body).map_err(|_| bad("narinfo: not UTF-8".into()))?;
     let ni = NarInfo::parse(text).map_err(|e| bad(e.to_string()))?;
     if ni.store_path.digest() != &digest {
@@ -478,7 +512,7 @@ async fn put_narinfo(
     if let Some(fh) = &ni.file_hash
         && fh.digest() != file_sha256
     {
-        return Err(bad(format!(
+        return Err(mismatch(format!(
             "narinfo: FileHash {fh} does not match URL {url}"
         )));
     }
@@ -491,20 +525,20 @@ async fn put_narinfo(
     if let Some(size) = ni.file_size
         && size != nar.file_size
     {
-        return Err(bad(format!(
+        return Err(mismatch(format!(
             "narinfo: FileSize {size}, but {url} has {} bytes",
             nar.file_size
         )));
     }
     let nar_hash = NixHash::Sha256(nar.nar_sha256);
     if ni.nar_hash != nar_hash {
-        return Err(bad(format!(
+        return Err(mismatch(format!(
             "narinfo: NarHash {}, but the NAR in {url} has {nar_hash}",
             ni.nar_hash
         )));
     }
     if ni.nar_size != nar.nar_size {
-        return Err(bad(format!(
+        return Err(mismatch(format!(
             "narinfo: NarSize {}, but the NAR in {url} has {} bytes",
             ni.nar_size, nar.nar_size
         )));
@@ -515,7 +549,7 @@ async fn put_narinfo(
     }) = &ni.ca
         && *h != nar.nar_sha256
     {
-        return Err(bad(format!(
+        return Err(mismatch(format!(
             "narinfo: CA {} does not match the NAR's hash {nar_hash}",
             ni.ca.as_ref().map(ToString::to_string).unwrap_or_default()
         )));
@@ -531,7 +565,7 @@ async fn put_narinfo(
             .map_err(CacheError::from_store)?
             .is_none()
         {
-            return Err(bad(format!(
+            return Err(CacheError::MissingReference(format!(
                 "narinfo for {}: reference {r} is not in this cache (upload it first)",
                 ni.store_path
             )));
@@ -539,7 +573,7 @@ async fn put_narinfo(
     }
     if !cache.config.trusted_keys.is_empty() && ni.verify(&cache.config.trusted_keys) == 0 {
         let names: Vec<&str> = cache.config.trusted_keys.iter().map(|k| k.name()).collect();
-        return Err(CacheError::Forbidden(format!(
+        return Err(CacheError::Untrusted(format!(
             "narinfo for {}: no valid signature by a trusted key ({})",
             ni.store_path,
             names.join(", ")
@@ -836,7 +870,7 @@ async fn put_nar(
     // Uncompressed, the file is the NAR.
     let got_sha256 = file_hash.unwrap_or(ingested.nar_sha256);
     if got_sha256 != file_sha256 {
-        return Err(CacheError::BadRequest(format!(
+        return Err(CacheError::HashMismatch(format!(
             "nar/{file}: the file's SHA-256 is {}, not the one its name says",
             nixbase32::encode(&got_sha256)
         )));

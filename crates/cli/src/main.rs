@@ -19,8 +19,20 @@ mod stdout;
 #[derive(Parser)]
 #[command(name = "cairn", version, propagate_version = true)]
 struct Cli {
+    /// Log line format on stderr: `text` for people, `json` (one object a line,
+    /// with the event's fields and spans) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -63,16 +75,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        // Colours only for a person: not in a file, a pipe or the journal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
-
+    // Parsed first, for the log format; a usage error or a bad config file ends
+    // the run here, before any logging is needed.
     let cli = match parse() {
         Ok(Some(cli)) => cli,
         Ok(None) => return ExitCode::SUCCESS,
@@ -81,6 +85,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        );
+    match cli.log_format {
+        // Colours only for a person: not in a file, a pipe or the journal.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+
     let result = match cli.command {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
@@ -111,7 +129,10 @@ fn main() -> ExitCode {
 /// when the run was `cairn daemon --print-config`, which is done then.
 fn parse() -> anyhow::Result<Option<Cli>> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let command = Cli::command();
+    let mut command = Cli::command();
+    // Built, so that the daemon's arguments include the global ones
+    // (--log-format), which the config file can set too.
+    command.build();
     // Exits on --help, --version and mistakes, as Cli::parse would.
     let first = command.clone().get_matches_from(argv.clone());
     let argv = cmd::config::with_config_file(argv, &command, &first)?;

@@ -165,6 +165,20 @@ impl Drop for Inner {
     }
 }
 
+/// [`EmbeddedStore::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Chunks readable by digest: every blob of one chunk, and every chunk of
+    /// the blobs of several.
+    pub chunks: u64,
+    /// Blobs of several chunks.
+    pub chunked_blobs: u64,
+    /// Directories.
+    pub directories: u64,
+    /// Disk taken by the pack files and the index (allocated blocks).
+    pub disk_bytes: u64,
+}
+
 /// A data directory opened for reading and writing blobs and directories.
 ///
 /// Cheap to clone; all clones share one index, one set of packs and one committer.
@@ -285,6 +299,35 @@ impl EmbeddedStore {
         let store = EmbeddedStore::open(&key)?;
         open.push((key, Arc::downgrade(&store.inner)));
         Ok(store)
+    }
+
+    /// What the store holds now, for monitoring: entry counts from the index
+    /// (redb keeps each table's length, so this reads no entries) and the disk
+    /// the packs and the index take. Blocking; costs one read transaction and a
+    /// `stat` per pack file, not a walk of the store.
+    pub fn stats(&self) -> Result<StoreStats, EmbeddedError> {
+        let txn = self.inner.db.begin_read().map_err(db_err)?;
+        let len = |t: TableDefinition<&[u8; 32], &[u8]>| -> Result<u64, EmbeddedError> {
+            txn.open_table(t).map_err(db_err)?.len().map_err(db_err)
+        };
+        let mut disk_bytes = 0;
+        for id in self.inner.packs.committed_lengths().into_keys() {
+            disk_bytes += self.inner.packs.allocated(id)?;
+        }
+        let index = self.inner.dir.join("index.redb");
+        disk_bytes += std::fs::metadata(&index)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .map_err(|source| EmbeddedError::Io {
+                what: "stat",
+                path: index,
+                source,
+            })?;
+        Ok(StoreStats {
+            chunks: len(CHUNKS)?,
+            chunked_blobs: len(BLOBS)?,
+            directories: len(DIRECTORIES)?,
+            disk_bytes,
+        })
     }
 
     /// Sends `req` to the committer; await the receiver.

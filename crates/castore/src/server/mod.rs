@@ -10,6 +10,7 @@
 pub mod access;
 mod blob;
 mod directory;
+pub mod metrics;
 mod reset;
 mod seed;
 
@@ -240,6 +241,22 @@ where
     IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    serve_observed(routes, access, None, incoming, shutdown).await
+}
+
+/// [`serve_with`], counting every call in `metrics` if given.
+pub async fn serve_observed<I, IO, IE>(
+    routes: Routes,
+    access: access::Access,
+    metrics: Option<Arc<metrics::GrpcMetrics>>,
+    incoming: I,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = Result<IO, IE>>,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     use crate::channel::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
     tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW)
@@ -251,6 +268,7 @@ where
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
         .max_concurrent_streams(Some(1024))
+        .layer(metrics::MetricsLayer(metrics))
         .layer(access::AccessLayer(access))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)

@@ -102,6 +102,9 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     http: super::daemon_http::HttpArgs,
+
+    #[command(flatten)]
+    metrics: super::daemon_metrics::MetricsArgs,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -153,15 +156,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         // The embedded store's lookups are redb reads on a blocking thread; this one
         // instance serves both gRPC and HTTP, so every write to it passes the cache.
         // Not for a remote service: others may write to it behind our back.
-        let path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> =
-            if info_url.starts_with("redb://") {
-                Arc::new(cairn_store::pathinfo::CachingPathInfoService::new(
-                    path_info,
-                    PATH_INFO_CACHE_ENTRIES,
-                ))
-            } else {
-                path_info
-            };
+        let path_info_cache = info_url.starts_with("redb://").then(|| {
+            Arc::new(cairn_store::pathinfo::CachingPathInfoService::new(
+                path_info.clone(),
+                PATH_INFO_CACHE_ENTRIES,
+            ))
+        });
+        let path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> = match &path_info_cache {
+            Some(cache) => cache.clone(),
+            None => path_info,
+        };
         let (routes, _health) =
             cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info.clone()).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -173,10 +177,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
         // The socket first: a script that waits for the TCP port and then runs a
         // store command must find the socket (the command would otherwise find
-        // the data directory locked by this daemon).
+        // the data directory locked by this daemon). Connections wait in its
+        // backlog until it is served, below.
         let mut socket_note = String::new();
         let socket = dir.join("cairn.sock");
-        if !args.no_socket {
+        let unix = if args.no_socket {
+            None
+        } else {
             // A socket file left by a daemon that was killed would make bind fail.
             match std::fs::remove_file(&socket) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -184,16 +191,28 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 }
                 _ => {}
             }
-            let unix = bind_private_socket(&socket, socket_gid)?;
-            servers.spawn(cairn_castore::server::serve_with(
-                routes.clone(),
-                access.clone(),
-                cairn_castore::server::capped(UnixListenerStream::new(unix), args.grpc_max_connections),
-                stopped(stop_rx.clone()),
-            ));
-            socket_note = format!(" and grpc+unix://{}", socket.display());
-        }
+            Some(bind_private_socket(&socket, socket_gid)?)
+        };
         let served = async {
+            let sources = super::daemon_metrics::StoreSources {
+                blob_url: &blob_url,
+                info_url: &info_url,
+                blobs: blobs.clone(),
+                directories: directories.clone(),
+                path_info_cache,
+            };
+            let (metrics, metrics_server) =
+                super::daemon_metrics::setup(&args.metrics, sources, stopped(stop_rx.clone())).await?;
+            if let Some(unix) = unix {
+                servers.spawn(cairn_castore::server::serve_observed(
+                    routes.clone(),
+                    access.clone(),
+                    metrics.grpc.clone(),
+                    cairn_castore::server::capped(UnixListenerStream::new(unix), args.grpc_max_connections),
+                    stopped(stop_rx.clone()),
+                ));
+                socket_note = format!(" and grpc+unix://{}", socket.display());
+            }
             let tcp = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -208,14 +227,20 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 AnonymousWrites::Refused => "with the token, or over the socket",
                 AnonymousWrites::Loopback => "from loopback peers and the socket",
             };
-            servers.spawn(cairn_castore::server::serve_with(
+            let mut metrics_note = String::new();
+            if let Some((addr, server)) = metrics_server {
+                servers.spawn(server);
+                metrics_note = format!(", metrics on http://{addr}/metrics");
+            }
+            servers.spawn(cairn_castore::server::serve_observed(
                 routes,
                 access.clone(),
+                metrics.grpc.clone(),
                 cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
                 stopped(stop_rx.clone()),
             ));
             let mut http_note = String::new();
-            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, &metrics, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);
                 http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
             }
@@ -226,7 +251,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
             // Ready: the store is open and every listener bound. Tests and scripts
             // read this line to learn the ports when they asked for port 0.
-            eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+            eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
             tracing::info!(%tcp_addr, "serving");
             notify_systemd("READY=1");
             Ok((sigterm, sigint))

@@ -143,7 +143,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Binds the binary cache's listener (unless `--no-http`) and returns its address,
-/// who may upload (for the startup line) and the server future, which runs until `shutdown` completes. Pending uploads
+/// who may upload (for the startup line) and the server future (counting into
+/// `metrics`, serving them as /metrics unless they have a listener of their own), which runs until `shutdown` completes. Pending uploads
 /// are kept in `data_dir`.
 pub async fn bind(
     args: &HttpArgs,
@@ -151,6 +152,7 @@ pub async fn bind(
     directories: Arc<dyn DirectoryService>,
     path_info: Arc<dyn PathInfoService>,
     data_dir: &Path,
+    metrics: &super::daemon_metrics::Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<
     Option<(
@@ -165,7 +167,8 @@ pub async fn bind(
     let config = args.config()?;
     let pending = cairn_cache::PendingUploads::open(data_dir)
         .with_context(|| format!("cannot open the pending uploads in {}", data_dir.display()))?;
-    let cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config);
+    let cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config)
+        .with_metrics(metrics.http.clone(), metrics.on_cache.clone());
     let listener = tokio::net::TcpListener::bind(&args.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_listen))?;

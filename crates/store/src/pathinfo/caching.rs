@@ -1,6 +1,7 @@
 //! [`CachingPathInfoService`]: a bounded in-memory cache in front of another
 //! [`PathInfoService`], so repeated lookups (narinfo requests) skip the backend.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
@@ -23,6 +24,10 @@ pub struct CachingPathInfoService {
     inner: Arc<dyn PathInfoService>,
     capacity: usize,
     state: Mutex<State>,
+    /// Lookups answered from the cache, and those that went to `inner` (for
+    /// monitoring: [`CachingPathInfoService::hits_and_misses`]).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct State {
@@ -42,7 +47,18 @@ impl CachingPathInfoService {
                 lru: Lru::new(capacity),
                 epoch: 0,
             }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
+    }
+
+    /// Lookups answered from the cache and lookups that were not, since it was
+    /// made.
+    pub fn hits_and_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 
     /// How many entries are cached now.
@@ -68,10 +84,12 @@ impl PathInfoService for CachingPathInfoService {
         let epoch = {
             let mut state = self.lock();
             if let Some(info) = state.lru.get(&digest) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(info.clone()));
             }
             state.epoch
         };
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let found = self.inner.get(digest).await?;
         if let Some(info) = &found
             && self.capacity > 0

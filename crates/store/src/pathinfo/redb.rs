@@ -286,6 +286,24 @@ fn open_db(dir: &Path) -> Result<Db, Error> {
     })
 }
 
+impl RedbPathInfoService {
+    /// How many paths are registered (redb keeps the table's length: no walk).
+    /// Blocking.
+    pub fn len(&self) -> Result<u64, Error> {
+        use redb::ReadableTableMetadata as _;
+        let txn = self.db.db.begin_read().map_err(storage)?;
+        txn.open_table(PATHINFO)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)
+    }
+
+    /// Whether no path is registered. Blocking.
+    pub fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self.len()? == 0)
+    }
+}
+
 #[async_trait]
 impl PathInfoService for RedbPathInfoService {
     async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
