@@ -43,7 +43,7 @@ mod server;
 
 pub use cairn_castore::auth::Token;
 pub use compression::Compression;
-pub use conn::{RequestHead, parse_request, serve};
+pub use conn::{RequestHead, parse_request, serve, serve_tls};
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};

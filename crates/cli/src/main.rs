@@ -33,7 +33,8 @@ enum Command {
     Key(cmd::key::KeyCommand),
     /// Serve the store over gRPC (BlobService, DirectoryService, PathInfoService,
     /// reflection, health) on TCP and on a unix socket in the data directory.
-    Daemon(cmd::daemon::DaemonArgs),
+    // Boxed: its many flags would make every other variant as large.
+    Daemon(Box<cmd::daemon::DaemonArgs>),
     /// Add files, directories or symlinks to the store as content-addressed store
     /// paths, printing one store path per line: the path `nix-store --add PATH`
     /// prints.
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Nar(c) => cmd::nar::run(c),
         Command::Key(c) => cmd::key::run(c),
-        Command::Daemon(a) => cmd::daemon::run(a),
+        Command::Daemon(a) => cmd::daemon::run(*a),
         Command::Import(a) => cmd::import::run(a),
         Command::Dump(a) => cmd::paths::dump(a),
         Command::Export(a) => cmd::paths::export(a),

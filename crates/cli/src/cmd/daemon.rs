@@ -1,6 +1,7 @@
 //! `cairn daemon`: serves the store (`tvix.castore.v1` BlobService and
 //! DirectoryService, `tvix.store.v1` PathInfoService, with reflection and health)
-//! over gRPC, on TCP and on a unix socket in the data directory. The other
+//! over gRPC, on TCP (over TLS with --tls-cert) and on a unix socket in the data
+//! directory. The other
 //! commands find that socket and use the daemon instead of the data directory,
 //! which the daemon holds locked.
 
@@ -32,7 +33,8 @@ pub struct DaemonArgs {
     data_dir: Option<PathBuf>,
 
     /// Serve blobs from this backend instead of the embedded store
-    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
+    /// grpc+unix:///path).
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     blob_service_addr: Option<String>,
 
@@ -41,7 +43,8 @@ pub struct DaemonArgs {
     directory_service_addr: Option<String>,
 
     /// Serve path info from this backend instead of the embedded store
-    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
+    /// grpc+unix:///path).
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     path_info_service_addr: Option<String>,
 
@@ -84,6 +87,9 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     http: super::daemon_http::HttpArgs,
+
+    #[command(flatten)]
+    tls: super::tls::TlsArgs,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -108,6 +114,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         read_token: read_token(args.grpc_read_token_file.as_deref(), "gRPC read")?,
     };
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose()?;
+    let tls = super::tls::ServerTls::from_args(&args.tls)?;
+    super::tls::trust_ca_file(args.tls.ca_file.as_deref())?;
     cairn_castore::model::set_max_directory_entries(args.max_directory_entries);
     raise_file_limit();
 
@@ -160,16 +168,28 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         };
 
         let mut servers = tokio::task::JoinSet::new();
-        servers.spawn(cairn_castore::server::serve_with(
-            routes.clone(),
-            access.clone(),
-            cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
-            stopped(stop_rx.clone()),
-        ));
+        let tcp_incoming = cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections);
+        // After the cap: a connection holds its slot while it shakes hands.
+        match &tls {
+            Some(tls) => servers.spawn(cairn_castore::server::serve_with(
+                routes.clone(),
+                access.clone(),
+                cairn_castore::tls::incoming(tcp_incoming, tls.grpc()?, super::tls::GRPC_HANDSHAKE_TIMEOUT),
+                stopped(stop_rx.clone()),
+            )),
+            None => servers.spawn(cairn_castore::server::serve_with(
+                routes.clone(),
+                access.clone(),
+                tcp_incoming,
+                stopped(stop_rx.clone()),
+            )),
+        };
+        let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
         let mut http_note = String::new();
-        if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, stopped(stop_rx.clone())).await? {
+        let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
+        if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, http_tls, stopped(stop_rx.clone())).await? {
             servers.spawn(server);
-            http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
+            http_note = format!(", binary cache on {http_scheme}://{addr} (uploads {uploads})");
         }
         let mut socket_note = String::new();
         let socket = dir.join("cairn.sock");
@@ -195,8 +215,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         // of shutting it down.
         let mut sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+        if let Some(tls) = &tls {
+            tls.reload_on_sighup()?;
+        }
         // Tests and scripts read this line to learn the port when --listen used port 0.
-        eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+        eprintln!("cairn daemon: serving {grpc_scheme}://{tcp_addr}{socket_note} (writes {writes}){http_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
         tracing::info!(%tcp_addr, "serving");
 
         tokio::select! {

@@ -16,8 +16,9 @@ use super::store::read_token;
 /// Flags of `cairn daemon` for the binary cache.
 #[derive(Args)]
 pub struct HttpArgs {
-    /// TCP address to serve the Nix binary cache on over HTTP (port 0 picks a free
-    /// port): `nix copy --to/--from http://ADDR`, substituters.
+    /// TCP address to serve the Nix binary cache on over HTTP (HTTPS with
+    /// --tls-cert; port 0 picks a free port): `nix copy --to/--from
+    /// http://ADDR`, substituters.
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     http_listen: String,
 
@@ -144,13 +145,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Binds the binary cache's listener (unless `--no-http`) and returns its address,
 /// who may upload (for the startup line) and the server future, which runs until `shutdown` completes. Pending uploads
-/// are kept in `data_dir`.
+/// are kept in `data_dir`. With `tls`, the cache is served over HTTPS.
 pub async fn bind(
     args: &HttpArgs,
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
     path_info: Arc<dyn PathInfoService>,
     data_dir: &Path,
+    tls: Option<cairn_castore::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<
     Option<(
@@ -178,9 +180,12 @@ pub async fn bind(
         (None, false) => "refused (no --upload-token-file)",
     };
     Ok(Some((addr, uploads, async move {
-        cairn_cache::serve(listener, Arc::new(cache), shutdown)
-            .await
-            .map_err(cairn_castore::Error::Io)
+        let cache = Arc::new(cache);
+        match tls {
+            Some(tls) => cairn_cache::serve_tls(listener, cache, tls, shutdown).await,
+            None => cairn_cache::serve(listener, cache, shutdown).await,
+        }
+        .map_err(cairn_castore::Error::Io)
     })))
 }
 

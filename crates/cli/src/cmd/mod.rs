@@ -7,3 +7,4 @@ pub mod key;
 pub mod nar;
 pub mod paths;
 pub mod store;
+pub mod tls;
