@@ -274,9 +274,16 @@ async fn serve_maybe_tls(
                             None => serve_connection(stream, cache, router, stop).await,
                             Some(tls) => {
                                 let limit = cache.config().header_read_timeout;
-                                match cairn_castore::tls::accept(&tls, stream, limit).await {
-                                    Ok(stream) => serve_connection(stream, cache, router, stop).await,
-                                    Err(e) => tracing::debug!(target: ACCESS, error = %e, "TLS handshake failed"),
+                                let mut stopping = stop.clone();
+                                // A handshake not done at shutdown is dropped, as an
+                                // idle connection is, rather than waited for.
+                                tokio::select! {
+                                    shaken = cairn_castore::tls::accept(&tls, stream, limit) => match shaken {
+                                        Ok(stream) => serve_connection(stream, cache, router, stop).await,
+                                        Err(e) => tracing::debug!(target: ACCESS, error = %e, "TLS handshake failed"),
+                                    },
+                                    // The guard wait_for returns is not Send: dropped here.
+                                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {}
                                 }
                             }
                         }
