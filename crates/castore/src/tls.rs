@@ -378,3 +378,46 @@ fn handshake_error(hostport: &str, e: io::Error) -> io::Error {
         format!("TLS handshake with {hostport} failed: {e}{hint}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_names_from_addresses() {
+        let name = |hostport: &str| client_parts(hostport).map(|(n, _)| n.to_str().into_owned());
+        assert_eq!(name("localhost:443").ok().as_deref(), Some("localhost"));
+        assert_eq!(name("127.0.0.1:8443").ok().as_deref(), Some("127.0.0.1"));
+        assert_eq!(name("[::1]:8443").ok().as_deref(), Some("::1"));
+        let err = name("bad_name!:443").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("not a valid TLS server name")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let missing = dir.path().join("missing.pem");
+        let err = load_certified_key(&missing, &empty)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("cannot read TLS certificate") && err.contains("missing.pem"),
+            "{err}"
+        );
+        let err = set_client_ca_file(&empty)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("no certificate") && err.contains("empty.pem"),
+            "{err}"
+        );
+    }
+}

@@ -304,9 +304,16 @@ fn grpc_over_tls_checks_the_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // And the HTTPS cache answers while the idle ones still wait.
+    // And the HTTPS cache answers while the idle ones still wait (well within
+    // the 30 s header timeout that bounds the idle one's handshake).
+    let start = Instant::now();
     let mut https = tls_connect(&https_addr(&line), &client_config(&[&ca.pem]));
     assert_eq!(get(&mut https, "/nix-cache-info").0, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
 
     let fails = |args: &[&str], env_ca: Option<&str>| {
         let mut cmd = common::cairn_at_cmd(&elsewhere, args);
