@@ -233,6 +233,30 @@ where
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
+/// [`crate::server::serve_with`] on the connections of `incoming` (already
+/// capped: a connection holds its slot while it shakes hands), over TLS if
+/// `tls` is given, each handshake within `limit`.
+pub async fn serve_with<I, IO>(
+    tls: Option<TlsAcceptor>,
+    limit: Duration,
+    routes: tonic::service::Routes,
+    access: crate::server::access::Access,
+    incoming: I,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error>
+where
+    I: Stream<Item = io::Result<IO>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Connected + Unpin + Send + 'static,
+{
+    match tls {
+        Some(tls) => {
+            let incoming = self::incoming(incoming, tls, limit);
+            crate::server::serve_with(routes, access, incoming, shutdown).await
+        }
+        None => crate::server::serve_with(routes, access, incoming, shutdown).await,
+    }
+}
+
 /// A server-side TLS connection that reports the peer of the connection under it
 /// (so access checks see the remote address, as over plain TCP).
 pub struct TlsConn<IO>(tokio_rustls::server::TlsStream<IO>);

@@ -1,9 +1,8 @@
 //! `cairn daemon`: serves the store (`tvix.castore.v1` BlobService and
 //! DirectoryService, `tvix.store.v1` PathInfoService, with reflection and health)
 //! over gRPC, on TCP (over TLS with --tls-cert) and on a unix socket in the data
-//! directory. The other
-//! commands find that socket and use the daemon instead of the data directory,
-//! which the daemon holds locked.
+//! directory. The other commands find that socket and use the daemon instead of
+//! the data directory, which the daemon holds locked.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,22 +167,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         };
 
         let mut servers = tokio::task::JoinSet::new();
-        let tcp_incoming = cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections);
-        // After the cap: a connection holds its slot while it shakes hands.
-        match &tls {
-            Some(tls) => servers.spawn(cairn_castore::server::serve_with(
-                routes.clone(),
-                access.clone(),
-                cairn_castore::tls::incoming(tcp_incoming, tls.grpc()?, super::tls::GRPC_HANDSHAKE_TIMEOUT),
-                stopped(stop_rx.clone()),
-            )),
-            None => servers.spawn(cairn_castore::server::serve_with(
-                routes.clone(),
-                access.clone(),
-                tcp_incoming,
-                stopped(stop_rx.clone()),
-            )),
-        };
+        servers.spawn(cairn_castore::tls::serve_with(
+            tls.as_ref().map(|t| t.grpc()).transpose()?,
+            super::tls::GRPC_HANDSHAKE_TIMEOUT,
+            routes.clone(),
+            access.clone(),
+            cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
+            stopped(stop_rx.clone()),
+        ));
         let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
         let mut http_note = String::new();
         let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
