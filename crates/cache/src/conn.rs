@@ -21,8 +21,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse as _;
 use bytes::{Buf as _, BytesMut};
+use cairn_castore::tls::TlsAcceptor;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
@@ -224,6 +225,27 @@ pub async fn serve(
     cache: Arc<BinaryCache>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_maybe_tls(listener, cache, None, shutdown).await
+}
+
+/// [`serve`] over TLS (HTTPS): each connection shakes hands with `tls` in its own
+/// task, within the header timeout, holding its connection slot meanwhile. Make
+/// the acceptor offer ALPN `http/1.1` only: the cache speaks HTTP/1.1.
+pub async fn serve_tls(
+    listener: TcpListener,
+    cache: Arc<BinaryCache>,
+    tls: TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_maybe_tls(listener, cache, Some(tls), shutdown).await
+}
+
+async fn serve_maybe_tls(
+    listener: TcpListener,
+    cache: Arc<BinaryCache>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let router = crate::server::router(cache.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -248,9 +270,25 @@ pub async fn serve(
                     // Small responses (narinfo) must not wait for Nagle's algorithm.
                     let _ = stream.set_nodelay(true);
                     let span = tracing::debug_span!(target: ACCESS, "conn", %peer);
-                    let conn = serve_connection(stream, cache.clone(), router.clone(), stop_rx.clone());
+                    let (cache, router, stop, tls) = (cache.clone(), router.clone(), stop_rx.clone(), tls.clone());
                     conns.spawn(async move {
-                        conn.await;
+                        match tls {
+                            None => serve_connection(stream, cache, router, stop).await,
+                            Some(tls) => {
+                                let limit = cache.config().header_read_timeout;
+                                let mut stopping = stop.clone();
+                                // A handshake not done at shutdown is dropped, as an
+                                // idle connection is, rather than waited for.
+                                tokio::select! {
+                                    shaken = cairn_castore::tls::accept(&tls, stream, limit) => match shaken {
+                                        Ok(stream) => serve_connection(stream, cache, router, stop).await,
+                                        Err(e) => tracing::debug!(target: ACCESS, error = %e, "TLS handshake failed"),
+                                    },
+                                    // The guard wait_for returns is not Send: dropped here.
+                                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {}
+                                }
+                            }
+                        }
                         drop(slot);
                     }.instrument(span));
                 }
@@ -291,8 +329,8 @@ async fn accept_error(e: io::Error) {
 
 /// Serves one connection until the client closes it, or, once `stop` is true,
 /// until it is idle.
-async fn serve_connection(
-    mut stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    mut stream: S,
     cache: Arc<BinaryCache>,
     router: Router,
     mut stop: watch::Receiver<bool>,
@@ -310,7 +348,7 @@ async fn serve_connection(
                 RequestHead::Partial if buf.len() <= MAX_HEAD => break,
                 RequestHead::Partial | RequestHead::Other => {
                     cache.metrics.sent.inc_by(out.len() as u64);
-                    if stream.write_all(&out).await.is_ok() {
+                    if write_out(&mut stream, &out).await.is_ok() {
                         hand_over(stream, buf, router, stop, &cache).await;
                     }
                     return;
@@ -319,7 +357,7 @@ async fn serve_connection(
         }
         if !out.is_empty() {
             cache.metrics.sent.inc_by(out.len() as u64);
-            if stream.write_all(&out).await.is_err() {
+            if write_out(&mut stream, &out).await.is_err() {
                 return;
             }
             out.clear();
@@ -352,10 +390,17 @@ async fn serve_connection(
     }
 }
 
+/// Writes `out` and flushes it: a TLS stream may hold written bytes back until
+/// flushed (a TCP stream sends them at once).
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &[u8]) -> io::Result<()> {
+    stream.write_all(out).await?;
+    stream.flush().await
+}
+
 /// Serves the rest of the connection with hyper, `read` (bytes read but not
 /// answered) first.
-async fn hand_over(
-    stream: TcpStream,
+async fn hand_over<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     read: BytesMut,
     router: Router,
     mut stop: watch::Receiver<bool>,
@@ -398,13 +443,13 @@ async fn hand_over(
 
 /// A stream whose first bytes are `read` (already counted), counting the bytes
 /// it reads and writes.
-struct Rewind {
+struct Rewind<S> {
     read: Bytes,
-    inner: TcpStream,
+    inner: S,
     metrics: Arc<HttpMetrics>,
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -425,7 +470,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl Rewind {
+impl<S> Rewind<S> {
     fn sent(&self, polled: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = polled {
             self.metrics.sent.inc_by(*n as u64);
@@ -433,7 +478,7 @@ impl Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -2,7 +2,7 @@
 //! `nix path-info --store http://...` and substituters speak, served from the
 //! store layer.
 //!
-//! - [`serve`] and [`router`]: the HTTP server (narinfo lookups answered on a
+//! - [`serve`] (and [`serve_tls`], HTTPS) and [`router`]: the HTTP server (narinfo lookups answered on a
 //!   fast path, everything else by hyper) and its axum routes over a [`BinaryCache`] (blob,
 //!   directory and path info services, plus [`PendingUploads`] and a
 //!   [`CacheConfig`]): `GET /nix-cache-info`, `GET|HEAD /<hash>.narinfo` (signed on
@@ -45,7 +45,7 @@ mod server;
 
 pub use cairn_castore::auth::Token;
 pub use compression::Compression;
-pub use conn::{RequestHead, parse_request, serve};
+pub use conn::{RequestHead, parse_request, serve, serve_tls};
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};

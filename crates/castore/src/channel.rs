@@ -1,4 +1,5 @@
-//! gRPC channels for the `grpc+http://` and `grpc+unix://` client backends.
+//! gRPC channels for the `grpc+http://`, `grpc+https://` and `grpc+unix://` client
+//! backends.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -91,25 +92,35 @@ fn tuned(endpoint: Endpoint) -> Endpoint {
 pub enum GrpcAddr {
     /// `grpc+http://host:port`: plaintext HTTP/2 over TCP.
     Http(String),
+    /// `grpc+https://host:port`: HTTP/2 over TLS over TCP, the server's
+    /// certificate verified for `host` (see [`crate::tls`]).
+    Https(String),
     /// `grpc+unix:///path`: plaintext HTTP/2 over a unix socket.
     Unix(PathBuf),
 }
 
 impl GrpcAddr {
-    /// Parses `grpc+http://host:port` or `grpc+unix:///absolute/path`; `None` for other
-    /// schemes, an error for a malformed address of these schemes.
+    /// Parses `grpc+http://host:port`, `grpc+https://host:port` or
+    /// `grpc+unix:///absolute/path`; `None` for other schemes, an error for a
+    /// malformed address of these schemes.
     pub fn parse(url: &str) -> Option<Result<Self, Error>> {
-        if let Some(rest) = url.strip_prefix("grpc+http://") {
+        for (scheme, make) in [
+            ("grpc+http://", GrpcAddr::Http as fn(String) -> Self),
+            ("grpc+https://", GrpcAddr::Https),
+        ] {
+            let Some(rest) = url.strip_prefix(scheme) else {
+                continue;
+            };
             let ok = !rest.is_empty()
                 && !rest.contains(['/', '?', '#', '@'])
                 && rest.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
                 });
             return Some(if ok {
-                Ok(GrpcAddr::Http(rest.to_string()))
+                Ok(make(rest.to_string()))
             } else {
                 Err(Error::InvalidArgument(format!(
-                    "{url:?}: expected grpc+http://host:port"
+                    "{url:?}: expected {scheme}host:port"
                 )))
             });
         }
@@ -139,6 +150,25 @@ impl GrpcAddr {
                 let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
                     .map_err(|e| Error::InvalidArgument(format!("grpc+http://{hostport}: {e}")))?;
                 Ok(tuned(endpoint).connect_lazy())
+            }
+            GrpcAddr::Https(hostport) => {
+                let endpoint = Endpoint::from_shared(format!("https://{hostport}"))
+                    .map_err(|e| Error::InvalidArgument(format!("grpc+https://{hostport}: {e}")))?;
+                let hostport = hostport.clone();
+                // Our own connector rather than tonic's TLS: it is the same rustls,
+                // and its errors can say what to do about an untrusted certificate.
+                Ok(
+                    tuned(endpoint).connect_with_connector_lazy(tower::service_fn(
+                        move |_: tonic::transport::Uri| {
+                            let hostport = hostport.clone();
+                            async move {
+                                Ok::<_, std::io::Error>(TokioIo::new(
+                                    crate::tls::connect(&hostport).await?,
+                                ))
+                            }
+                        },
+                    )),
+                )
             }
             GrpcAddr::Unix(path) => {
                 let path = path.clone();

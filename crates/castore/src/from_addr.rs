@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `memory://` | [`MemoryBlobService`] / [`MemoryDirectoryService`] (for tests) |
 //! | `grpc+http://host:port` | gRPC client over TCP |
+//! | `grpc+https://host:port` | gRPC client over TLS ([`crate::tls`]) |
 //! | `grpc+unix:///path` | gRPC client over a unix socket |
 //! | `redb:///path/to/datadir` | the embedded persistent store ([`EmbeddedStore`]) in that data directory; blob and directory services of one URL share it |
 
@@ -28,7 +29,7 @@ fn embedded(url: &str) -> Option<Result<EmbeddedStore, Error>> {
 
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port or grpc+unix:///path)"
+        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port or grpc+unix:///path)"
     ))
 }
 
@@ -70,6 +71,7 @@ mod tests {
             "memory://",
             "grpc+http://127.0.0.1:8000",
             "grpc+http://localhost:1",
+            "grpc+https://cache.example:443",
             "grpc+http://[::1]:65535",
             "grpc+unix:///run/cairn.sock",
         ];
@@ -92,7 +94,8 @@ mod tests {
             "grpc+unix://relative/path",
             "grpc+unix://",
             "grpc+unix:///",
-            "grpc+https://example.com:443",
+            "grpc+https://example.com",
+            "grpc+https://example.com:443/path",
             "redis://localhost:6379",
             "redb://",
             "redb:///",

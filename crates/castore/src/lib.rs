@@ -39,6 +39,7 @@ pub mod model;
 pub mod proto;
 pub mod redb_file;
 pub mod server;
+pub mod tls;
 mod upload;
 
 pub use blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta};

@@ -45,6 +45,7 @@ enum Command {
     Key(cmd::key::KeyCommand),
     /// Serve the store over gRPC (BlobService, DirectoryService, PathInfoService,
     /// reflection, health) on TCP and on a unix socket in the data directory.
+    // Boxed: its many flags would make every other variant as large.
     Daemon(Box<cmd::daemon::DaemonArgs>),
     /// Add files, directories or symlinks to the store as content-addressed store
     /// paths, printing one store path per line: the path `nix-store --add PATH`

@@ -1,8 +1,8 @@
 //! `cairn daemon`: serves the store (`tvix.castore.v1` BlobService and
 //! DirectoryService, `tvix.store.v1` PathInfoService, with reflection and health)
-//! over gRPC, on TCP and on a unix socket in the data directory. The other
-//! commands find that socket and use the daemon instead of the data directory,
-//! which the daemon holds locked.
+//! over gRPC, on TCP (over TLS with --tls-cert) and on a unix socket in the data
+//! directory. The other commands find that socket and use the daemon instead of
+//! the data directory, which the daemon holds locked.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,7 +45,8 @@ pub struct DaemonArgs {
     data_dir: Option<PathBuf>,
 
     /// Serve blobs from this backend instead of the embedded store
-    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
+    /// grpc+unix:///path).
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     blob_service_addr: Option<String>,
 
@@ -54,7 +55,8 @@ pub struct DaemonArgs {
     directory_service_addr: Option<String>,
 
     /// Serve path info from this backend instead of the embedded store
-    /// (memory://, redb:///path, grpc+http://host:port, grpc+unix:///path).
+    /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
+    /// grpc+unix:///path).
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     path_info_service_addr: Option<String>,
 
@@ -105,6 +107,9 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     metrics: super::daemon_metrics::MetricsArgs,
+
+    #[command(flatten)]
+    tls: super::tls::TlsArgs,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -129,6 +134,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         read_token: read_token(args.grpc_read_token_file.as_deref(), "gRPC read")?,
     };
     let socket_gid = args.socket_group.as_deref().map(group_id).transpose()?;
+    let tls = super::tls::ServerTls::from_args(&args.tls)?;
+    super::tls::trust_ca_file(args.tls.ca_file.as_deref())?;
     cairn_castore::model::set_max_directory_entries(args.max_directory_entries);
     raise_file_limit();
 
@@ -232,26 +239,43 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 servers.spawn(server);
                 metrics_note = format!(", metrics on http://{addr}/metrics");
             }
-            servers.spawn(cairn_castore::server::serve_observed(
+            servers.spawn(cairn_castore::tls::serve_with(
+                tls.as_ref().map(|t| t.grpc()).transpose()?,
+                super::tls::GRPC_HANDSHAKE_TIMEOUT,
                 routes,
                 access.clone(),
                 metrics.grpc.clone(),
                 cairn_castore::server::capped(cairn_castore::server::tcp_incoming(tcp), args.grpc_max_connections),
                 stopped(stop_rx.clone()),
             ));
+            let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
             let mut http_note = String::new();
-            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, blobs.clone(), directories.clone(), path_info, &dir, &metrics, stopped(stop_rx.clone())).await? {
+            let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info }, &dir, &metrics, http_tls, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);
-                http_note = format!(", binary cache on http://{addr} (uploads {uploads})");
+                http_note = format!(", binary cache on {http_scheme}://{addr} (uploads {uploads})");
             }
             // Before the line below: whoever reads it may stop us at once, and a
             // signal that arrives before its handler is installed kills the
             // process instead of shutting it down.
             let sigterm = signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
             let sigint = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+            match &tls {
+                Some(tls) => tls.reload_on_sighup()?,
+                // SIGHUP's default would kill the daemon (and `systemctl reload`
+                // sends it): without a certificate there is nothing to reload.
+                None => {
+                    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+                    tokio::spawn(async move {
+                        while hangup.recv().await.is_some() {
+                            eprintln!("cairn daemon: SIGHUP: nothing to reload (no --tls-cert)");
+                        }
+                    });
+                }
+            }
             // Ready: the store is open and every listener bound. Tests and scripts
             // read this line to learn the ports when they asked for port 0.
-            eprintln!("cairn daemon: serving grpc+http://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+            eprintln!("cairn daemon: serving {grpc_scheme}://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
             tracing::info!(%tcp_addr, "serving");
             notify_systemd("READY=1");
             Ok((sigterm, sigint))

@@ -7,8 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use cairn_castore::{BlobService, DirectoryService};
-use cairn_store::pathinfo::PathInfoService;
 use clap::{ArgAction, Args};
 
 use super::store::read_token;
@@ -16,8 +14,9 @@ use super::store::read_token;
 /// Flags of `cairn daemon` for the binary cache.
 #[derive(Args)]
 pub struct HttpArgs {
-    /// TCP address to serve the Nix binary cache on over HTTP (port 0 picks a free
-    /// port): `nix copy --to/--from http://ADDR`, substituters.
+    /// TCP address to serve the Nix binary cache on over HTTP (HTTPS with
+    /// --tls-cert; port 0 picks a free port): `nix copy --to/--from
+    /// http://ADDR`, substituters.
     #[arg(long, default_value = "127.0.0.1:9000", value_name = "ADDR")]
     http_listen: String,
 
@@ -144,15 +143,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Binds the binary cache's listener (unless `--no-http`) and returns its address,
 /// who may upload (for the startup line) and the server future (counting into
-/// `metrics`, serving them as /metrics unless they have a listener of their own), which runs until `shutdown` completes. Pending uploads
-/// are kept in `data_dir`.
+/// `metrics`, serving them as /metrics unless they have a listener of their
+/// own), which runs until `shutdown` completes. Pending uploads are kept in
+/// `data_dir`. With `tls`, the cache is served over HTTPS.
 pub async fn bind(
     args: &HttpArgs,
-    blobs: Arc<dyn BlobService>,
-    directories: Arc<dyn DirectoryService>,
-    path_info: Arc<dyn PathInfoService>,
+    store: super::store::Store,
     data_dir: &Path,
     metrics: &super::daemon_metrics::Metrics,
+    tls: Option<cairn_castore::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<
     Option<(
@@ -167,6 +166,11 @@ pub async fn bind(
     let config = args.config()?;
     let pending = cairn_cache::PendingUploads::open(data_dir)
         .with_context(|| format!("cannot open the pending uploads in {}", data_dir.display()))?;
+    let super::store::Store {
+        blobs,
+        directories,
+        path_info,
+    } = store;
     let cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config)
         .with_metrics(metrics.http.clone(), metrics.on_cache.clone());
     let listener = tokio::net::TcpListener::bind(&args.http_listen)
@@ -181,9 +185,12 @@ pub async fn bind(
         (None, false) => "refused (no --upload-token-file)",
     };
     Ok(Some((addr, uploads, async move {
-        cairn_cache::serve(listener, Arc::new(cache), shutdown)
-            .await
-            .map_err(cairn_castore::Error::Io)
+        let cache = Arc::new(cache);
+        match tls {
+            Some(tls) => cairn_cache::serve_tls(listener, cache, tls, shutdown).await,
+            None => cairn_cache::serve(listener, cache, shutdown).await,
+        }
+        .map_err(cairn_castore::Error::Io)
     })))
 }
 

@@ -9,3 +9,4 @@ pub mod key;
 pub mod nar;
 pub mod paths;
 pub mod store;
+pub mod tls;

@@ -21,13 +21,14 @@ pub struct StoreArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Use this daemon for blobs, directories and path info
-    /// (grpc+http://host:port or grpc+unix:///path); overrides the three
-    /// per-service addresses.
+    /// (grpc+http://host:port, grpc+https://host:port or grpc+unix:///path);
+    /// overrides the three per-service addresses.
     #[arg(long, env = "CAIRN_STORE")]
     pub store: Option<String>,
 
     /// Blob service (memory://, redb:///datadir, grpc+http://host:port,
-    /// grpc+unix:///path) [default: the data directory's].
+    /// grpc+https://host:port, grpc+unix:///path) [default: the data
+    /// directory's].
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     pub blob_service_addr: Option<String>,
 
@@ -44,6 +45,12 @@ pub struct StoreArgs {
     /// --grpc-read-token-file. Not needed on the daemon's unix socket.
     #[arg(long, env = "CAIRN_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+
+    /// Trust the CA certificates in this PEM file, besides the webpki roots,
+    /// for grpc+https:// addresses (a daemon whose certificate a private CA
+    /// signed).
+    #[arg(long, env = "CAIRN_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The token in `file`, if given; `what` names it in errors. Surrounding
@@ -106,7 +113,7 @@ impl StoreArgs {
         if let Some(store) = &self.store {
             if !store.starts_with("grpc+") {
                 anyhow::bail!(
-                    "--store {store}: expected grpc+http://host:port or grpc+unix:///path"
+                    "--store {store}: expected grpc+http://host:port, grpc+https://host:port or grpc+unix:///path"
                 );
             }
             return Ok([store.clone(), store.clone(), store.clone()]);
@@ -142,6 +149,7 @@ impl StoreArgs {
         if let Some(token) = read_token(self.token_file.as_deref(), "client")? {
             cairn_castore::set_client_token(&token).context("--token-file")?;
         }
+        super::tls::trust_ca_file(self.ca_file.as_deref())?;
         // A daemon that is starting holds the data directory's lock a moment
         // before its socket answers; urls() looks for the socket again each time.
         let dir = self.data_dir.clone();

@@ -232,14 +232,15 @@ pub fn start_daemon_with(data: &Path, extra: &[&str]) -> (Daemon, String, String
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
-    let addr = line
+    // grpc+https:// when the daemon serves TLS (--tls-cert).
+    let url = line
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("grpc+http://"))
+        .find(|w| w.starts_with("grpc+http://") || w.starts_with("grpc+https://"))
         .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
         .to_string();
     // Keep draining stderr so the daemon never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (Daemon(Some(child)), format!("grpc+http://{addr}"), line)
+    (Daemon(Some(child)), url, line)
 }
 
 /// The binary cache's address in the daemon's first line.

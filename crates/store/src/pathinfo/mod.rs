@@ -119,7 +119,7 @@ pub async fn check_content(
 
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported path info address (expected memory://, redb:///path, grpc+http://host:port or grpc+unix:///path)"
+        "{url:?}: unsupported path info address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port or grpc+unix:///path)"
     ))
 }
 
