@@ -135,9 +135,11 @@ fn parse() -> anyhow::Result<Option<Cli>> {
     // (--log-format), which the config file can set too.
     command.build();
     // Exits on --help, --version and mistakes, as Cli::parse would.
-    let first = command.clone().get_matches_from(argv.clone());
-    let argv = cmd::config::with_config_file(argv, &command, &first)?;
-    let matches = command.clone().get_matches_from(argv);
+    let first = command.clone().get_matches_from(&argv);
+    let matches = match cmd::config::with_config_file(&argv, &command, &first)? {
+        Some(argv) => command.clone().get_matches_from(argv),
+        None => first,
+    };
     if let Some(("daemon", sub)) = matches.subcommand()
         && sub.get_flag("print_config")
         && let Some(daemon) = command.find_subcommand("daemon")

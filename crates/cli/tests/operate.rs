@@ -7,12 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cairn, cairn_at, cairn_at_cmd, http_addr, ok, start_daemon_with, stop_daemon, text};
+use common::{
+    cairn, cairn_at, daemon_command, first_line, http_addr, ok, start_daemon_with, stop_daemon,
+    text,
+};
 
 fn curl(url: &str) -> String {
     let out = Command::new("curl")
@@ -143,37 +145,6 @@ fn config_file_sets_options_and_the_command_line_overrides_it() {
     );
 }
 
-/// Spawns `cairn daemon` on `data` without waiting for it.
-fn spawn_daemon(data: &Path, envs: &[(&str, &Path)]) -> Child {
-    let mut cmd = cairn_at_cmd(
-        data,
-        &[
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-    );
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for the daemon's first line (it is ready then) and keeps its stderr
-/// drained.
-fn first_line(child: &mut Child) -> String {
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    line
-}
-
 fn sigterm(child: &Child) {
     assert!(
         Command::new("kill")
@@ -243,7 +214,10 @@ fn commands_racing_a_starting_daemon_never_fail() {
         .unwrap();
     let _load = Load::start();
     for round in 0..3 {
-        let mut daemon = spawn_daemon(&data, &[("NOTIFY_SOCKET", &notify_path)]);
+        let mut daemon = daemon_command(&data, &[])
+            .env("NOTIFY_SOCKET", &notify_path)
+            .spawn()
+            .unwrap();
         let started = Instant::now();
         // Commands from the moment the daemon was started until well after it
         // is ready (its first line comes while they run).
@@ -355,10 +329,12 @@ fn sigterm_drains_requests_in_flight_within_the_timeout() {
             .unwrap()
     };
     for (timeout, drained) in [("30", true), ("1", false)] {
-        let mut daemon = spawn_daemon_with(
+        let mut daemon = daemon_command(
             &data,
             &["--allow-anonymous-uploads", "--shutdown-timeout", timeout],
-        );
+        )
+        .spawn()
+        .unwrap();
         let line = first_line(&mut daemon);
         let client = upload(&http_addr(&line));
         std::thread::sleep(Duration::from_millis(1000));
@@ -381,22 +357,6 @@ fn sigterm_drains_requests_in_flight_within_the_timeout() {
             assert!(took < Duration::from_secs(3), "stopped after {took:?}");
         }
     }
-}
-
-fn spawn_daemon_with(data: &Path, extra: &[&str]) -> Child {
-    let mut args = vec![
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-    ];
-    args.extend(extra);
-    cairn_at_cmd(data, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// The unit file under contrib/ passes `systemd-analyze verify` without a

@@ -20,17 +20,18 @@ const NOT_IN_FILE: &[&str] = &["config", "print-config", "help", "version"];
 const MAX_CONFIG: u64 = 1 << 20;
 
 /// `argv` with the arguments from the daemon's `--config` file inserted after
-/// the subcommand, if `matches` (from parsing `argv`) ran the daemon with one.
+/// the subcommand, if `matches` (from parsing `argv`) ran the daemon with one;
+/// `None` when there is no file to read.
 pub fn with_config_file(
-    argv: Vec<OsString>,
+    argv: &[OsString],
     cli: &Command,
     matches: &ArgMatches,
-) -> anyhow::Result<Vec<OsString>> {
+) -> anyhow::Result<Option<Vec<OsString>>> {
     let Some(("daemon", sub)) = matches.subcommand() else {
-        return Ok(argv);
+        return Ok(None);
     };
     let Some(file) = sub.get_one::<std::path::PathBuf>("config") else {
-        return Ok(argv);
+        return Ok(None);
     };
     let daemon = cli
         .find_subcommand("daemon")
@@ -38,15 +39,16 @@ pub fn with_config_file(
     let text = read_config(file)?;
     let from_file =
         file_args(&text, daemon, sub).with_context(|| format!("config file {}", file.display()))?;
-    // The top-level command takes no options before its subcommand other than
-    // --help and --version, which end the run: the subcommand is argv[1].
+    // Before the subcommand there are only --help, --version (which end the
+    // run) and --log-format, whose values are not "daemon": the first
+    // "daemon" is the subcommand.
     let at = argv
         .iter()
         .position(|a| a == "daemon")
         .context("no daemon subcommand in the arguments")?;
-    let mut out = argv;
+    let mut out = argv.to_vec();
     out.splice(at + 1..at + 1, from_file);
-    Ok(out)
+    Ok(Some(out))
 }
 
 fn read_config(file: &Path) -> anyhow::Result<String> {

@@ -210,41 +210,51 @@ pub fn start_daemon(data: &Path) -> (Daemon, String) {
 /// [`start_daemon`] with more flags; also returns the daemon's first line (which
 /// names its addresses and who may write).
 pub fn start_daemon_with(data: &Path, extra: &[&str]) -> (Daemon, String, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .env_remove("BLOB_SERVICE_ADDR")
-        .env_remove("DIRECTORY_SERVICE_ADDR")
-        .env_remove("PATH_INFO_SERVICE_ADDR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
+    let mut child = daemon_command(data, extra).spawn().unwrap();
+    let line = first_line(&mut child);
     // grpc+https:// when the daemon serves TLS (--tls-cert).
     let url = line
         .split_whitespace()
         .find(|w| w.starts_with("grpc+http://") || w.starts_with("grpc+https://"))
         .unwrap_or_else(|| panic!("no address in the daemon's first line: {line:?}"))
         .to_string();
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (Daemon(Some(child)), url, line)
 }
 
+/// `cairn daemon` on `data` and free ports, with `extra` flags, not started:
+/// stderr piped (for [`first_line`]), no store settings from the environment.
+pub fn daemon_command(data: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args([
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+    ])
+    .arg(data)
+    .args(extra)
+    .env_remove("BLOB_SERVICE_ADDR")
+    .env_remove("DIRECTORY_SERVICE_ADDR")
+    .env_remove("PATH_INFO_SERVICE_ADDR")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for a daemon's first line (it is ready then, and the line names its
+/// addresses) and keeps its stderr drained, so it never blocks on a full pipe.
+pub fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    line
+}
+
 /// The binary cache's address in the daemon's first line.
-#[allow(dead_code)]
 pub fn http_addr(line: &str) -> String {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix("http://"))
