@@ -128,17 +128,7 @@ fn daemon_serves_the_embedded_store_and_keeps_it_across_restarts() {
 #[test]
 fn daemon_refuses_a_bad_backend_url_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args([
-            "daemon",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(tmp.path())
-        .args(["--blob-service-addr", "ftp://nowhere"])
+    let out = common::daemon_command(tmp.path(), &["--blob-service-addr", "ftp://nowhere"])
         .output()
         .unwrap();
     assert!(!out.status.success());
