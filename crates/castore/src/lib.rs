@@ -37,6 +37,7 @@ mod error;
 pub mod from_addr;
 pub mod model;
 pub mod proto;
+mod redact;
 pub mod redb_file;
 pub mod server;
 pub mod tls;
@@ -51,3 +52,4 @@ pub use from_addr::{blob_service_from_addr, directory_service_from_addr};
 pub use model::{
     Directory, DirectoryError, NameError, Node, NodeKind, PathComponent, SymlinkTarget, TargetError,
 };
+pub use redact::redacted;

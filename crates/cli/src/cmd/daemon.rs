@@ -148,9 +148,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             || Ok(dir.clone()),
             || {
                 let blobs = cairn_castore::blob_service_from_addr(&blob_url)
-                    .with_context(|| format!("cannot open blob service {blob_url}"))?;
+                    .with_context(|| format!("cannot open blob service {}", cairn_castore::redacted(&blob_url)))?;
                 let directories = cairn_castore::directory_service_from_addr(&dir_url)
-                    .with_context(|| format!("cannot open directory service {dir_url}"))?;
+                    .with_context(|| format!("cannot open directory service {}", cairn_castore::redacted(&dir_url)))?;
                 Ok((blobs, directories))
             },
         )?;
@@ -159,7 +159,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             blobs.clone(),
             directories.clone(),
         )
-        .with_context(|| format!("cannot open path info service {info_url}"))?;
+        .with_context(|| format!("cannot open path info service {}", cairn_castore::redacted(&info_url)))?;
         // The embedded store's lookups are redb reads on a blocking thread; this one
         // instance serves both gRPC and HTTP, so every write to it passes the cache.
         // Not for a remote service: others may write to it behind our back.
@@ -275,7 +275,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             }
             // Ready: the store is open and every listener bound. Tests and scripts
             // read this line to learn the ports when they asked for port 0.
-            eprintln!("cairn daemon: serving {grpc_scheme}://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {blob_url}, directories: {dir_url}, path info: {info_url})");
+            eprintln!("cairn daemon: serving {grpc_scheme}://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {}, directories: {}, path info: {})", cairn_castore::redacted(&blob_url), cairn_castore::redacted(&dir_url), cairn_castore::redacted(&info_url));
             tracing::info!(%tcp_addr, "serving");
             notify_systemd("READY=1");
             Ok((sigterm, sigint))

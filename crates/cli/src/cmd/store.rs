@@ -158,16 +158,30 @@ impl StoreArgs {
 
     fn open_once(&self) -> anyhow::Result<Store> {
         let [blob_url, dir_url, info_url] = self.urls()?;
-        let blobs = cairn_castore::blob_service_from_addr(&blob_url)
-            .with_context(|| format!("cannot open blob service {blob_url}"))?;
-        let directories = cairn_castore::directory_service_from_addr(&dir_url)
-            .with_context(|| format!("cannot open directory service {dir_url}"))?;
+        let blobs = cairn_castore::blob_service_from_addr(&blob_url).with_context(|| {
+            format!(
+                "cannot open blob service {}",
+                cairn_castore::redacted(&blob_url)
+            )
+        })?;
+        let directories =
+            cairn_castore::directory_service_from_addr(&dir_url).with_context(|| {
+                format!(
+                    "cannot open directory service {}",
+                    cairn_castore::redacted(&dir_url)
+                )
+            })?;
         let path_info = cairn_store::pathinfo::path_info_service_from_addr(
             &info_url,
             blobs.clone(),
             directories.clone(),
         )
-        .with_context(|| format!("cannot open path info service {info_url}"))?;
+        .with_context(|| {
+            format!(
+                "cannot open path info service {}",
+                cairn_castore::redacted(&info_url)
+            )
+        })?;
         Ok(Store {
             blobs,
             directories,

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# bench/scaleout.sh: cairn on S3 + PostgreSQL against the embedded store, on this
+# machine, in one run (issue 17's numbers; compare the ratios, not the seconds):
+#  1. `cairn import` of SMALL small files (100 B to 4 KiB, in 100-file
+#     directories) and of one BIG_MIB MiB random file: into the embedded store,
+#     and into S3 (s3s-fs, real HTTP with SigV4, on loopback) + PostgreSQL
+#     (Debian's, on loopback). Each into an empty store. Ratio s3/embedded
+#     (targets: <= 3 on small files, <= 1.5 on the large file).
+#  2. S3 requests per imported small file, counted by the S3 server (its
+#     `resolved route, op: ...` debug lines), not by cairn.
+#  3. NAR download through `cairn daemon` of the small-file tree's path and of
+#     the large file's: from the embedded store (hot: the second download), and
+#     from S3+PostgreSQL cold (a fresh daemon: nothing in its local cache) and
+#     hot (the second download). Ratio hot s3 / hot embedded (target >= 0.8).
+#  4. Peak RSS of each daemon (VmHWM), target < 256 MB.
+# Needs what scripts/install-test-deps.sh installs (postgresql, s3s-fs).
+# Usage: bench/scaleout.sh   (SMALL=100000 BIG_MIB=1024 to change;
+#   CAIRN=path to use a built binary instead of building one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SMALL=${SMALL:-100000}
+BIG_MIB=${BIG_MIB:-1024}
+W=$(mktemp -d /tmp/cairn-scaleout.XXXXXX)
+chmod 755 "$W"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$W"
+}
+trap cleanup EXIT
+load() { uptime | sed 's/.*load average: /load /'; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+if [ -z "${CAIRN:-}" ]; then
+  cargo build --release --locked -p cairn-cli >&2
+  CAIRN=$PWD/target/release/cairn
+fi
+S3S=$(command -v s3s-fs || echo /opt/cairn-test-tools/bin/s3s-fs)
+[ -x "$S3S" ] || { echo "s3s-fs not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+[ -x "$PGBIN/postgres" ] || { echo "PostgreSQL not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+
+# PostgreSQL refuses to run as root: as the postgres user when we are root.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+mkdir -p "$W/pg" "$W/pgsock"
+[ "$(id -u)" = 0 ] && chown postgres "$W/pg" "$W/pgsock"
+as_pg "$PGBIN/initdb" -D "$W/pg" -U cairn --auth=trust >/dev/null
+PGPORT=$(free_port)
+# Durable as a server would be (fsync on): this measures what an operator gets.
+as_pg "$PGBIN/postgres" -D "$W/pg" -k "$W/pgsock" -p "$PGPORT" -c listen_addresses=127.0.0.1 \
+  -c max_connections=200 >"$W/pg.log" 2>&1 &
+PIDS+=($!)
+S3PORT=$(free_port)
+mkdir -p "$W/s3"
+export AWS_ACCESS_KEY_ID=cairnbench AWS_SECRET_ACCESS_KEY=cairnbenchsecret
+RUST_LOG=s3s::ops=debug "$S3S" --host 127.0.0.1 --port "$S3PORT" \
+  --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$W/s3" >"$W/s3.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+  as_pg "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break
+  sleep 0.1
+done
+s3_ops() { grep -c 'resolved route, op:' "$W/s3.log" || true; }
+s3_ops_by_kind() { grep -o 'resolved route, op: [A-Za-z]*' "$W/s3.log" | awk '{print $4}' | sort | uniq -c | tr '\n' ' '; }
+
+# One database and one bucket (a directory in s3s-fs's root) per store.
+N=0
+new_s3_store() { # prints the three --*-service-addr flags
+  N=$((N + 1))
+  as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U cairn "bench$N"
+  mkdir -p "$W/s3/bench$N"
+  local pg="postgres://cairn@127.0.0.1:$PGPORT/bench$N"
+  local index
+  index=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$pg")
+  echo "--blob-service-addr s3://bench$N/store?endpoint=http://127.0.0.1:$S3PORT&region=us-east-1&index=$index --directory-service-addr $pg --path-info-service-addr $pg"
+}
+
+echo "generating $SMALL small files and a $BIG_MIB MiB file in $W/src" >&2
+python3 - "$W/src/small" "$SMALL" <<'EOF'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+rng = random.Random(17)
+for i in range(n):
+    d = os.path.join(root, f"d{i // 100:05}")
+    if i % 100 == 0:
+        os.makedirs(d)
+    with open(os.path.join(d, f"f{i % 100:03}"), "wb") as f:
+        f.write(rng.randbytes(rng.randint(100, 4096)))
+EOF
+mkdir -p "$W/src/big"
+head -c "$((BIG_MIB << 20))" /dev/urandom >"$W/src/big/file"
+
+timed() { # seconds the command takes
+  local start end
+  start=$(date +%s.%N)
+  "$@" >"$W/out" 2>"$W/err" || { cat "$W/err" >&2; exit 1; }
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+
+printf '%-6s %-28s %10s %10s %8s  %s\n' tree measure embedded s3+pg ratio load
+declare -A PATHS_EMB PATHS_S3 FLAGS
+for tree in small big; do
+  rm -rf "$W/emb-$tree"
+  te=$(timed "$CAIRN" import --data-dir "$W/emb-$tree" "$W/src/$tree")
+  PATHS_EMB[$tree]=$(cat "$W/out")
+  FLAGS[$tree]=$(new_s3_store)
+  before=$(s3_ops)
+  # shellcheck disable=SC2086
+  ts=$(timed "$CAIRN" import --data-dir "$W/cli-$tree" ${FLAGS[$tree]} "$W/src/$tree")
+  PATHS_S3[$tree]=$(cat "$W/out")
+  after=$(s3_ops)
+  [ "${PATHS_EMB[$tree]}" = "${PATHS_S3[$tree]}" ] || { echo "store paths differ: ${PATHS_EMB[$tree]} vs ${PATHS_S3[$tree]}" >&2; exit 1; }
+  printf '%-6s %-28s %10.2f %10.2f %8.2f  %s\n' "$tree" "import (s)" "$te" "$ts" "$(echo "$ts / $te" | bc -l)" "$(load)"
+  if [ "$tree" = small ]; then
+    printf '%-6s %-28s %10s %10.4f %8s  (%s requests: %s)\n' small "S3 requests per file" - \
+      "$(echo "($after - $before) / $SMALL" | bc -l)" - "$((after - before))" "$(s3_ops_by_kind)"
+  fi
+done
+
+start_daemon() { # data-dir, then flags; sets DPID and DURL
+  local data=$1
+  shift
+  mkfifo "$W/first-line.$$"
+  # shellcheck disable=SC2068
+  "$CAIRN" daemon --data-dir "$data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --no-socket $@ \
+    2>"$W/first-line.$$" >/dev/null &
+  DPID=$!
+  PIDS+=("$DPID")
+  local line
+  read -r line <"$W/first-line.$$"
+  # Keep draining its stderr so it never blocks on a full pipe.
+  cat "$W/first-line.$$" >>"$W/daemon.log" &
+  rm -f "$W/first-line.$$"
+  DURL=$(echo "$line" | grep -o 'binary cache on http://[0-9.:]*' | sed 's/binary cache on //')
+}
+stop_daemon() { kill "$1"; wait "$1" 2>/dev/null || true; }
+nar_url() { # cache URL, store path
+  local h
+  h=$(basename "$2" | cut -c1-32)
+  echo "$1/$(curl -sf "$1/$h.narinfo" | sed -n 's/^URL: //p')"
+}
+mbps() { # MB/s of downloading URL
+  curl -sf -o /dev/null -w '%{size_download} %{time_total}\n' "$1" | awk '{printf "%.1f", $1 / $2 / 1e6}'
+}
+hwm_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+
+for tree in small big; do
+  start_daemon "$W/emb-$tree"
+  u=$(nar_url "$DURL" "${PATHS_EMB[$tree]}")
+  mbps "$u" >/dev/null
+  emb_hot=$(mbps "$u")
+  emb_rss=$(hwm_mb "$DPID")
+  stop_daemon "$DPID"
+  # shellcheck disable=SC2086
+  start_daemon "$W/daemon-$tree" ${FLAGS[$tree]}
+  u=$(nar_url "$DURL" "${PATHS_S3[$tree]}")
+  s3_cold=$(mbps "$u")
+  s3_hot=$(mbps "$u")
+  s3_rss=$(hwm_mb "$DPID")
+  stop_daemon "$DPID"
+  printf '%-6s %-28s %10s %10s %8s  %s\n' "$tree" "NAR download cold (MB/s)" - "$s3_cold" - "$(load)"
+  printf '%-6s %-28s %10s %10s %8.2f  %s\n' "$tree" "NAR download hot (MB/s)" "$emb_hot" "$s3_hot" "$(echo "$s3_hot / $emb_hot" | bc -l)" "$(load)"
+  printf '%-6s %-28s %10s %10s %8s\n' "$tree" "daemon peak RSS (MB)" "$emb_rss" "$s3_rss" -
+done
+echo "(import ratio: s3+pg / embedded, lower is better; download ratio: s3+pg / embedded, higher is better)"
