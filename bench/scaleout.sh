@@ -33,7 +33,7 @@ load() { uptime | sed 's/.*load average: /load /'; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 if [ -z "${CAIRN:-}" ]; then
-  cargo build --release --locked -p cairn-cli >&2
+  cargo build --release --locked -p cairn --bin cairn >&2
   CAIRN=$PWD/target/release/cairn
 fi
 S3S=$(command -v s3s-fs || echo /opt/cairn-test-tools/bin/s3s-fs)
