@@ -1,5 +1,6 @@
 //! [`BlobService`]: storage of blobs (file contents) by their BLAKE3 digest.
 
+mod disk_cache;
 mod grpc;
 mod memory;
 mod verify;
@@ -13,6 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncSeek, AsyncSeekExt, AsyncWrite};
 use tokio_util::io::ReaderStream;
 
+pub use disk_cache::DiskChunkCache;
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
 
