@@ -36,6 +36,7 @@ pub mod embedded;
 mod error;
 pub mod from_addr;
 pub mod model;
+pub mod pg;
 pub mod proto;
 pub mod redb_file;
 pub mod server;
