@@ -7,12 +7,13 @@
 //! | `grpc+https://host:port` | gRPC client over TLS ([`crate::tls`]) |
 //! | `grpc+unix:///path` | gRPC client over a unix socket |
 //! | `redb:///path/to/datadir` | the embedded persistent store ([`EmbeddedStore`]) in that data directory; blob and directory services of one URL share it |
+//! | `postgres://user@host/db` or `postgresql://...` | directories only: [`PgDirectoryService`] on that database ([`crate::pg`] for the URL's parameters, plus `dir_cache`) |
 
 use std::sync::Arc;
 
 use crate::blobservice::{GrpcBlobService, MemoryBlobService};
 use crate::channel::GrpcAddr;
-use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService};
+use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService, PgDirectoryService};
 use crate::embedded::EmbeddedStore;
 use crate::{BlobService, DirectoryService, Error};
 
@@ -29,7 +30,7 @@ fn embedded(url: &str) -> Option<Result<EmbeddedStore, Error>> {
 
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port or grpc+unix:///path)"
+        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port, grpc+unix:///path, or postgres://user@host/db for directories)"
     ))
 }
 
@@ -54,6 +55,9 @@ pub fn directory_service_from_addr(url: &str) -> Result<Arc<dyn DirectoryService
     }
     if let Some(store) = embedded(url) {
         return Ok(Arc::new(store?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgDirectoryService::from_url(url)?));
     }
     match GrpcAddr::parse(url) {
         Some(addr) => Ok(Arc::new(GrpcDirectoryService::new(addr?.channel()?))),

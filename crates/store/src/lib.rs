@@ -14,7 +14,7 @@
 //! this crate owns the mapping between them.
 
 pub mod fs;
-pub mod lru;
+pub use cairn_castore::lru;
 pub mod nar;
 pub mod pathinfo;
 pub mod proto;

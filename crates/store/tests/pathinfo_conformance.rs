@@ -1,5 +1,5 @@
 //! One suite of scenarios run against every PathInfoService backend: memory, redb
-//! in a data directory (next to the embedded castore), and the gRPC client talking
+//! in a data directory (next to the embedded castore), PostgreSQL, and the gRPC client talking
 //! to the gRPC server (memory-backed) over loopback TCP and over a unix socket.
 //! Adding a backend is one `backend_suite!` line plus its constructor in `backends`.
 //!
@@ -43,7 +43,12 @@ mod backends {
     use cairn_testkit::loopback::{self, Server};
 
     fn local(url: &str, guard: Option<Box<dyn Send>>) -> Backend {
-        let blobs = cairn_castore::blob_service_from_addr(url).unwrap();
+        local_with(url, url, guard)
+    }
+
+    /// Blobs from `blob_url`, directories and path infos from `url`.
+    fn local_with(blob_url: &str, url: &str, guard: Option<Box<dyn Send>>) -> Backend {
+        let blobs = cairn_castore::blob_service_from_addr(blob_url).unwrap();
         let dirs = cairn_castore::directory_service_from_addr(url).unwrap();
         let pathinfos = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).unwrap();
         Backend {
@@ -63,6 +68,13 @@ mod backends {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("redb://{}", dir.path().join("data").display());
         local(&url, Some(Box::new(dir)))
+    }
+
+    /// Blobs in memory; directories and path infos in a fresh database of the
+    /// test process's PostgreSQL server (cairn_testkit::postgres).
+    pub async fn postgres() -> Backend {
+        let url = cairn_testkit::postgres::server().database();
+        local_with("memory://", &url, None)
     }
 
     async fn routes() -> tonic::service::Routes {
@@ -830,3 +842,4 @@ backend_suite!(memory, crate::backends::memory);
 backend_suite!(embedded, crate::backends::embedded);
 backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
 backend_suite!(grpc_unix, crate::backends::grpc_unix);
+backend_suite!(postgres, crate::backends::postgres);

@@ -5,7 +5,8 @@
 //!   Nix clients need.
 //! - [`PathInfoService`]: the storage trait, its contract in its doc, with backends:
 //!   [`MemoryPathInfoService`], [`RedbPathInfoService`] (a `pathinfo.redb` next to the
-//!   embedded castore in its data directory) and [`GrpcPathInfoService`];
+//!   embedded castore in its data directory), [`PgPathInfoService`] (PostgreSQL,
+//!   shared by several daemons) and [`GrpcPathInfoService`];
 //!   [`path_info_service_from_addr`] picks one by URL.
 //! - [`GrpcPathInfoServer`] and [`routes`]: the `tvix.store.v1.PathInfoService` gRPC
 //!   server, and the one call that serves it together with castore's services.
@@ -19,6 +20,7 @@ mod caching;
 mod grpc;
 mod memory;
 mod model;
+mod postgres;
 mod redb;
 mod server;
 
@@ -32,6 +34,7 @@ pub use caching::CachingPathInfoService;
 pub use grpc::GrpcPathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use model::{PathInfo, PathInfoError};
+pub use postgres::PgPathInfoService;
 pub use redb::RedbPathInfoService;
 pub use server::{GrpcPathInfoServer, NarCalculator, routes};
 
@@ -117,9 +120,38 @@ pub async fn check_content(
     Ok(())
 }
 
+/// The key of a root node in a backend's NAR cache: its canonical protobuf
+/// encoding with an empty name.
+pub(crate) fn nar_cache_key(node: &Node) -> Vec<u8> {
+    prost::Message::encode_to_vec(&node.clone().into_proto(bytes::Bytes::new()))
+}
+
+/// The [`PathInfo`] a backend stored for `digest` as protobuf `bytes`, validated
+/// again: bytes that do not parse, do not validate or hold another path are
+/// `Corrupt`, naming `source` (the file or table) and the entry.
+pub(crate) fn decode_stored(
+    source: &str,
+    digest: &[u8; 20],
+    bytes: &[u8],
+) -> Result<PathInfo, Error> {
+    let corrupt = |what: String| {
+        Error::Corrupt(format!(
+            "{source}: entry {}: {what}",
+            cairn_nix::nixbase32::encode(digest)
+        ))
+    };
+    let p = <crate::proto::PathInfo as prost::Message>::decode(bytes)
+        .map_err(|e| corrupt(e.to_string()))?;
+    let info = PathInfo::try_from(p).map_err(|e| corrupt(e.to_string()))?;
+    if info.store_path.digest() != digest {
+        return Err(corrupt(format!("holds {}", info.store_path)));
+    }
+    Ok(info)
+}
+
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported path info address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port or grpc+unix:///path)"
+        "{url:?}: unsupported path info address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port, grpc+unix:///path or postgres://user@host/db)"
     ))
 }
 
@@ -129,6 +161,7 @@ fn unsupported(url: &str) -> Error {
 /// |---|---|
 /// | `memory://` | [`MemoryPathInfoService`] |
 /// | `redb:///path/to/datadir` | [`RedbPathInfoService`] on `pathinfo.redb` in that directory (shared within the process) |
+/// | `postgres://user@host/db`, `postgresql://...` | [`PgPathInfoService`] on that database (the process's pool for it; [`cairn_castore::pg`] for the parameters) |
 /// | `grpc+http://host:port`, `grpc+unix:///path` | [`GrpcPathInfoService`] (connects on first use; the server checks content) |
 ///
 /// `blobs` and `directories` are what `put` checks content against (unused by the
@@ -149,6 +182,13 @@ pub fn path_info_service_from_addr(
         }
         return Ok(Arc::new(RedbPathInfoService::open_shared(
             path,
+            blobs,
+            directories,
+        )?));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(PgPathInfoService::from_url(
+            url,
             blobs,
             directories,
         )?));
@@ -175,6 +215,8 @@ mod tests {
             "grpc+http://127.0.0.1:8000",
             "grpc+http://[::1]:65535",
             "grpc+unix:///run/cairn.sock",
+            "postgres://cairn@127.0.0.1:5432/cairn",
+            "postgresql://cairn@/cairn?host=/run/postgresql",
             redb.as_str(),
             // The same data directory again: shared, not a second opener.
             redb.as_str(),
@@ -196,6 +238,7 @@ mod tests {
             "redb:///",
             "redb://relative/dir",
             "sled:///tmp/x",
+            "postgres://cairn@127.0.0.1/cairn?bogus=1",
         ] {
             let err = path_info_service_from_addr(url, blobs.clone(), dirs.clone()).err();
             assert!(

@@ -27,15 +27,11 @@ use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable as _, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::{PathInfo, PathInfoService, check_content};
+use super::{PathInfo, PathInfoService, check_content, decode_stored, nar_cache_key};
 use crate::proto;
 
 const PATHINFO: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("pathinfo");
 const NAR_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nar_cache");
-
-fn nar_cache_key(node: &Node) -> Vec<u8> {
-    node.clone().into_proto(bytes::Bytes::new()).encode_to_vec()
-}
 
 /// The file's name inside the data directory.
 pub const FILE_NAME: &str = "pathinfo.redb";
@@ -181,18 +177,7 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
 }
 
 fn decode(digest: &[u8; 20], bytes: &[u8]) -> Result<PathInfo, Error> {
-    let corrupt = |what: String| {
-        Error::Corrupt(format!(
-            "{FILE_NAME}: entry {}: {what}",
-            cairn_nix::nixbase32::encode(digest)
-        ))
-    };
-    let p = proto::PathInfo::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let info = PathInfo::try_from(p).map_err(|e| corrupt(e.to_string()))?;
-    if info.store_path.digest() != digest {
-        return Err(corrupt(format!("holds {}", info.store_path)));
-    }
-    Ok(info)
+    decode_stored(FILE_NAME, digest, bytes)
 }
 
 async fn blocking<T: Send + 'static>(

@@ -1,0 +1,102 @@
+//! What the conformance suite does not cover of `PgPathInfoService`: damaged rows
+//! are Corrupt errors (never a panic, never bad data), the NAR cache, and two
+//! services on separate pools (two daemons) seeing each other's puts at once.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use cairn_castore::pg::Db;
+use cairn_castore::{ErrorKind, Node, SymlinkTarget};
+use cairn_nix::store_path::StorePath;
+use cairn_store::pathinfo::{PathInfo, PathInfoService, PgPathInfoService};
+use futures::TryStreamExt;
+
+fn info(digest: u8, target: &str) -> PathInfo {
+    PathInfo {
+        store_path: StorePath::new([digest; 20], "pg-test").unwrap(),
+        node: Node::Symlink {
+            target: SymlinkTarget::try_from(target.as_bytes()).unwrap(),
+        },
+        references: vec![],
+        nar_size: 100,
+        nar_sha256: [1; 32],
+        signatures: vec![],
+        deriver: None,
+        ca: None,
+    }
+}
+
+/// A service on its own pool for `url` (as another daemon would have).
+fn service(url: &str) -> PgPathInfoService {
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    PgPathInfoService::new(Db::open(url).unwrap(), blobs, dirs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_rows_are_corrupt() {
+    let url = cairn_testkit::postgres::server().database();
+    let svc = service(&url);
+    svc.put(info(1, "a")).await.unwrap();
+    svc.put(info(2, "b")).await.unwrap();
+    let raw = Db::open(&url).unwrap().client().await.unwrap();
+
+    // Bytes that are no PathInfo.
+    raw.execute(
+        "UPDATE path_info SET info = '\\x0aff'::bytea WHERE digest = $1",
+        &[&vec![1u8; 20]],
+    )
+    .await
+    .unwrap();
+    let err = svc.get([1; 20]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("path_info"), "{err}");
+    let err = svc.list().try_collect::<Vec<_>>().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+
+    // A valid PathInfo under another path's digest.
+    raw.execute(
+        "UPDATE path_info SET info = (SELECT info FROM path_info WHERE digest = $2) WHERE digest = $1",
+        &[&vec![1u8; 20], &vec![2u8; 20]],
+    )
+    .await
+    .unwrap();
+    let err = svc.get([1; 20]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("holds"), "{err}");
+
+    // A put of the path repairs it.
+    svc.put(info(1, "a")).await.unwrap();
+    assert_eq!(svc.get([1; 20]).await.unwrap(), Some(info(1, "a")));
+    assert_eq!(svc.list().try_collect::<Vec<_>>().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nar_cache_round_trip_and_damage() {
+    let url = cairn_testkit::postgres::server().database();
+    let svc = service(&url);
+    let node = info(3, "n").node;
+    assert_eq!(svc.cached_nar(&node).await.unwrap(), None);
+    svc.remember_nar(&node, (42, [7; 32])).await.unwrap();
+    svc.remember_nar(&node, (42, [7; 32])).await.unwrap();
+    assert_eq!(svc.cached_nar(&node).await.unwrap(), Some((42, [7; 32])));
+    let raw = Db::open(&url).unwrap().client().await.unwrap();
+    raw.execute("UPDATE nar_cache SET nar_sha256 = '\\x01'::bytea", &[])
+        .await
+        .unwrap();
+    // Malformed counts as absent, and remembering again repairs it.
+    assert_eq!(svc.cached_nar(&node).await.unwrap(), None);
+    svc.remember_nar(&node, (42, [7; 32])).await.unwrap();
+    assert_eq!(svc.cached_nar(&node).await.unwrap(), Some((42, [7; 32])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_see_each_others_puts() {
+    let url = cairn_testkit::postgres::server().database();
+    let (a, b) = (Arc::new(service(&url)), Arc::new(service(&url)));
+    assert_eq!(b.get([4; 20]).await.unwrap(), None);
+    a.put(info(4, "first")).await.unwrap();
+    assert_eq!(b.get([4; 20]).await.unwrap(), Some(info(4, "first")));
+    b.put(info(4, "second")).await.unwrap();
+    assert_eq!(a.get([4; 20]).await.unwrap(), Some(info(4, "second")));
+}
