@@ -37,6 +37,7 @@ mod error;
 pub mod from_addr;
 pub mod lru;
 pub mod model;
+pub mod pg;
 pub mod proto;
 pub mod redb_file;
 pub mod server;
