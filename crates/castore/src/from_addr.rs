@@ -7,10 +7,11 @@
 //! | `grpc+https://host:port` | gRPC client over TLS ([`crate::tls`]) |
 //! | `grpc+unix:///path` | gRPC client over a unix socket |
 //! | `redb:///path/to/datadir` | the embedded persistent store ([`EmbeddedStore`]) in that data directory; blob and directory services of one URL share it |
+//! | `s3://bucket/prefix?index=postgres://…&endpoint=…&region=…` | blobs only: [`S3BlobService`] (parameters in [`crate::blobservice::s3`]) |
 
 use std::sync::Arc;
 
-use crate::blobservice::{GrpcBlobService, MemoryBlobService};
+use crate::blobservice::{GrpcBlobService, MemoryBlobService, S3BlobService};
 use crate::channel::GrpcAddr;
 use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService};
 use crate::embedded::EmbeddedStore;
@@ -40,6 +41,9 @@ pub fn blob_service_from_addr(url: &str) -> Result<Arc<dyn BlobService>, Error> 
     }
     if let Some(store) = embedded(url) {
         return Ok(Arc::new(store?));
+    }
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(S3BlobService::from_url(url)?));
     }
     match GrpcAddr::parse(url) {
         Some(addr) => Ok(Arc::new(GrpcBlobService::new(addr?.channel()?))),

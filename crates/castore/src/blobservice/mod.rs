@@ -2,6 +2,7 @@
 
 mod grpc;
 mod memory;
+pub mod s3;
 mod verify;
 
 use std::io::SeekFrom;
@@ -15,6 +16,7 @@ use tokio_util::io::ReaderStream;
 
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
+pub use s3::S3BlobService;
 
 use crate::{B3Digest, Error};
 

@@ -101,7 +101,10 @@ impl S3Config {
         }
         let prefix = percent_decode(url, prefix.trim_matches('/'))?;
         if prefix.split('/').any(|p| p == "." || p == "..") || prefix.contains("//") {
-            return Err(invalid(url, format!("key prefix {prefix:?} has an empty, . or .. part")));
+            return Err(invalid(
+                url,
+                format!("key prefix {prefix:?} has an empty, . or .. part"),
+            ));
         }
         let mut params: Vec<(&str, String)> = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -123,7 +126,10 @@ impl S3Config {
         if let Some(e) = &endpoint {
             let scheme_ok = e.starts_with("http://") || e.starts_with("https://");
             if !scheme_ok || e.len() <= "https://".len() {
-                return Err(invalid(url, format!("endpoint {e:?} is not an http:// or https:// URL")));
+                return Err(invalid(
+                    url,
+                    format!("endpoint {e:?} is not an http:// or https:// URL"),
+                ));
             }
         }
         let region = take("region").unwrap_or_else(|| "us-east-1".into());
@@ -135,7 +141,10 @@ impl S3Config {
             )
         })?;
         if !(index.starts_with("postgres://") || index.starts_with("postgresql://")) {
-            return Err(invalid(url, format!("index {index:?} is not a postgres:// URL")));
+            return Err(invalid(
+                url,
+                format!("index {index:?} is not a postgres:// URL"),
+            ));
         }
         let cache_size = match take("cache_size") {
             None => DEFAULT_CACHE_SIZE,
@@ -154,8 +163,8 @@ impl S3Config {
                 ),
             ));
         }
-        let credentials = credentials(profile, file.map(PathBuf::from), env)
-            .map_err(|e| invalid(url, e))?;
+        let credentials =
+            credentials(profile, file.map(PathBuf::from), env).map_err(|e| invalid(url, e))?;
         Ok(S3Config {
             bucket: bucket.to_owned(),
             prefix,
@@ -199,7 +208,9 @@ fn credentials(
     let file = file
         .or_else(|| env("AWS_SHARED_CREDENTIALS_FILE").map(PathBuf::from))
         .or_else(|| env("HOME").map(|h| Path::new(&h).join(".aws/credentials")))
-        .ok_or("no S3 credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set, nor HOME")?;
+        .ok_or(
+            "no S3 credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set, nor HOME",
+        )?;
     let text = std::fs::read_to_string(&file).map_err(|e| {
         format!(
             "no S3 credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY are not set, and the \
@@ -272,13 +283,22 @@ mod tests {
         assert_eq!(c.prefix, "a/b");
         assert_eq!(c.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(c.region, "eu-west-1");
-        assert_eq!(c.index, "postgres://u@127.0.0.1:5432/db?host=/run&pool_size=4");
+        assert_eq!(
+            c.index,
+            "postgres://u@127.0.0.1:5432/db?host=/run&pool_size=4"
+        );
         assert_eq!(c.cache_size, 1000);
         assert_eq!(c.credentials.access_key_id, "AK");
         assert_eq!(c.credentials.secret_access_key, "SK");
-        assert!(!format!("{c:?}").contains("SK"), "the secret is not printed");
+        assert!(
+            !format!("{c:?}").contains("SK"),
+            "the secret is not printed"
+        );
         let plain = S3Config::parse(&format!("s3://bkt?{IDX}"), &env_keys).unwrap();
-        assert_eq!((plain.prefix.as_str(), plain.region.as_str()), ("", "us-east-1"));
+        assert_eq!(
+            (plain.prefix.as_str(), plain.region.as_str()),
+            ("", "us-east-1")
+        );
         assert_eq!(plain.cache_size, DEFAULT_CACHE_SIZE);
         assert_eq!(plain.endpoint_name(), "https://s3.us-east-1.amazonaws.com");
     }
@@ -328,7 +348,8 @@ mod tests {
         let both = |k: &str| env_keys(k).or_else(|| env(k));
         let c = S3Config::parse(&format!("s3://bkt?{IDX}&profile=other"), &both).unwrap();
         assert_eq!(c.credentials.access_key_id, "O");
-        let c = S3Config::parse(&format!("s3://bkt?{IDX}&credentials_file={f}"), &|_| None).unwrap();
+        let c =
+            S3Config::parse(&format!("s3://bkt?{IDX}&credentials_file={f}"), &|_| None).unwrap();
         assert_eq!(c.credentials.access_key_id, "D");
         let e = S3Config::parse(&format!("s3://bkt?{IDX}&profile=absent"), &env).unwrap_err();
         assert!(e.to_string().contains("profile [absent]"), "{e}");

@@ -91,9 +91,11 @@ fn digest_of(b: &[u8]) -> Result<[u8; 32], Error> {
 
 /// Checks a location read from the database.
 fn loc(pack: String, offset: i64, stored: i32, raw: i32, compressed: bool) -> Result<Loc, Error> {
-    let (Ok(offset), Ok(stored_len), Ok(raw_len)) =
-        (u64::try_from(offset), u32::try_from(stored), u32::try_from(raw))
-    else {
+    let (Ok(offset), Ok(stored_len), Ok(raw_len)) = (
+        u64::try_from(offset),
+        u32::try_from(stored),
+        u32::try_from(raw),
+    ) else {
         return Err(corrupt(format!(
             "negative location {offset}/{stored}/{raw} in pack {pack}"
         )));
@@ -264,7 +266,10 @@ pub(super) async fn existing(
 }
 
 /// Whether `digest` is a stored blob or chunk.
-pub(super) async fn has(client: &deadpool_postgres::Client, digest: &B3Digest) -> Result<bool, Error> {
+pub(super) async fn has(
+    client: &deadpool_postgres::Client,
+    digest: &B3Digest,
+) -> Result<bool, Error> {
     let stmt = client
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM blob_chunks WHERE digest = $1) \
@@ -303,7 +308,10 @@ pub(super) async fn commit(
             .map_err(|e| db_error("index a pack", e))?
             .get(0);
         let digests: Vec<&[u8]> = rows.iter().map(|r| &r.0[..]).collect();
-        let offsets = rows.iter().map(|r| i64_of(r.1)).collect::<Result<Vec<_>, _>>()?;
+        let offsets = rows
+            .iter()
+            .map(|r| i64_of(r.1))
+            .collect::<Result<Vec<_>, _>>()?;
         let stored: Vec<i32> = rows.iter().map(|r| r.2 as i32).collect();
         let raw: Vec<i32> = rows.iter().map(|r| r.3 as i32).collect();
         let compressed: Vec<bool> = rows.iter().map(|r| r.4).collect();
@@ -344,8 +352,14 @@ mod tests {
     #[test]
     fn lists_roundtrip_and_reject() {
         let list = vec![
-            ChunkMeta { digest: B3Digest::of(b"a"), size: 5 },
-            ChunkMeta { digest: B3Digest::of(b"b"), size: 7 },
+            ChunkMeta {
+                digest: B3Digest::of(b"a"),
+                size: 5,
+            },
+            ChunkMeta {
+                digest: B3Digest::of(b"b"),
+                size: 7,
+            },
         ];
         let enc = encode_list(&list);
         assert_eq!(decode_list(&enc, 12).unwrap(), list);
@@ -361,7 +375,10 @@ mod tests {
     fn locations_are_bounded() {
         assert!(loc("p".into(), 0, 10, 10, false).is_ok());
         assert!(loc("p".into(), -1, 10, 10, false).is_err());
-        assert!(loc("p".into(), 0, 9, 10, false).is_err(), "raw but lengths differ");
+        assert!(
+            loc("p".into(), 0, 9, 10, false).is_err(),
+            "raw but lengths differ"
+        );
         assert!(loc("p".into(), 0, 10, (MAX_CHUNK + 1) as i32, true).is_err());
         assert!(loc("p".into(), 0, i32::MAX, 10, true).is_err());
     }

@@ -81,8 +81,7 @@ use bytes::Bytes;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig,
+    BackoffConfig, ClientOptions, MultipartUpload, ObjectStoreExt, PutPayload, RetryConfig,
 };
 use tokio::sync::mpsc;
 
@@ -219,7 +218,9 @@ impl Inner {
 
     async fn put(&self, pack: &str, payload: PutPayload) -> Result<(), Error> {
         self.stats.puts.fetch_add(1, Ordering::Relaxed);
-        self.stats.put_bytes.fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+        self.stats
+            .put_bytes
+            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
         self.s3
             .put(&self.key(pack), payload)
             .await
@@ -249,7 +250,9 @@ impl Inner {
                 )),
                 e => self.s3_error("read", pack, e),
             })?;
-        self.stats.get_bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+        self.stats
+            .get_bytes
+            .fetch_add(b.len() as u64, Ordering::Relaxed);
         Ok(b)
     }
 
@@ -331,7 +334,11 @@ impl S3BlobService {
         let mut options = ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(120));
-        if cfg.endpoint.as_deref().is_some_and(|e| e.starts_with("http://")) {
+        if cfg
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+        {
             options = options.with_allow_http(true);
         }
         // A few quick retries: a server that is down answers with a clear error
@@ -360,9 +367,9 @@ impl S3BlobService {
         if let Some(e) = &cfg.endpoint {
             b = b.with_endpoint(e);
         }
-        let s3 = b.build().map_err(|e| {
-            Error::InvalidArgument(format!("S3 bucket {}: {e}", cfg.bucket))
-        })?;
+        let s3 = b
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("S3 bucket {}: {e}", cfg.bucket)))?;
         let cache = Mutex::new(Lru::new(cfg.cache_size));
         Ok(S3BlobService {
             inner: Arc::new(Inner {
@@ -397,7 +404,11 @@ impl S3BlobService {
 
     /// Empties the in-memory cache of chunks (for measurements of cold reads).
     pub fn clear_cache(&self) {
-        let mut c = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut c = self
+            .inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *c = Lru::new(self.inner.cfg.cache_size);
     }
 

@@ -196,7 +196,10 @@ async fn fetch(
     chunks: Vec<([u8; 32], Loc)>,
 ) -> io::Result<Vec<Bytes>> {
     let data = if end > start {
-        inner.get_range(pack, start..end).await.map_err(Error::into_io)?
+        inner
+            .get_range(pack, start..end)
+            .await
+            .map_err(Error::into_io)?
     } else {
         Bytes::new()
     };
@@ -350,7 +353,10 @@ impl AsyncSeek for S3BlobReader {
             io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         let target = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the blob")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            )
         })?;
         if target != self.pos {
             let ahead = target - self.pos.min(target);

@@ -66,9 +66,12 @@ impl Inner {
             .committer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let h = match tx.as_ref().map(|t| t.send(h)) {
-            Some(Ok(())) => return,
-            Some(Err(mpsc::error::SendError(h))) | None => h,
+        let h = match tx.as_ref() {
+            Some(t) => match t.send(h) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(h)) => h,
+            },
+            None => h,
         };
         let (t, rx) = mpsc::unbounded_channel();
         tokio::spawn(committer(Arc::downgrade(self), rx));
@@ -106,9 +109,14 @@ async fn committer(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Handoff>)
         };
         tokio::spawn(async move {
             let res = commit_group(&inner, &mut batch).await;
-            inner.stats.group_commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            inner
+                .stats
+                .group_commits
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for h in batch {
-                let _ = h.reply.send(res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let _ = h
+                    .reply
+                    .send(res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
             }
             drop(permit);
         });
@@ -117,7 +125,10 @@ async fn committer(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Handoff>)
 
 async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), Error> {
     let mut client = inner.client().await?;
-    let mut want: Vec<[u8; 32]> = batch.iter().flat_map(|h| h.chunks.iter().map(|c| c.digest)).collect();
+    let mut want: Vec<[u8; 32]> = batch
+        .iter()
+        .flat_map(|h| h.chunks.iter().map(|c| c.digest))
+        .collect();
     want.sort_unstable();
     want.dedup();
     let existing = if want.is_empty() {
@@ -148,7 +159,13 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
     if let Some(name) = &name {
         inner.put(name, PutPayload::from_iter(parts)).await?;
     }
-    index::commit(&mut client, name.as_deref().map(|n| (n, offset)), &rows, &lists).await
+    index::commit(
+        &mut client,
+        name.as_deref().map(|n| (n, offset)),
+        &rows,
+        &lists,
+    )
+    .await
 }
 
 /// A multipart upload of one large blob's pack.
@@ -174,7 +191,10 @@ impl Drop for Upload {
         let inner = self.inner.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                inner.stats.aborts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                inner
+                    .stats
+                    .aborts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = mp.abort().await;
             });
         }
@@ -202,8 +222,8 @@ struct Job {
 
 fn encode_chunk(data: &[u8], digest: [u8; 32], level: Level) -> Result<NewChunk, Error> {
     let z = encode(data, level).map_err(|e| Error::Storage(Box::new(e)))?;
-    let raw_len = u32::try_from(data.len())
-        .map_err(|_| Error::InvalidArgument("chunk too large".into()))?;
+    let raw_len =
+        u32::try_from(data.len()).map_err(|_| Error::InvalidArgument("chunk too large".into()))?;
     Ok(match z {
         Some(z) => NewChunk {
             digest,
@@ -221,7 +241,7 @@ fn encode_chunk(data: &[u8], digest: [u8; 32], level: Level) -> Result<NewChunk,
 }
 
 /// `f` over `items`, on up to two threads (the blob's hash, if any, on a third).
-fn par_map<T: Send, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() < 2 {
         return items.iter().map(&f).collect();
     }
@@ -278,7 +298,11 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
     let pos = cuts.last().map_or(0, |r| r.end);
     // A large blob asks the index which chunks it has, once per batch; a small
     // one leaves that to the group committer, which asks for many blobs at once.
-    let fresh: Vec<[u8; 32]> = digests.iter().filter(|d| !job.mine.contains(*d)).copied().collect();
+    let fresh: Vec<[u8; 32]> = digests
+        .iter()
+        .filter(|d| !job.mine.contains(*d))
+        .copied()
+        .collect();
     let known = if small || fresh.is_empty() {
         HashSet::new()
     } else {
@@ -295,9 +319,15 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
             to_encode.push((r.clone(), *d));
         }
     }
-    let level = if job.whole.is_some() { Level::Whole } else { Level::Chunk };
+    let level = if job.whole.is_some() {
+        Level::Whole
+    } else {
+        Level::Chunk
+    };
     let (mut job, encoded) = blocking(inline, move || {
-        let encoded = par_map(&to_encode, |(r, d)| encode_chunk(&job.buf[r.clone()], *d, level));
+        let encoded = par_map(&to_encode, |(r, d)| {
+            encode_chunk(&job.buf[r.clone()], *d, level)
+        });
         (job, encoded)
     })
     .await?;
@@ -335,7 +365,8 @@ async fn flush_part(job: &mut Job) -> Result<(), Error> {
     let mut pieces = Vec::with_capacity(job.staged.len());
     for c in job.staged.drain(..) {
         let len = c.data.len() as u64;
-        up.rows.push((c.digest, up.len, len as u32, c.raw_len, c.compressed));
+        up.rows
+            .push((c.digest, up.len, len as u32, c.raw_len, c.compressed));
         up.len += len;
         pieces.push(c.data);
     }
@@ -343,7 +374,10 @@ async fn flush_part(job: &mut Job) -> Result<(), Error> {
     let Some(mp) = up.mp.as_mut() else {
         return Err(Error::Storage("multipart upload already finished".into()));
     };
-    job.inner.stats.parts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    job.inner
+        .stats
+        .parts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let part = mp.put_part(PutPayload::from_iter(pieces));
     up.parts.push_back(tokio::spawn(part));
     while up.parts.len() > PARTS_IN_FLIGHT {
@@ -410,11 +444,16 @@ async fn finish(job: Box<Job>) -> Result<B3Digest, Error> {
     let Some(mut mp) = up.mp.take() else {
         return Err(Error::Storage("multipart upload already finished".into()));
     };
-    job.inner.stats.completes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    job.inner
+        .stats
+        .completes
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Err(e) = mp.complete().await {
         // Not completed: give the parts back.
         up.mp = Some(mp);
-        return Err(job.inner.s3_error("complete the multipart upload of", &up.name, e));
+        return Err(job
+            .inner
+            .s3_error("complete the multipart upload of", &up.name, e));
     }
     let mut client = job.inner.client().await?;
     let lists: Vec<_> = list.into_iter().collect();
@@ -476,7 +515,9 @@ impl S3BlobWriter {
                             State::Idle(job)
                         }
                         Ok(Err(e)) => failed(e),
-                        Err(e) => State::Failed(io::ErrorKind::Other, format!("blob writer task: {e}")),
+                        Err(e) => {
+                            State::Failed(io::ErrorKind::Other, format!("blob writer task: {e}"))
+                        }
                     };
                 }
                 State::Failed(k, m) => return Poll::Ready(Err(io::Error::new(*k, m.clone()))),
@@ -493,7 +534,10 @@ impl S3BlobWriter {
             match &mut self.state {
                 State::Busy(_) => ready!(self.poll_busy(cx))?,
                 State::Idle(_) => {
-                    let State::Idle(job) = std::mem::replace(&mut self.state, State::Failed(io::ErrorKind::Other, String::new())) else {
+                    let State::Idle(job) = std::mem::replace(
+                        &mut self.state,
+                        State::Failed(io::ErrorKind::Other, String::new()),
+                    ) else {
                         unreachable!("matched Idle above")
                     };
                     self.state = State::Closing(Box::pin(finish(job)));
@@ -512,7 +556,11 @@ impl S3BlobWriter {
 }
 
 impl AsyncWrite for S3BlobWriter {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         loop {
             if matches!(this.state, State::Busy(_)) {
@@ -535,7 +583,10 @@ impl AsyncWrite for S3BlobWriter {
                 job.buf.extend_from_slice(&data[..n]);
                 return Poll::Ready(Ok(n));
             }
-            let State::Idle(job) = std::mem::replace(&mut this.state, State::Failed(io::ErrorKind::Other, String::new())) else {
+            let State::Idle(job) = std::mem::replace(
+                &mut this.state,
+                State::Failed(io::ErrorKind::Other, String::new()),
+            ) else {
                 unreachable!("matched Idle above")
             };
             this.state = State::Busy(tokio::spawn(process(job, false)));
