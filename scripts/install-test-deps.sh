@@ -4,6 +4,7 @@
 #     compare against; nix-setup-systemd for the nixbld group that chroot stores need
 #   * xz-utils, zstd: compressors the binary cache tests feed to Nix
 #   * systemd: systemd-analyze, which checks the unit file under contrib/
+#   * postgresql: the PostgreSQL server the PostgreSQL backends' tests start
 #   * a venv at $CAIRN_TEST_VENV (default /opt/cairn-test-venv) with grpcio,
 #     grpcio-reflection and protobuf, for the reflection-based gRPC client in
 #     tests/oracle/grpc_client.py, and prometheus_client, whose OpenMetrics parser
@@ -27,6 +28,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "install-test-deps: apt-get install ${need[*]}"
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# postgresql: the real server that cairn_testkit::postgres starts for the PostgreSQL backends' tests
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "install-test-deps: apt-get install postgresql"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 getent group nixbld >/dev/null || $SUDO apt-get install -y -qq nix-setup-systemd >/dev/null
 

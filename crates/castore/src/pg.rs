@@ -17,8 +17,11 @@
 //! | `connect_timeout` | 5 | seconds to wait for a new connection (tokio-postgres's own parameter, given a default) |
 //! | `statement_timeout` | 30 | seconds a statement may run before the server cancels it (also the longest wait for a free pooled connection) |
 //!
-//! Components with parameters of their own (`dir_cache` of the directory service)
-//! take them out with [`take_param`] before calling [`Db::open_shared`].
+//! Parameters of the components on the database ([`COMPONENT_PARAMS`]: `dir_cache`
+//! of the directory service) are read by those components and ignored here, so one
+//! URL can name the database for every component and they still share one pool.
+
+pub use {deadpool_postgres, tokio_postgres};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -33,6 +36,11 @@ use crate::Error;
 const DEFAULT_POOL_SIZE: usize = 16;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Parameters that components read from a database URL for themselves
+/// ([`crate::directoryservice::PgDirectoryService`]'s cache size); [`Db`] ignores
+/// them.
+pub const COMPONENT_PARAMS: &[&str] = &["dir_cache"];
 
 /// The key of the advisory lock that serialises migrations of every component
 /// across processes ("cairn" in ASCII).
@@ -143,7 +151,11 @@ fn parse(url: &str) -> Result<Settings, Error> {
             "not a PostgreSQL URL (expected postgres://... or postgresql://...)",
         ));
     }
-    let (rest, pool_size) = take_param(url, "pool_size");
+    let mut rest = url.to_string();
+    for param in COMPONENT_PARAMS {
+        rest = take_param(&rest, param).0;
+    }
+    let (rest, pool_size) = take_param(&rest, "pool_size");
     let pool_size = match pool_size {
         None => DEFAULT_POOL_SIZE,
         Some(v) => match v.parse::<usize>() {
@@ -257,6 +269,11 @@ impl Db {
     /// yet: a daemon starts while the database is down and recovers when it comes
     /// back.
     pub fn open_shared(url: &str) -> Result<Db, Error> {
+        let mut key = url.to_string();
+        for param in COMPONENT_PARAMS {
+            key = take_param(&key, param).0;
+        }
+        let url = key.as_str();
         let mut shared = SHARED
             .lock()
             .map_err(|_| Error::storage(Msg("PostgreSQL pool registry lock poisoned".into())))?;
@@ -464,6 +481,7 @@ pub fn db_error(what: &str, e: tokio_postgres::Error) -> Error {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::ErrorKind;
@@ -544,6 +562,9 @@ mod tests {
         let a = Db::open_shared("postgres://u@127.0.0.1:1/shared_a").unwrap();
         let b = Db::open_shared("postgres://u@127.0.0.1:1/shared_a").unwrap();
         let c = Db::open_shared("postgres://u@127.0.0.1:1/shared_b").unwrap();
+        // A component's own parameter does not make another pool.
+        let d = Db::open_shared("postgres://u@127.0.0.1:1/shared_a?dir_cache=5").unwrap();
+        assert!(Arc::ptr_eq(&a.inner, &d.inner));
         assert!(Arc::ptr_eq(&a.inner, &b.inner));
         assert!(!Arc::ptr_eq(&a.inner, &c.inner));
     }

@@ -79,6 +79,18 @@ fn binary() -> PathBuf {
     })
 }
 
+/// `value` with `%`, `&`, `?`, `=` and `#` percent-encoded, for a URL parameter.
+pub fn encode_param(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '%' | '&' | '?' | '=' | '#' | ' ' | '+' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Runs `script` in a detached shell (a child of init, not of the test process,
 /// so it leaves no zombie behind and outlives the test process).
 fn watch(script: &str) {
@@ -168,6 +180,12 @@ impl S3Server {
             self.endpoint(),
             self.credentials.display()
         )
+    }
+
+    /// A fresh bucket's URL with `index=` naming the PostgreSQL database `index`
+    /// (percent-encoded, so that its own `?`, `&` and `=` stay inside it).
+    pub fn blob_url(&self, index: &str) -> String {
+        format!("{}&index={}", self.bucket(), encode_param(index))
     }
 
     /// Starts the server (again) on its port, with the same data. Waits until it

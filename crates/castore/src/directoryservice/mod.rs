@@ -4,6 +4,7 @@
 mod closure;
 mod grpc;
 mod memory;
+mod postgres;
 
 use std::collections::{HashSet, VecDeque};
 
@@ -13,6 +14,7 @@ use futures::stream::BoxStream;
 pub use closure::{ClosureValidator, DirectoryCommit, ValidatingPutter};
 pub use grpc::GrpcDirectoryService;
 pub use memory::MemoryDirectoryService;
+pub use postgres::{DEFAULT_DIR_CACHE, PgDirectoryService};
 
 use crate::{B3Digest, Directory, Error};
 
