@@ -9,6 +9,9 @@
 #     grpcio-reflection and protobuf, for the reflection-based gRPC client in
 #     tests/oracle/grpc_client.py, and prometheus_client, whose OpenMetrics parser
 #     reads the daemon's /metrics in crates/cli/tests/metrics.rs
+#   * s3s-fs 0.14.1 (an S3 server with SigV4 and multipart uploads, storing in a
+#     directory) in $CAIRN_TEST_TOOLS/bin (default /opt/cairn-test-tools), for
+#     cairn_testkit::s3; built by cargo (0.15+ needs a newer Rust than ours)
 # Runs apt as root (or through sudo). Safe to re-run: does nothing when all is there.
 set -euo pipefail
 VENV=${CAIRN_TEST_VENV:-/opt/cairn-test-venv}
@@ -42,5 +45,11 @@ fi
 if ! "$VENV/bin/python" -c "import prometheus_client as p; from importlib.metadata import version; assert version('prometheus_client') == '$PROM_VER'" 2>/dev/null; then
   echo "install-test-deps: prometheus_client $PROM_VER into $VENV"
   $SUDO "$VENV/bin/pip" install -q "prometheus_client==$PROM_VER"
+fi
+TOOLS=${CAIRN_TEST_TOOLS:-/opt/cairn-test-tools}
+S3S_VER=0.14.1
+if ! "$TOOLS/bin/s3s-fs" --version 2>/dev/null | grep -qx "s3s-fs $S3S_VER"; then
+  echo "install-test-deps: cargo install s3s-fs $S3S_VER into $TOOLS"
+  $SUDO env "PATH=$PATH" cargo install -q "s3s-fs@$S3S_VER" --locked --features binary --root "$TOOLS"
 fi
 nix --version

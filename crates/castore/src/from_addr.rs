@@ -8,10 +8,11 @@
 //! | `grpc+unix:///path` | gRPC client over a unix socket |
 //! | `redb:///path/to/datadir` | the embedded persistent store ([`EmbeddedStore`]) in that data directory; blob and directory services of one URL share it |
 //! | `postgres://user@host/db` or `postgresql://...` | directories only: [`PgDirectoryService`] on that database ([`crate::pg`] for the URL's parameters, plus `dir_cache`) |
+//! | `s3://bucket/prefix?index=postgres://…&endpoint=…&region=…` | blobs only: [`S3BlobService`] (parameters in [`crate::blobservice::s3`]) |
 
 use std::sync::Arc;
 
-use crate::blobservice::{GrpcBlobService, MemoryBlobService};
+use crate::blobservice::{GrpcBlobService, MemoryBlobService, S3BlobService};
 use crate::channel::GrpcAddr;
 use crate::directoryservice::{GrpcDirectoryService, MemoryDirectoryService, PgDirectoryService};
 use crate::embedded::EmbeddedStore;
@@ -30,7 +31,7 @@ fn embedded(url: &str) -> Option<Result<EmbeddedStore, Error>> {
 
 fn unsupported(url: &str) -> Error {
     Error::InvalidArgument(format!(
-        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port, grpc+unix:///path, or postgres://user@host/db for directories)"
+        "{url:?}: unsupported address (expected memory://, redb:///path, grpc+http://host:port, grpc+https://host:port, grpc+unix:///path, s3://bucket?index=postgres://… for blobs, or postgres://user@host/db for directories)"
     ))
 }
 
@@ -41,6 +42,9 @@ pub fn blob_service_from_addr(url: &str) -> Result<Arc<dyn BlobService>, Error> 
     }
     if let Some(store) = embedded(url) {
         return Ok(Arc::new(store?));
+    }
+    if url.starts_with("s3://") {
+        return Ok(Arc::new(S3BlobService::from_url(url)?));
     }
     match GrpcAddr::parse(url) {
         Some(addr) => Ok(Arc::new(GrpcBlobService::new(addr?.channel()?))),

@@ -1,7 +1,7 @@
 //! [`Lru`]: a map bounded by the total cost of its entries, the least recently
-//! used evicted first. The in-memory caches in front of directories (PostgreSQL),
-//! path info lookups and rendered narinfos share it, so that a full cache drops
-//! what is cold instead of everything at once.
+//! used evicted first. The in-memory caches of verified S3 chunks, of directories
+//! (PostgreSQL), of path info lookups and of rendered narinfos share it, so that a
+//! full cache drops what is cold instead of everything at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;

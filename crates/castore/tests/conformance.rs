@@ -1,5 +1,5 @@
 //! One suite of scenarios (every trait method, every rejection) run against every
-//! backend: memory, the embedded store, PostgreSQL (directories), and the gRPC clients talking to the gRPC server (memory-backed)
+//! backend: memory, the embedded store, PostgreSQL (directories), S3 blobs with their index in PostgreSQL, and the gRPC clients talking to the gRPC server (memory-backed)
 //! over loopback TCP and over a unix socket. Adding a backend is one
 //! `backend_suite!` line plus its constructor in `backends`.
 #![allow(clippy::unwrap_used)]
@@ -58,6 +58,19 @@ mod backends {
         Backend {
             blobs: Arc::new(MemoryBlobService::new()),
             dirs: cairn_castore::directory_service_from_addr(&url).unwrap(),
+            url: None,
+            _guard: None,
+        }
+    }
+
+    /// Blobs in a fresh bucket of the test process's s3s-fs (cairn_testkit::s3)
+    /// with their index in a fresh PostgreSQL database; directories in another.
+    pub async fn s3() -> Backend {
+        let index = cairn_testkit::postgres::server().database();
+        let url = cairn_testkit::s3::server().blob_url(&index);
+        Backend {
+            blobs: cairn_castore::blob_service_from_addr(&url).unwrap(),
+            dirs: cairn_castore::directory_service_from_addr(&index).unwrap(),
             url: None,
             _guard: None,
         }
@@ -547,6 +560,7 @@ backend_suite!(embedded, crate::backends::embedded);
 backend_suite!(grpc_tcp, crate::backends::grpc_tcp);
 backend_suite!(grpc_unix, crate::backends::grpc_unix);
 backend_suite!(postgres, crate::backends::postgres);
+backend_suite!(s3, crate::backends::s3);
 
 /// Scenarios of a client talking to the server directly, for gRPC backends only.
 macro_rules! server_suite {

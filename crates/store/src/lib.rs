@@ -7,7 +7,7 @@
 //! - [`nar`]: rendering a root node as a NAR stream byte-identical to Nix's, and
 //!   ingesting a NAR stream into blobs and directories.
 //! - [`fs`]: importing a tree from the file system (with its NAR hash) and exporting one.
-//! - [`lru`]: the cost-bounded LRU map behind the in-memory caches of path infos
+//! - [`lru`]: (re-exported from cairn-castore) the cost-bounded LRU map behind the in-memory caches of path infos
 //!   and of the binary cache's rendered narinfos.
 //!
 //! Blobs and directories belong to `cairn-castore`, Nix's formats to `cairn-nix`;

@@ -1,7 +1,7 @@
 //! What cairn's tests and benches share, so that each test states only what it
 //! checks: the real Nix run in a scratch environment of its own ([`nix`]), the
 //! oracle gRPC client we did not write ([`oracle`]), servers on loopback
-//! ([`loopback`]), a real PostgreSQL server ([`postgres`]), reproducible pseudo-random data ([`data`]), byte streams
+//! ([`loopback`]), real PostgreSQL and S3 servers ([`postgres`], [`s3`]), reproducible pseudo-random data ([`data`]), byte streams
 //! read up to their first error ([`stream`]) and protobuf encoded by hand
 //! ([`pb`]).
 //!
@@ -16,4 +16,5 @@ pub mod nix;
 pub mod oracle;
 pub mod pb;
 pub mod postgres;
+pub mod s3;
 pub mod stream;

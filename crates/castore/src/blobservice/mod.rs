@@ -3,6 +3,7 @@
 mod disk_cache;
 mod grpc;
 mod memory;
+pub mod s3;
 mod verify;
 
 use std::io::SeekFrom;
@@ -17,6 +18,7 @@ use tokio_util::io::ReaderStream;
 pub use disk_cache::DiskChunkCache;
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
+pub use s3::S3BlobService;
 
 use crate::{B3Digest, Error};
 

@@ -31,11 +31,11 @@
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
 //! durable commit refers to first.
 
-mod format;
+pub(crate) mod format;
 mod pack;
 mod reader;
 mod services;
-mod writer;
+pub(crate) mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -887,7 +887,7 @@ pub(crate) fn encode(data: &[u8], level: Level) -> Result<Option<Vec<u8>>, Embed
 }
 
 /// Decompresses `stored` into `dst` (which it must fit); returns the bytes written.
-fn decode_into(stored: &[u8], dst: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn decode_into(stored: &[u8], dst: &mut [u8]) -> std::io::Result<usize> {
     UNZSTD.with(|cell| {
         let mut cell = cell.borrow_mut();
         let d = match &mut *cell {

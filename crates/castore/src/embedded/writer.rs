@@ -323,13 +323,15 @@ fn hash_and_encode(
         .collect()
 }
 
-/// Cuts, hashes, compresses and appends every complete chunk in the buffer (all of
-/// it when `last`), keeping the tail that may still grow.
-fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
+/// The FastCDC chunks of `buf` (16/64/256 KiB) whose cuts are final: every chunk
+/// followed by a full [`MAX_CHUNK`] window, and all of `buf` when it ends the
+/// blob (`last`). The S3 blob service cuts with it too, so both stores chunk a
+/// blob alike.
+pub(crate) fn chunk_cuts(buf: &[u8], last: bool) -> Vec<std::ops::Range<usize>> {
     let mut cuts = Vec::new();
     let mut pos = 0;
-    while job.buf.len() - pos >= MAX_CHUNK || (last && pos < job.buf.len()) {
-        let rest = &job.buf[pos..];
+    while buf.len() - pos >= MAX_CHUNK || (last && pos < buf.len()) {
+        let rest = &buf[pos..];
         // Only a full MAX_CHUNK window (or the blob's end) makes the cut final.
         let window = &rest[..rest.len().min(MAX_CHUNK)];
         let (_, cut) = fastcdc::v2020::FastCDC::new(window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK)
@@ -338,6 +340,14 @@ fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
         cuts.push(pos..pos + cut);
         pos += cut;
     }
+    cuts
+}
+
+/// Cuts, hashes, compresses and appends every complete chunk in the buffer (all of
+/// it when `last`), keeping the tail that may still grow.
+fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, EmbeddedError> {
+    let cuts = chunk_cuts(&job.buf, last);
+    let pos = cuts.last().map_or(0, |r| r.end);
     // The whole blob is one chunk when its last batch is its first and is not cut:
     // then the chunk's digest is the blob's, and the blob is not hashed again.
     let whole = last && job.count == 0 && cuts.len() == 1;

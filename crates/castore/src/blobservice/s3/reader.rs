@@ -1,0 +1,378 @@
+//! Reading blobs from packs: every chunk checked against its digest before a byte
+//! of it is handed out, adjacent chunks of one pack fetched with one ranged GET,
+//! and a few such GETs in flight ahead of the reader.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
+
+use super::Inner;
+use super::index::Loc;
+use crate::blobservice::ChunkMeta;
+use crate::{B3Digest, Error};
+
+/// Chunks whose locations one index query fetches (about 64 MiB of blob).
+const LOC_WINDOW: usize = 1024;
+/// Largest ranged GET: chunks are coalesced up to this many stored bytes.
+const MAX_GET: u64 = 8 << 20;
+/// Ranged GETs in flight ahead of the reader.
+const PREFETCH: usize = 4;
+/// Chunks of the first GET after opening or seeking; each next GET may take four
+/// times as many (up to [`MAX_GET`]): a ranged read of a few bytes fetches one
+/// chunk, a sequential read soon fetches megabytes per request.
+const FIRST_GET_CHUNKS: usize = 2;
+
+/// A blob as the index describes it: its chunks in order (one, the blob itself,
+/// for a blob stored as one chunk) and where each starts.
+pub(super) struct Plan {
+    pub digest: B3Digest,
+    pub chunks: Vec<ChunkMeta>,
+    /// Offset of each chunk in the blob, and the blob's size at the end.
+    starts: Vec<u64>,
+    /// The location of the one chunk of a blob stored as one, known already.
+    single: Option<Loc>,
+}
+
+impl Plan {
+    pub fn new(digest: B3Digest, chunks: Vec<ChunkMeta>, single: Option<Loc>) -> Self {
+        let mut starts = Vec::with_capacity(chunks.len() + 1);
+        let mut at = 0;
+        starts.push(0);
+        for c in &chunks {
+            at += c.size;
+            starts.push(at);
+        }
+        Plan {
+            digest,
+            chunks,
+            starts,
+            single,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.starts.last().copied().unwrap_or(0)
+    }
+
+    /// The chunk holding byte `pos` (`chunks.len()` at or past the end).
+    fn chunk_at(&self, pos: u64) -> usize {
+        if pos >= self.size() {
+            return self.chunks.len();
+        }
+        // starts[0] = 0 <= pos: the point is at least 1.
+        self.starts.partition_point(|s| *s <= pos) - 1
+    }
+}
+
+/// What one step of a read fetches.
+enum Group {
+    /// A chunk found in the cache (checked when it was put there).
+    Cached(Bytes),
+    /// Chunks lying back to back in one pack: one ranged GET.
+    Range {
+        pack: Arc<str>,
+        start: u64,
+        end: u64,
+        chunks: Vec<([u8; 32], Loc)>,
+    },
+}
+
+fn corrupt(msg: String) -> io::Error {
+    Error::Corrupt(msg).into_io()
+}
+
+/// The blob's bytes from the start of chunk `first` on, chunk by chunk.
+pub(super) fn chunks_from(
+    inner: Arc<Inner>,
+    plan: Arc<Plan>,
+    first: usize,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let planner = inner.clone();
+    let groups = async_stream::try_stream! {
+        let mut per_get = FIRST_GET_CHUNKS;
+        let mut i = first;
+        while i < plan.chunks.len() {
+            let end = (i + LOC_WINDOW).min(plan.chunks.len());
+            let window = &plan.chunks[i..end];
+            // Cached chunks need no location: a hot blob costs no index query.
+            let cached: Vec<Option<Bytes>> =
+                window.iter().map(|c| planner.cache_get(c.digest.as_bytes())).collect();
+            let missing: Vec<[u8; 32]> = window
+                .iter()
+                .zip(&cached)
+                .filter(|(_, hit)| hit.is_none())
+                .map(|(c, _)| *c.digest.as_bytes())
+                .collect();
+            let locs = match (&plan.single, missing.is_empty()) {
+                (_, true) => Default::default(),
+                (Some(loc), false) => [(*plan.digest.as_bytes(), loc.clone())].into(),
+                (None, false) => planner.locations(&missing).await.map_err(Error::into_io)?,
+            };
+            let mut pending: Option<Group> = None;
+            for (c, hit) in window.iter().zip(cached) {
+                if let Some(b) = hit {
+                    if let Some(g) = pending.take() {
+                        yield g;
+                    }
+                    yield Group::Cached(b);
+                    continue;
+                }
+                let d = *c.digest.as_bytes();
+                let loc = locs.get(&d).cloned().ok_or_else(|| {
+                    corrupt(format!(
+                        "chunk {} of blob {} is listed but not indexed",
+                        c.digest, plan.digest
+                    ))
+                })?;
+                if u64::from(loc.raw_len) != c.size {
+                    Err(corrupt(format!(
+                        "chunk {} of blob {} is listed with {} bytes, indexed with {}",
+                        c.digest, plan.digest, c.size, loc.raw_len
+                    )))?;
+                }
+                // Joins the pending GET if it lies right behind it in the same pack.
+                if let Some(Group::Range { pack, end, chunks, .. }) = &mut pending {
+                    let fits = *pack == loc.pack
+                        && *end == loc.offset
+                        && chunks.len() < per_get
+                        && *end + u64::from(loc.stored_len) - chunks[0].1.offset <= MAX_GET;
+                    if fits {
+                        *end += u64::from(loc.stored_len);
+                        chunks.push((d, loc));
+                        continue;
+                    }
+                }
+                if let Some(g) = pending.take() {
+                    yield g;
+                    per_get = (per_get * 4).min(LOC_WINDOW);
+                }
+                pending = Some(Group::Range {
+                    pack: loc.pack.clone(),
+                    start: loc.offset,
+                    end: loc.offset + u64::from(loc.stored_len),
+                    chunks: vec![(d, loc)],
+                });
+            }
+            if let Some(g) = pending.take() {
+                yield g;
+                per_get = (per_get * 4).min(LOC_WINDOW);
+            }
+            i = end;
+        }
+    };
+    groups
+        .map(move |g: io::Result<Group>| {
+            let inner = inner.clone();
+            async move {
+                match g? {
+                    Group::Cached(b) => Ok(vec![b]),
+                    Group::Range {
+                        pack,
+                        start,
+                        end,
+                        chunks,
+                    } => fetch(&inner, &pack, start, end, chunks).await,
+                }
+            }
+        })
+        .buffered(PREFETCH)
+        .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+}
+
+/// GETs `start..end` of `pack` and returns its chunks, each decoded and checked.
+async fn fetch(
+    inner: &Arc<Inner>,
+    pack: &str,
+    start: u64,
+    end: u64,
+    chunks: Vec<([u8; 32], Loc)>,
+) -> io::Result<Vec<Bytes>> {
+    let data = if end > start {
+        inner
+            .get_range(pack, start..end)
+            .await
+            .map_err(Error::into_io)?
+    } else {
+        Bytes::new()
+    };
+    if data.len() as u64 != end - start {
+        return Err(corrupt(format!(
+            "pack {pack}: asked for bytes {start}..{end}, got {}",
+            data.len()
+        )));
+    }
+    let inner = inner.clone();
+    let pack = pack.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(chunks.len());
+        for (d, loc) in chunks {
+            let at = (loc.offset - start) as usize;
+            let stored = data.slice(at..at + loc.stored_len as usize);
+            let raw = if loc.compressed {
+                let mut raw = vec![0u8; loc.raw_len as usize];
+                let n = crate::embedded::decode_into(&stored, &mut raw).map_err(|e| {
+                    corrupt(format!(
+                        "chunk {} in pack {pack} does not decompress: {e}",
+                        B3Digest::from(d)
+                    ))
+                })?;
+                if n != raw.len() {
+                    return Err(corrupt(format!(
+                        "chunk {} in pack {pack} decompresses to {n} bytes, not {}",
+                        B3Digest::from(d),
+                        raw.len()
+                    )));
+                }
+                Bytes::from(raw)
+            } else {
+                stored
+            };
+            if blake3::hash(&raw).as_bytes() != &d {
+                return Err(corrupt(format!(
+                    "chunk {} in pack {pack} (bytes {}..{}) does not hash to its digest",
+                    B3Digest::from(d),
+                    loc.offset,
+                    loc.offset + u64::from(loc.stored_len)
+                )));
+            }
+            inner.cache_put(d, raw.clone());
+            out.push(raw);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("chunk check task: {e}")))?
+}
+
+/// The blob's bytes from `offset` on.
+pub(super) fn stream_from(
+    inner: Arc<Inner>,
+    plan: Arc<Plan>,
+    offset: u64,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let first = plan.chunk_at(offset);
+    let mut skip = offset.saturating_sub(plan.starts[first]) as usize;
+    chunks_from(inner, plan, first)
+        .try_filter_map(move |b: Bytes| {
+            let piece = if skip >= b.len() {
+                skip -= b.len();
+                None
+            } else {
+                let p = b.slice(skip..);
+                skip = 0;
+                Some(p)
+            };
+            futures::future::ready(Ok(piece))
+        })
+        .boxed()
+}
+
+/// A reader of one blob of an [`super::S3BlobService`]: seeks without fetching
+/// what it skips; reads ahead while read sequentially.
+pub struct S3BlobReader {
+    inner: Arc<Inner>,
+    plan: Arc<Plan>,
+    pos: u64,
+    /// The bytes from `pos` on, once a read asked for them.
+    stream: Option<BoxStream<'static, io::Result<Bytes>>>,
+    /// Checked bytes at `pos` not handed out yet.
+    cur: Bytes,
+    /// Once failed, every later read fails the same way.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl S3BlobReader {
+    pub(super) fn new(inner: Arc<Inner>, plan: Arc<Plan>) -> Self {
+        S3BlobReader {
+            inner,
+            plan,
+            pos: 0,
+            stream: None,
+            cur: Bytes::new(),
+            failed: None,
+        }
+    }
+}
+
+impl AsyncRead for S3BlobReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if let Some((kind, msg)) = &this.failed {
+                return Poll::Ready(Err(io::Error::new(*kind, msg.clone())));
+            }
+            if !this.cur.is_empty() {
+                let n = this.cur.len().min(buf.remaining());
+                buf.put_slice(&this.cur.split_to(n));
+                this.pos += n as u64;
+                return Poll::Ready(Ok(()));
+            }
+            if this.pos >= this.plan.size() || buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let stream = this.stream.get_or_insert_with(|| {
+                stream_from(this.inner.clone(), this.plan.clone(), this.pos)
+            });
+            match futures::ready!(stream.poll_next_unpin(cx)) {
+                Some(Ok(b)) => this.cur = b,
+                Some(Err(e)) => this.failed = Some((e.kind(), e.to_string())),
+                None => {
+                    this.failed = Some((
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "blob {} ended at byte {} of {}",
+                            this.plan.digest,
+                            this.pos,
+                            this.plan.size()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl AsyncSeek for S3BlobReader {
+    fn start_seek(mut self: Pin<&mut Self>, position: io::SeekFrom) -> io::Result<()> {
+        let size = self.plan.size();
+        let target = match position {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => size.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let target = target.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the blob",
+            )
+        })?;
+        if target != self.pos {
+            let ahead = target - self.pos.min(target);
+            if target > self.pos && (ahead as usize) < self.cur.len() {
+                // Within the bytes at hand: no new stream.
+                let _ = self.cur.split_to(ahead as usize);
+            } else {
+                self.cur = Bytes::new();
+                self.stream = None;
+            }
+            self.pos = target;
+        }
+        Ok(())
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<u64>> {
+        Poll::Ready(Ok(self.pos))
+    }
+}
