@@ -28,6 +28,13 @@
 //! `nix copy`, a retried upload) go after a maximum age ([`PendingUploads::expire`],
 //! which the cache runs at start and then periodically). A record is never served:
 //! `GET` and `HEAD` of an uploaded file's URL both answer 404.
+//!
+//! With several daemons in front of one store, a NAR uploaded through one may get
+//! its narinfo through another: [`PendingUploads::postgres`] keeps the records in
+//! PostgreSQL instead (table `cache_uploads`, see [`postgres`]), with the same
+//! semantics.
+
+mod postgres;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -163,11 +170,20 @@ fn unix_now() -> u64 {
 /// One commit in this many is durable (fsynced); see the module documentation.
 const DURABLE_EVERY: u32 = 64;
 
-/// The table of pending uploads. Cheap to clone.
+/// The table of pending uploads: in a redb file (or memory), or in PostgreSQL.
+/// Cheap to clone.
 #[derive(Clone)]
 pub struct PendingUploads {
-    db: Arc<Database>,
-    commits: Arc<AtomicU32>,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Redb {
+        db: Arc<Database>,
+        commits: Arc<AtomicU32>,
+    },
+    Postgres(postgres::PgPending),
 }
 
 fn internal<E: std::fmt::Display>(e: E) -> CacheError {
@@ -192,23 +208,24 @@ impl PendingUploads {
         Self::init(db)
     }
 
+    /// The records in table `cache_uploads` of a PostgreSQL database, shared by
+    /// every daemon using it (created on first use).
+    pub fn postgres(db: cairn_castore::pg::Db) -> Self {
+        Self {
+            backend: Backend::Postgres(postgres::PgPending::new(db)),
+        }
+    }
+
     fn init(db: Database) -> Result<Self, CacheError> {
         let txn = db.begin_write().map_err(internal)?;
         txn.open_table(PENDING).map_err(internal)?;
         txn.commit().map_err(internal)?;
         Ok(Self {
-            db: Arc::new(db),
-            commits: Arc::new(AtomicU32::new(0)),
+            backend: Backend::Redb {
+                db: Arc::new(db),
+                commits: Arc::new(AtomicU32::new(0)),
+            },
         })
-    }
-
-    /// The durability of the next claim: one in [`DURABLE_EVERY`] is synced.
-    fn durability(&self) -> Durability {
-        if self.commits.fetch_add(1, Ordering::Relaxed) % DURABLE_EVERY == DURABLE_EVERY - 1 {
-            Durability::Immediate
-        } else {
-            Durability::None
-        }
     }
 
     /// Records an upload; durable when this returns. The same file uploaded
@@ -223,7 +240,10 @@ impl PendingUploads {
         nar: &PendingNar,
         now: u64,
     ) -> Result<(), CacheError> {
-        let db = self.db.clone();
+        let db = match &self.backend {
+            Backend::Redb { db, .. } => db.clone(),
+            Backend::Postgres(pg) => return pg.put_at(file_sha256, nar, now).await,
+        };
         let nar = nar.clone();
         blocking(move || {
             let txn = db.begin_write().map_err(internal)?;
@@ -253,7 +273,10 @@ impl PendingUploads {
 
     /// The upload whose file has this SHA-256.
     pub async fn get(&self, file_sha256: [u8; 32]) -> Result<Option<PendingNar>, CacheError> {
-        let db = self.db.clone();
+        let db = match &self.backend {
+            Backend::Redb { db, .. } => db.clone(),
+            Backend::Postgres(pg) => return pg.get(file_sha256).await,
+        };
         blocking(move || {
             let txn = db.begin_read().map_err(internal)?;
             let t = txn.open_table(PENDING).map_err(internal)?;
@@ -270,8 +293,17 @@ impl PendingUploads {
     /// A narinfo using the upload was registered: one upload fewer waits, and
     /// the record goes with the last.
     pub async fn claim(&self, file_sha256: [u8; 32]) -> Result<(), CacheError> {
-        let db = self.db.clone();
-        let durability = self.durability();
+        let (db, commits) = match &self.backend {
+            Backend::Redb { db, commits } => (db.clone(), commits),
+            Backend::Postgres(pg) => return pg.claim(file_sha256).await,
+        };
+        // One claim in DURABLE_EVERY is synced (see the module documentation).
+        let durability =
+            if commits.fetch_add(1, Ordering::Relaxed) % DURABLE_EVERY == DURABLE_EVERY - 1 {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
         blocking(move || {
             let mut txn = db.begin_write().map_err(internal)?;
             txn.set_durability(durability).map_err(internal)?;
@@ -304,19 +336,43 @@ impl PendingUploads {
         self.expire_at(max_age, unix_now()).await
     }
 
-    /// [`Self::expire`], blocking the thread (for a cache starting up).
+    /// [`Self::expire`], blocking the thread (for a cache starting up). On
+    /// PostgreSQL, which is reached asynchronously, the expiry runs as a task of the
+    /// current Tokio runtime (logging what it did) and this returns `Ok(0)` at once;
+    /// without a runtime it does nothing (the periodic expiry catches up).
     pub fn expire_blocking(&self, max_age: Duration) -> Result<usize, CacheError> {
-        expire(&self.db, max_age, unix_now())
+        match &self.backend {
+            Backend::Redb { db, .. } => expire(db, max_age, unix_now()),
+            Backend::Postgres(pg) => {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let pg = pg.clone();
+                    rt.spawn(async move {
+                        match pg.expire_at(max_age, unix_now()).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(n, "expired pending uploads"),
+                            Err(e) => tracing::warn!(error = %e, "cannot expire pending uploads"),
+                        }
+                    });
+                }
+                Ok(0)
+            }
+        }
     }
 
     async fn expire_at(&self, max_age: Duration, now: u64) -> Result<usize, CacheError> {
-        let db = self.db.clone();
+        let db = match &self.backend {
+            Backend::Redb { db, .. } => db.clone(),
+            Backend::Postgres(pg) => return pg.expire_at(max_age, now).await,
+        };
         blocking(move || expire(&db, max_age, now)).await
     }
 
     /// How many uploads are recorded.
     pub async fn len(&self) -> Result<u64, CacheError> {
-        let db = self.db.clone();
+        let db = match &self.backend {
+            Backend::Redb { db, .. } => db.clone(),
+            Backend::Postgres(pg) => return pg.len().await,
+        };
         blocking(move || {
             let txn = db.begin_read().map_err(internal)?;
             let t = txn.open_table(PENDING).map_err(internal)?;
@@ -411,9 +467,115 @@ mod tests {
         assert_eq!(p.get([2; 32]).await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn each_upload_is_claimed_once() {
-        let p = PendingUploads::in_memory().unwrap();
+    /// A fresh database of the test process's PostgreSQL server.
+    fn pg_url() -> String {
+        cairn_testkit::postgres::server().database()
+    }
+
+    fn pg(url: &str) -> PendingUploads {
+        PendingUploads::postgres(cairn_castore::pg::Db::open(url).unwrap())
+    }
+
+    /// Both backends, each test on each: redb in memory and PostgreSQL.
+    macro_rules! on_both {
+        ($scenario:ident, $redb:ident, $pg:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $redb() {
+                $scenario(PendingUploads::in_memory().unwrap()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $pg() {
+                $scenario(pg(&pg_url())).await;
+            }
+        };
+    }
+
+    on_both!(
+        each_upload_is_claimed_once,
+        each_upload_is_claimed_once_redb,
+        each_upload_is_claimed_once_postgres
+    );
+    on_both!(
+        old_uploads_expire,
+        old_uploads_expire_redb,
+        old_uploads_expire_postgres
+    );
+    on_both!(
+        another_nar_under_the_same_hash_restarts_the_count,
+        another_nar_restarts_the_count_redb,
+        another_nar_restarts_the_count_postgres
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_a_new_pool_postgres() {
+        let url = pg_url();
+        pg(&url).put([1; 32], &nar(7)).await.unwrap();
+        let p = pg(&url);
+        assert_eq!(p.get([1; 32]).await.unwrap(), Some(nar(7)));
+        assert_eq!(p.get([2; 32]).await.unwrap(), None);
+    }
+
+    /// Two daemons on one database: an upload through one is claimed through
+    /// the other, and concurrent claims of concurrent uploads all count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shared_between_daemons_postgres() {
+        let url = pg_url();
+        let (a, b) = (pg(&url), pg(&url));
+        a.put([1; 32], &nar(1)).await.unwrap();
+        assert_eq!(b.get([1; 32]).await.unwrap(), Some(nar(1)));
+        b.claim([1; 32]).await.unwrap();
+        assert_eq!(a.get([1; 32]).await.unwrap(), None);
+
+        let puts = (0..10).map(|i| {
+            let p = if i % 2 == 0 { a.clone() } else { b.clone() };
+            async move { p.put([2; 32], &nar(2)).await }
+        });
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+        let claims = (0..9).map(|i| {
+            let p = if i % 2 == 0 { b.clone() } else { a.clone() };
+            async move { p.claim([2; 32]).await }
+        });
+        for r in futures::future::join_all(claims).await {
+            r.unwrap();
+        }
+        assert_eq!(a.get([2; 32]).await.unwrap(), Some(nar(2)));
+        b.claim([2; 32]).await.unwrap();
+        assert_eq!(a.get([2; 32]).await.unwrap(), None);
+        assert!(a.is_empty().await.unwrap());
+    }
+
+    /// A damaged row is an error naming the record, not a panic.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_rows_are_errors_postgres() {
+        let url = pg_url();
+        let p = pg(&url);
+        p.put([3; 32], &nar(3)).await.unwrap();
+        let db = cairn_castore::pg::Db::open(&url).unwrap();
+        db.client()
+            .await
+            .unwrap()
+            .execute("UPDATE cache_uploads SET nar = '\\x09'::bytea", &[])
+            .await
+            .unwrap();
+        let err = p.get([3; 32]).await.unwrap_err();
+        assert!(
+            err.to_string().contains("unknown record version 9"),
+            "{err}"
+        );
+    }
+
+    async fn another_nar_under_the_same_hash_restarts_the_count(p: PendingUploads) {
+        p.put([1; 32], &nar(1)).await.unwrap();
+        p.put([1; 32], &nar(1)).await.unwrap();
+        p.put([1; 32], &nar(2)).await.unwrap();
+        assert_eq!(p.get([1; 32]).await.unwrap(), Some(nar(2)));
+        p.claim([1; 32]).await.unwrap();
+        assert_eq!(p.get([1; 32]).await.unwrap(), None);
+    }
+
+    async fn each_upload_is_claimed_once(p: PendingUploads) {
         p.put([1; 32], &nar(1)).await.unwrap();
         p.put([1; 32], &nar(1)).await.unwrap();
         p.put([2; 32], &nar(2)).await.unwrap();
@@ -428,9 +590,7 @@ mod tests {
         assert!(p.is_empty().await.unwrap());
     }
 
-    #[tokio::test]
-    async fn old_uploads_expire() {
-        let p = PendingUploads::in_memory().unwrap();
+    async fn old_uploads_expire(p: PendingUploads) {
         let day = Duration::from_secs(86_400);
         p.put_at([1; 32], &nar(1), 1_000).await.unwrap();
         p.put_at([2; 32], &nar(2), 1_000 + 86_400).await.unwrap();
@@ -458,7 +618,9 @@ mod tests {
         let mut v1 = v2[..HEADER_LEN_V1].to_vec();
         v1[0] = 1;
         v1.extend_from_slice(&v2[HEADER_LEN..]);
-        let db = p.db.clone();
+        let Backend::Redb { db, .. } = &p.backend else {
+            unreachable!("in_memory is redb")
+        };
         let txn = db.begin_write().unwrap();
         txn.open_table(PENDING)
             .unwrap()
