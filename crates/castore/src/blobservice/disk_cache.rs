@@ -163,6 +163,11 @@ impl DiskChunkCache {
         self.inner.dir.join(&hex[..2]).join(hex)
     }
 
+    /// Whether the chunk is cached (its file may still turn out damaged).
+    pub fn contains(&self, digest: &B3Digest) -> bool {
+        self.lock().entries.contains_key(digest)
+    }
+
     /// Bytes cached now.
     pub fn len_bytes(&self) -> u64 {
         self.lock().bytes

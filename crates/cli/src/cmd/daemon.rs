@@ -46,17 +46,19 @@ pub struct DaemonArgs {
 
     /// Serve blobs from this backend instead of the embedded store
     /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
-    /// grpc+unix:///path).
+    /// grpc+unix:///path, or s3://bucket/prefix?index=postgres://…, with a local
+    /// chunk cache in DATA_DIR/s3-cache: see the README).
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     blob_service_addr: Option<String>,
 
-    /// Serve directories from this backend instead of the embedded store.
+    /// Serve directories from this backend instead of the embedded store
+    /// (the blob service's forms but s3://, or postgres://user@host/db).
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
     directory_service_addr: Option<String>,
 
-    /// Serve path info from this backend instead of the embedded store
-    /// (memory://, redb:///path, grpc+http://host:port, grpc+https://host:port,
-    /// grpc+unix:///path).
+    /// Serve path info from this backend instead of the embedded store (as
+    /// directories; on postgres:// the binary cache's pending uploads go there
+    /// too, so several daemons share them).
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     path_info_service_addr: Option<String>,
 
@@ -112,13 +114,39 @@ pub struct DaemonArgs {
     tls: super::tls::TlsArgs,
 }
 
+/// An `s3://` blob service keeps the chunks it reads in `DATA_DIR/s3-cache`
+/// unless its URL names a `disk_cache` of its own: a hot NAR is then served
+/// from local disk, not fetched from S3 again.
+fn with_disk_cache(url: String, dir: &std::path::Path) -> String {
+    if !url.starts_with("s3://") || url.contains("disk_cache=") {
+        return url;
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let cache = dir.join("s3-cache");
+    // The path goes in as a parameter value: '%' and '&' would change its meaning.
+    let path: String = cache
+        .to_string_lossy()
+        .chars()
+        .map(|c| match c {
+            '%' => "%25".to_owned(),
+            '&' => "%26".to_owned(),
+            '#' => "%23".to_owned(),
+            c => c.to_string(),
+        })
+        .collect();
+    format!("{url}{sep}disk_cache={path}")
+}
+
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let dir = data_dir(args.data_dir)?;
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let embedded = embedded_url(&dir)?;
-    let blob_url = args.blob_service_addr.unwrap_or_else(|| embedded.clone());
+    let blob_url = with_disk_cache(
+        args.blob_service_addr.unwrap_or_else(|| embedded.clone()),
+        &dir,
+    );
     let dir_url = args
         .directory_service_addr
         .unwrap_or_else(|| embedded.clone());
@@ -251,7 +279,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
             let mut http_note = String::new();
             let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
-            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info }, &dir, &metrics, http_tls, stopped(stop_rx.clone())).await? {
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info }, &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);
                 http_note = format!(", binary cache on {http_scheme}://{addr} (uploads {uploads})");
             }

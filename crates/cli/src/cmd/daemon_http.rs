@@ -145,11 +145,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// who may upload (for the startup line) and the server future (counting into
 /// `metrics`, serving them as /metrics unless they have a listener of their
 /// own), which runs until `shutdown` completes. Pending uploads are kept in
-/// `data_dir`. With `tls`, the cache is served over HTTPS.
+/// `data_dir`, or in PostgreSQL when `info_url` (the path info service's) is
+/// there. With `tls`, the cache is served over HTTPS.
 pub async fn bind(
     args: &HttpArgs,
     store: super::store::Store,
     data_dir: &Path,
+    info_url: &str,
     metrics: &super::daemon_metrics::Metrics,
     tls: Option<cairn_castore::tls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -164,8 +166,22 @@ pub async fn bind(
         return Ok(None);
     }
     let config = args.config()?;
-    let pending = cairn_cache::PendingUploads::open(data_dir)
-        .with_context(|| format!("cannot open the pending uploads in {}", data_dir.display()))?;
+    let pending = match info_url {
+        // Several daemons on one database: a NAR uploaded through one is claimed
+        // by its narinfo through another.
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let db = cairn_castore::pg::Db::open_shared(url).with_context(|| {
+                format!(
+                    "cannot open the pending uploads in {}",
+                    cairn_castore::redacted(url)
+                )
+            })?;
+            cairn_cache::PendingUploads::postgres(db)
+        }
+        _ => cairn_cache::PendingUploads::open(data_dir).with_context(|| {
+            format!("cannot open the pending uploads in {}", data_dir.display())
+        })?,
+    };
     let super::store::Store {
         blobs,
         directories,

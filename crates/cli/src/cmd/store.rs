@@ -27,16 +27,19 @@ pub struct StoreArgs {
     pub store: Option<String>,
 
     /// Blob service (memory://, redb:///datadir, grpc+http://host:port,
-    /// grpc+https://host:port, grpc+unix:///path) [default: the data
+    /// grpc+https://host:port, grpc+unix:///path, or
+    /// s3://bucket/prefix?index=postgres://…: see the README) [default: the data
     /// directory's].
     #[arg(long, env = "BLOB_SERVICE_ADDR")]
     pub blob_service_addr: Option<String>,
 
-    /// Directory service [default: the data directory's].
+    /// Directory service (the blob service's forms but s3://, or
+    /// postgres://user@host/db) [default: the data directory's].
     #[arg(long, env = "DIRECTORY_SERVICE_ADDR")]
     pub directory_service_addr: Option<String>,
 
-    /// Path info service [default: the data directory's].
+    /// Path info service (as the directory service) [default: the data
+    /// directory's].
     #[arg(long, env = "PATH_INFO_SERVICE_ADDR")]
     pub path_info_service_addr: Option<String>,
 

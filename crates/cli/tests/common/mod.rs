@@ -3,6 +3,8 @@
 // Each test file uses its own subset.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};

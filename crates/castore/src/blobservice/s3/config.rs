@@ -7,6 +7,10 @@ use crate::Error;
 /// In-memory cache of verified chunks when the URL names no `cache_size`.
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
 
+/// Local disk cache of verified chunks when the URL names a `disk_cache` but no
+/// `disk_cache_size`.
+pub const DEFAULT_DISK_CACHE_SIZE: u64 = 1 << 30;
+
 /// An access key, its secret and an optional session token.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -45,10 +49,14 @@ pub struct S3Config {
     pub credentials: Credentials,
     /// Bytes of verified, decompressed chunks kept in memory.
     pub cache_size: usize,
+    /// A local directory of verified chunks ([`crate::blobservice::DiskChunkCache`])
+    /// behind the memory cache, and its size bound in bytes.
+    pub disk_cache: Option<(PathBuf, u64)>,
 }
 
 fn invalid(url: &str, msg: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{url:?}: {msg}"))
+    // The index URL inside may hold the database's password.
+    Error::InvalidArgument(format!("{:?}: {msg}", crate::redacted(url)))
 }
 
 /// `%XX` escapes decoded (and nothing else: `+` stays a plus).
@@ -152,6 +160,25 @@ impl S3Config {
                 .parse::<usize>()
                 .map_err(|_| invalid(url, format!("cache_size {s:?} is not a number of bytes")))?,
         };
+        let disk_cache_size = match take("disk_cache_size") {
+            None => DEFAULT_DISK_CACHE_SIZE,
+            Some(s) => s.parse::<u64>().map_err(|_| {
+                invalid(
+                    url,
+                    format!("disk_cache_size {s:?} is not a number of bytes"),
+                )
+            })?,
+        };
+        let disk_cache = match take("disk_cache") {
+            None => None,
+            Some(dir) if dir.starts_with('/') => Some((PathBuf::from(dir), disk_cache_size)),
+            Some(dir) => {
+                return Err(invalid(
+                    url,
+                    format!("disk_cache {dir:?} is not an absolute directory path"),
+                ));
+            }
+        };
         let profile = take("profile");
         let file = take("credentials_file");
         if let Some((k, _)) = params.first() {
@@ -159,7 +186,7 @@ impl S3Config {
                 url,
                 format!(
                     "unknown parameter {k} (known: endpoint, region, index, profile, \
-                     credentials_file, cache_size)"
+                     credentials_file, cache_size, disk_cache, disk_cache_size)"
                 ),
             ));
         }
@@ -173,6 +200,7 @@ impl S3Config {
             index,
             credentials,
             cache_size,
+            disk_cache,
         })
     }
 

@@ -20,6 +20,10 @@
 //!   credentials is an error when the service is built, not a hang on first use.
 //! - `cache_size`: bytes of verified, decompressed chunks kept in memory (an LRU;
 //!   default 64 MiB, 0 disables it).
+//! - `disk_cache`: an absolute directory for a local cache of verified chunks
+//!   behind the memory cache ([`crate::blobservice::DiskChunkCache`], checked again
+//!   on every read), bounded by `disk_cache_size` bytes (default 1 GiB). `cairn
+//!   daemon` gives it `DATA_DIR/s3-cache` unless the URL names one.
 //!
 //! # Objects and tables
 //! Blobs are chunked and compressed exactly as in the embedded store (FastCDC
@@ -89,7 +93,9 @@ pub use config::{Credentials, DEFAULT_CACHE_SIZE, S3Config};
 pub use reader::S3BlobReader;
 pub use writer::S3BlobWriter;
 
-use crate::blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta};
+use crate::blobservice::{
+    BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta, DiskChunkCache,
+};
 use crate::lru::Lru;
 use crate::pg::Db;
 use crate::{B3Digest, Error};
@@ -120,6 +126,8 @@ pub struct S3Stats {
     pub group_commits: u64,
     /// Chunks read from the in-memory cache.
     pub cache_hits: u64,
+    /// Chunks read from the local disk cache.
+    pub disk_hits: u64,
 }
 
 impl S3Stats {
@@ -141,6 +149,7 @@ struct Counters {
     get_bytes: AtomicU64,
     group_commits: AtomicU64,
     cache_hits: AtomicU64,
+    disk_hits: AtomicU64,
 }
 
 pub(super) struct Inner {
@@ -150,6 +159,7 @@ pub(super) struct Inner {
     /// Set once the schema is migrated and the database claimed.
     ready: tokio::sync::OnceCell<()>,
     cache: Mutex<Lru<[u8; 32], Bytes>>,
+    disk: Option<DiskChunkCache>,
     stats: Counters,
     committer: Mutex<Option<mpsc::UnboundedSender<writer::Handoff>>>,
 }
@@ -278,6 +288,32 @@ impl Inner {
             .insert(digest, raw, cost);
     }
 
+    /// Whether the local disk cache has the chunk (it is checked when read).
+    fn disk_has(&self, digest: &[u8; 32]) -> bool {
+        self.disk
+            .as_ref()
+            .is_some_and(|d| d.contains(&B3Digest::from(*digest)))
+    }
+
+    /// The chunk from the local disk cache, checked; into the memory cache too.
+    async fn disk_get(&self, digest: &[u8; 32]) -> Option<Bytes> {
+        let raw = self.disk.as_ref()?.get(&B3Digest::from(*digest)).await?;
+        self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+        self.cache_put(*digest, raw.clone());
+        Some(raw)
+    }
+
+    /// Keeps checked chunks in the local disk cache, in the background.
+    fn disk_put(&self, chunks: Vec<([u8; 32], Bytes)>) {
+        if let Some(disk) = self.disk.clone() {
+            tokio::spawn(async move {
+                for (d, raw) in chunks {
+                    disk.put(B3Digest::from(d), raw).await;
+                }
+            });
+        }
+    }
+
     async fn locations(
         &self,
         digests: &[[u8; 32]],
@@ -371,6 +407,10 @@ impl S3BlobService {
             .build()
             .map_err(|e| Error::InvalidArgument(format!("S3 bucket {}: {e}", cfg.bucket)))?;
         let cache = Mutex::new(Lru::new(cfg.cache_size));
+        let disk = match &cfg.disk_cache {
+            Some((dir, size)) => Some(DiskChunkCache::open(dir, *size).map_err(Error::Io)?),
+            None => None,
+        };
         Ok(S3BlobService {
             inner: Arc::new(Inner {
                 s3,
@@ -378,6 +418,7 @@ impl S3BlobService {
                 db,
                 ready: tokio::sync::OnceCell::new(),
                 cache,
+                disk,
                 stats: Counters::default(),
                 committer: Mutex::new(None),
             }),
@@ -399,6 +440,7 @@ impl S3BlobService {
             get_bytes: get(&s.get_bytes),
             group_commits: get(&s.group_commits),
             cache_hits: get(&s.cache_hits),
+            disk_hits: get(&s.disk_hits),
         }
     }
 

@@ -74,6 +74,8 @@ impl Plan {
 enum Group {
     /// A chunk found in the cache (checked when it was put there).
     Cached(Bytes),
+    /// A chunk in the local disk cache (checked when read from there).
+    Disk([u8; 32]),
     /// Chunks lying back to back in one pack: one ranged GET.
     Range {
         pack: Arc<str>,
@@ -103,11 +105,17 @@ pub(super) fn chunks_from(
             // Cached chunks need no location: a hot blob costs no index query.
             let cached: Vec<Option<Bytes>> =
                 window.iter().map(|c| planner.cache_get(c.digest.as_bytes())).collect();
+            let on_disk: Vec<bool> = window
+                .iter()
+                .zip(&cached)
+                .map(|(c, hit)| hit.is_none() && planner.disk_has(c.digest.as_bytes()))
+                .collect();
             let missing: Vec<[u8; 32]> = window
                 .iter()
                 .zip(&cached)
-                .filter(|(_, hit)| hit.is_none())
-                .map(|(c, _)| *c.digest.as_bytes())
+                .zip(&on_disk)
+                .filter(|((_, hit), disk)| hit.is_none() && !**disk)
+                .map(|((c, _), _)| *c.digest.as_bytes())
                 .collect();
             let locs = match (&plan.single, missing.is_empty()) {
                 (_, true) => Default::default(),
@@ -115,12 +123,19 @@ pub(super) fn chunks_from(
                 (None, false) => planner.locations(&missing).await.map_err(Error::into_io)?,
             };
             let mut pending: Option<Group> = None;
-            for (c, hit) in window.iter().zip(cached) {
+            for ((c, hit), disk) in window.iter().zip(cached).zip(on_disk) {
                 if let Some(b) = hit {
                     if let Some(g) = pending.take() {
                         yield g;
                     }
                     yield Group::Cached(b);
+                    continue;
+                }
+                if disk {
+                    if let Some(g) = pending.take() {
+                        yield g;
+                    }
+                    yield Group::Disk(*c.digest.as_bytes());
                     continue;
                 }
                 let d = *c.digest.as_bytes();
@@ -172,6 +187,22 @@ pub(super) fn chunks_from(
             async move {
                 match g? {
                     Group::Cached(b) => Ok(vec![b]),
+                    Group::Disk(d) => match inner.disk_get(&d).await {
+                        Some(b) => Ok(vec![b]),
+                        // Evicted or damaged since it was planned: from S3.
+                        None => {
+                            let locs = inner.locations(&[d]).await.map_err(Error::into_io)?;
+                            let loc = locs.get(&d).cloned().ok_or_else(|| {
+                                corrupt(format!(
+                                    "chunk {} is listed but not indexed",
+                                    B3Digest::from(d)
+                                ))
+                            })?;
+                            let (pack, start) = (loc.pack.clone(), loc.offset);
+                            let end = start + u64::from(loc.stored_len);
+                            fetch(&inner, &pack, start, end, vec![(d, loc)]).await
+                        }
+                    },
                     Group::Range {
                         pack,
                         start,
@@ -209,9 +240,10 @@ async fn fetch(
             data.len()
         )));
     }
-    let inner = inner.clone();
+    let checker = inner.clone();
     let pack = pack.to_owned();
-    tokio::task::spawn_blocking(move || {
+    let checked = tokio::task::spawn_blocking(move || {
+        let inner = checker;
         let mut out = Vec::with_capacity(chunks.len());
         for (d, loc) in chunks {
             let at = (loc.offset - start) as usize;
@@ -244,12 +276,15 @@ async fn fetch(
                 )));
             }
             inner.cache_put(d, raw.clone());
-            out.push(raw);
+            out.push((d, raw));
         }
         Ok(out)
     })
     .await
-    .map_err(|e| io::Error::other(format!("chunk check task: {e}")))?
+    .map_err(|e| io::Error::other(format!("chunk check task: {e}")))??;
+    let pieces = checked.iter().map(|(_, raw)| raw.clone()).collect();
+    inner.disk_put(checked);
+    Ok(pieces)
 }
 
 /// The blob's bytes from `offset` on.
