@@ -1,7 +1,8 @@
 //! Measures a closure of directories put and read back on PostgreSQL against the
 //! embedded store, through the `DirectoryService` trait as a daemon uses it:
 //! one closure upload (validated, one transaction), `get_recursive` of the root,
-//! and 2,000 single `get`s with the cache off (every one a round trip).
+//! and 2,000 single `get`s, on PostgreSQL with the cache off (every read a round
+//! trip) and with the default cache (32 MiB).
 //!
 //! `cargo run --release -p cairn-castore --example pg_dirs [DIRECTORIES]`
 //! (default 50,000). PostgreSQL is the test fixture's server
@@ -74,11 +75,22 @@ async fn main() {
     let pg = PgDirectoryService::from_url(&format!("{url}?dir_cache=0")).unwrap();
     let p = measure("postgres", &pg, &closure).await;
 
+    // The default cache (32 MiB) on a fresh database: what a daemon sees.
+    let url = cairn_testkit::postgres::server().database();
+    let cached = PgDirectoryService::from_url(&url).unwrap();
+    let c = measure("pg+cache", &cached, &closure).await;
+
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
     println!(
         "postgres/embedded: put {:.2}x  get_recursive {:.2}x  gets {:.2}x",
         ratio(p.put, e.put),
         ratio(p.recursive, e.recursive),
         ratio(p.gets, e.gets)
+    );
+    println!(
+        "pg+cache/embedded: put {:.2}x  get_recursive {:.2}x  gets {:.2}x",
+        ratio(c.put, e.put),
+        ratio(c.recursive, e.recursive),
+        ratio(c.gets, e.gets)
     );
 }

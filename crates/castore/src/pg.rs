@@ -60,9 +60,12 @@ struct Inner {
     connect_timeout: Duration,
     statement_timeout: Duration,
     pool_size: usize,
-    /// Components migrated by this process; the lock is held during a migration so
-    /// that two backends of one process do not both run it.
-    migrated: tokio::sync::Mutex<HashSet<&'static str>>,
+    /// Components migrated by this process: every use of a component asks, so
+    /// this is a read lock, not a wait.
+    migrated: std::sync::RwLock<HashSet<&'static str>>,
+    /// Held during a migration, so that two backends of one process do not both
+    /// run it.
+    migrating: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Db {
@@ -315,6 +318,7 @@ impl Db {
                 statement_timeout: settings.statement_timeout,
                 pool_size: settings.pool_size,
                 migrated: Default::default(),
+                migrating: Default::default(),
             }),
         })
     }
@@ -366,8 +370,17 @@ impl Db {
         component: &'static str,
         migrations: &'static [&'static str],
     ) -> Result<(), Error> {
-        let mut done = self.inner.migrated.lock().await;
-        if done.contains(component) {
+        let done = |inner: &Inner| {
+            inner
+                .migrated
+                .read()
+                .is_ok_and(|set| set.contains(component))
+        };
+        if done(&self.inner) {
+            return Ok(());
+        }
+        let _migrating = self.inner.migrating.lock().await;
+        if done(&self.inner) {
             return Ok(());
         }
         let mut client = self.client().await?;
@@ -433,7 +446,9 @@ impl Db {
                 .map_err(|e| failed(&format!("committing version {next}"), e))?;
             tracing::info!(component, version = next, target = %self.inner.target, "migrated database schema");
         }
-        done.insert(component);
+        if let Ok(mut set) = self.inner.migrated.write() {
+            set.insert(component);
+        }
         Ok(())
     }
 }

@@ -78,3 +78,16 @@ async fn a_statement_error_says_what_failed() {
     assert!(msg.contains("no_such_table"), "{msg}");
     assert!(msg.contains("42P01"), "{msg}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_timeout_cancels_long_statements() {
+    let url = cairn_testkit::postgres::server().database();
+    let db = Db::open(&format!("{url}?statement_timeout=1&pool_size=2")).unwrap();
+    let client = db.client().await.unwrap();
+    let e = client.execute("SELECT pg_sleep(3)", &[]).await.unwrap_err();
+    let msg = cairn_castore::pg::db_error("sleeping", e).to_string();
+    assert!(msg.contains("statement timeout"), "{msg}");
+    assert!(msg.contains("57014"), "{msg}");
+    // The connection is still good.
+    client.execute("SELECT 1", &[]).await.unwrap();
+}

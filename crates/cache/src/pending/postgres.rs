@@ -9,7 +9,8 @@
 //! Each operation is one statement, atomic on its own: an upload adds one to the
 //! count of an identical record (and restarts it at one for a different NAR under
 //! the same file hash), a claim takes one and deletes the record at the last. Every
-//! write is committed (durable) before it returns.
+//! write is committed (durable) before it returns. A row whose `nar` does not
+//! decode is an error when read and goes with the others of its age.
 
 use std::time::Duration;
 

@@ -19,7 +19,8 @@
 //!   (`WHERE digest = ANY($1)`), not one directory per query.
 //! - Every directory read is decoded and hashed again: a row whose bytes do not
 //!   hash to its digest is a `Corrupt` error. Only verified directories enter the
-//!   cache, so the cache never serves what was not checked.
+//!   cache (those read, and the root of each upload), so the cache never serves
+//!   what was not checked.
 //!
 //! # URL
 //!
@@ -159,16 +160,17 @@ impl PgDirectoryService {
     }
 }
 
-/// The directory `data` encodes, if it hashes to `digest`.
+/// The directory `data` encodes, if it hashes to `digest`. Bytes that hash to the
+/// digest are the canonical encoding that was stored, so the directory decoded
+/// from them needs no second encoding to check.
 fn verify(digest: &B3Digest, data: &[u8]) -> Result<Directory, Error> {
-    let dir = Directory::decode(data)
-        .map_err(|e| Error::Corrupt(format!("stored directory {digest} does not decode: {e}")))?;
-    if B3Digest::of(data) != *digest || dir.digest() != *digest {
+    if B3Digest::of(data) != *digest {
         return Err(Error::Corrupt(format!(
             "stored directory {digest} has another digest"
         )));
     }
-    Ok(dir)
+    Directory::decode(data)
+        .map_err(|e| Error::Corrupt(format!("stored directory {digest} does not decode: {e}")))
 }
 
 #[async_trait]
@@ -276,7 +278,9 @@ impl DirectoryCommit for PgDirectoryService {
         tx.commit()
             .await
             .map_err(|e| db_error("committing directories", e))?;
-        for (digest, dir, bytes) in &encoded {
+        // Only the root: a path info put right after checks it, while caching a
+        // whole large closure costs more at upload than its reads would save.
+        if let Some((digest, dir, bytes)) = encoded.last() {
             self.remember(*digest, dir, bytes.len());
         }
         Ok(())
