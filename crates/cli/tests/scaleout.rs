@@ -118,7 +118,7 @@ fn a_daemon_killed_mid_upload_leaves_the_store_consistent() {
     )
     .unwrap();
     let sha = cairn_nix::hash::HashAlgo::Sha256
-        .digest(&std::fs::read(&nar).unwrap())
+        .digest(std::fs::read(&nar).unwrap())
         .to_nix32();
     let put = |http: &str, rate: Option<&str>| {
         let mut cmd = Command::new("curl");
