@@ -193,14 +193,15 @@ fn credentials(
     file: Option<PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Credentials, String> {
-    if profile.is_none() && file.is_none() {
-        if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            return Ok(Credentials {
-                access_key_id: k,
-                secret_access_key: s,
-                session_token: env("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
-            });
-        }
+    if profile.is_none()
+        && file.is_none()
+        && let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+    {
+        return Ok(Credentials {
+            access_key_id: k,
+            secret_access_key: s,
+            session_token: env("AWS_SESSION_TOKEN").filter(|t| !t.is_empty()),
+        });
     }
     let profile = profile
         .or_else(|| env("AWS_PROFILE"))

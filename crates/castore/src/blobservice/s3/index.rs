@@ -120,7 +120,7 @@ fn loc(pack: String, offset: i64, stored: i32, raw: i32, compressed: bool) -> Re
 
 /// Decodes `blob_lists.chunks` of a blob of `size` bytes.
 fn decode_list(b: &[u8], size: i64) -> Result<Vec<ChunkMeta>, Error> {
-    if b.len() % LIST_ENTRY != 0 || b.len() < 2 * LIST_ENTRY {
+    if !b.len().is_multiple_of(LIST_ENTRY) || b.len() < 2 * LIST_ENTRY {
         return Err(corrupt(format!(
             "chunk list of {} bytes is not two or more {LIST_ENTRY}-byte entries",
             b.len()

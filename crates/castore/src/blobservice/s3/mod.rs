@@ -92,7 +92,7 @@ pub use writer::S3BlobWriter;
 use crate::blobservice::{BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta};
 use crate::lru::Lru;
 use crate::pg::Db;
-use crate::{B3Digest, Error};
+use crate::{B3Digest, Error, ErrorKind};
 use index::Entry;
 use reader::Plan;
 
@@ -165,6 +165,29 @@ struct S3Error {
     msg: String,
     #[source]
     source: object_store::Error,
+}
+
+/// An error as its kind and message (without the variant's prefix), to hand to
+/// several waiters or keep in a failed writer; [`rebuild`] makes it an error again.
+fn split(e: &Error) -> (ErrorKind, String) {
+    let msg = match e {
+        Error::Storage(inner) => inner.to_string(),
+        Error::Corrupt(m) | Error::InvalidArgument(m) => m.clone(),
+        Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            Some(inner) => return split(inner),
+            None => io.to_string(),
+        },
+        other => other.to_string(),
+    };
+    (e.kind(), msg)
+}
+
+fn rebuild(kind: ErrorKind, msg: String) -> Error {
+    match kind {
+        ErrorKind::Corrupt => Error::Corrupt(msg),
+        ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
+        _ => Error::Storage(msg.into()),
+    }
 }
 
 /// A fresh pack name: 128 random bits in hex.
