@@ -281,7 +281,7 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
             let job = &mut *job;
             let (buf, hashed, hasher) = (&job.buf, job.hashed, &mut job.hasher);
             std::thread::scope(|s| {
-                if !whole {
+                if !whole && hashed < buf.len() {
                     s.spawn(move || hasher.update(&buf[hashed..]));
                 }
                 par_map(&cuts, |r| *blake3::hash(&buf[r.clone()]).as_bytes())
@@ -372,11 +372,16 @@ async fn flush_part(job: &mut Job) -> Result<(), Error> {
     let Some(mp) = up.mp.as_mut() else {
         return Err(Error::Storage("multipart upload already finished".into()));
     };
-    job.inner
-        .stats
+    let payload = PutPayload::from_iter(pieces);
+    let stats = &job.inner.stats;
+    stats
         .parts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let part = mp.put_part(PutPayload::from_iter(pieces));
+    stats.put_bytes.fetch_add(
+        payload.content_length() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let part = mp.put_part(payload);
     up.parts.push_back(tokio::spawn(part));
     while up.parts.len() > PARTS_IN_FLIGHT {
         wait_part(&job.inner, &up.name, up.parts.pop_front()).await?;
