@@ -19,7 +19,7 @@ use cairn_castore::blobservice::S3BlobService;
 use cairn_castore::embedded::EmbeddedStore;
 use cairn_castore::{B3Digest, BlobService};
 use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 include!("common/gen.rs");
 
@@ -54,16 +54,11 @@ async fn write_large(blobs: &dyn BlobService, g: &Gen, seed: u64, mib: u64) -> B
 }
 
 async fn read_through(blobs: &dyn BlobService, d: &B3Digest) -> u64 {
-    let mut r = blobs.open_read(d).await.unwrap().unwrap();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut n = 0u64;
-    loop {
-        let k = r.read(&mut buf).await.unwrap();
-        if k == 0 {
-            return n;
-        }
-        n += k as u64;
-    }
+    let r = blobs.open_read(d).await.unwrap().unwrap();
+    let mut r = tokio::io::BufReader::with_capacity(256 << 10, r);
+    tokio::io::copy_buf(&mut r, &mut tokio::io::sink())
+        .await
+        .unwrap()
 }
 
 async fn measure(

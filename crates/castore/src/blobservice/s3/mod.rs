@@ -59,8 +59,11 @@
 //! of its bytes is handed out (corruption is `InvalidData`, never wrong bytes or a
 //! clean end). Readers seek to the right chunk without fetching earlier ones; a
 //! sequential read fetches adjacent chunks of one pack with one ranged GET
-//! (growing from 2 chunks to 8 MiB per GET) with four GETs in flight. Checked
-//! chunks go into the in-memory cache, so a hot blob costs no GET.
+//! (growing from 2 chunks to 8 MiB per GET) with four GETs in flight; a chunk
+//! stored elsewhere in the pack (deduplicated against an earlier one) comes from
+//! the cache or a GET of its own without cutting the run. Checked chunks go into
+//! the in-memory cache, so a hot blob costs no GET (but still one index query to
+//! open it).
 //!
 //! # Errors
 //! An unreachable server, a 5xx or refused credentials is an [`Error::Storage`]
