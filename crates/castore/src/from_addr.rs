@@ -108,6 +108,8 @@ mod tests {
             "redb://",
             "redb:///",
             "redb://relative/dir",
+            "s3://bucket",
+            "s3://bucket?index=postgres://db&credentials_file=/nonexistent/credentials",
         ];
         for url in rejected {
             let blob = blob_service_from_addr(url).err();

@@ -63,8 +63,11 @@
 //! of its bytes is handed out (corruption is `InvalidData`, never wrong bytes or a
 //! clean end). Readers seek to the right chunk without fetching earlier ones; a
 //! sequential read fetches adjacent chunks of one pack with one ranged GET
-//! (growing from 2 chunks to 8 MiB per GET) with four GETs in flight. Checked
-//! chunks go into the in-memory cache, so a hot blob costs no GET.
+//! (growing from 2 chunks to 8 MiB per GET) with four GETs in flight; a chunk
+//! stored elsewhere in the pack (deduplicated against an earlier one) comes from
+//! the cache or a GET of its own without cutting the run. Checked chunks go into
+//! the in-memory cache, so a hot blob costs no GET (but still one index query to
+//! open it).
 //!
 //! # Errors
 //! An unreachable server, a 5xx or refused credentials is an [`Error::Storage`]
@@ -98,7 +101,7 @@ use crate::blobservice::{
 };
 use crate::lru::Lru;
 use crate::pg::Db;
-use crate::{B3Digest, Error};
+use crate::{B3Digest, Error, ErrorKind};
 use index::Entry;
 use reader::Plan;
 
@@ -175,6 +178,29 @@ struct S3Error {
     msg: String,
     #[source]
     source: object_store::Error,
+}
+
+/// An error as its kind and message (without the variant's prefix), to hand to
+/// several waiters or keep in a failed writer; [`rebuild`] makes it an error again.
+fn split(e: &Error) -> (ErrorKind, String) {
+    let msg = match e {
+        Error::Storage(inner) => inner.to_string(),
+        Error::Corrupt(m) | Error::InvalidArgument(m) => m.clone(),
+        Error::Io(io) => match io.get_ref().and_then(|i| i.downcast_ref::<Error>()) {
+            Some(inner) => return split(inner),
+            None => io.to_string(),
+        },
+        other => other.to_string(),
+    };
+    (e.kind(), msg)
+}
+
+fn rebuild(kind: ErrorKind, msg: String) -> Error {
+    match kind {
+        ErrorKind::Corrupt => Error::Corrupt(msg),
+        ErrorKind::InvalidArgument => Error::InvalidArgument(msg),
+        _ => Error::Storage(msg.into()),
+    }
 }
 
 /// A fresh pack name: 128 random bits in hex.

@@ -151,16 +151,22 @@ pub(super) fn chunks_from(
                         c.digest, plan.digest, c.size, loc.raw_len
                     )))?;
                 }
-                // Joins the pending GET if it lies right behind it in the same pack.
-                if let Some(Group::Range { pack, end, chunks, .. }) = &mut pending {
-                    let fits = *pack == loc.pack
-                        && *end == loc.offset
-                        && chunks.len() < per_get
-                        && *end + u64::from(loc.stored_len) - chunks[0].1.offset <= MAX_GET;
-                    if fits {
-                        *end += u64::from(loc.stored_len);
-                        chunks.push((d, loc));
-                        continue;
+                // Joins the pending GET if it lies right behind it in the same
+                // pack. A chunk stored before it (a repeat within the blob, or
+                // one an earlier blob stored) joins it too, fetched on its own
+                // unless the cache has it by then: the run goes on after it.
+                if let Some(Group::Range { pack, start, end, chunks }) = &mut pending {
+                    let stored = u64::from(loc.stored_len);
+                    if *pack == loc.pack && chunks.len() < per_get {
+                        if *end == loc.offset && *end + stored - *start <= MAX_GET {
+                            *end += stored;
+                            chunks.push((d, loc));
+                            continue;
+                        }
+                        if loc.offset + stored <= *end {
+                            chunks.push((d, loc));
+                            continue;
+                        }
                     }
                 }
                 if let Some(g) = pending.take() {
@@ -218,7 +224,8 @@ pub(super) fn chunks_from(
         .boxed()
 }
 
-/// GETs `start..end` of `pack` and returns its chunks, each decoded and checked.
+/// GETs `start..end` of `pack` and returns its chunks, each decoded and checked;
+/// a chunk outside that range comes from the cache or a GET of its own.
 async fn fetch(
     inner: &Arc<Inner>,
     pack: &str,
@@ -226,7 +233,8 @@ async fn fetch(
     end: u64,
     chunks: Vec<([u8; 32], Loc)>,
 ) -> io::Result<Vec<Bytes>> {
-    let data = if end > start {
+    let inside = |l: &Loc| l.offset >= start && l.offset + u64::from(l.stored_len) <= end;
+    let data = if end > start && chunks.iter().any(|(_, l)| inside(l)) {
         inner
             .get_range(pack, start..end)
             .await
@@ -234,20 +242,61 @@ async fn fetch(
     } else {
         Bytes::new()
     };
-    if data.len() as u64 != end - start {
+    if !data.is_empty() && data.len() as u64 != end - start {
         return Err(corrupt(format!(
             "pack {pack}: asked for bytes {start}..{end}, got {}",
             data.len()
         )));
+    }
+    // The chunks outside the range: from the cache (checked when put there), else
+    // their stored bytes fetched one by one.
+    let mut outside: Vec<Option<Bytes>> = Vec::with_capacity(chunks.len());
+    let mut checked: Vec<Option<Bytes>> = Vec::with_capacity(chunks.len());
+    for (d, l) in &chunks {
+        if inside(l) {
+            outside.push(None);
+            checked.push(None);
+        } else if let Some(hit) = inner.cache_get(d) {
+            outside.push(None);
+            checked.push(Some(hit));
+        } else {
+            let end = l.offset + u64::from(l.stored_len);
+            let b = if end > l.offset {
+                inner
+                    .get_range(pack, l.offset..end)
+                    .await
+                    .map_err(Error::into_io)?
+            } else {
+                Bytes::new()
+            };
+            if b.len() != l.stored_len as usize {
+                return Err(corrupt(format!(
+                    "pack {pack}: asked for bytes {}..{end}, got {}",
+                    l.offset,
+                    b.len()
+                )));
+            }
+            outside.push(Some(b));
+            checked.push(None);
+        }
     }
     let checker = inner.clone();
     let pack = pack.to_owned();
     let checked = tokio::task::spawn_blocking(move || {
         let inner = checker;
         let mut out = Vec::with_capacity(chunks.len());
-        for (d, loc) in chunks {
-            let at = (loc.offset - start) as usize;
-            let stored = data.slice(at..at + loc.stored_len as usize);
+        for (((d, loc), own), hit) in chunks.into_iter().zip(outside).zip(checked) {
+            if let Some(hit) = hit {
+                out.push((d, hit));
+                continue;
+            }
+            let stored = match own {
+                Some(b) => b,
+                None => {
+                    let at = (loc.offset - start) as usize;
+                    data.slice(at..at + loc.stored_len as usize)
+                }
+            };
             let raw = if loc.compressed {
                 let mut raw = vec![0u8; loc.raw_len as usize];
                 let n = crate::embedded::decode_into(&stored, &mut raw).map_err(|e| {

@@ -22,7 +22,7 @@ use super::index::{self, Row};
 use crate::blobservice::{BlobWriter, ChunkMeta};
 use crate::embedded::writer::chunk_cuts;
 use crate::embedded::{Level, encode};
-use crate::{B3Digest, Error};
+use crate::{B3Digest, Error, ErrorKind};
 
 /// Bytes buffered before a batch is chunked (and, for a large blob, looked up in
 /// the index and staged for its pack).
@@ -55,7 +55,7 @@ pub(super) struct Handoff {
     chunks: Vec<NewChunk>,
     /// The chunk list of a blob of several chunks.
     list: Option<(B3Digest, Vec<ChunkMeta>)>,
-    reply: oneshot::Sender<Result<(), String>>,
+    reply: oneshot::Sender<Result<(), (ErrorKind, String)>>,
 }
 
 impl Inner {
@@ -114,9 +114,7 @@ async fn committer(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Handoff>)
                 .group_commits
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             for h in batch {
-                let _ = h
-                    .reply
-                    .send(res.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let _ = h.reply.send(res.as_ref().map(|_| ()).map_err(super::split));
             }
             drop(permit);
         });
@@ -283,7 +281,7 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
             let job = &mut *job;
             let (buf, hashed, hasher) = (&job.buf, job.hashed, &mut job.hasher);
             std::thread::scope(|s| {
-                if !whole {
+                if !whole && hashed < buf.len() {
                     s.spawn(move || hasher.update(&buf[hashed..]));
                 }
                 par_map(&cuts, |r| *blake3::hash(&buf[r.clone()]).as_bytes())
@@ -374,11 +372,16 @@ async fn flush_part(job: &mut Job) -> Result<(), Error> {
     let Some(mp) = up.mp.as_mut() else {
         return Err(Error::Storage("multipart upload already finished".into()));
     };
-    job.inner
-        .stats
+    let payload = PutPayload::from_iter(pieces);
+    let stats = &job.inner.stats;
+    stats
         .parts
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let part = mp.put_part(PutPayload::from_iter(pieces));
+    stats.put_bytes.fetch_add(
+        payload.content_length() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let part = mp.put_part(payload);
     up.parts.push_back(tokio::spawn(part));
     while up.parts.len() > PARTS_IN_FLIGHT {
         wait_part(&job.inner, &up.name, up.parts.pop_front()).await?;
@@ -426,7 +429,7 @@ async fn finish(job: Box<Job>) -> Result<B3Digest, Error> {
         });
         return match rx.await {
             Ok(Ok(())) => Ok(digest),
-            Ok(Err(msg)) => Err(Error::Storage(msg.into())),
+            Ok(Err((kind, msg))) => Err(super::rebuild(kind, msg)),
             Err(_) => Err(Error::Storage("the group committer is gone".into())),
         };
     };
@@ -467,12 +470,17 @@ enum State {
     Busy(JoinHandle<Result<Box<Job>, Error>>),
     Closing(BoxFuture<'static, Result<B3Digest, Error>>),
     Done(B3Digest),
-    Failed(io::ErrorKind, String),
+    Failed(ErrorKind, String),
 }
 
 fn failed(e: Error) -> State {
-    let e = e.into_io();
-    State::Failed(e.kind(), e.to_string())
+    let (kind, msg) = super::split(&e);
+    State::Failed(kind, msg)
+}
+
+/// A failed writer's error, again, for each call that finds it failed.
+fn io_error(kind: ErrorKind, msg: &str) -> io::Error {
+    super::rebuild(kind, msg.to_owned()).into_io()
 }
 
 /// Writes one blob into an [`super::S3BlobService`]. Nothing is visible before
@@ -516,11 +524,11 @@ impl S3BlobWriter {
                         }
                         Ok(Err(e)) => failed(e),
                         Err(e) => {
-                            State::Failed(io::ErrorKind::Other, format!("blob writer task: {e}"))
+                            State::Failed(ErrorKind::Internal, format!("blob writer task: {e}"))
                         }
                     };
                 }
-                State::Failed(k, m) => return Poll::Ready(Err(io::Error::new(*k, m.clone()))),
+                State::Failed(k, m) => return Poll::Ready(Err(io_error(*k, m))),
                 State::Closing(_) | State::Done(_) => {
                     return Poll::Ready(Err(io::Error::other("blob writer already closed")));
                 }
@@ -536,7 +544,7 @@ impl S3BlobWriter {
                 State::Idle(_) => {
                     let State::Idle(job) = std::mem::replace(
                         &mut self.state,
-                        State::Failed(io::ErrorKind::Other, String::new()),
+                        State::Failed(ErrorKind::Internal, String::new()),
                     ) else {
                         unreachable!("matched Idle above")
                     };
@@ -549,7 +557,7 @@ impl S3BlobWriter {
                     };
                 }
                 State::Done(d) => return Poll::Ready(Ok(*d)),
-                State::Failed(k, m) => return Poll::Ready(Err(io::Error::new(*k, m.clone()))),
+                State::Failed(k, m) => return Poll::Ready(Err(io_error(*k, m))),
             }
         }
     }
@@ -585,7 +593,7 @@ impl AsyncWrite for S3BlobWriter {
             }
             let State::Idle(job) = std::mem::replace(
                 &mut this.state,
-                State::Failed(io::ErrorKind::Other, String::new()),
+                State::Failed(ErrorKind::Internal, String::new()),
             ) else {
                 unreachable!("matched Idle above")
             };
@@ -611,6 +619,14 @@ impl BlobWriter for S3BlobWriter {
         if matches!(self.state, State::Done(_)) {
             return Err(Error::InvalidArgument("blob writer already closed".into()));
         }
-        Ok(std::future::poll_fn(|cx| self.poll_close_blob(cx)).await?)
+        if let State::Failed(kind, msg) = &self.state {
+            return Err(super::rebuild(*kind, msg.clone()));
+        }
+        std::future::poll_fn(|cx| self.poll_close_blob(cx))
+            .await
+            .map_err(|e| match &self.state {
+                State::Failed(kind, msg) => super::rebuild(*kind, msg.clone()),
+                _ => Error::Io(e),
+            })
     }
 }
