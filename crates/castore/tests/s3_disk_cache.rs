@@ -104,3 +104,31 @@ async fn chunks_read_once_come_from_disk_then_and_damage_goes_back_to_s3() {
     let after = s.stats();
     assert!(after.gets > warm.gets, "{after:?}");
 }
+
+/// The first writes of a fresh store run while it migrates its tables: with
+/// every pooled connection held by writers waiting for the migration, the
+/// migration could not get one (the import of a tree starts thousands of writes
+/// at once), and all of them failed after the pool's timeout.
+#[tokio::test]
+async fn a_fresh_store_takes_many_concurrent_writes_with_a_small_pool() {
+    let index = format!(
+        "{}?pool_size=2",
+        cairn_testkit::postgres::server().database()
+    );
+    let s = S3BlobService::from_url(&cairn_testkit::s3::server().blob_url(&index)).unwrap();
+    let start = std::time::Instant::now();
+    let blobs: Vec<Vec<u8>> = (0..64u64).map(|i| pseudo_random(1000, i)).collect();
+    // As `cairn import` does: is it stored already? Then the writes.
+    let asked = blobs.iter().map(|b| {
+        let s = &s;
+        async move { s.has(&B3Digest::from(*blake3::hash(b).as_bytes())).await }
+    });
+    for stored in futures::future::join_all(asked).await {
+        assert!(!stored.unwrap());
+    }
+    let digests = futures::future::join_all(blobs.iter().map(|b| put(&s, b))).await;
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    for (d, b) in digests.iter().zip(&blobs) {
+        assert!(read_all(&s, d).await == *b);
+    }
+}

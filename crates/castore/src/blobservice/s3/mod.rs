@@ -236,15 +236,20 @@ impl Inner {
     }
 
     /// A database connection, the schema migrated and the database claimed first.
+    ///
+    /// No connection is held while the first caller migrates: the migration
+    /// takes one of its own, and with every pooled connection held by callers
+    /// waiting for it (an import starts thousands of writes at once) it would
+    /// wait for a free one until the pool's timeout.
     async fn client(&self) -> Result<deadpool_postgres::Client, Error> {
-        let client = self.db.client().await?;
         self.ready
             .get_or_try_init(|| async {
                 self.db.migrate("blobs", index::MIGRATIONS).await?;
+                let client = self.db.client().await?;
                 index::claim(&client, &self.location()).await
             })
             .await?;
-        Ok(client)
+        self.db.client().await
     }
 
     /// `s3://bucket/prefix`: what the database indexes.

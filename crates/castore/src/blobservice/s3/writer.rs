@@ -122,17 +122,18 @@ async fn committer(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Handoff>)
 }
 
 async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), Error> {
-    let mut client = inner.client().await?;
     let mut want: Vec<[u8; 32]> = batch
         .iter()
         .flat_map(|h| h.chunks.iter().map(|c| c.digest))
         .collect();
     want.sort_unstable();
     want.dedup();
+    // A connection for the lookup and one for the commit, none held during the
+    // upload between them: the pool serves the readers meanwhile.
     let existing = if want.is_empty() {
         HashSet::new()
     } else {
-        index::existing(&client, &want).await?
+        index::existing(&inner.client().await?, &want).await?
     };
     let mut seen = HashSet::new();
     let mut rows: Vec<Row> = Vec::new();
@@ -158,7 +159,7 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
         inner.put(name, PutPayload::from_iter(parts)).await?;
     }
     index::commit(
-        &mut client,
+        &mut inner.client().await?,
         name.as_deref().map(|n| (n, offset)),
         &rows,
         &lists,
