@@ -64,16 +64,17 @@ done
 s3_ops() { grep -c 'resolved route, op:' "$W/s3.log" || true; }
 s3_ops_by_kind() { grep -o 'resolved route, op: [A-Za-z]*' "$W/s3.log" | awk '{print $4}' | sort | uniq -c | tr '\n' ' '; }
 
-# One database and one bucket (a directory in s3s-fs's root) per store.
+# One database and one bucket (a directory in s3s-fs's root) per store; sets
+# STORE_FLAGS to the three --*-service-addr flags (not in a subshell: N counts).
 N=0
-new_s3_store() { # prints the three --*-service-addr flags
+new_s3_store() {
   N=$((N + 1))
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U cairn "bench$N"
   mkdir -p "$W/s3/bench$N"
   local pg="postgres://cairn@127.0.0.1:$PGPORT/bench$N"
   local index
   index=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$pg")
-  echo "--blob-service-addr s3://bench$N/store?endpoint=http://127.0.0.1:$S3PORT&region=us-east-1&index=$index --directory-service-addr $pg --path-info-service-addr $pg"
+  STORE_FLAGS="--blob-service-addr s3://bench$N/store?endpoint=http://127.0.0.1:$S3PORT&region=us-east-1&index=$index --directory-service-addr $pg --path-info-service-addr $pg"
 }
 
 echo "generating $SMALL small files and a $BIG_MIB MiB file in $W/src" >&2
@@ -105,7 +106,8 @@ for tree in small big; do
   rm -rf "$W/emb-$tree"
   te=$(timed "$CAIRN" import --data-dir "$W/emb-$tree" "$W/src/$tree")
   PATHS_EMB[$tree]=$(cat "$W/out")
-  FLAGS[$tree]=$(new_s3_store)
+  new_s3_store
+  FLAGS[$tree]=$STORE_FLAGS
   before=$(s3_ops)
   # shellcheck disable=SC2086
   ts=$(timed "$CAIRN" import --data-dir "$W/cli-$tree" ${FLAGS[$tree]} "$W/src/$tree")
@@ -120,20 +122,20 @@ for tree in small big; do
 done
 
 start_daemon() { # data-dir, then flags; sets DPID and DURL
-  local data=$1
+  local data=$1 log
   shift
-  mkfifo "$W/first-line.$$"
+  log="$W/daemon.$RANDOM.log"
   # shellcheck disable=SC2068
   "$CAIRN" daemon --data-dir "$data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --no-socket $@ \
-    2>"$W/first-line.$$" >/dev/null &
+    2>"$log" >/dev/null &
   DPID=$!
   PIDS+=("$DPID")
-  local line
-  read -r line <"$W/first-line.$$"
-  # Keep draining its stderr so it never blocks on a full pipe.
-  cat "$W/first-line.$$" >>"$W/daemon.log" &
-  rm -f "$W/first-line.$$"
-  DURL=$(echo "$line" | grep -o 'binary cache on http://[0-9.:]*' | sed 's/binary cache on //')
+  for _ in $(seq 300); do
+    grep -q 'serving' "$log" 2>/dev/null && break
+    kill -0 "$DPID" 2>/dev/null || { cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  DURL=$(grep -o 'binary cache on http://[0-9.:]*' "$log" | head -1 | sed 's/binary cache on //')
 }
 stop_daemon() { kill "$1"; wait "$1" 2>/dev/null || true; }
 nar_url() { # cache URL, store path

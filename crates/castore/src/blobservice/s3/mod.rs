@@ -162,10 +162,15 @@ pub(super) struct Inner {
     /// Set once the schema is migrated and the database claimed.
     ready: tokio::sync::OnceCell<()>,
     cache: Mutex<Lru<[u8; 32], Bytes>>,
+    /// How to read recently opened blobs ([`Inner::plan`]).
+    plans: Mutex<Lru<[u8; 32], Arc<Plan>>>,
     disk: Option<DiskChunkCache>,
     stats: Counters,
     committer: Mutex<Option<mpsc::UnboundedSender<writer::Handoff>>>,
 }
+
+/// Bytes of blob plans (chunk lists and locations) kept in memory.
+const PLAN_CACHE: usize = 16 << 20;
 
 /// An S3 failure, naming the bucket and endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -354,19 +359,30 @@ impl Inner {
     }
 
     /// How to read `digest`, or `None` if it is not stored.
-    async fn plan(&self, digest: &B3Digest) -> Result<Option<Plan>, Error> {
+    ///
+    /// Plans are kept (they are functions of the digest, as long as nothing is
+    /// deleted): a hot blob then costs no index query either, which was most of
+    /// the time of serving a hot NAR of small files.
+    async fn plan(&self, digest: &B3Digest) -> Result<Option<Arc<Plan>>, Error> {
+        let lock = || self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = lock().get(digest.as_bytes()) {
+            return Ok(Some(plan.clone()));
+        }
         let client = self.client().await?;
-        Ok(match index::entry(&client, digest).await? {
-            None => None,
-            Some(Entry::List(list)) => Some(Plan::new(*digest, list, None)),
+        let plan = Arc::new(match index::entry(&client, digest).await? {
+            None => return Ok(None),
+            Some(Entry::List(list)) => Plan::new(*digest, list, None),
             Some(Entry::Chunk(loc)) => {
                 let one = ChunkMeta {
                     digest: *digest,
                     size: u64::from(loc.raw_len),
                 };
-                Some(Plan::new(*digest, vec![one], Some(loc)))
+                Plan::new(*digest, vec![one], Some(loc))
             }
-        })
+        });
+        let cost = 128 + 48 * plan.chunks.len();
+        lock().insert(*digest.as_bytes(), plan.clone(), cost);
+        Ok(Some(plan))
     }
 }
 
@@ -449,6 +465,7 @@ impl S3BlobService {
                 db,
                 ready: tokio::sync::OnceCell::new(),
                 cache,
+                plans: Mutex::new(Lru::new(PLAN_CACHE)),
                 disk,
                 stats: Counters::default(),
                 committer: Mutex::new(None),
@@ -500,7 +517,7 @@ impl BlobService for S3BlobService {
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
         Ok(self.inner.plan(digest).await?.map(|plan| {
-            Box::new(S3BlobReader::new(self.inner.clone(), Arc::new(plan))) as Box<dyn BlobReader>
+            Box::new(S3BlobReader::new(self.inner.clone(), plan)) as Box<dyn BlobReader>
         }))
     }
 
@@ -513,7 +530,7 @@ impl BlobService for S3BlobService {
             .inner
             .plan(digest)
             .await?
-            .map(|plan| reader::stream_from(self.inner.clone(), Arc::new(plan), offset)))
+            .map(|plan| reader::stream_from(self.inner.clone(), plan, offset)))
     }
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
