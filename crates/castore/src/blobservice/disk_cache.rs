@@ -93,7 +93,16 @@ struct Inner {
     dir: PathBuf,
     max_bytes: u64,
     index: Mutex<Index>,
+    /// Chunks offered for writing in the background ([`DiskChunkCache::offer`]),
+    /// and the bytes they hold.
+    queue: Mutex<Option<std::sync::mpsc::Sender<(B3Digest, Bytes)>>>,
+    queued: std::sync::atomic::AtomicUsize,
 }
+
+/// Bytes of chunks waiting to be written in the background; beyond it, offers
+/// are dropped: a cold read of a large store offers everything it reads, faster
+/// than a disk takes files, and queued bytes would grow with the read.
+const MAX_QUEUED: usize = 16 << 20;
 
 impl std::fmt::Debug for DiskChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +151,8 @@ impl DiskChunkCache {
                 dir: dir.to_owned(),
                 max_bytes,
                 index: Mutex::new(index),
+                queue: Mutex::new(None),
+                queued: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         let evicted = cache.lock().evict(max_bytes);
@@ -204,6 +215,59 @@ impl DiskChunkCache {
                 None
             }
         }
+    }
+
+    /// Keeps `bytes` (verified by the caller to hash to `digest`) if the
+    /// background writer has room for it, else forgets it; returns at once. One
+    /// thread writes the offered chunks, so a burst of them costs neither
+    /// threads nor memory beyond [`MAX_QUEUED`].
+    pub fn offer(&self, digest: B3Digest, bytes: Bytes) {
+        use std::sync::atomic::Ordering;
+        let len = bytes.len();
+        if len as u64 > self.inner.max_bytes / 8 || self.contains(&digest) {
+            return;
+        }
+        if self.inner.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED {
+            self.inner.queued.fetch_sub(len, Ordering::Relaxed);
+            return;
+        }
+        let mut queue = self
+            .inner
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tx = queue.get_or_insert_with(|| self.start_writer());
+        if tx.send((digest, bytes)).is_err() {
+            self.inner.queued.fetch_sub(len, Ordering::Relaxed);
+            *queue = None;
+        }
+    }
+
+    /// The background writer: holds the cache weakly, so it ends with it.
+    fn start_writer(&self) -> std::sync::mpsc::Sender<(B3Digest, Bytes)> {
+        let (tx, rx) = std::sync::mpsc::channel::<(B3Digest, Bytes)>();
+        let weak = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("chunk-cache".into())
+            .spawn(move || {
+                while let Ok((digest, bytes)) = rx.recv() {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let cache = DiskChunkCache { inner };
+                    if !cache.contains(&digest)
+                        && let Err(e) = cache.put_blocking(&digest, &bytes)
+                    {
+                        tracing::debug!(error = %e, "cannot write to the local chunk cache");
+                    }
+                    cache
+                        .inner
+                        .queued
+                        .fetch_sub(bytes.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the chunk cache's writer");
+        }
+        tx
     }
 
     /// Keeps `bytes`, which the caller has verified to hash to `digest`. Failing

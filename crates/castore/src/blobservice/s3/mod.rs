@@ -339,14 +339,13 @@ impl Inner {
         Some(raw)
     }
 
-    /// Keeps checked chunks in the local disk cache, in the background.
+    /// Offers checked chunks to the local disk cache (written in the
+    /// background, bounded: see [`DiskChunkCache::offer`]).
     fn disk_put(&self, chunks: Vec<([u8; 32], Bytes)>) {
-        if let Some(disk) = self.disk.clone() {
-            tokio::spawn(async move {
-                for (d, raw) in chunks {
-                    disk.put(B3Digest::from(d), raw).await;
-                }
-            });
+        if let Some(disk) = &self.disk {
+            for (d, raw) in chunks {
+                disk.offer(B3Digest::from(d), raw);
+            }
         }
     }
 
