@@ -104,6 +104,9 @@ struct Inner {
 /// than a disk takes files, and queued bytes would grow with the read.
 const MAX_QUEUED: usize = 16 << 20;
 
+/// Cached chunks up to this size are read on the calling task.
+const INLINE_READ: u64 = 16 << 10;
+
 impl std::fmt::Debug for DiskChunkCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DiskChunkCache")
@@ -187,8 +190,18 @@ impl DiskChunkCache {
     /// The chunk's bytes if cached and intact. A file that does not hash to its
     /// name is removed and is a miss.
     pub async fn get(&self, digest: &B3Digest) -> Option<Bytes> {
-        if !self.lock().touch(digest) {
-            return None;
+        let size = {
+            let mut index = self.lock();
+            if !index.touch(digest) {
+                return None;
+            }
+            index.entries.get(digest).map_or(0, |e| e.size)
+        };
+        // A small file is read and hashed in microseconds: here, not on a
+        // blocking thread (one each made a hot read of many small files start
+        // hundreds of threads).
+        if size <= INLINE_READ {
+            return self.get_blocking(digest);
         }
         let this = self.clone();
         let digest = *digest;

@@ -21,6 +21,8 @@ use crate::{B3Digest, Error};
 const LOC_WINDOW: usize = 1024;
 /// Largest ranged GET: chunks are coalesced up to this many stored bytes.
 const MAX_GET: u64 = 8 << 20;
+/// Fetched bytes checked on the reading task rather than a blocking thread.
+const INLINE_CHECK: u64 = 64 << 10;
 /// Ranged GETs in flight ahead of the reader.
 const PREFETCH: usize = 4;
 /// Chunks of the first GET after opening or seeking; each next GET may take four
@@ -282,7 +284,7 @@ async fn fetch(
     }
     let checker = inner.clone();
     let pack = pack.to_owned();
-    let checked = tokio::task::spawn_blocking(move || {
+    let work = move || {
         let inner = checker;
         let mut out = Vec::with_capacity(chunks.len());
         for (((d, loc), own), hit) in chunks.into_iter().zip(outside).zip(checked) {
@@ -327,10 +329,18 @@ async fn fetch(
             inner.cache_put(d, raw.clone());
             out.push((d, raw));
         }
-        Ok(out)
-    })
-    .await
-    .map_err(|e| io::Error::other(format!("chunk check task: {e}")))??;
+        Ok::<_, io::Error>(out)
+    };
+    // A few KiB (a small file's chunk) are decoded and hashed in microseconds:
+    // here, not on a blocking thread. Handing each to one made a cold read of
+    // many small files start hundreds of threads.
+    let checked = if end - start <= INLINE_CHECK {
+        work()?
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| io::Error::other(format!("chunk check task: {e}")))??
+    };
     let pieces = checked.iter().map(|(_, raw)| raw.clone()).collect();
     inner.disk_put(checked);
     Ok(pieces)
