@@ -108,23 +108,7 @@ pub fn take_param(url: &str, key: &str) -> (String, Option<String>) {
 }
 
 fn invalid(url: &str, msg: impl std::fmt::Display) -> Error {
-    Error::InvalidArgument(format!("{}: {msg}", redact(url)))
-}
-
-/// `url` with its password (if any) replaced, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
+    Error::InvalidArgument(format!("{}: {msg}", crate::redacted(url)))
 }
 
 fn seconds_param(url: &str, key: &str, value: Option<String>) -> Result<Option<Duration>, Error> {

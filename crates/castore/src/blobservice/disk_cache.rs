@@ -237,7 +237,7 @@ impl DiskChunkCache {
     pub fn offer(&self, digest: B3Digest, bytes: Bytes) {
         use std::sync::atomic::Ordering;
         let len = bytes.len();
-        if len as u64 > self.inner.max_bytes / 8 || self.contains(&digest) {
+        if self.contains(&digest) {
             return;
         }
         if self.inner.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED {
@@ -266,9 +266,7 @@ impl DiskChunkCache {
                 while let Ok((digest, bytes)) = rx.recv() {
                     let Some(inner) = weak.upgrade() else { return };
                     let cache = DiskChunkCache { inner };
-                    if !cache.contains(&digest)
-                        && let Err(e) = cache.put_blocking(&digest, &bytes)
-                    {
+                    if let Err(e) = cache.put_blocking(&digest, &bytes) {
                         tracing::debug!(error = %e, "cannot write to the local chunk cache");
                     }
                     cache
@@ -283,23 +281,12 @@ impl DiskChunkCache {
         tx
     }
 
-    /// Keeps `bytes`, which the caller has verified to hash to `digest`. Failing
-    /// to write is logged and otherwise ignored: the cache only saves fetches.
-    pub async fn put(&self, digest: B3Digest, bytes: Bytes) {
-        let len = bytes.len() as u64;
-        if len > self.inner.max_bytes / 8 || self.lock().entries.contains_key(&digest) {
-            return;
-        }
-        let this = self.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = this.put_blocking(&digest, &bytes) {
-                tracing::debug!(error = %e, "cannot write to the local chunk cache");
-            }
-        })
-        .await;
-    }
-
+    /// Writes `bytes` (verified by the caller to hash to `digest`) unless it is
+    /// held already or too large for the bound, then evicts down to the bound.
     fn put_blocking(&self, digest: &B3Digest, bytes: &[u8]) -> io::Result<()> {
+        if bytes.len() as u64 > self.inner.max_bytes / 8 || self.contains(digest) {
+            return Ok(());
+        }
         let path = self.path(digest);
         let Some(parent) = path.parent() else {
             return Ok(());
@@ -365,20 +352,20 @@ mod tests {
         let (a, a_bytes) = chunk(1, 100);
         let (b, b_bytes) = chunk(2, 100);
         assert_eq!(cache.get(&a).await, None);
-        cache.put(a, a_bytes.clone()).await;
-        cache.put(b, b_bytes.clone()).await;
+        cache.put_blocking(&a, &a_bytes).unwrap();
+        cache.put_blocking(&b, &b_bytes).unwrap();
         assert_eq!(cache.get(&a).await, Some(a_bytes.clone()));
         assert_eq!(cache.len_bytes(), 200);
 
         // Too large for the bound: not kept.
         let (big, big_bytes) = chunk(3, 200);
-        cache.put(big, big_bytes).await;
+        cache.put_blocking(&big, &big_bytes).unwrap();
         assert_eq!(cache.get(&big).await, None);
 
         // Filling it evicts the least recently used: b (a was read after it).
         for i in 10..19 {
             let (d, bytes) = chunk(i, 100);
-            cache.put(d, bytes).await;
+            cache.put_blocking(&d, &bytes).unwrap();
         }
         assert!(cache.len_bytes() <= 1000);
         assert_eq!(cache.get(&b).await, None);

@@ -9,19 +9,6 @@ use cairn_testkit::nix::{Nix, ok};
 
 use super::{Daemon, daemon_command, first_line, http_addr};
 
-/// `s` with every byte but unreserved ones percent-encoded (a URL inside
-/// another URL's parameter).
-pub fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// One store on the shared servers: a fresh bucket and a fresh database.
 pub struct Store {
     pub blobs: String,
@@ -39,7 +26,7 @@ impl Store {
 
     /// The store of database `db` and bucket `bucket` (an `s3://` URL).
     pub fn on(db: String, bucket: String) -> Store {
-        let blobs = format!("{bucket}&index={}", encode(&db));
+        let blobs = format!("{bucket}&index={}", cairn_testkit::s3::encode_param(&db));
         Store { blobs, db }
     }
 
