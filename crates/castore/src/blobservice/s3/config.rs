@@ -329,6 +329,16 @@ mod tests {
             ("", "us-east-1")
         );
         assert_eq!(plain.cache_size, DEFAULT_CACHE_SIZE);
+        assert_eq!(plain.disk_cache, None);
+        let disk = format!("s3://bkt?{IDX}&disk_cache=/var/cache/c%26d");
+        let disk = S3Config::parse(&disk, &env_keys).unwrap();
+        assert_eq!(
+            disk.disk_cache,
+            Some(("/var/cache/c&d".into(), DEFAULT_DISK_CACHE_SIZE))
+        );
+        let sized = format!("s3://bkt?{IDX}&disk_cache=/c&disk_cache_size=4096");
+        let sized = S3Config::parse(&sized, &env_keys).unwrap();
+        assert_eq!(sized.disk_cache, Some(("/c".into(), 4096)));
         assert_eq!(plain.endpoint_name(), "https://s3.us-east-1.amazonaws.com");
     }
 
@@ -347,6 +357,8 @@ mod tests {
             format!("s3://bucket?{IDX}&region"),
             format!("s3://bucket/a/../b?{IDX}"),
             format!("s3://bucket?{IDX}%zz"),
+            format!("s3://bucket?{IDX}&disk_cache=relative/dir"),
+            format!("s3://bucket?{IDX}&disk_cache=/c&disk_cache_size=big"),
         ] {
             let e = S3Config::parse(&url, &env_keys).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{url}: {e}");
