@@ -48,6 +48,11 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(&entry.value)
     }
 
+    /// The value for `key`, without counting as a use.
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|e| &e.value)
+    }
+
     /// Whether `key` is held (without counting as a use).
     pub fn contains_key(&self, key: &K) -> bool {
         self.entries.contains_key(key)

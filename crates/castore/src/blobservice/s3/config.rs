@@ -9,7 +9,7 @@ pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
 
 /// Local disk cache of verified chunks when the URL names a `disk_cache` but no
 /// `disk_cache_size`.
-pub const DEFAULT_DISK_CACHE_SIZE: u64 = 1 << 30;
+pub const DEFAULT_DISK_CACHE_SIZE: u64 = 4 << 30;
 
 /// An access key, its secret and an optional session token.
 #[derive(Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@
 //!   default 64 MiB, 0 disables it).
 //! - `disk_cache`: an absolute directory for a local cache of verified chunks
 //!   behind the memory cache ([`crate::blobservice::DiskChunkCache`], checked again
-//!   on every read), bounded by `disk_cache_size` bytes (default 1 GiB). `cairn
+//!   on every read), bounded by `disk_cache_size` bytes (default 4 GiB). `cairn
 //!   daemon` gives it `DATA_DIR/s3-cache` unless the URL names one.
 //!
 //! # Objects and tables
@@ -168,6 +168,10 @@ pub(super) struct Inner {
     stats: Counters,
     committer: Mutex<Option<mpsc::UnboundedSender<writer::Handoff>>>,
 }
+
+/// Blobs of one chunk up to this size are read whole from a local cache when
+/// opened.
+const SMALL_BLOB: u64 = 64 << 10;
 
 /// Bytes of blob plans (chunk lists and locations) kept in memory.
 const PLAN_CACHE: usize = 16 << 20;
@@ -324,6 +328,14 @@ impl Inner {
             .insert(digest, raw, cost);
     }
 
+    /// The chunk from the memory cache, else from the disk cache, checked.
+    async fn cached_chunk(&self, digest: &B3Digest) -> Option<Bytes> {
+        match self.cache_get(digest.as_bytes()) {
+            Some(raw) => Some(raw),
+            None => self.disk_get(digest.as_bytes()).await,
+        }
+    }
+
     /// Whether the local disk cache has the chunk (it is checked when read).
     fn disk_has(&self, digest: &[u8; 32]) -> bool {
         self.disk
@@ -337,6 +349,38 @@ impl Inner {
         self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
         self.cache_put(*digest, raw.clone());
         Some(raw)
+    }
+
+    /// Chunks from the local disk cache, checked; into the memory cache too.
+    async fn disk_get_many(&self, digests: &[[u8; 32]]) -> Vec<Option<Bytes>> {
+        let Some(disk) = &self.disk else {
+            return vec![None; digests.len()];
+        };
+        if let [one] = digests {
+            return vec![self.disk_get(one).await];
+        }
+        let got = disk
+            .get_many(digests.iter().map(|d| B3Digest::from(*d)).collect())
+            .await;
+        for (d, g) in digests.iter().zip(&got) {
+            if let Some(raw) = g {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                self.cache_put(*d, raw.clone());
+            }
+        }
+        got
+    }
+
+    /// The size of a chunk (and so of the blob of the same digest) one of the
+    /// local caches holds.
+    fn cached_size(&self, digest: &B3Digest) -> Option<u64> {
+        let in_memory = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peek(digest.as_bytes())
+            .map(|b| b.len() as u64);
+        in_memory.or_else(|| self.disk.as_ref()?.size_of(digest))
     }
 
     /// Offers checked chunks to the local disk cache (written in the
@@ -366,6 +410,17 @@ impl Inner {
         let lock = || self.plans.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(plan) = lock().get(digest.as_bytes()) {
             return Ok(Some(plan.clone()));
+        }
+        // A chunk a local cache holds is the whole blob of its digest (a blob of
+        // one chunk, or a chunk of a larger blob, which WIRE.md makes readable as
+        // a blob): a hot small file costs no index query. Its location is looked
+        // up only if the cache turns out to have lost it.
+        if let Some(size) = self.cached_size(digest) {
+            let one = ChunkMeta {
+                digest: *digest,
+                size,
+            };
+            return Ok(Some(Arc::new(Plan::new(*digest, vec![one], None))));
         }
         let client = self.client().await?;
         let plan = Arc::new(match index::entry(&client, digest).await? {
@@ -515,9 +570,18 @@ impl BlobService for S3BlobService {
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
-        Ok(self.inner.plan(digest).await?.map(|plan| {
-            Box::new(S3BlobReader::new(self.inner.clone(), plan)) as Box<dyn BlobReader>
-        }))
+        let Some(plan) = self.inner.plan(digest).await? else {
+            return Ok(None);
+        };
+        // A small blob of one chunk, cached: its checked bytes at once, without
+        // the machinery of a chunked reader (most files of a NAR).
+        if let [one] = plan.chunks.as_slice()
+            && one.size <= SMALL_BLOB
+            && let Some(raw) = self.inner.cached_chunk(digest).await
+        {
+            return Ok(Some(Box::new(std::io::Cursor::new(raw))));
+        }
+        Ok(Some(Box::new(S3BlobReader::new(self.inner.clone(), plan))))
     }
 
     async fn open_read_stream(

@@ -76,8 +76,9 @@ impl Plan {
 enum Group {
     /// A chunk found in the cache (checked when it was put there).
     Cached(Bytes),
-    /// A chunk in the local disk cache (checked when read from there).
-    Disk([u8; 32]),
+    /// Chunks in the local disk cache (checked when read from there), read
+    /// together on one blocking thread.
+    Disk(Vec<[u8; 32]>),
     /// Chunks lying back to back in one pack: one ranged GET.
     Range {
         pack: Arc<str>,
@@ -134,10 +135,17 @@ pub(super) fn chunks_from(
                     continue;
                 }
                 if disk {
+                    if let Some(Group::Disk(run)) = &mut pending
+                        && run.len() < per_get
+                    {
+                        run.push(*c.digest.as_bytes());
+                        continue;
+                    }
                     if let Some(g) = pending.take() {
                         yield g;
+                        per_get = (per_get * 4).min(LOC_WINDOW);
                     }
-                    yield Group::Disk(*c.digest.as_bytes());
+                    pending = Some(Group::Disk(vec![*c.digest.as_bytes()]));
                     continue;
                 }
                 let d = *c.digest.as_bytes();
@@ -195,22 +203,7 @@ pub(super) fn chunks_from(
             async move {
                 match g? {
                     Group::Cached(b) => Ok(vec![b]),
-                    Group::Disk(d) => match inner.disk_get(&d).await {
-                        Some(b) => Ok(vec![b]),
-                        // Evicted or damaged since it was planned: from S3.
-                        None => {
-                            let locs = inner.locations(&[d]).await.map_err(Error::into_io)?;
-                            let loc = locs.get(&d).cloned().ok_or_else(|| {
-                                corrupt(format!(
-                                    "chunk {} is listed but not indexed",
-                                    B3Digest::from(d)
-                                ))
-                            })?;
-                            let (pack, start) = (loc.pack.clone(), loc.offset);
-                            let end = start + u64::from(loc.stored_len);
-                            fetch(&inner, &pack, start, end, vec![(d, loc)]).await
-                        }
-                    },
+                    Group::Disk(run) => from_disk(&inner, run).await,
                     Group::Range {
                         pack,
                         start,
@@ -224,6 +217,43 @@ pub(super) fn chunks_from(
         .map_ok(|pieces| stream::iter(pieces.into_iter().map(Ok)))
         .try_flatten()
         .boxed()
+}
+
+/// The chunks of a run from the local disk cache; any it lost or found damaged
+/// since the run was planned, from S3.
+async fn from_disk(inner: &Arc<Inner>, run: Vec<[u8; 32]>) -> io::Result<Vec<Bytes>> {
+    let got = inner.disk_get_many(&run).await;
+    let lost: Vec<[u8; 32]> = run
+        .iter()
+        .zip(&got)
+        .filter(|(_, g)| g.is_none())
+        .map(|(d, _)| *d)
+        .collect();
+    let mut refetched = std::collections::HashMap::new();
+    if !lost.is_empty() {
+        let locs = inner.locations(&lost).await.map_err(Error::into_io)?;
+        for d in lost {
+            let loc = locs.get(&d).cloned().ok_or_else(|| {
+                corrupt(format!(
+                    "chunk {} is listed but not indexed",
+                    B3Digest::from(d)
+                ))
+            })?;
+            let (pack, start) = (loc.pack.clone(), loc.offset);
+            let end = start + u64::from(loc.stored_len);
+            let b = fetch(inner, &pack, start, end, vec![(d, loc)]).await?;
+            if let Some(b) = b.into_iter().next() {
+                refetched.insert(d, b);
+            }
+        }
+    }
+    run.iter()
+        .zip(got)
+        .map(|(d, g)| {
+            g.or_else(|| refetched.get(d).cloned())
+                .ok_or_else(|| corrupt(format!("chunk {} could not be read", B3Digest::from(*d))))
+        })
+        .collect()
 }
 
 /// GETs `start..end` of `pack` and returns its chunks, each decoded and checked;
