@@ -15,7 +15,8 @@
 #  4. Peak RSS of each daemon (VmHWM), target < 256 MB.
 # Needs what scripts/install-test-deps.sh installs (postgresql, s3s-fs).
 # Usage: bench/scaleout.sh   (SMALL=100000 BIG_MIB=1024 to change;
-#   CAIRN=path to use a built binary instead of building one)
+#   CAIRN=path to use a built binary instead of building one; KEEP=1 leaves the
+#   servers running and the stores in place, for profiling a daemon on them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL=${SMALL:-100000}
@@ -24,6 +25,10 @@ W=$(mktemp -d /tmp/cairn-scaleout.XXXXXX)
 chmod 755 "$W"
 PIDS=()
 cleanup() {
+  if [ -n "${KEEP:-}" ]; then
+    echo "KEEP: servers and stores left in $W (flags and paths in $W/kept.sh)" >&2
+    return
+  fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.5
   rm -rf "$W"
@@ -56,7 +61,8 @@ mkdir -p "$W/s3"
 export AWS_ACCESS_KEY_ID=cairnbench AWS_SECRET_ACCESS_KEY=cairnbenchsecret
 RUST_LOG=s3s::ops=debug "$S3S" --host 127.0.0.1 --port "$S3PORT" \
   --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$W/s3" >"$W/s3.log" 2>&1 &
-PIDS+=($!)
+S3PID=$!
+PIDS+=("$S3PID")
 for _ in $(seq 100); do
   as_pg "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break
   sleep 0.1
@@ -92,12 +98,27 @@ EOF
 mkdir -p "$W/src/big"
 head -c "$((BIG_MIB << 20))" /dev/urandom >"$W/src/big/file"
 
-timed() { # seconds the command takes
+timed() { # seconds the command takes; its CPU seconds (user + system) in $W/cpu
   local start end
   start=$(date +%s.%N)
-  "$@" >"$W/out" 2>"$W/err" || { cat "$W/err" >&2; exit 1; }
+  TIMEFORMAT='%U %S'
+  { time "$@" >"$W/out" 2>"$W/err" || { cat "$W/err" >&2; exit 1; }; } 2>"$W/time"
   end=$(date +%s.%N)
+  awk '{printf "%.2f", $1 + $2}' "$W/time" >"$W/cpu"
   echo "$end - $start" | bc -l
+}
+# CPU seconds (user + system) used so far by a process, or by PostgreSQL's
+# postmaster and its backends (the servers share this machine's cores with
+# cairn, so where the time of an import goes is part of its number).
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_cpu() {
+  local pm total=0 p
+  pm=$(head -1 "$W/pg/postmaster.pid")
+  # The postmaster's own time and that of its children it reaped (the
+  # backends of connections closed since), then the live backends'.
+  total=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15 + $16 + $17) / hz}' "/proc/$pm/stat")
+  for p in $(pgrep -P "$pm"); do total=$(echo "$total + $(cpu_of "$p")" | bc -l); done
+  echo "$total"
 }
 
 printf '%-6s %-28s %10s %10s %8s  %s\n' tree measure embedded s3+pg ratio load
@@ -108,13 +129,20 @@ for tree in small big; do
   PATHS_EMB[$tree]=$(cat "$W/out")
   new_s3_store
   FLAGS[$tree]=$STORE_FLAGS
+  cpu_emb=$(cat "$W/cpu")
   before=$(s3_ops)
+  s3_cpu0=$(cpu_of "$S3PID")
+  pg_cpu0=$(pg_cpu)
   # shellcheck disable=SC2086
   ts=$(timed "$CAIRN" import --data-dir "$W/cli-$tree" ${FLAGS[$tree]} "$W/src/$tree")
   PATHS_S3[$tree]=$(cat "$W/out")
   after=$(s3_ops)
+  cpu_s3=$(cat "$W/cpu")
+  s3_cpu=$(echo "$(cpu_of "$S3PID") - $s3_cpu0" | bc -l)
+  pg_cpu1=$(echo "$(pg_cpu) - $pg_cpu0" | bc -l)
   [ "${PATHS_EMB[$tree]}" = "${PATHS_S3[$tree]}" ] || { echo "store paths differ: ${PATHS_EMB[$tree]} vs ${PATHS_S3[$tree]}" >&2; exit 1; }
   printf '%-6s %-28s %10.2f %10.2f %8.2f  %s\n' "$tree" "import (s)" "$te" "$ts" "$(echo "$ts / $te" | bc -l)" "$(load)"
+  printf '%-6s %-28s %10s %10s %8s  (S3 server %.2f s, PostgreSQL %.2f s)\n' "$tree" "import CPU, cairn (s)" "$cpu_emb" "$cpu_s3" - "$s3_cpu" "$pg_cpu1"
   if [ "$tree" = small ]; then
     printf '%-6s %-28s %10s %10.4f %8s  (%s requests: %s)\n' small "S3 requests per file" - \
       "$(echo "($after - $before) / $SMALL" | bc -l)" - "$((after - before))" "$(s3_ops_by_kind)"
@@ -148,6 +176,13 @@ mbps() { # MB/s of downloading URL
 }
 hwm_mb() { awk '/VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
+if [ -n "${KEEP:-}" ]; then
+  for tree in small big; do
+    printf 'FLAGS_%s=%q\nPATH_EMB_%s=%q\nPATH_S3_%s=%q\n' "$tree" "${FLAGS[$tree]}" \
+      "$tree" "${PATHS_EMB[$tree]}" "$tree" "${PATHS_S3[$tree]}" >>"$W/kept.sh"
+  done
+  printf 'export AWS_ACCESS_KEY_ID=%q AWS_SECRET_ACCESS_KEY=%q\n' "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >>"$W/kept.sh"
+fi
 for tree in small big; do
   start_daemon "$W/emb-$tree"
   u=$(nar_url "$DURL" "${PATHS_EMB[$tree]}")

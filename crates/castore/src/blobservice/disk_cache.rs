@@ -101,16 +101,15 @@ struct State {
 }
 
 impl State {
-    /// Whether `loc` is in the older half of the segments: a hit there is
-    /// appended again, or it would soon be evicted with its segment.
-    fn is_old(&self, loc: &Loc) -> bool {
-        match (
-            self.segments.first_key_value(),
-            self.segments.last_key_value(),
-        ) {
-            (Some((first, _)), Some((last, _))) => loc.seg < first + (last - first).div_ceil(2),
-            _ => false,
-        }
+    /// Whether `loc` is in the older half of the cache's capacity (more than
+    /// half the bound was written after its segment): a hit there is appended
+    /// again, or it would soon be evicted with its segment. Relative to the
+    /// bound, not to what is held: in a cache far from full nothing is old (a
+    /// hot read right after a cold one rewrote half of what it read).
+    fn is_old(&self, loc: &Loc, segment_size: u64, max_bytes: u64) -> bool {
+        self.segments.last_key_value().is_some_and(|(last, _)| {
+            u64::from(last - loc.seg.min(*last)) * segment_size > max_bytes / 2
+        })
     }
 
     /// Deletes the oldest segments (never `keep`, the one being written) until
@@ -379,7 +378,11 @@ impl DiskChunkCache {
         let state = self.state();
         let loc = *state.index.get(&key(digest))?;
         let seg = state.segments.get(&loc.seg)?;
-        Some((loc, seg.file.clone(), state.is_old(&loc)))
+        Some((
+            loc,
+            seg.file.clone(),
+            state.is_old(&loc, self.inner.segment_size, self.inner.max_bytes),
+        ))
     }
 
     /// The chunk's bytes if cached and intact; a damaged record is forgotten.
@@ -450,7 +453,7 @@ impl DiskChunkCache {
             if state
                 .index
                 .get(&key(&digest))
-                .is_some_and(|l| !state.is_old(l))
+                .is_some_and(|l| !state.is_old(l, self.inner.segment_size, self.inner.max_bytes))
             {
                 return;
             }
@@ -517,10 +520,9 @@ impl DiskChunkCache {
             }
             {
                 let state = self.state();
-                let held = state
-                    .index
-                    .get(&key(digest))
-                    .is_some_and(|l| !state.is_old(l));
+                let held = state.index.get(&key(digest)).is_some_and(|l| {
+                    !state.is_old(l, self.inner.segment_size, self.inner.max_bytes)
+                });
                 if held || pending.iter().any(|(d, _)| d == digest) {
                     continue;
                 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::Error;
 
 /// In-memory cache of verified chunks when the URL names no `cache_size`.
-pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
+pub const DEFAULT_CACHE_SIZE: usize = 32 << 20;
 
 /// Local disk cache of verified chunks when the URL names a `disk_cache` but no
 /// `disk_cache_size`.

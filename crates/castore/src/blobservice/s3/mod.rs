@@ -19,7 +19,7 @@
 //!   set, else profile `AWS_PROFILE` (default `default`) of the shared file. No
 //!   credentials is an error when the service is built, not a hang on first use.
 //! - `cache_size`: bytes of verified, decompressed chunks kept in memory (an LRU;
-//!   default 64 MiB, 0 disables it).
+//!   default 32 MiB, 0 disables it).
 //! - `disk_cache`: an absolute directory for a local cache of verified chunks
 //!   behind the memory cache ([`crate::blobservice::DiskChunkCache`], checked again
 //!   on every read), bounded by `disk_cache_size` bytes (default 4 GiB). `cairn
@@ -63,7 +63,7 @@
 //! of its bytes is handed out (corruption is `InvalidData`, never wrong bytes or a
 //! clean end). Readers seek to the right chunk without fetching earlier ones; a
 //! sequential read fetches adjacent chunks of one pack with one ranged GET
-//! (growing from 2 chunks to 8 MiB per GET) with four GETs in flight; a chunk
+//! (growing from 2 chunks to 4 MiB per GET) with four GETs in flight; a chunk
 //! stored elsewhere in the pack (deduplicated against an earlier one) comes from
 //! the cache or a GET of its own without cutting the run. Checked chunks go into
 //! the in-memory cache, so a hot blob costs no GET (but still one index query to

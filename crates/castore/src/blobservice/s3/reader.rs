@@ -19,8 +19,10 @@ use crate::{B3Digest, Error};
 
 /// Chunks whose locations one index query fetches (about 64 MiB of blob).
 const LOC_WINDOW: usize = 1024;
-/// Largest ranged GET: chunks are coalesced up to this many stored bytes.
-const MAX_GET: u64 = 8 << 20;
+/// Largest ranged GET: chunks are coalesced up to this many stored bytes (and
+/// runs of chunks read from the disk cache up to this many bytes): with
+/// [`PREFETCH`] of them in flight, what one reader holds.
+const MAX_GET: u64 = 4 << 20;
 /// Fetched bytes checked on the reading task rather than a blocking thread.
 const INLINE_CHECK: u64 = 64 << 10;
 /// Ranged GETs in flight ahead of the reader.
@@ -77,8 +79,8 @@ enum Group {
     /// A chunk found in the cache (checked when it was put there).
     Cached(Bytes),
     /// Chunks in the local disk cache (checked when read from there), read
-    /// together on one blocking thread.
-    Disk(Vec<[u8; 32]>),
+    /// together on one blocking thread; their bytes.
+    Disk(Vec<[u8; 32]>, u64),
     /// Chunks lying back to back in one pack: one ranged GET.
     Range {
         pack: Arc<str>,
@@ -135,17 +137,19 @@ pub(super) fn chunks_from(
                     continue;
                 }
                 if disk {
-                    if let Some(Group::Disk(run)) = &mut pending
+                    if let Some(Group::Disk(run, bytes)) = &mut pending
                         && run.len() < per_get
+                        && *bytes + c.size <= MAX_GET
                     {
                         run.push(*c.digest.as_bytes());
+                        *bytes += c.size;
                         continue;
                     }
                     if let Some(g) = pending.take() {
                         yield g;
                         per_get = (per_get * 4).min(LOC_WINDOW);
                     }
-                    pending = Some(Group::Disk(vec![*c.digest.as_bytes()]));
+                    pending = Some(Group::Disk(vec![*c.digest.as_bytes()], c.size));
                     continue;
                 }
                 let d = *c.digest.as_bytes();
@@ -203,7 +207,7 @@ pub(super) fn chunks_from(
             async move {
                 match g? {
                     Group::Cached(b) => Ok(vec![b]),
-                    Group::Disk(run) => from_disk(&inner, run).await,
+                    Group::Disk(run, _) => from_disk(&inner, run).await,
                     Group::Range {
                         pack,
                         start,
