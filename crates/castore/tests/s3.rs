@@ -196,6 +196,61 @@ async fn many_small_blobs_share_few_puts() {
     assert_eq!(s.stats().puts, puts);
 }
 
+/// Small files read cold are fetched a window of their pack at a time (their
+/// neighbours were written with them), not a GET each; a damaged neighbour costs
+/// only itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_small_files_are_read_a_pack_window_at_a_time() {
+    let server = cairn_testkit::s3::server();
+    let (s, url) = service_on(server);
+    let n = 1000;
+    let blobs: Vec<Vec<u8>> = (0..n)
+        .map(|i| pseudo_random(1000 + i, 7000 + i as u64))
+        .collect();
+    let writes = blobs.iter().map(|b| {
+        let s = s.clone();
+        let b = b.clone();
+        tokio::spawn(async move { put(&s, &b).await })
+    });
+    let digests: Vec<B3Digest> = futures::future::try_join_all(writes).await.unwrap();
+    drop(s);
+
+    let cold = S3BlobService::from_url(&url).unwrap();
+    for (b, d) in blobs.iter().zip(&digests) {
+        assert_eq!(read_all(&cold, d).await.unwrap(), *b);
+    }
+    let st = cold.stats();
+    assert!(
+        st.gets * 10 <= n as u64,
+        "{} GETs to read {n} small files cold: {st:?}",
+        st.gets
+    );
+
+    // One byte damaged in the middle of a pack: the file holding it is an
+    // error, every other file of its window still reads.
+    let files = packs(server, &url);
+    let f = files
+        .iter()
+        .max_by_key(|f| std::fs::metadata(f).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(f).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(f, bytes).unwrap();
+    let cold = S3BlobService::from_url(&url).unwrap();
+    let mut failed = 0;
+    for (b, d) in blobs.iter().zip(&digests) {
+        match read_all(&cold, d).await {
+            Ok(got) => assert_eq!(got, *b),
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(failed, 1, "exactly the damaged file fails");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corruption_in_the_bucket_is_an_error() {
     let server = cairn_testkit::s3::server();

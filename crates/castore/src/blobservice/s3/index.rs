@@ -11,6 +11,8 @@
 //!   visible chunk (a blob of one chunk, or a chunk of a multi-chunk blob): its
 //!   stored bytes are `stored_len` bytes at `offset` in the pack, zstd-compressed
 //!   when `compressed`, `raw_len` bytes once decoded.
+//!   Indexed by place too (`blob_chunks_by_place`: pack, offset), for reading a
+//!   small file's neighbours with it.
 //! - `blob_lists(digest, size, chunks)`: blobs of several chunks: `chunks` is
 //!   (digest, u64-LE size) per chunk, 40 bytes each, in order.
 //!
@@ -28,7 +30,8 @@ use crate::pg::db_error;
 use crate::{B3Digest, Error};
 
 /// The schema, one migration per version.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blob_store (
     id integer PRIMARY KEY CHECK (id = 1),
     location text NOT NULL
@@ -52,7 +55,11 @@ CREATE TABLE blob_lists (
     size bigint NOT NULL,
     chunks bytea NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE INDEX blob_chunks_by_place ON blob_chunks (pack, "offset");
+"#,
+];
 
 /// Bytes per chunk in `blob_lists.chunks`.
 const LIST_ENTRY: usize = 40;
@@ -246,6 +253,39 @@ pub(super) async fn locations(
         out.insert(d, loc(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))?);
     }
     Ok(out)
+}
+
+/// The chunks stored in `pack` starting at `start..end`, in the order they lie
+/// (for a read-ahead: the neighbours of a small file were most likely written
+/// with it, by the same group commit, and are read next).
+pub(super) async fn neighbours(
+    client: &deadpool_postgres::Client,
+    pack: &str,
+    start: u64,
+    end: u64,
+) -> Result<Vec<([u8; 32], Loc)>, Error> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT c.digest, p.name, c.\"offset\", c.stored_len, c.raw_len, c.compressed \
+             FROM blob_packs p JOIN blob_chunks c ON c.pack = p.id \
+             WHERE p.name = $1 AND c.\"offset\" >= $2 AND c.\"offset\" < $3 \
+             ORDER BY c.\"offset\" LIMIT 4096",
+        )
+        .await
+        .map_err(|e| db_error("prepare a pack lookup", e))?;
+    let (Ok(start), Ok(end)) = (i64::try_from(start), i64::try_from(end)) else {
+        return Ok(Vec::new());
+    };
+    let rows = client
+        .query(&stmt, &[&pack, &start, &end])
+        .await
+        .map_err(|e| db_error("look up a pack's chunks", e))?;
+    rows.iter()
+        .map(|r| {
+            let d = digest_of(r.get(0))?;
+            Ok((d, loc(r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))?))
+        })
+        .collect()
 }
 
 /// Those of `digests` that are indexed chunks.

@@ -65,9 +65,13 @@
 //! sequential read fetches adjacent chunks of one pack with one ranged GET
 //! (growing from 2 chunks to 4 MiB per GET) with four GETs in flight; a chunk
 //! stored elsewhere in the pack (deduplicated against an earlier one) comes from
-//! the cache or a GET of its own without cutting the run. Checked chunks go into
-//! the in-memory cache, so a hot blob costs no GET (but still one index query to
-//! open it).
+//! the cache or a GET of its own without cutting the run. A small file (one
+//! chunk up to 64 KiB) that is not cached is read with its neighbours: the
+//! aligned 1 MiB window of its pack around it is fetched with one GET, checked
+//! and cached whole (one fetch however many readers want the window at once),
+//! since a group commit wrote the files of an import back to back. Checked
+//! chunks go into the in-memory cache and the disk cache, and a blob a local
+//! cache holds as a chunk opens without an index query.
 //!
 //! # Errors
 //! An unreachable server, a 5xx or refused credentials is an [`Error::Storage`]
@@ -165,6 +169,9 @@ pub(super) struct Inner {
     /// How to read recently opened blobs ([`Inner::plan`]).
     plans: Mutex<Lru<[u8; 32], Arc<Plan>>>,
     disk: Option<DiskChunkCache>,
+    /// Read-aheads of pack windows in flight, shared by the readers waiting for
+    /// them (see `reader::read_ahead`).
+    read_aheads: Mutex<std::collections::HashMap<(Arc<str>, u64), reader::Flight>>,
     stats: Counters,
     committer: Mutex<Option<mpsc::UnboundedSender<writer::Handoff>>>,
 }
@@ -521,6 +528,7 @@ impl S3BlobService {
                 cache,
                 plans: Mutex::new(Lru::new(PLAN_CACHE)),
                 disk,
+                read_aheads: Mutex::new(Default::default()),
                 stats: Counters::default(),
                 committer: Mutex::new(None),
             }),

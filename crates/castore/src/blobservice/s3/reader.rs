@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
 use super::Inner;
@@ -25,6 +25,11 @@ const LOC_WINDOW: usize = 1024;
 const MAX_GET: u64 = 4 << 20;
 /// Fetched bytes checked on the reading task rather than a blocking thread.
 const INLINE_CHECK: u64 = 64 << 10;
+/// Bytes of a pack read around a small file that is not cached
+/// ([`read_ahead`]).
+const READ_AHEAD: u64 = 1 << 20;
+/// Blobs of one chunk up to this size are read with their neighbours.
+const READ_AHEAD_FILE: u64 = 64 << 10;
 /// Ranged GETs in flight ahead of the reader.
 const PREFETCH: usize = 4;
 /// Chunks of the first GET after opening or seeking; each next GET may take four
@@ -74,6 +79,10 @@ impl Plan {
     }
 }
 
+/// A read-ahead in flight, awaited by every reader that needs its window.
+pub(super) type Flight =
+    futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>;
+
 /// What one step of a read fetches.
 enum Group {
     /// A chunk found in the cache (checked when it was put there).
@@ -81,6 +90,8 @@ enum Group {
     /// Chunks in the local disk cache (checked when read from there), read
     /// together on one blocking thread; their bytes.
     Disk(Vec<[u8; 32]>, u64),
+    /// A small file's one chunk, read with its neighbours in the pack.
+    ReadAhead([u8; 32], Loc),
     /// Chunks lying back to back in one pack: one ranged GET.
     Range {
         pack: Arc<str>,
@@ -183,6 +194,10 @@ pub(super) fn chunks_from(
                         }
                     }
                 }
+                if plan.single.is_some() && c.size <= READ_AHEAD_FILE {
+                    yield Group::ReadAhead(d, loc);
+                    continue;
+                }
                 if let Some(g) = pending.take() {
                     yield g;
                     per_get = (per_get * 4).min(LOC_WINDOW);
@@ -208,6 +223,7 @@ pub(super) fn chunks_from(
                 match g? {
                     Group::Cached(b) => Ok(vec![b]),
                     Group::Disk(run, _) => from_disk(&inner, run).await,
+                    Group::ReadAhead(d, loc) => read_ahead(&inner, d, loc).await,
                     Group::Range {
                         pack,
                         start,
@@ -258,6 +274,73 @@ async fn from_disk(inner: &Arc<Inner>, run: Vec<[u8; 32]>) -> io::Result<Vec<Byt
                 .ok_or_else(|| corrupt(format!("chunk {} could not be read", B3Digest::from(*d))))
         })
         .collect()
+}
+
+/// A small file's chunk, not cached: the part of its pack around it
+/// ([`READ_AHEAD`] bytes, aligned) is fetched, checked and cached whole, once
+/// however many readers want it at the same time. A group commit writes the
+/// files of an import back to back, so a NAR of many small files then costs a
+/// ranged GET and an index query per window instead of per file (1.5 MB/s cold
+/// before). A window that fails (a damaged neighbour, say) costs nothing but the
+/// try: the file's own chunk is then fetched alone.
+async fn read_ahead(inner: &Arc<Inner>, d: [u8; 32], loc: Loc) -> io::Result<Vec<Bytes>> {
+    let window = (loc.pack.clone(), loc.offset / READ_AHEAD * READ_AHEAD);
+    let fill = {
+        let mut flights = inner
+            .read_aheads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        flights
+            .entry(window.clone())
+            .or_insert_with(|| {
+                let weak = Arc::downgrade(inner);
+                async move {
+                    let Some(inner) = weak.upgrade() else {
+                        return Err("the service is gone".to_owned());
+                    };
+                    let done = fill_window(&inner, &window.0, window.1).await;
+                    inner
+                        .read_aheads
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&window);
+                    done.map_err(|e| e.to_string())
+                }
+                .boxed()
+                .shared()
+            })
+            .clone()
+    };
+    if let Err(e) = fill.await {
+        tracing::debug!(error = %e, pack = %loc.pack, "read-ahead failed; reading the chunk alone");
+    }
+    if let Some(b) = inner.cache_get(&d) {
+        return Ok(vec![b]);
+    }
+    let end = loc.offset + u64::from(loc.stored_len);
+    let (pack, start) = (loc.pack.clone(), loc.offset);
+    fetch(inner, &pack, start, end, vec![(d, loc)]).await
+}
+
+/// Fetches, checks and caches the chunks the index places in `pack` at
+/// `start..start + READ_AHEAD`.
+async fn fill_window(inner: &Arc<Inner>, pack: &str, start: u64) -> io::Result<()> {
+    let chunks = {
+        let client = inner.client().await.map_err(Error::into_io)?;
+        super::index::neighbours(&client, pack, start, start + READ_AHEAD)
+            .await
+            .map_err(Error::into_io)?
+    };
+    let (Some(first), Some(end)) = (
+        chunks.first().map(|(_, l)| l.offset),
+        chunks
+            .iter()
+            .map(|(_, l)| l.offset + u64::from(l.stored_len))
+            .max(),
+    ) else {
+        return Ok(());
+    };
+    fetch(inner, pack, first, end, chunks).await.map(|_| ())
 }
 
 /// GETs `start..end` of `pack` and returns its chunks, each decoded and checked;
