@@ -44,6 +44,23 @@ fn what_one_daemon_stores_the_other_serves() {
     }
     copy_from_and_verify(&nix, &http2, &setup.pk, &[&top, &dep]);
 
+    // Each daemon's /metrics counts its own requests to the bucket: the
+    // uploads through one, the reads of the NARs through the other.
+    let s3_requests = |http: &str, op: &str| {
+        let (code, text) = curl(&[&format!("{http}/metrics")]);
+        assert_eq!(code, 200, "{text}");
+        let line = format!("cairn_s3_requests_total{{op=\"{op}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line} in /metrics:\n{text}"))
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(s3_requests(&http1, "PutObject") >= 1);
+    assert!(s3_requests(&http2, "GetObject") >= 1);
+    assert_eq!(s3_requests(&http2, "PutObject"), 0);
+
     let tree = nix.path("tree");
     common::make_tree(&tree);
     let imported = common::text(common::ok(common::cairn(

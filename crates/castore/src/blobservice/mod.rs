@@ -100,6 +100,28 @@ pub trait BlobService: Send + Sync {
     /// The blob's chunks (empty when stored as one piece), or `None` if it is not
     /// stored.
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error>;
+
+    /// What the backend counted of its own work since it was opened (requests
+    /// to remote storage, local cache hits), for the daemon's metrics. None by
+    /// default.
+    fn counters(&self) -> Vec<BackendCounter> {
+        Vec::new()
+    }
+}
+
+/// A count a blob backend keeps of its own work ([`BlobService::counters`]),
+/// served as a Prometheus counter `cairn_<name>_total`; counters of one name
+/// with different labels form one family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendCounter {
+    /// The metric's name, without the `cairn_` prefix and `_total` suffix.
+    pub name: &'static str,
+    /// The metric's help text (the same for every counter of a name).
+    pub help: &'static str,
+    /// The label telling this counter from the others of its name, if any.
+    pub label: Option<(&'static str, &'static str)>,
+    /// The count.
+    pub value: u64,
 }
 
 #[async_trait]
@@ -122,5 +144,8 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         (**self).chunks(digest).await
+    }
+    fn counters(&self) -> Vec<BackendCounter> {
+        (**self).counters()
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cairn_cache::metrics::HttpMetrics;
+use cairn_castore::blobservice::BackendCounter;
 use cairn_castore::embedded::{EmbeddedStore, StoreStats};
 use cairn_castore::server::metrics::GrpcMetrics;
 use cairn_castore::{BlobService, DirectoryService};
@@ -124,6 +125,8 @@ const STORE_STATS_TTL: Duration = Duration::from_secs(5);
 
 /// Reports the store's size and the path info cache's hits when scraped.
 struct StoreCollector {
+    /// For its own counters ([`BlobService::counters`]: S3 requests...).
+    blobs: Arc<dyn BlobService>,
     store: Option<EmbeddedStore>,
     paths: Option<RedbPathInfoService>,
     path_info_cache: Option<Arc<CachingPathInfoService>>,
@@ -152,12 +155,13 @@ impl StoreCollector {
         };
         let paths = match sources.info_url.strip_prefix("redb://") {
             Some(dir) => Some(
-                RedbPathInfoService::open_shared(dir, sources.blobs, sources.directories)
+                RedbPathInfoService::open_shared(dir, sources.blobs.clone(), sources.directories)
                     .with_context(|| format!("cannot open {dir} for its metrics"))?,
             ),
             None => None,
         };
         Ok(Self {
+            blobs: sources.blobs,
             store,
             paths,
             path_info_cache: sources.path_info_cache,
@@ -210,8 +214,32 @@ fn counter(
     c.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
+/// The blob backend's counters, one family per name (in the order given).
+fn backend_counters(
+    encoder: &mut DescriptorEncoder,
+    counters: &[BackendCounter],
+) -> Result<(), std::fmt::Error> {
+    let mut names: Vec<&'static str> = counters.iter().map(|c| c.name).collect();
+    names.dedup();
+    for name in names {
+        let family: Vec<&BackendCounter> = counters.iter().filter(|c| c.name == name).collect();
+        let help = family.first().map_or("", |c| c.help);
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        match family.as_slice() {
+            [one] if one.label.is_none() => ConstCounter::new(one.value).encode(metric)?,
+            _ => {
+                for c in family.iter().filter_map(|c| Some((c.label?, c.value))) {
+                    ConstCounter::new(c.1).encode(metric.encode_family(&[c.0])?)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        backend_counters(&mut encoder, &self.blobs.counters())?;
         let (stats, paths) = self.figures();
         if let Some(n) = paths {
             gauge(

@@ -101,7 +101,7 @@ pub use reader::S3BlobReader;
 pub use writer::S3BlobWriter;
 
 use crate::blobservice::{
-    BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta, DiskChunkCache,
+    BackendCounter, BlobReader, BlobService, BlobStream, BlobWriter, ChunkMeta, DiskChunkCache,
 };
 use crate::lru::Lru;
 use crate::pg::Db;
@@ -606,6 +606,46 @@ impl BlobService for S3BlobService {
 
     async fn open_write(&self) -> Box<dyn BlobWriter> {
         Box::new(S3BlobWriter::new(self.inner.clone()))
+    }
+
+    fn counters(&self) -> Vec<BackendCounter> {
+        let s = self.stats();
+        let request = |op, value| BackendCounter {
+            name: "s3_requests",
+            help: "Requests the S3 blob service made to the bucket, by operation",
+            label: Some(("op", op)),
+            value,
+        };
+        let bytes = |direction, value| BackendCounter {
+            name: "s3_bytes",
+            help: "Bytes the S3 blob service sent to (PutObject, UploadPart) and received from (GetObject) the bucket",
+            label: Some(("direction", direction)),
+            value,
+        };
+        let hits = |cache, value| BackendCounter {
+            name: "s3_cache_hits",
+            help: "Chunks the S3 blob service read from a local cache instead of the bucket",
+            label: Some(("cache", cache)),
+            value,
+        };
+        vec![
+            request("PutObject", s.puts),
+            request("CreateMultipartUpload", s.multipart_uploads),
+            request("UploadPart", s.parts),
+            request("CompleteMultipartUpload", s.completes),
+            request("AbortMultipartUpload", s.aborts),
+            request("GetObject", s.gets),
+            bytes("sent", s.put_bytes),
+            bytes("received", s.get_bytes),
+            BackendCounter {
+                name: "s3_group_commits",
+                help: "Group commits of small blobs (one pack PUT and one index transaction each)",
+                label: None,
+                value: s.group_commits,
+            },
+            hits("memory", s.cache_hits),
+            hits("disk", s.disk_hits),
+        ]
     }
 
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {

@@ -411,6 +411,14 @@ async fn fetch(
             }
             let stored = match own {
                 Some(b) => b,
+                // A copy, not a slice, of a chunk stored raw: a slice would keep
+                // the whole GET buffer (a megabyte of a read-ahead window) alive
+                // for as long as the memory cache keeps this chunk, which
+                // counts only its own bytes.
+                None if !loc.compressed && data.len() > loc.stored_len as usize => {
+                    let at = (loc.offset - start) as usize;
+                    Bytes::copy_from_slice(&data[at..at + loc.stored_len as usize])
+                }
                 None => {
                     let at = (loc.offset - start) as usize;
                     data.slice(at..at + loc.stored_len as usize)
