@@ -305,24 +305,24 @@ pub(super) async fn existing(
     rows.iter().map(|r| digest_of(r.get(0))).collect()
 }
 
-/// Whether `digest` is a stored blob or chunk.
-pub(super) async fn has(
+/// Those of `digests` that are stored blobs or chunks.
+pub(super) async fn stored(
     client: &deadpool_postgres::Client,
-    digest: &B3Digest,
-) -> Result<bool, Error> {
+    digests: &[[u8; 32]],
+) -> Result<HashSet<[u8; 32]>, Error> {
     let stmt = client
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM blob_chunks WHERE digest = $1) \
-             OR EXISTS (SELECT 1 FROM blob_lists WHERE digest = $1)",
+            "SELECT digest FROM blob_chunks WHERE digest = ANY($1) \
+             UNION ALL SELECT digest FROM blob_lists WHERE digest = ANY($1)",
         )
         .await
         .map_err(|e| db_error("prepare a blob lookup", e))?;
-    let key: &[u8] = digest.as_ref();
-    let row = client
-        .query_one(&stmt, &[&key])
+    let keys: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+    let rows = client
+        .query(&stmt, &[&keys])
         .await
-        .map_err(|e| db_error("look up a blob", e))?;
-    Ok(row.get(0))
+        .map_err(|e| db_error("look up blobs", e))?;
+    rows.iter().map(|r| digest_of(r.get(0))).collect()
 }
 
 /// Makes blobs visible in one transaction: the pack `(name, size)` their new

@@ -73,12 +73,17 @@
 //! chunks go into the in-memory cache and the disk cache, and a blob a local
 //! cache holds as a chunk opens without an index query.
 //!
+//! # Lookups
+//! `has` calls made at the same time (an import asks about every file before
+//! uploading it) are answered by one index query per batch (`has.rs`).
+//!
 //! # Errors
 //! An unreachable server, a 5xx or refused credentials is an [`Error::Storage`]
 //! naming the bucket and endpoint; requests are retried a few times (about 10 s)
 //! first, and the service keeps working once the server is back.
 
 mod config;
+mod has;
 mod index;
 mod reader;
 mod writer;
@@ -172,6 +177,8 @@ pub(super) struct Inner {
     /// Read-aheads of pack windows in flight, shared by the readers waiting for
     /// them (see `reader::read_ahead`).
     read_aheads: Mutex<std::collections::HashMap<(Arc<str>, u64), reader::Flight>>,
+    /// `has` calls waiting to be asked together.
+    has_queue: Mutex<has::Queue>,
     stats: Counters,
     committer: Mutex<Option<mpsc::UnboundedSender<writer::Handoff>>>,
 }
@@ -529,6 +536,7 @@ impl S3BlobService {
                 plans: Mutex::new(Lru::new(PLAN_CACHE)),
                 disk,
                 read_aheads: Mutex::new(Default::default()),
+                has_queue: Mutex::new(Default::default()),
                 stats: Counters::default(),
                 committer: Mutex::new(None),
             }),
@@ -573,8 +581,7 @@ impl S3BlobService {
 #[async_trait]
 impl BlobService for S3BlobService {
     async fn has(&self, digest: &B3Digest) -> Result<bool, Error> {
-        let client = self.inner.client().await?;
-        index::has(&client, digest).await
+        self.inner.has_batched(digest).await
     }
 
     async fn open_read(&self, digest: &B3Digest) -> Result<Option<Box<dyn BlobReader>>, Error> {
