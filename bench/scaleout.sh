@@ -3,10 +3,11 @@
 # machine, in one run (issue 17's numbers; compare the ratios, not the seconds):
 #  1. `cairn import` of SMALL small files (100 B to 4 KiB, in 100-file
 #     directories) and of one BIG_MIB MiB random file: into the embedded store,
-#     and into S3 (s3s-fs, real HTTP with SigV4, on loopback) + PostgreSQL
+#     and into S3 (s3s-fs, or Garage with S3_SERVER=garage: real HTTP with
+#     SigV4, on loopback) + PostgreSQL
 #     (Debian's, on loopback). Each into an empty store. Ratio s3/embedded
 #     (targets: <= 3 on small files, <= 1.5 on the large file).
-#  2. S3 requests per imported small file, counted by the S3 server (its
+#  2. S3 requests per imported small file, counted by the S3 server (s3s-fs: its
 #     `resolved route, op: ...` debug lines), not by cairn.
 #  3. NAR download through `cairn daemon` of the small-file tree's path and of
 #     the large file's: from the embedded store (hot: the second download), and
@@ -16,7 +17,11 @@
 # Needs what scripts/install-test-deps.sh installs (postgresql, s3s-fs).
 # Usage: bench/scaleout.sh   (SMALL=100000 BIG_MIB=1024 to change;
 #   CAIRN=path to use a built binary instead of building one; KEEP=1 leaves the
-#   servers running and the stores in place, for profiling a daemon on them)
+#   servers running and the stores in place, for profiling a daemon on them;
+#   S3_SERVER=garage measures against a one-node Garage instead of s3s-fs, which
+#   SHA-256s and MD5s every part and copies a multipart upload again when it is
+#   completed: `cargo install garage --version 2.5.0 --no-default-features
+#   --features sqlite,bundled-libs --root /opt/cairn-bench-tools` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL=${SMALL:-100000}
@@ -41,8 +46,16 @@ if [ -z "${CAIRN:-}" ]; then
   cargo build --release --locked -p cairn --bin cairn >&2
   CAIRN=$PWD/target/release/cairn
 fi
-S3S=$(command -v s3s-fs || echo /opt/cairn-test-tools/bin/s3s-fs)
-[ -x "$S3S" ] || { echo "s3s-fs not found: run scripts/install-test-deps.sh" >&2; exit 1; }
+S3_SERVER=${S3_SERVER:-s3s-fs}
+case "$S3_SERVER" in
+  s3s-fs)
+    S3S=$(command -v s3s-fs || echo /opt/cairn-test-tools/bin/s3s-fs)
+    [ -x "$S3S" ] || { echo "s3s-fs not found: run scripts/install-test-deps.sh" >&2; exit 1; } ;;
+  garage)
+    GARAGE=${GARAGE:-$(command -v garage || echo /opt/cairn-bench-tools/bin/garage)}
+    [ -x "$GARAGE" ] || { echo "garage not found: cargo install garage --version 2.5.0 --no-default-features --features sqlite,bundled-libs --root /opt/cairn-bench-tools" >&2; exit 1; } ;;
+  *) echo "S3_SERVER is s3s-fs or garage" >&2; exit 1 ;;
+esac
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$PGBIN/postgres" ] || { echo "PostgreSQL not found: run scripts/install-test-deps.sh" >&2; exit 1; }
 
@@ -58,25 +71,61 @@ as_pg "$PGBIN/postgres" -D "$W/pg" -k "$W/pgsock" -p "$PGPORT" -c listen_address
 PIDS+=($!)
 S3PORT=$(free_port)
 mkdir -p "$W/s3"
-export AWS_ACCESS_KEY_ID=cairnbench AWS_SECRET_ACCESS_KEY=cairnbenchsecret
-RUST_LOG=s3s::ops=debug "$S3S" --host 127.0.0.1 --port "$S3PORT" \
-  --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$W/s3" >"$W/s3.log" 2>&1 &
-S3PID=$!
+if [ "$S3_SERVER" = s3s-fs ]; then
+  export AWS_ACCESS_KEY_ID=cairnbench AWS_SECRET_ACCESS_KEY=cairnbenchsecret
+  RUST_LOG=s3s::ops=debug "$S3S" --host 127.0.0.1 --port "$S3PORT" \
+    --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$W/s3" >"$W/s3.log" 2>&1 &
+  S3PID=$!
+  new_bucket() { mkdir -p "$W/s3/$1"; }
+else
+  # One Garage node; no compression of its own (cairn compresses chunks
+  # already), as an operator would run it under cairn.
+  RPCPORT=$(free_port)
+  cat >"$W/garage.toml" <<EOF
+metadata_dir = "$W/s3/meta"
+data_dir = "$W/s3/data"
+db_engine = "sqlite"
+replication_factor = 1
+compression_level = "none"
+rpc_bind_addr = "127.0.0.1:$RPCPORT"
+rpc_public_addr = "127.0.0.1:$RPCPORT"
+rpc_secret = "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+[s3_api]
+s3_region = "us-east-1"
+api_bind_addr = "127.0.0.1:$S3PORT"
+root_domain = ".s3.localhost"
+EOF
+  garage() { "$GARAGE" -c "$W/garage.toml" "$@"; }
+  RUST_LOG=warn "$GARAGE" -c "$W/garage.toml" server >"$W/s3.log" 2>&1 &
+  S3PID=$!
+  for _ in $(seq 100); do garage status >/dev/null 2>&1 && break; sleep 0.2; done
+  node=$(garage node id -q | cut -d@ -f1)
+  garage layout assign -z dc1 -c 100G "$node" >/dev/null
+  garage layout apply --version 1 >/dev/null
+  export AWS_ACCESS_KEY_ID=GK$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  export AWS_SECRET_ACCESS_KEY=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  garage key import --yes -n bench "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" >/dev/null
+  new_bucket() {
+    garage bucket create "$1" >/dev/null
+    garage bucket allow --read --write --owner "$1" --key bench >/dev/null
+  }
+fi
 PIDS+=("$S3PID")
 for _ in $(seq 100); do
   as_pg "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PGPORT" && break
   sleep 0.1
 done
+# S3 requests as the server saw them (s3s-fs's debug lines; none on Garage).
 s3_ops() { grep -c 'resolved route, op:' "$W/s3.log" || true; }
 s3_ops_by_kind() { grep -o 'resolved route, op: [A-Za-z]*' "$W/s3.log" | awk '{print $4}' | sort | uniq -c | tr '\n' ' '; }
 
-# One database and one bucket (a directory in s3s-fs's root) per store; sets
+# One database and one bucket per store; sets
 # STORE_FLAGS to the three --*-service-addr flags (not in a subshell: N counts).
 N=0
 new_s3_store() {
   N=$((N + 1))
   as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$PGPORT" -U cairn "bench$N"
-  mkdir -p "$W/s3/bench$N"
+  new_bucket "bench$N"
   local pg="postgres://cairn@127.0.0.1:$PGPORT/bench$N"
   local index
   index=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$pg")
@@ -143,7 +192,7 @@ for tree in small big; do
   [ "${PATHS_EMB[$tree]}" = "${PATHS_S3[$tree]}" ] || { echo "store paths differ: ${PATHS_EMB[$tree]} vs ${PATHS_S3[$tree]}" >&2; exit 1; }
   printf '%-6s %-28s %10.2f %10.2f %8.2f  %s\n' "$tree" "import (s)" "$te" "$ts" "$(echo "$ts / $te" | bc -l)" "$(load)"
   printf '%-6s %-28s %10s %10s %8s  (S3 server %.2f s, PostgreSQL %.2f s)\n' "$tree" "import CPU, cairn (s)" "$cpu_emb" "$cpu_s3" - "$s3_cpu" "$pg_cpu1"
-  if [ "$tree" = small ]; then
+  if [ "$tree" = small ] && [ "$S3_SERVER" = s3s-fs ]; then
     printf '%-6s %-28s %10s %10.4f %8s  (%s requests: %s)\n' small "S3 requests per file" - \
       "$(echo "($after - $before) / $SMALL" | bc -l)" - "$((after - before))" "$(s3_ops_by_kind)"
   fi
