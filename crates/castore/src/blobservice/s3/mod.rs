@@ -365,7 +365,7 @@ impl Inner {
         Some(raw)
     }
 
-    /// Chunks from the local disk cache, checked; into the memory cache too.
+    /// Chunks from the local disk cache, checked.
     async fn disk_get_many(&self, digests: &[[u8; 32]]) -> Vec<Option<Bytes>> {
         let Some(disk) = &self.disk else {
             return vec![None; digests.len()];
@@ -376,12 +376,13 @@ impl Inner {
         let got = disk
             .get_many(digests.iter().map(|d| B3Digest::from(*d)).collect())
             .await;
-        for (d, g) in digests.iter().zip(&got) {
-            if let Some(raw) = g {
-                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
-                self.cache_put(*d, raw.clone());
-            }
-        }
+        // Not into the memory cache: these are slices of one buffer for the
+        // whole run, which a cached slice would keep alive; and a run is part
+        // of a large blob read in order, which would only flush the cache.
+        let hits = got.iter().filter(|g| g.is_some()).count();
+        self.stats
+            .disk_hits
+            .fetch_add(hits as u64, Ordering::Relaxed);
         got
     }
 
