@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::future::Future;
 use std::io::SeekFrom;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -56,6 +56,19 @@ const KEPT_READERS: usize = 16;
 /// blob reader's own read-ahead).
 const SKIP_MAX: u64 = 8 << 20;
 
+/// Skipped bytes kept across all files (see [`SKIP_MAX`]); past it a read ahead
+/// of its stream seeks instead.
+const SKIP_TOTAL: usize = 32 << 20;
+
+/// Streams kept per file: readers of one file at different places (16 threads
+/// reading one file) each continue their own instead of moving one back and
+/// forth.
+const STREAMS_PER_FILE: usize = 4;
+
+/// Files whose streams are kept, the least recently read dropped first. The
+/// kernel does not tell when a file is closed (opens are its own, see `open`).
+const FILES: usize = 64;
+
 /// Bytes (roughly) of directories kept decoded.
 const DIR_CACHE: usize = 16 << 20;
 
@@ -84,21 +97,62 @@ struct Inner {
     options: Options,
     inodes: Inodes,
     dirs: Mutex<Lru<B3Digest, Arc<Directory>>>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files read lately, by inode.
+    files: Mutex<Lru<u64, Arc<OpenFile>>>,
+    /// Whether the kernel handles opens itself (see `open`).
+    no_open: AtomicBool,
+    /// Whether the kernel handles directory opens itself (see `opendir`).
+    no_opendir: AtomicBool,
     /// Root listings taken at `opendir` (with `--list-root`), by handle.
     listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_handle: AtomicU64,
     kept_readers: Arc<AtomicUsize>,
+    /// Bytes kept by streams for reads ahead of them, in all files.
+    skipped_total: Arc<AtomicUsize>,
     uid: u32,
     gid: u32,
 }
 
-/// An open file: its blob, and one stream of it kept open between reads, so that
-/// sequential reads continue it (and its read-ahead) instead of seeking.
+/// A file being read: its blob, and streams of it kept open between reads, so
+/// that sequential reads continue one (and its read-ahead) instead of seeking.
 struct OpenFile {
     digest: B3Digest,
     size: u64,
-    stream: tokio::sync::Mutex<Stream>,
+    streams: [tokio::sync::Mutex<Stream>; STREAMS_PER_FILE],
+    /// Each stream's position, readable while another request holds the stream.
+    positions: [AtomicU64; STREAMS_PER_FILE],
+}
+
+impl OpenFile {
+    fn new(digest: B3Digest, size: u64) -> Self {
+        OpenFile {
+            digest,
+            size,
+            streams: Default::default(),
+            positions: Default::default(),
+        }
+    }
+
+    /// The stream for a read at `offset`: a free one at or a little before it,
+    /// else any free one, else (all busy) one chosen by the offset.
+    async fn stream(&self, offset: u64) -> (usize, tokio::sync::MutexGuard<'_, Stream>) {
+        let near = |i: usize| {
+            let pos = self.positions[i].load(Ordering::Relaxed);
+            pos <= offset && offset - pos <= SKIP_MAX
+        };
+        for i in (0..STREAMS_PER_FILE).filter(|&i| near(i)) {
+            if let Ok(stream) = self.streams[i].try_lock() {
+                return (i, stream);
+            }
+        }
+        for (i, stream) in self.streams.iter().enumerate() {
+            if let Ok(stream) = stream.try_lock() {
+                return (i, stream);
+            }
+        }
+        let i = (offset / SKIP_MAX) as usize % STREAMS_PER_FILE;
+        (i, self.streams[i].lock().await)
+    }
 }
 
 #[derive(Default)]
@@ -107,27 +161,51 @@ struct Stream {
     reader: Option<(u64, Box<dyn BlobReader>, KeptReader)>,
     /// Verified bytes the stream read past for reads that came ahead of their
     /// turn, by offset, oldest first; at most [`SKIP_MAX`] bytes.
-    skipped: VecDeque<(u64, Bytes)>,
+    skipped: VecDeque<(u64, Bytes, Held)>,
 }
 
 impl Stream {
     /// `len` bytes at `offset` from the skipped bytes, if one piece holds them.
-    fn skipped(&self, offset: u64, len: usize) -> Option<Bytes> {
-        self.skipped.iter().find_map(|(start, bytes)| {
-            let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
-            (from + len <= bytes.len()).then(|| bytes.slice(from..from + len))
-        })
+    /// A piece read to its end is dropped: the kernel caches what it was given
+    /// and asks for each range once.
+    fn take_skipped(&mut self, offset: u64, len: usize) -> Option<Bytes> {
+        let (i, from) = self
+            .skipped
+            .iter()
+            .enumerate()
+            .find_map(|(i, (start, bytes, _))| {
+                let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
+                (from + len <= bytes.len()).then_some((i, from))
+            })?;
+        let piece = &self.skipped[i].1;
+        let bytes = piece.slice(from..from + len);
+        if from + len == piece.len() {
+            self.skipped.remove(i);
+        }
+        Some(bytes)
     }
 
-    fn skip(&mut self, offset: u64, bytes: Bytes) {
-        let mut held: usize = self.skipped.iter().map(|(_, b)| b.len()).sum();
+    /// Keeps `bytes` (at `offset`), counted in `total` while kept.
+    fn skip(&mut self, offset: u64, bytes: Bytes, total: &Arc<AtomicUsize>) {
+        let mut held: usize = self.skipped.iter().map(|(_, b, _)| b.len()).sum();
         while held + bytes.len() > SKIP_MAX as usize {
             match self.skipped.pop_front() {
-                Some((_, old)) => held -= old.len(),
+                Some((_, old, _)) => held -= old.len(),
                 None => break,
             }
         }
-        self.skipped.push_back((offset, bytes));
+        total.fetch_add(bytes.len(), Ordering::Relaxed);
+        let held = Held(total.clone(), bytes.len());
+        self.skipped.push_back((offset, bytes, held));
+    }
+}
+
+/// Bytes counted in a total while this lives.
+struct Held(Arc<AtomicUsize>, usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -165,10 +243,13 @@ impl StoreFs {
                 options,
                 inodes: Inodes::default(),
                 dirs: Mutex::new(Lru::new(DIR_CACHE)),
-                files: Mutex::new(HashMap::new()),
+                files: Mutex::new(Lru::new(FILES)),
+                no_open: AtomicBool::new(false),
+                no_opendir: AtomicBool::new(false),
                 listings: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
                 kept_readers: Arc::new(AtomicUsize::new(0)),
+                skipped_total: Arc::new(AtomicUsize::new(0)),
                 uid: rustix::process::geteuid().as_raw(),
                 gid: rustix::process::getegid().as_raw(),
             }),
@@ -288,8 +369,8 @@ impl Inner {
     /// bytes its stream skipped earlier, or from the stream, moved there first.
     async fn read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Bytes, Errno> {
         let what = || format!("blob {}", file.digest);
-        let mut stream = file.stream.lock().await;
-        if let Some(bytes) = stream.skipped(offset, len) {
+        let (index, mut stream) = file.stream(offset).await;
+        if let Some(bytes) = stream.take_skipped(offset, len) {
             return Ok(bytes);
         }
         let (pos, mut reader, kept) = match stream.reader.take() {
@@ -305,13 +386,15 @@ impl Inner {
         };
         // On any error the reader is dropped: the next read opens a new one (a
         // daemon restarted meanwhile is then reached again).
-        if offset > pos && offset - pos <= SKIP_MAX {
-            let mut gap = vec![0; (offset - pos) as usize];
+        let gap = offset.saturating_sub(pos);
+        let room = self.skipped_total.load(Ordering::Relaxed) + gap as usize <= SKIP_TOTAL;
+        if offset > pos && gap <= SKIP_MAX && room {
+            let mut bytes = vec![0; gap as usize];
             reader
-                .read_exact(&mut gap)
+                .read_exact(&mut bytes)
                 .await
                 .map_err(|e| eio(&what(), e))?;
-            stream.skip(pos, gap.into());
+            stream.skip(pos, bytes.into(), &self.skipped_total);
         } else if offset != pos {
             reader
                 .seek(SeekFrom::Start(offset))
@@ -330,6 +413,7 @@ impl Inner {
         if end < file.size && self.kept_readers.load(Ordering::Relaxed) <= KEPT_READERS {
             stream.reader = Some((end, reader, kept));
         }
+        file.positions[index].store(end, Ordering::Relaxed);
         Ok(buf.into())
     }
 
@@ -348,6 +432,20 @@ fn file_type(node: &Node) -> FileType {
 
 impl Filesystem for StoreFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.inner.no_open.store(
+            config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT),
+            Ordering::Relaxed,
+        );
+        // Only without --list-root: the root's listing is taken at its opendir.
+        self.inner.no_opendir.store(
+            !self.inner.options.list_root
+                && config
+                    .capabilities()
+                    .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Relaxed,
+        );
         // Each is an optimisation; a kernel without one still works.
         let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
         if let Err(missing) = config.add_capabilities(wanted) {
@@ -399,47 +497,53 @@ impl Filesystem for StoreFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        let (digest, size) = match self.inner.inodes.get(ino.0).map(|e| e.node) {
-            Some(Node::File { digest, size, .. }) => (digest, size),
+        match self.inner.inodes.get(ino.0).map(|e| e.node) {
+            Some(Node::File { .. }) => {}
             Some(Node::Directory { .. }) => return reply.error(Errno::EISDIR),
             Some(Node::Symlink { .. }) => return reply.error(Errno::ELOOP),
             None => return reply.error(Errno::ENOENT),
-        };
-        let fh = self.inner.handle();
-        let file = Arc::new(OpenFile {
-            digest,
-            size,
-            stream: tokio::sync::Mutex::new(Stream::default()),
-        });
-        self.inner
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(fh, file);
+        }
+        // Nothing is kept per open: reads find their file by inode. A kernel
+        // that can open files itself is told so by ENOSYS, once: then no open
+        // or release is sent at all (two round trips less for each file a
+        // `tar` reads), and it keeps cached pages across opens.
+        if self.inner.no_open.load(Ordering::Relaxed) {
+            return reply.error(Errno::ENOSYS);
+        }
         // Contents never change: pages cached by an earlier open stay valid.
-        reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let file = self
-            .inner
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&fh.0)
-            .cloned();
-        let Some(file) = file else {
-            return reply.error(Errno::EBADF);
+        let file = {
+            let mut files = self
+                .inner
+                .files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match files.get(&ino.0) {
+                Some(file) => file.clone(),
+                None => {
+                    let Some(Node::File { digest, size, .. }) =
+                        self.inner.inodes.get(ino.0).map(|e| e.node)
+                    else {
+                        return reply.error(Errno::EBADF);
+                    };
+                    let file = Arc::new(OpenFile::new(digest, size));
+                    files.insert(ino.0, file.clone(), 1);
+                    file
+                }
+            }
         };
         let len = file.size.saturating_sub(offset).min(u64::from(size));
         if len == 0 {
@@ -455,25 +559,12 @@ impl Filesystem for StoreFs {
         });
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.inner
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&fh.0);
-        reply.ok();
-    }
-
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.inner.no_opendir.load(Ordering::Relaxed) {
+            // As `open`: the kernel opens directories itself from now on, and
+            // caches their listings.
+            return reply.error(Errno::ENOSYS);
+        }
         if ino.0 != ROOT {
             // A directory's listing never changes: the kernel may cache it.
             return reply.opened(
@@ -589,8 +680,9 @@ impl Filesystem for StoreFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written.
-        reply.ok();
+        // Nothing is ever written. ENOSYS tells the kernel so once: it stops
+        // sending a flush at every close (a round trip per file in a `tar`).
+        reply.error(Errno::ENOSYS);
     }
 
     fn getxattr(
@@ -623,5 +715,38 @@ impl Filesystem for StoreFs {
         // Read-only, with nothing free; sizes of the whole store are not known
         // without enumerating it.
         reply.statfs(0, 0, 0, 0, 0, BLKSIZE, 255, BLKSIZE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_bytes_serve_reads_inside_one_piece_and_stay_bounded() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut stream = Stream::default();
+        let piece: Bytes = (0..=255u8).cycle().take(1000).collect::<Vec<_>>().into();
+        stream.skip(5000, piece.clone(), &total);
+        assert_eq!(total.load(Ordering::Relaxed), 1000);
+        assert_eq!(stream.take_skipped(5100, 10), Some(piece.slice(100..110)));
+        assert_eq!(stream.take_skipped(4999, 10), None);
+        assert_eq!(stream.take_skipped(5995, 10), None, "runs past the piece");
+        // Read to its end, the piece is dropped.
+        assert_eq!(stream.take_skipped(5000, 1000), Some(piece.clone()));
+        assert_eq!(stream.take_skipped(5000, 1), None);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        // Older pieces go first once a stream's bound is reached.
+        stream.skip(0, piece, &total);
+        let big = Bytes::from(vec![0; SKIP_MAX as usize - 500]);
+        stream.skip(1 << 30, big, &total);
+        assert_eq!(stream.take_skipped(0, 1), None);
+        assert_eq!(
+            stream.take_skipped(1 << 30, 1),
+            Some(Bytes::from_static(&[0]))
+        );
+        assert_eq!(total.load(Ordering::Relaxed), SKIP_MAX as usize - 500);
+        drop(stream);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
     }
 }
