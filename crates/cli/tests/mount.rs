@@ -2,7 +2,8 @@
 //! mount equal the originals (`nix-store --dump`, `diff -r`), reads at random
 //! offsets and by 16 readers at once, a corrupted chunk gives EIO while the rest
 //! reads, a mount of a daemon over gRPC survives the daemon's restart, and
-//! SIGTERM or an unmount from outside end the mount without leaving it behind.
+//! SIGTERM or an unmount from outside end the mount without leaving it behind,
+//! and only `--allow-other` lets another user in.
 //!
 //! Needs `/dev/fuse`, root or `fusermount3` (Debian's `fuse3`), and Nix, which
 //! `./test.sh` installs; without them these tests fail, they never skip.
@@ -463,4 +464,42 @@ fn sigterm_or_an_unmount_from_outside_ends_the_mount() {
         "cairn mount exited with {exit} after an unmount"
     );
     assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn only_the_mounting_user_reads_unless_allow_other() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Other users must reach the mount point.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("x");
+    fs::write(&src, b"for everyone").unwrap();
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let mnt = tmp.path().join("mnt");
+    let as_nobody = |m: &Mounted| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(m.path(&name))
+            .output()
+            .unwrap()
+    };
+
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    let out = as_nobody(&m);
+    assert!(
+        !out.status.success(),
+        "another user read a mount without --allow-other"
+    );
+    m.stop("-TERM");
+
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data), "--allow-other"]);
+    let out = as_nobody(&m);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"for everyone");
+    m.stop("-TERM");
 }
