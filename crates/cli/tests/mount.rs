@@ -1,9 +1,9 @@
 //! `cairn mount` against the real kernel FUSE: generated trees read through the
 //! mount equal the originals (`nix-store --dump`, `diff -r`), reads at random
 //! offsets and by 16 readers at once, a corrupted chunk gives EIO while the rest
-//! reads, a mount of a daemon over gRPC survives the daemon's restart, and
-//! SIGTERM or an unmount from outside end the mount without leaving it behind,
-//! and only `--allow-other` lets another user in.
+//! reads, a mount of a daemon over gRPC survives the daemon's restart, SIGTERM
+//! or an unmount from outside end the mount without leaving it behind, and only
+//! `--allow-other` lets another user in.
 //!
 //! Needs `/dev/fuse`, root or `fusermount3` (Debian's `fuse3`), and Nix, which
 //! `./test.sh` installs; without them these tests fail, they never skip.
