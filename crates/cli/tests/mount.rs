@@ -395,6 +395,10 @@ fn a_mount_of_a_daemon_over_grpc_survives_its_restart() {
     let m = Mounted::start(&mnt, &["--store", &url]);
     let dir = m.path(&name);
     assert!(fs::read(dir.join("f0")).unwrap() == contents[0]);
+    // The data directory's daemon serves a mount of it through its socket too.
+    let by_socket = Mounted::start(&tmp.path().join("mnt2"), &["--data-dir", s(&data)]);
+    assert!(fs::read(by_socket.path(&name).join("f2")).unwrap() == contents[2]);
+    by_socket.stop("-TERM");
 
     stop_daemon(daemon);
     // During the gap a read fails (EIO), it does not hang or return other bytes.
