@@ -4,6 +4,8 @@
 #     compare against; nix-setup-systemd for the nixbld group that chroot stores need
 #   * xz-utils, zstd: compressors the binary cache tests feed to Nix
 #   * systemd: systemd-analyze, which checks the unit file under contrib/
+#   * fuse3: fusermount3 and the FUSE mount helper, for the `cairn mount` tests
+#     (crates/cli/tests/mount.rs; they also need /dev/fuse, and fail without it)
 #   * postgresql: the PostgreSQL server the PostgreSQL backends' tests start
 #   * a venv at $CAIRN_TEST_VENV (default /opt/cairn-test-venv) with grpcio,
 #     grpcio-reflection and protobuf, for the reflection-based gRPC client in
@@ -21,7 +23,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 
 need=()
-for p in nix-bin xz-utils zstd curl python3-venv systemd; do
+for p in nix-bin xz-utils zstd curl python3-venv systemd fuse3; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -73,6 +73,11 @@ enum Command {
     /// checking every blob, and compare its hash and size with the path info.
     /// Exits non-zero naming each path that fails.
     Verify(cmd::paths::VerifyArgs),
+    /// Mount the store as a lazy, read-only filesystem (FUSE): every registered
+    /// store path is MOUNTPOINT/<hash>-<name>, its files fetched and verified as
+    /// they are read. Serves until SIGINT or SIGTERM (then unmounts) or an unmount
+    /// from outside (`fusermount3 -u MOUNTPOINT`).
+    Mount(cmd::mount::MountArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => cmd::paths::ls(a),
         Command::Cat(a) => cmd::paths::cat(a),
         Command::Verify(a) => cmd::paths::verify(a),
+        Command::Mount(a) => cmd::mount::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,7 @@ pub mod daemon_http;
 pub mod daemon_metrics;
 pub mod import;
 pub mod key;
+pub mod mount;
 pub mod nar;
 pub mod paths;
 pub mod store;

@@ -1,0 +1,509 @@
+//! `cairn mount` against the real kernel FUSE: generated trees read through the
+//! mount equal the originals (`nix-store --dump`, `diff -r`), reads at random
+//! offsets and by 16 readers at once, a corrupted chunk gives EIO while the rest
+//! reads, a mount of a daemon over gRPC survives the daemon's restart, SIGTERM
+//! or an unmount from outside end the mount without leaving it behind, and only
+//! `--allow-other` lets another user in.
+//!
+//! Needs `/dev/fuse`, root or `fusermount3` (Debian's `fuse3`), and Nix, which
+//! `./test.sh` installs; without them these tests fail, they never skip.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use cairn_testkit::data::pseudo_random;
+use common::*;
+
+/// A running `cairn mount`; dropping it unmounts (lazily, so a test failing with
+/// a file open still leaves no mount behind) and kills the process.
+struct Mounted {
+    child: Option<Child>,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    /// `cairn mount MOUNTPOINT ARGS` (a new directory `mountpoint`), once it
+    /// says it is mounted; panics with its error if it fails.
+    fn start(mountpoint: &Path, args: &[&str]) -> Mounted {
+        fs::create_dir_all(mountpoint).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("mount")
+            .arg(mountpoint)
+            .args(args)
+            .env_remove("CAIRN_STORE")
+            .env_remove("BLOB_SERVICE_ADDR")
+            .env_remove("DIRECTORY_SERVICE_ADDR")
+            .env_remove("PATH_INFO_SERVICE_ADDR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Warnings may come first (a data directory not closed cleanly).
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mounted = Mounted {
+            child: Some(child),
+            mountpoint: mountpoint.to_owned(),
+        };
+        let mut said = String::new();
+        loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("cairn mount did not mount: {said}");
+            }
+            said.push_str(&line);
+            if line.starts_with("mounted the store on") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        assert!(
+            is_mounted(mountpoint),
+            "{said}, but /proc/mounts has no entry"
+        );
+        mounted
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mountpoint.join(name)
+    }
+
+    /// Sends `signal` and waits for the exit, which must be a success.
+    fn stop(mut self, signal: &str) {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([signal, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let exit = wait_for(&mut child, Duration::from_secs(20));
+        assert!(
+            exit.success(),
+            "cairn mount exited with {exit} after {signal}"
+        );
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn wait_for(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "cairn mount did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `/proc/mounts` lists `path` as a mount point.
+fn is_mounted(path: &Path) -> bool {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    // /proc/mounts escapes space, tab, newline and backslash as octal.
+    let want = path.to_str().unwrap().replace(' ', "\\040");
+    fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// `make_tree`'s tree with a multi-chunk file of pseudo-random bytes.
+fn make_full_tree(root: &Path) -> Vec<u8> {
+    make_tree(root);
+    let big = pseudo_random(6 << 20, 7);
+    write(&root.join("big"), &big, 0o644);
+    big
+}
+
+/// Imports `paths` into `data`, returning their store paths' basenames.
+fn import(data: &Path, paths: &[PathBuf]) -> Vec<String> {
+    let mut args = vec!["import"];
+    args.extend(paths.iter().map(|p| s(p)));
+    text(ok(cairn_at(data, &args, None)))
+        .lines()
+        .map(|l| l.strip_prefix("/nix/store/").unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn mounted_paths_dump_and_diff_as_the_originals() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("tree");
+    make_full_tree(&root);
+    let data = tmp.path().join("data");
+    let roots = [
+        "",
+        "empty-file",
+        "empty-dir",
+        "exec-755",
+        "big",
+        "links/odd-target",
+        "links/long-4095",
+        "names",
+        "deep",
+    ];
+    let originals: Vec<PathBuf> = roots.iter().map(|r| root.join(r)).collect();
+    let names = import(&data, &originals);
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+
+    for (original, name) in originals.iter().zip(&names) {
+        let theirs = nix("nix-store", &["--dump", s(original)]);
+        let ours = nix("nix-store", &["--dump", s(&m.path(name))]);
+        assert!(ours == theirs, "nix-store --dump of {name} differs");
+    }
+    let diff = Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(&root)
+        .arg(m.path(&names[0]))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r found differences: {}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+
+    // What stat says: Nix's modes and mtime, sizes, stable inodes.
+    let tree = m.path(&names[0]);
+    let meta = |p: &str| fs::symlink_metadata(tree.join(p)).unwrap();
+    assert_eq!(meta("sizes/f4097").mode() & 0o7777, 0o444);
+    assert_eq!(meta("sizes/f4097").len(), 4097);
+    assert_eq!(meta("big").len(), 6 << 20);
+    assert_eq!(meta("big").blocks(), (6 << 20) / 512);
+    assert_eq!(meta("exec-100").mode() & 0o7777, 0o555);
+    assert_eq!(meta("deep").mode() & 0o7777, 0o555);
+    assert!(meta("deep").is_dir());
+    assert!(meta("links/dangling").file_type().is_symlink());
+    assert_eq!(meta("links/long-4095").len(), 4095);
+    for p in ["", "big", "deep", "links/relative"] {
+        assert_eq!(meta(p).mtime(), 1, "{p}");
+    }
+    assert_eq!(meta("big").ino(), meta("big").ino());
+    assert_ne!(meta("big").ino(), meta("exec-755").ino());
+    let target = fs::read_link(tree.join("links/odd-target")).unwrap();
+    assert_eq!(target.as_os_str().as_bytes(), b"with space\nand newline");
+
+    // Read-only.
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(tree.join("exec-755"))
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(30), "{err}"); // EROFS
+    assert!(fs::write(tree.join("new"), b"x").is_err());
+    assert!(fs::create_dir(tree.join("newdir")).is_err());
+
+    // The root is not listed without --list-root, and unknown names are absent.
+    assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
+    let absent = "00000000000000000000000000000000-nothing";
+    assert_eq!(
+        fs::metadata(m.path(absent)).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        fs::metadata(m.path("not-a-store-path")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // A registered hash with another name is not that path.
+    let other_name = format!("{}-other", &names[1][..32]);
+    assert_eq!(
+        fs::metadata(m.path(&other_name)).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    m.stop("-TERM");
+
+    // With --list-root, ls lists every path.
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data), "--list-root"]);
+    let mut listed: Vec<String> = fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    m.stop("-TERM");
+}
+
+#[test]
+fn random_reads_and_sixteen_concurrent_readers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let files: Vec<Vec<u8>> = (0..4)
+        .map(|i| pseudo_random((3 << 20) + i * 100_003, 100 + i as u64))
+        .collect();
+    for (i, f) in files.iter().enumerate() {
+        write(&src.join(format!("f{i}")), f, 0o644);
+    }
+    let data = tmp.path().join("data");
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    let dir = m.path(&name);
+
+    // Random offsets and lengths, on a fresh mount (nothing in the page cache),
+    // each read at its offset without reading from the start.
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let file = fs::File::open(dir.join("f0")).unwrap();
+    for _ in 0..300 {
+        let off = (next() % files[0].len() as u64) as usize;
+        let len = (next() % (1 << 20)) as usize + 1;
+        let mut buf = vec![0; len];
+        let n = read_at_most(&file, &mut buf, off as u64);
+        let want = &files[0][off..(off + len).min(files[0].len())];
+        assert!(&buf[..n] == want, "read of {len} at {off} differs");
+    }
+    // Past the end: nothing.
+    assert_eq!(read_at_most(&file, &mut [0; 10], files[0].len() as u64), 0);
+    drop(file);
+
+    // 16 readers at once: 8 on one file, 8 spread over the others, each reading
+    // its file from a different starting point, wrapping around.
+    std::thread::scope(|scope| {
+        for t in 0..16usize {
+            let (dir, files) = (&dir, &files);
+            scope.spawn(move || {
+                let i = if t < 8 { 1 } else { t % 4 };
+                let want = &files[i];
+                let f = fs::File::open(dir.join(format!("f{i}"))).unwrap();
+                let start = t * 65_537 % want.len();
+                let mut got = vec![0; want.len()];
+                let mut off = start;
+                while off < want.len() {
+                    let end = (off + 200_000).min(want.len());
+                    f.read_exact_at(&mut got[off..end], off as u64).unwrap();
+                    off = end;
+                }
+                f.read_exact_at(&mut got[..start], 0).unwrap();
+                assert!(&got == want, "reader {t} of f{i} got other bytes");
+            });
+        }
+    });
+    m.stop("-INT");
+}
+
+/// Reads into `buf` at `off` until it is full or the file ends; the bytes read.
+fn read_at_most(file: &fs::File, buf: &mut [u8], off: u64) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], off + n as u64).unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    n
+}
+
+/// The largest file under `dir`.
+fn largest_file(dir: &Path) -> PathBuf {
+    let mut best = (0, PathBuf::new());
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let len = fs::metadata(&p).unwrap().len();
+        if len > best.0 {
+            best = (len, p);
+        }
+    }
+    best.1
+}
+
+#[test]
+fn a_corrupted_chunk_is_eio_and_the_rest_still_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let big = pseudo_random(4 << 20, 11);
+    write(&src.join("big"), &big, 0o644);
+    let data = tmp.path().join("data");
+    // The big file first, alone: its chunks are then the start of the first pack.
+    let big_name = import(&data, &[src.join("big")]).remove(0);
+    let pack = largest_file(&data.join("packs"));
+    let big_end = fs::metadata(&pack).unwrap().len() as usize;
+    let small = pseudo_random(100_000, 12);
+    write(&src.join("small"), &small, 0o755);
+    let small_name = import(&data, &[src.join("small")]).remove(0);
+
+    let mut bytes = fs::read(&pack).unwrap();
+    bytes[big_end / 2] ^= 0x55;
+    fs::write(&pack, &bytes).unwrap();
+
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    let err = fs::read(m.path(&big_name)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "reading a corrupt file: {err}"); // EIO
+    // The chunks before the damage still read, and they are the right bytes.
+    let f = fs::File::open(m.path(&big_name)).unwrap();
+    let mut head = vec![0; 100_000];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head[..] == big[..100_000]);
+    drop(f);
+    // Asked again, still EIO: never a short or wrong answer.
+    let err = fs::read(m.path(&big_name)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    // Everything else is served.
+    assert!(fs::read(m.path(&small_name)).unwrap() == small);
+    m.stop("-TERM");
+}
+
+#[test]
+fn a_mount_of_a_daemon_over_grpc_survives_its_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| pseudo_random(2 << 20, 20 + i)).collect();
+    for (i, c) in contents.iter().enumerate() {
+        write(&src.join(format!("f{i}")), c, 0o644);
+    }
+    let data = tmp.path().join("data");
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let (daemon, url) = start_daemon(&data);
+    let addr = url.strip_prefix("grpc+http://").unwrap().to_owned();
+    let mnt = tmp.path().join("mnt");
+    let m = Mounted::start(&mnt, &["--store", &url]);
+    let dir = m.path(&name);
+    assert!(fs::read(dir.join("f0")).unwrap() == contents[0]);
+    // The data directory's daemon serves a mount of it through its socket too.
+    let by_socket = Mounted::start(&tmp.path().join("mnt2"), &["--data-dir", s(&data)]);
+    assert!(fs::read(by_socket.path(&name).join("f2")).unwrap() == contents[2]);
+    by_socket.stop("-TERM");
+
+    stop_daemon(daemon);
+    // During the gap a read fails (EIO), it does not hang or return other bytes.
+    let err = fs::read(dir.join("f1")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+
+    // The daemon again, on the same address.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+    cmd.args(["daemon", "--listen", &addr, "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    first_line(&mut child);
+    let daemon = Daemon(Some(child));
+    // The client reconnects on its own; give it a few seconds of backoff.
+    let start = Instant::now();
+    let f1 = loop {
+        match fs::read(dir.join("f1")) {
+            Ok(bytes) => break bytes,
+            Err(e) if start.elapsed() < Duration::from_secs(15) => {
+                assert_eq!(e.raw_os_error(), Some(5), "{e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("reads did not resume after the restart: {e}"),
+        }
+    };
+    assert!(f1 == contents[1]);
+    assert!(fs::read(dir.join("f2")).unwrap() == contents[2]);
+    m.stop("-TERM");
+    stop_daemon(daemon);
+}
+
+#[test]
+fn sigterm_or_an_unmount_from_outside_ends_the_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("x");
+    fs::write(&src, b"x").unwrap();
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let mnt = tmp.path().join("mnt");
+
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    assert_eq!(fs::read(m.path(&name)).unwrap(), b"x");
+    m.stop("-TERM");
+    assert!(!is_mounted(&mnt), "a stale mount after SIGTERM");
+    assert!(fs::read(mnt.join(&name)).is_err());
+
+    // Unmounted from outside: the process notices and exits.
+    let mut m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    assert_eq!(fs::read(m.path(&name)).unwrap(), b"x");
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .output()
+        .expect("fusermount3 (Debian's fuse3) is needed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = m.child.take().unwrap();
+    let exit = wait_for(&mut child, Duration::from_secs(20));
+    assert!(
+        exit.success(),
+        "cairn mount exited with {exit} after an unmount"
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn only_the_mounting_user_reads_unless_allow_other() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // Other users must reach the mount point.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let data = tmp.path().join("data");
+    let src = tmp.path().join("x");
+    fs::write(&src, b"for everyone").unwrap();
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let mnt = tmp.path().join("mnt");
+    let as_nobody = |m: &Mounted| {
+        Command::new("runuser")
+            .args(["-u", "nobody", "--", "cat"])
+            .arg(m.path(&name))
+            .output()
+            .unwrap()
+    };
+
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data)]);
+    let out = as_nobody(&m);
+    assert!(
+        !out.status.success(),
+        "another user read a mount without --allow-other"
+    );
+    m.stop("-TERM");
+
+    let m = Mounted::start(&mnt, &["--data-dir", s(&data), "--allow-other"]);
+    let out = as_nobody(&m);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"for everyone");
+    m.stop("-TERM");
+}

@@ -1,0 +1,752 @@
+//! [`StoreFs`]: fuser's [`Filesystem`] over the three services.
+//!
+//! fuser calls in on its event-loop threads, synchronously. What the inode table
+//! answers (getattr, readlink, a lookup seen before) is answered there; anything
+//! that needs a service runs as a task on the tokio runtime and replies from it
+//! (fuser's replies are `Send`), so a slow blob or a daemon being restarted holds
+//! no event-loop thread.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::io::SeekFrom;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cairn_castore::lru::Lru;
+use cairn_castore::{B3Digest, BlobReader, BlobService, Directory, DirectoryService, Node};
+use cairn_nix::store_path::StorePath;
+use cairn_store::pathinfo::PathInfoService;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::inodes::{Entry, Inodes, ROOT};
+
+/// How long the kernel may keep entries and attributes: what a name points at
+/// never changes while it exists, so as long as it likes. (A path removed from
+/// the store stays visible to lookups the kernel cached; nothing removes paths
+/// yet.)
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Nix sets every store file's mtime to 1.
+const MTIME: Duration = Duration::from_secs(1);
+
+/// `st_blksize`: tools size their read buffers by it, and each read is a round
+/// trip through the kernel and a task here.
+const BLKSIZE: u32 = 128 * 1024;
+
+/// Blob readers kept open across all open files between reads. A large blob's
+/// embedded reader holds up to ~6 MiB of verified read-ahead; this bounds what
+/// they hold together whatever the number of open files (past it, a file's
+/// reader is dropped after each read and opened again at the next).
+const KEPT_READERS: usize = 16;
+
+/// How far a read may start past its file's stream position and still be served
+/// by that stream, the bytes in between kept for the reads that ask for them.
+/// The kernel sends a sequential reader's read-ahead as several requests at once,
+/// which arrive here in any order; without this each would seek (and restart the
+/// blob reader's own read-ahead).
+const SKIP_MAX: u64 = 8 << 20;
+
+/// Skipped bytes kept across all files (see [`SKIP_MAX`]); past it a read ahead
+/// of its stream seeks instead.
+const SKIP_TOTAL: usize = 32 << 20;
+
+/// Streams kept per file: readers of one file at different places (16 threads
+/// reading one file) each continue their own instead of moving one back and
+/// forth.
+const STREAMS_PER_FILE: usize = 4;
+
+/// Files whose streams are kept, the least recently read dropped first. The
+/// kernel does not tell when a file is closed (opens are its own, see `open`).
+const FILES: usize = 64;
+
+/// Bytes (roughly) of directories kept decoded.
+const DIR_CACHE: usize = 16 << 20;
+
+/// What a mount serves and how.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Whether `readdir` of the root lists every registered store path (a big
+    /// store should not be enumerated by an `ls`: off by default).
+    pub list_root: bool,
+}
+
+/// The store as a read-only filesystem: `ROOT/<hash>-<name>` for every registered
+/// store path, looked up on demand.
+pub struct StoreFs {
+    inner: Arc<Inner>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The root's entries as `opendir` found them: inode, kind, name.
+type Listing = Vec<(u64, FileType, Bytes)>;
+
+struct Inner {
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    options: Options,
+    inodes: Inodes,
+    dirs: Mutex<Lru<B3Digest, Arc<Directory>>>,
+    /// Files read lately, by inode.
+    files: Mutex<Lru<u64, Arc<OpenFile>>>,
+    /// Whether the kernel handles opens itself (see `open`).
+    no_open: AtomicBool,
+    /// Whether the kernel handles directory opens itself (see `opendir`).
+    no_opendir: AtomicBool,
+    /// Root listings taken at `opendir` (with `--list-root`), by handle.
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    next_handle: AtomicU64,
+    kept_readers: Arc<AtomicUsize>,
+    /// Bytes kept by streams for reads ahead of them, in all files.
+    skipped_total: Arc<AtomicUsize>,
+    uid: u32,
+    gid: u32,
+}
+
+/// A file being read: its blob, and streams of it kept open between reads, so
+/// that sequential reads continue one (and its read-ahead) instead of seeking.
+struct OpenFile {
+    digest: B3Digest,
+    size: u64,
+    streams: [tokio::sync::Mutex<Stream>; STREAMS_PER_FILE],
+    /// Each stream's position, readable while another request holds the stream.
+    positions: [AtomicU64; STREAMS_PER_FILE],
+}
+
+impl OpenFile {
+    fn new(digest: B3Digest, size: u64) -> Self {
+        OpenFile {
+            digest,
+            size,
+            streams: Default::default(),
+            positions: Default::default(),
+        }
+    }
+
+    /// The stream for a read at `offset`: a free one at or a little before it,
+    /// else any free one, else (all busy) one chosen by the offset.
+    async fn stream(&self, offset: u64) -> (usize, tokio::sync::MutexGuard<'_, Stream>) {
+        let near = |i: usize| {
+            let pos = self.positions[i].load(Ordering::Relaxed);
+            pos <= offset && offset - pos <= SKIP_MAX
+        };
+        for i in (0..STREAMS_PER_FILE).filter(|&i| near(i)) {
+            if let Ok(stream) = self.streams[i].try_lock() {
+                return (i, stream);
+            }
+        }
+        for (i, stream) in self.streams.iter().enumerate() {
+            if let Ok(stream) = stream.try_lock() {
+                return (i, stream);
+            }
+        }
+        let i = (offset / SKIP_MAX) as usize % STREAMS_PER_FILE;
+        (i, self.streams[i].lock().await)
+    }
+}
+
+#[derive(Default)]
+struct Stream {
+    /// The reader and its position.
+    reader: Option<(u64, Box<dyn BlobReader>, KeptReader)>,
+    /// Verified bytes the stream read past for reads that came ahead of their
+    /// turn, by offset, oldest first; at most [`SKIP_MAX`] bytes.
+    skipped: VecDeque<(u64, Bytes, Held)>,
+}
+
+impl Stream {
+    /// `len` bytes at `offset` from the skipped bytes, if one piece holds them.
+    /// A piece read to its end is dropped: the kernel caches what it was given
+    /// and asks for each range once.
+    fn take_skipped(&mut self, offset: u64, len: usize) -> Option<Bytes> {
+        let (i, from) = self
+            .skipped
+            .iter()
+            .enumerate()
+            .find_map(|(i, (start, bytes, _))| {
+                let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
+                (from + len <= bytes.len()).then_some((i, from))
+            })?;
+        let piece = &self.skipped[i].1;
+        let bytes = piece.slice(from..from + len);
+        if from + len == piece.len() {
+            self.skipped.remove(i);
+        }
+        Some(bytes)
+    }
+
+    /// Keeps `bytes` (at `offset`), counted in `total` while kept.
+    fn skip(&mut self, offset: u64, bytes: Bytes, total: &Arc<AtomicUsize>) {
+        let mut held: usize = self.skipped.iter().map(|(_, b, _)| b.len()).sum();
+        while held + bytes.len() > SKIP_MAX as usize {
+            match self.skipped.pop_front() {
+                Some((_, old, _)) => held -= old.len(),
+                None => break,
+            }
+        }
+        total.fetch_add(bytes.len(), Ordering::Relaxed);
+        let held = Held(total.clone(), bytes.len());
+        self.skipped.push_back((offset, bytes, held));
+    }
+}
+
+/// Bytes counted in a total while this lives.
+struct Held(Arc<AtomicUsize>, usize);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
+    }
+}
+
+/// One of the [`KEPT_READERS`], counted in `Inner::kept_readers` while held.
+struct KeptReader(Arc<AtomicUsize>);
+
+impl Drop for KeptReader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a request failed, as the errno the kernel gets. Everything from a service
+/// is `EIO` (and logged): a missing blob, a corrupt chunk, a daemon that is away.
+fn eio(what: &str, err: impl std::fmt::Display) -> Errno {
+    tracing::warn!("{what}: {err}");
+    Errno::EIO
+}
+
+impl StoreFs {
+    /// A filesystem serving the store these services hold; requests that need a
+    /// service run on `runtime`.
+    pub fn new(
+        blobs: Arc<dyn BlobService>,
+        directories: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        runtime: tokio::runtime::Handle,
+        options: Options,
+    ) -> Self {
+        StoreFs {
+            inner: Arc::new(Inner {
+                blobs,
+                directories,
+                path_info,
+                options,
+                inodes: Inodes::default(),
+                dirs: Mutex::new(Lru::new(DIR_CACHE)),
+                files: Mutex::new(Lru::new(FILES)),
+                no_open: AtomicBool::new(false),
+                no_opendir: AtomicBool::new(false),
+                listings: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                kept_readers: Arc::new(AtomicUsize::new(0)),
+                skipped_total: Arc::new(AtomicUsize::new(0)),
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            }),
+            runtime,
+        }
+    }
+
+    /// Runs `f` on the runtime: it replies when it is done.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.runtime.spawn(f(self.inner.clone()));
+    }
+}
+
+impl Inner {
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let (kind, perm, size, nlink) = match node {
+            Node::Directory { .. } => (FileType::Directory, 0o555, 0, 2),
+            Node::File {
+                size, executable, ..
+            } => (
+                FileType::RegularFile,
+                if *executable { 0o555 } else { 0o444 },
+                *size,
+                1,
+            ),
+            Node::Symlink { target } => {
+                (FileType::Symlink, 0o777, target.as_bytes().len() as u64, 1)
+            }
+        };
+        self.attr_of(ino, kind, perm, size, nlink)
+    }
+
+    fn attr_of(&self, ino: u64, kind: FileType, perm: u16, size: u64, nlink: u32) -> FileAttr {
+        let time = UNIX_EPOCH + MTIME;
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLKSIZE,
+            flags: 0,
+        }
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        self.attr_of(ROOT, FileType::Directory, 0o555, 0, 2)
+    }
+
+    /// The directory `digest`, from the cache or the directory service. A
+    /// directory a node refers to but the service lacks is damage: `EIO`.
+    async fn directory(&self, digest: &B3Digest) -> Result<Arc<Directory>, Errno> {
+        if let Some(dir) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(digest)
+        {
+            return Ok(dir.clone());
+        }
+        let dir = match self.directories.get(digest).await {
+            Ok(Some(dir)) => Arc::new(dir),
+            Ok(None) => return Err(eio("directory", format!("{digest} not found"))),
+            Err(e) => return Err(eio(&format!("directory {digest}"), e)),
+        };
+        // Decoded size, roughly: a name, a node and the map's overhead an entry.
+        let cost = 64 + dir.len() * 128;
+        self.dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(*digest, dir.clone(), cost);
+        Ok(dir)
+    }
+
+    /// The node of store path `name` (`<hash>-<name>`), if registered.
+    async fn store_path(&self, name: &[u8]) -> Result<Option<Node>, Errno> {
+        let Ok(path) = StorePath::from_basename(name) else {
+            return Ok(None);
+        };
+        match self.path_info.get(*path.digest()).await {
+            Ok(Some(info)) if info.store_path == path => Ok(Some(info.node)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(eio(&format!("path info of {}", path.to_absolute()), e)),
+        }
+    }
+
+    /// The child `name` of directory inode `parent` (allocating its inode).
+    async fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, Node), Errno> {
+        let node = if parent == ROOT {
+            self.store_path(name).await?
+        } else {
+            let Some(Entry { node, .. }) = self.inodes.get(parent) else {
+                return Err(Errno::ENOENT);
+            };
+            let Node::Directory { digest, .. } = node else {
+                return Err(Errno::ENOTDIR);
+            };
+            self.directory(&digest).await?.get(name).cloned()
+        };
+        let node = node.ok_or(Errno::ENOENT)?;
+        Ok((self.inodes.get_or_insert(parent, name, &node), node))
+    }
+
+    /// `len` bytes of `file` at `offset` (the caller clipped them to its size):
+    /// bytes its stream skipped earlier, or from the stream, moved there first.
+    async fn read(&self, file: &OpenFile, offset: u64, len: usize) -> Result<Bytes, Errno> {
+        let what = || format!("blob {}", file.digest);
+        let (index, mut stream) = file.stream(offset).await;
+        if let Some(bytes) = stream.take_skipped(offset, len) {
+            return Ok(bytes);
+        }
+        let (pos, mut reader, kept) = match stream.reader.take() {
+            Some(r) => r,
+            None => match self.blobs.open_read(&file.digest).await {
+                Ok(Some(reader)) => {
+                    self.kept_readers.fetch_add(1, Ordering::Relaxed);
+                    (0, reader, KeptReader(self.kept_readers.clone()))
+                }
+                Ok(None) => return Err(eio(&what(), "not found")),
+                Err(e) => return Err(eio(&what(), e)),
+            },
+        };
+        // On any error the reader is dropped: the next read opens a new one (a
+        // daemon restarted meanwhile is then reached again).
+        let gap = offset.saturating_sub(pos);
+        let room = self.skipped_total.load(Ordering::Relaxed) + gap as usize <= SKIP_TOTAL;
+        if offset > pos && gap <= SKIP_MAX && room {
+            let mut bytes = vec![0; gap as usize];
+            reader
+                .read_exact(&mut bytes)
+                .await
+                .map_err(|e| eio(&what(), e))?;
+            stream.skip(pos, bytes.into(), &self.skipped_total);
+        } else if offset != pos {
+            reader
+                .seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| eio(&what(), e))?;
+        }
+        let mut buf = vec![0; len];
+        // A blob that ends early is as wrong as one with other bytes.
+        reader
+            .read_exact(&mut buf)
+            .await
+            .map_err(|e| eio(&what(), e))?;
+        let end = offset + len as u64;
+        // At the end the reader's read-ahead is of no use; past the bound its
+        // memory is not held between reads.
+        if end < file.size && self.kept_readers.load(Ordering::Relaxed) <= KEPT_READERS {
+            stream.reader = Some((end, reader, kept));
+        }
+        file.positions[index].store(end, Ordering::Relaxed);
+        Ok(buf.into())
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn file_type(node: &Node) -> FileType {
+    match node {
+        Node::Directory { .. } => FileType::Directory,
+        Node::File { .. } => FileType::RegularFile,
+        Node::Symlink { .. } => FileType::Symlink,
+    }
+}
+
+impl Filesystem for StoreFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.inner.no_open.store(
+            config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT),
+            Ordering::Relaxed,
+        );
+        // Only without --list-root: the root's listing is taken at its opendir.
+        self.inner.no_opendir.store(
+            !self.inner.options.list_root
+                && config
+                    .capabilities()
+                    .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Relaxed,
+        );
+        // Each is an optimisation; a kernel without one still works.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            let _ = config.add_capabilities(wanted & !missing);
+        }
+        if let Err(max) = config.set_max_readahead(u32::MAX) {
+            let _ = config.set_max_readahead(max);
+        }
+        // Read-ahead of several files (a `tar` of small ones) and of one large
+        // file in parallel.
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let parent = parent.0;
+        if let Some((ino, entry)) = self.inner.inodes.find(parent, name.as_bytes()) {
+            reply.entry(&TTL, &self.inner.attr(ino, &entry.node), Generation(0));
+            return;
+        }
+        let name = Bytes::copy_from_slice(name.as_bytes());
+        self.spawn(move |inner| async move {
+            match inner.lookup(parent, &name).await {
+                Ok((ino, node)) => reply.entry(&TTL, &inner.attr(ino, &node), Generation(0)),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT {
+            return reply.attr(&TTL, &self.inner.root_attr());
+        }
+        match self.inner.inodes.get(ino.0) {
+            Some(entry) => reply.attr(&TTL, &self.inner.attr(ino.0, &entry.node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.inner.inodes.get(ino.0).map(|e| e.node) {
+            Some(Node::Symlink { target }) => reply.data(target.as_bytes()),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inner.inodes.get(ino.0).map(|e| e.node) {
+            Some(Node::File { .. }) => {}
+            Some(Node::Directory { .. }) => return reply.error(Errno::EISDIR),
+            Some(Node::Symlink { .. }) => return reply.error(Errno::ELOOP),
+            None => return reply.error(Errno::ENOENT),
+        }
+        // Nothing is kept per open: reads find their file by inode. A kernel
+        // that can open files itself is told so by ENOSYS, once: then no open
+        // or release is sent at all (two round trips less for each file a
+        // `tar` reads), and it keeps cached pages across opens.
+        if self.inner.no_open.load(Ordering::Relaxed) {
+            return reply.error(Errno::ENOSYS);
+        }
+        // Contents never change: pages cached by an earlier open stay valid.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let file = {
+            let mut files = self
+                .inner
+                .files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match files.get(&ino.0) {
+                Some(file) => file.clone(),
+                None => {
+                    let Some(Node::File { digest, size, .. }) =
+                        self.inner.inodes.get(ino.0).map(|e| e.node)
+                    else {
+                        return reply.error(Errno::EBADF);
+                    };
+                    let file = Arc::new(OpenFile::new(digest, size));
+                    files.insert(ino.0, file.clone(), 1);
+                    file
+                }
+            }
+        };
+        let len = file.size.saturating_sub(offset).min(u64::from(size));
+        if len == 0 {
+            return reply.data(&[]);
+        }
+        // `len` is at most `size`, a u32.
+        let len = len as usize;
+        self.spawn(move |inner| async move {
+            match inner.read(&file, offset, len).await {
+                Ok(buf) => reply.data(&buf),
+                Err(e) => reply.error(e),
+            }
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.inner.no_opendir.load(Ordering::Relaxed) {
+            // As `open`: the kernel opens directories itself from now on, and
+            // caches their listings.
+            return reply.error(Errno::ENOSYS);
+        }
+        if ino.0 != ROOT {
+            // A directory's listing never changes: the kernel may cache it.
+            return reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            );
+        }
+        if !self.inner.options.list_root {
+            return reply.opened(FileHandle(0), FopenFlags::empty());
+        }
+        // The listing is taken once per opendir, so that offsets into it stay
+        // valid while paths are added.
+        self.spawn(move |inner| async move {
+            let mut listing = Vec::new();
+            let mut infos = inner.path_info.list();
+            while let Some(info) = infos.next().await {
+                let info = match info {
+                    Ok(info) => info,
+                    Err(e) => return reply.error(eio("listing path info", e)),
+                };
+                let name = Bytes::from(info.store_path.to_string());
+                let ino = inner.inodes.get_or_insert(ROOT, &name, &info.node);
+                listing.push((ino, file_type(&info.node), name));
+            }
+            let fh = inner.handle();
+            inner
+                .listings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(fh, Arc::new(listing));
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let ino = ino.0;
+        if ino == ROOT {
+            let listing = self
+                .inner
+                .listings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&fh.0)
+                .cloned()
+                .unwrap_or_default();
+            let dots = [
+                (ROOT, FileType::Directory, Bytes::from_static(b".")),
+                (ROOT, FileType::Directory, Bytes::from_static(b"..")),
+            ];
+            let entries = dots.iter().chain(listing.iter());
+            for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(*ino), i as u64 + 1, *kind, OsStr::from_bytes(name)) {
+                    break;
+                }
+            }
+            return reply.ok();
+        }
+        let Some(Entry { parent, node }) = self.inner.inodes.get(ino) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Node::Directory { digest, .. } = node else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        self.spawn(move |inner| async move {
+            let dir = match inner.directory(&digest).await {
+                Ok(dir) => dir,
+                Err(e) => return reply.error(e),
+            };
+            let dots = [(ino, &b"."[..]), (parent, &b".."[..])]
+                .map(|(ino, name)| (ino, FileType::Directory, name));
+            let children = dir.nodes().map(|(name, node)| {
+                let child = inner.inodes.get_or_insert(ino, name.as_bytes(), node);
+                (child, file_type(node), name.as_bytes())
+            });
+            let entries = dots.into_iter().chain(children);
+            for (i, (ino, kind, name)) in entries.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(ino), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner
+            .listings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written. ENOSYS tells the kernel so once: it stops
+        // sending a flush at every close (a round trip per file in a `tar`).
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        // Nix stores no extended attributes.
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The kernel checks the modes (`default_permissions`); asked anyway,
+        // everything that exists may be read.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Read-only, with nothing free; sizes of the whole store are not known
+        // without enumerating it.
+        reply.statfs(0, 0, 0, 0, 0, BLKSIZE, 255, BLKSIZE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skipped_bytes_serve_reads_inside_one_piece_and_stay_bounded() {
+        let total = Arc::new(AtomicUsize::new(0));
+        let mut stream = Stream::default();
+        let piece: Bytes = (0..=255u8).cycle().take(1000).collect::<Vec<_>>().into();
+        stream.skip(5000, piece.clone(), &total);
+        assert_eq!(total.load(Ordering::Relaxed), 1000);
+        assert_eq!(stream.take_skipped(5100, 10), Some(piece.slice(100..110)));
+        assert_eq!(stream.take_skipped(4999, 10), None);
+        assert_eq!(stream.take_skipped(5995, 10), None, "runs past the piece");
+        // Read to its end, the piece is dropped.
+        assert_eq!(stream.take_skipped(5000, 1000), Some(piece.clone()));
+        assert_eq!(stream.take_skipped(5000, 1), None);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        // Older pieces go first once a stream's bound is reached.
+        stream.skip(0, piece, &total);
+        let big = Bytes::from(vec![0; SKIP_MAX as usize - 500]);
+        stream.skip(1 << 30, big, &total);
+        assert_eq!(stream.take_skipped(0, 1), None);
+        assert_eq!(
+            stream.take_skipped(1 << 30, 1),
+            Some(Bytes::from_static(&[0]))
+        );
+        assert_eq!(total.load(Ordering::Relaxed), SKIP_MAX as usize - 500);
+        drop(stream);
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,115 @@
+//! [`Mount`]: a [`StoreFs`] mounted and served until it is unmounted.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use tokio::sync::oneshot;
+
+use crate::StoreFs;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// FUSE threads reading requests from the kernel (at least one). Requests that
+    /// wait on a service do so on the tokio runtime, not on these.
+    pub threads: usize,
+    /// Let every user (not only the one mounting) use the mount: the kernel's
+    /// `allow_other`. A user other than root needs `user_allow_other` in
+    /// `/etc/fuse.conf` for it.
+    pub allow_other: bool,
+}
+
+/// What [`Mount::unmount`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmounted {
+    /// Unmounted: the session ends now.
+    Done,
+    /// Busy, so detached: the session ends when the mount's last user leaves.
+    Detached,
+}
+
+/// A mounted [`StoreFs`]. Dropping it without [`Mount::unmount`] leaves the
+/// mount in place until the process exits (the kernel then ends it).
+pub struct Mount {
+    mountpoint: PathBuf,
+    unmounter: SessionUnmounter,
+    session: Option<JoinHandle<io::Result<()>>>,
+    ended: Option<oneshot::Receiver<()>>,
+}
+
+impl Mount {
+    /// Mounts `fs` on `mountpoint` (as root with the mount syscall, else through
+    /// `fusermount3`) and starts serving it.
+    pub fn start(fs: StoreFs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::RO,
+            MountOption::FSName("cairn".to_owned()),
+            MountOption::Subtype("cairn".to_owned()),
+            // The kernel checks the modes (0444, 0555) itself.
+            MountOption::DefaultPermissions,
+            MountOption::NoDev,
+            MountOption::NoSuid,
+        ];
+        config.acl = if options.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(options.threads.max(1));
+        let mut session = Session::new(fs, mountpoint, &config)?;
+        let unmounter = session.unmount_callable();
+        let (done, ended) = oneshot::channel();
+        let session = std::thread::Builder::new()
+            .name("fuse-session".to_owned())
+            .spawn(move || {
+                let result = session.run();
+                let _ = done.send(());
+                result
+            })?;
+        Ok(Mount {
+            mountpoint: mountpoint.to_owned(),
+            unmounter,
+            session: Some(session),
+            ended: Some(ended),
+        })
+    }
+
+    /// Completes when the session has ended: the filesystem was unmounted, by
+    /// [`Mount::unmount`] or from outside (`fusermount3 -u`, `umount`).
+    pub async fn ended(&mut self) {
+        if let Some(ended) = self.ended.as_mut() {
+            let _ = ended.await;
+            self.ended = None;
+        }
+    }
+
+    /// Unmounts (a no-op if it was unmounted from outside). A mount still in use
+    /// (an open file, a working directory inside) is detached instead: gone from
+    /// the namespace now, and its session would last until the last user leaves;
+    /// [`Unmounted::Detached`] says so, and a caller that does not wait for
+    /// that exits (the kernel then fails what the users still ask with
+    /// `ENOTCONN`).
+    pub fn unmount(&mut self) -> io::Result<Unmounted> {
+        match self.unmounter.unmount() {
+            Ok(()) => Ok(Unmounted::Done),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                rustix::mount::unmount(&self.mountpoint, rustix::mount::UnmountFlags::DETACH)
+                    .map_err(io::Error::from)?;
+                Ok(Unmounted::Detached)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for the session to end, returning its error if it failed.
+    pub fn join(mut self) -> io::Result<()> {
+        match self.session.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the FUSE session thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
