@@ -419,39 +419,3 @@ async fn repeated_chunks_read_back_cold() {
     r.read_to_end(&mut rest).await.unwrap();
     assert_eq!(rest, data[5_000_000..]);
 }
-
-/// `has` calls made together are asked in one query; a runtime shut down in the
-/// middle of one (its lookup task cancelled) leaves the service answering on
-/// the next runtime, not hanging.
-#[test]
-fn concurrent_has_calls_survive_a_runtime_shut_down_under_them() {
-    let (s, _) = service();
-    let first = tokio::runtime::Runtime::new().unwrap();
-    let stored = first.block_on(put(&s, b"stored before the shutdown"));
-    for i in 0..200u64 {
-        let s = s.clone();
-        first.spawn(async move { s.has(&B3Digest::of(&i.to_le_bytes())).await });
-    }
-    // Long enough for the calls to queue and a lookup to start, too short for
-    // it to finish (a query takes milliseconds).
-    std::thread::sleep(std::time::Duration::from_micros(500));
-    first.shutdown_background();
-
-    let second = tokio::runtime::Runtime::new().unwrap();
-    second.block_on(async {
-        let asked = (0..100u64).map(|i| {
-            let s = s.clone();
-            async move { s.has(&B3Digest::of(&i.to_le_bytes())).await }
-        });
-        let answers = tokio::time::timeout(
-            std::time::Duration::from_secs(20),
-            futures::future::join_all(asked),
-        )
-        .await
-        .expect("has() answers after the shutdown");
-        for a in answers {
-            assert!(!a.unwrap());
-        }
-        assert!(s.has(&stored).await.unwrap());
-    });
-}

@@ -25,25 +25,29 @@ pub(super) struct Queue {
 impl Inner {
     /// Whether `digest` is stored, asked together with the other calls waiting.
     pub(super) async fn has_batched(self: &Arc<Self>, digest: &B3Digest) -> Result<bool, Error> {
-        let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut q = self
-                .has_queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            q.waiting.push((*digest.as_bytes(), tx));
-            !std::mem::replace(&mut q.running, true)
-        };
-        if start {
-            tokio::spawn(flush(Running {
-                inner: self.clone(),
-                finished: false,
-            }));
+        // A lookup task cancelled with its runtime drops the calls it held;
+        // asked again, they start a flusher on this caller's runtime.
+        for _ in 0..3 {
+            let (tx, rx) = oneshot::channel();
+            let start = {
+                let mut q = self
+                    .has_queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                q.waiting.push((*digest.as_bytes(), tx));
+                !std::mem::replace(&mut q.running, true)
+            };
+            if start {
+                tokio::spawn(flush(Running {
+                    inner: self.clone(),
+                    finished: false,
+                }));
+            }
+            if let Ok(answer) = rx.await {
+                return answer.map_err(|(kind, msg)| rebuild(kind, msg));
+            }
         }
-        match rx.await {
-            Ok(answer) => answer.map_err(|(kind, msg)| rebuild(kind, msg)),
-            Err(_) => Err(Error::Storage("the blob lookup task ended".into())),
-        }
+        Err(Error::Storage("the blob lookup task ended".into()))
     }
 }
 
