@@ -259,9 +259,7 @@ async fn from_disk(inner: &Arc<Inner>, run: Vec<[u8; 32]>) -> io::Result<Vec<Byt
                     B3Digest::from(d)
                 ))
             })?;
-            let (pack, start) = (loc.pack.clone(), loc.offset);
-            let end = start + u64::from(loc.stored_len);
-            let b = fetch(inner, &pack, start, end, vec![(d, loc)]).await?;
+            let b = fetch_one(inner, d, loc).await?;
             if let Some(b) = b.into_iter().next() {
                 refetched.insert(d, b);
             }
@@ -317,8 +315,13 @@ async fn read_ahead(inner: &Arc<Inner>, d: [u8; 32], loc: Loc) -> io::Result<Vec
     if let Some(b) = inner.cache_get(&d) {
         return Ok(vec![b]);
     }
-    let end = loc.offset + u64::from(loc.stored_len);
+    fetch_one(inner, d, loc).await
+}
+
+/// One chunk fetched alone, with a GET of its own stored bytes.
+async fn fetch_one(inner: &Arc<Inner>, d: [u8; 32], loc: Loc) -> io::Result<Vec<Bytes>> {
     let (pack, start) = (loc.pack.clone(), loc.offset);
+    let end = start + u64::from(loc.stored_len);
     fetch(inner, &pack, start, end, vec![(d, loc)]).await
 }
 
