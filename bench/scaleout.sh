@@ -21,7 +21,11 @@
 #   S3_SERVER=garage measures against a one-node Garage instead of s3s-fs, which
 #   SHA-256s and MD5s every part and copies a multipart upload again when it is
 #   completed: `cargo install garage --version 2.5.0 --no-default-features
-#   --features sqlite,bundled-libs --root /opt/cairn-bench-tools` first)
+#   --features sqlite,bundled-libs --root /opt/cairn-bench-tools` first);
+#   SIGN_PAYLOAD=false sends bodies as UNSIGNED-PAYLOAD (the default over
+#   https://; on this loopback http:// endpoint bodies are signed by default);
+#   BIG_FILE=path imports that file (its first BIG_MIB MiB) instead of random
+#   bytes, e.g. a compressible one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SMALL=${SMALL:-100000}
@@ -129,7 +133,7 @@ new_s3_store() {
   local pg="postgres://cairn@127.0.0.1:$PGPORT/bench$N"
   local index
   index=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$pg")
-  STORE_FLAGS="--blob-service-addr s3://bench$N/store?endpoint=http://127.0.0.1:$S3PORT&region=us-east-1&index=$index --directory-service-addr $pg --path-info-service-addr $pg"
+  STORE_FLAGS="--blob-service-addr s3://bench$N/store?endpoint=http://127.0.0.1:$S3PORT&region=us-east-1&index=$index${SIGN_PAYLOAD:+&sign_payload=$SIGN_PAYLOAD} --directory-service-addr $pg --path-info-service-addr $pg"
 }
 
 echo "generating $SMALL small files and a $BIG_MIB MiB file in $W/src" >&2
@@ -145,7 +149,8 @@ for i in range(n):
         f.write(rng.randbytes(rng.randint(100, 4096)))
 EOF
 mkdir -p "$W/src/big"
-head -c "$((BIG_MIB << 20))" /dev/urandom >"$W/src/big/file"
+head -c "$((BIG_MIB << 20))" "${BIG_FILE:-/dev/urandom}" >"$W/src/big/file"
+[ "$(stat -c %s "$W/src/big/file")" -eq "$((BIG_MIB << 20))" ] || { echo "BIG_FILE is shorter than $BIG_MIB MiB" >&2; exit 1; }
 
 timed() { # seconds the command takes; its CPU seconds (user + system) in $W/cpu
   local start end

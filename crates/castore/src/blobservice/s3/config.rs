@@ -52,6 +52,10 @@ pub struct S3Config {
     /// A local directory of verified chunks ([`crate::blobservice::DiskChunkCache`])
     /// behind the memory cache, and its size bound in bytes.
     pub disk_cache: Option<(PathBuf, u64)>,
+    /// Whether request bodies are hashed into the SigV4 signature. Without it
+    /// they are sent as `UNSIGNED-PAYLOAD`, which spares client and server a
+    /// SHA-256 of every byte uploaded; over TLS the body is protected anyway.
+    pub sign_payload: bool,
 }
 
 fn invalid(url: &str, msg: impl std::fmt::Display) -> Error {
@@ -179,6 +183,21 @@ impl S3Config {
                 ));
             }
         };
+        // As the AWS SDKs do: a signed body where nothing else protects it in
+        // transit (plain HTTP), TLS's integrity where there is TLS.
+        let sign_payload = match take("sign_payload").as_deref() {
+            None => endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://")),
+            Some("true") => true,
+            Some("false") => false,
+            Some(v) => {
+                return Err(invalid(
+                    url,
+                    format!("sign_payload {v:?} is not true or false"),
+                ));
+            }
+        };
         let profile = take("profile");
         let file = take("credentials_file");
         if let Some((k, _)) = params.first() {
@@ -186,7 +205,7 @@ impl S3Config {
                 url,
                 format!(
                     "unknown parameter {k} (known: endpoint, region, index, profile, \
-                     credentials_file, cache_size, disk_cache, disk_cache_size)"
+                     credentials_file, cache_size, disk_cache, disk_cache_size, sign_payload)"
                 ),
             ));
         }
@@ -198,6 +217,7 @@ impl S3Config {
             endpoint,
             region,
             index,
+            sign_payload,
             credentials,
             cache_size,
             disk_cache,
@@ -340,6 +360,15 @@ mod tests {
         let sized = S3Config::parse(&sized, &env_keys).unwrap();
         assert_eq!(sized.disk_cache, Some(("/c".into(), 4096)));
         assert_eq!(plain.endpoint_name(), "https://s3.us-east-1.amazonaws.com");
+        // Bodies are signed where only the signature protects them.
+        assert!(c.sign_payload, "plain HTTP signs bodies");
+        assert!(!plain.sign_payload, "TLS to AWS does not");
+        let tls = format!("s3://bkt?{IDX}&endpoint=https://s3.example");
+        assert!(!S3Config::parse(&tls, &env_keys).unwrap().sign_payload);
+        let off = format!("s3://bkt?{IDX}&endpoint=http://h:1&sign_payload=false");
+        assert!(!S3Config::parse(&off, &env_keys).unwrap().sign_payload);
+        let on = format!("s3://bkt?{IDX}&sign_payload=true");
+        assert!(S3Config::parse(&on, &env_keys).unwrap().sign_payload);
     }
 
     #[test]
@@ -359,6 +388,7 @@ mod tests {
             format!("s3://bucket?{IDX}%zz"),
             format!("s3://bucket?{IDX}&disk_cache=relative/dir"),
             format!("s3://bucket?{IDX}&disk_cache=/c&disk_cache_size=big"),
+            format!("s3://bucket?{IDX}&sign_payload=yes"),
         ] {
             let e = S3Config::parse(&url, &env_keys).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{url}: {e}");

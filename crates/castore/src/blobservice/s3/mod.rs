@@ -512,7 +512,8 @@ impl S3BlobService {
             .with_secret_access_key(&c.secret_access_key)
             .with_client_options(options)
             .with_retry(retry)
-            .with_virtual_hosted_style_request(false);
+            .with_virtual_hosted_style_request(false)
+            .with_unsigned_payload(!cfg.sign_payload);
         if let Some(t) = &c.session_token {
             b = b.with_token(t);
         }
