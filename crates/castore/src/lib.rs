@@ -35,6 +35,7 @@ pub mod directoryservice;
 pub mod embedded;
 mod error;
 pub mod from_addr;
+pub mod gc;
 pub mod lru;
 pub mod model;
 pub mod pg;
