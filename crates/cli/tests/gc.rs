@@ -249,3 +249,79 @@ fn kill_9_during_gc_loses_nothing_live() {
     }
     assert!(killed >= 3, "only {killed} rounds were killed mid-run");
 }
+
+/// `curl URL` into memory: (curl's exit code, HTTP status, body).
+fn fetch(url: &str) -> (i32, String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let cut = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let code = String::from_utf8_lossy(&body[cut + 1..]).into_owned();
+    body.truncate(cut);
+    (out.status.code().unwrap_or(-1), code, body)
+}
+
+#[test]
+fn daemon_collects_while_serving_and_uploading() {
+    let r = releases();
+    let data = r.tmp.join("data");
+    let (daemon, _, line) = common::start_daemon_with(
+        &data,
+        &["--gc-interval", "1s", "--max-age", "4s", "--grace", "0s"],
+    );
+    let http = common::http_addr(&line);
+    // Through the daemon's socket.
+    let old = import(&data, &r.trees[..1]).remove(0);
+    let old_nar = nix("nix-store", &["--dump", s(&r.trees[0])]);
+    let hash = old.trim_start_matches("/nix/store/")[..32].to_owned();
+
+    // A client streams the old path's NAR again and again while it ages out:
+    // every complete 200 carries exactly Nix's bytes, until the narinfo is gone.
+    let reader = {
+        let http = http.clone();
+        std::thread::spawn(move || {
+            let (mut whole, mut failed) = (0, 0);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while std::time::Instant::now() < deadline {
+                let (_, code, info) = fetch(&format!("http://{http}/{hash}.narinfo"));
+                if code == "404" {
+                    return (whole, failed, true);
+                }
+                let info = String::from_utf8_lossy(&info).into_owned();
+                let Some(url) = info.lines().find_map(|l| l.strip_prefix("URL: ")) else {
+                    continue;
+                };
+                // The narinfo read counts as an access: wait past the age.
+                std::thread::sleep(std::time::Duration::from_millis(1500));
+                let (exit, code, body) = fetch(&format!("http://{http}/{url}"));
+                if exit == 0 && code == "200" {
+                    assert!(body == old_nar, "a 200 with other bytes than Nix's NAR");
+                    whole += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (whole, failed, false)
+        })
+    };
+    // Uploads racing the collections: each path printed is whole at once.
+    for (i, t) in r.trees[1..].iter().enumerate() {
+        let newest = import(&data, std::slice::from_ref(t)).remove(0);
+        assert_dumps_like_nix(&data, std::slice::from_ref(&newest), &r.trees[i + 1..i + 2]);
+    }
+    // Reads within an hour of the upload do not move its access time (the
+    // grain), so the old path ages out 4 s after its upload, read or not.
+    let (whole, failed, gone) = reader.join().unwrap();
+    assert!(
+        gone,
+        "the old path was never collected ({whole} reads, {failed} failed)"
+    );
+    assert!(whole >= 1, "no NAR was read whole before the collection");
+    assert!(!cairn_at(&data, &["path-info", &old], None).status.success());
+    // What is left (through the daemon, then on its own) is whole.
+    ok(cairn_at(&data, &["verify"], None));
+    common::stop_daemon(daemon);
+    ok(cairn_at(&data, &["verify"], None));
+}

@@ -265,3 +265,41 @@ pub fn pins(args: PinsArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// The daemon's collections: `policy` every `every`, until `stop` completes.
+/// A failed collection is logged, and the next one runs on time.
+pub async fn every(
+    every: Duration,
+    policy: Policy,
+    paths: Arc<dyn cairn_store::pathinfo::PathInfoService>,
+    store: cairn_castore::embedded::EmbeddedStore,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let progress = |what: &str| tracing::debug!("gc: {what}");
+        match cairn_store::gc::run(paths.as_ref(), &store, &policy, &progress).await {
+            Ok(r) => {
+                let c = &r.castore;
+                tracing::info!(
+                    paths = r.paths.len(),
+                    directories = c.directories,
+                    blobs = c.blobs,
+                    chunks = c.chunks,
+                    freed = r.disk_before.saturating_sub(r.disk_after),
+                    disk = r.disk_after,
+                    seconds = r.elapsed.as_secs_f64(),
+                    "garbage collection done"
+                );
+                for p in &r.paths {
+                    tracing::info!(path = p.to_absolute(), "gc removed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+        }
+    }
+}
