@@ -320,6 +320,14 @@ fn daemon_collects_while_serving_and_uploading() {
     );
     assert!(whole >= 1, "no NAR was read whole before the collection");
     assert!(!cairn_at(&data, &["path-info", &old], None).status.success());
+    // `cairn gc` does not run beside the daemon; the daemon runs them.
+    let out = cairn_at(&data, &["gc"], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--gc-interval"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // What is left (through the daemon, then on its own) is whole.
     ok(cairn_at(&data, &["verify"], None));
     common::stop_daemon(daemon);

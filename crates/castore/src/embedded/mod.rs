@@ -24,8 +24,8 @@
 //! in `chunks` (read back from the segments). Until then its chunks are only
 //! bytes in a pack that no index entry refers to, never visible, and reused only
 //! by itself; a writer dropped before close (or killed) leaves such bytes, cut off
-//! when the store is next opened unless a later commit covers them (then garbage
-//! for a future GC). Before segments, chunks were staged in the index every 128
+//! when the store is next opened unless a later commit covers them (then punched
+//! out at the next open). Garbage collection is in `gc` (its own module). Before segments, chunks were staged in the index every 128
 //! chunks, which kept a large blob's entries twice in redb's page cache. All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
