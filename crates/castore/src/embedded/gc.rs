@@ -11,10 +11,13 @@
 //! writes no bytes: while the store tracks lookups
 //! ([`EmbeddedStore::track_lookups`], on in the daemon), every lookup a writer
 //! or a path info check makes (`has`, a directory read, a chunk or segment
-//! found for dedup) records the digest, and a recorded digest counts as young.
+//! found for dedup) records the digest when it finds the object, as does every
+//! commit for the blobs and directories it records (before committing), and a
+//! recorded digest counts as young.
 //!
 //! Races: lookups take the read side of `sweep`, the sweep holds the write side
-//! from reading the recorded digests until its transaction commits. So a lookup
+//! from reading the recorded digests (after its write transaction began, so
+//! after any commit in progress) until its transaction commits. So a lookup
 //! either came first (its digest is recorded, and kept) or finds the object
 //! gone (and the writer stores it anew). Writes only append, so no new write
 //! lands in a range the sweep frees; the bytes freed are punched out
@@ -109,6 +112,23 @@ impl Tracker {
     /// Held across a lookup whose result a writer may build on.
     pub(super) fn lookup(&self) -> RwLockReadGuard<'_, ()> {
         self.sweep.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs the lookup `f` of `digest` under the lookup lock, and records
+    /// the digest when `found` says it found it (a miss leaves nothing to
+    /// keep: the writer stores the object anew).
+    pub(super) fn lookup_found<T>(
+        &self,
+        digest: &[u8; 32],
+        f: impl FnOnce() -> Result<T, EmbeddedError>,
+        found: impl Fn(&T) -> bool,
+    ) -> Result<T, EmbeddedError> {
+        let _lookup = self.lookup();
+        let r = f()?;
+        if found(&r) {
+            self.note(digest);
+        }
+        Ok(r)
     }
 
     /// Records that `digest` was looked up (when tracking is on).
@@ -320,7 +340,10 @@ impl EmbeddedStore {
             .sweep
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        // Looked up while the mark ran: kept with what they reach.
+        // After any commit in progress: a writer records what it commits
+        // before the commit (`EmbeddedStore::submit`).
+        let mut txn = db.begin_write().map_err(db_err)?;
+        // Looked up or committed while the mark ran: kept with what they reach.
         let late: Vec<[u8; 32]> = self
             .inner
             .gc
@@ -343,7 +366,6 @@ impl EmbeddedStore {
 
         let mut report = GcReport::default();
         let mut freed: Ranges = HashMap::new();
-        let mut txn = db.begin_write().map_err(db_err)?;
         {
             let mut blobs = txn.open_table(BLOBS).map_err(db_err)?;
             let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;

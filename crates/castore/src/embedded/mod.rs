@@ -339,6 +339,14 @@ impl EmbeddedStore {
 
     /// Sends `req` to the committer; await the receiver.
     fn submit(&self, req: CommitReq) -> oneshot::Receiver<Result<(), EmbeddedError>> {
+        // A commit of content stored already writes no new bytes, so its age
+        // cannot tell a collection to keep it: recorded instead (`gc`).
+        for (d, _) in &req.directories {
+            self.inner.gc.note(d);
+        }
+        for (d, _) in &req.blobs {
+            self.inner.gc.note(d);
+        }
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // On a send error the reply sender is dropped and the receiver sees it.
@@ -354,25 +362,29 @@ impl EmbeddedStore {
 
     /// Whether blob `digest` is stored (including chunks of stored blobs).
     pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        if self.maybe_damaged()
-            && r.open_table(DAMAGED)
-                .map_err(db_err)?
-                .get(digest)
-                .map_err(db_err)?
-                .is_some()
-        {
-            // Damaged: to be written again.
-            return Ok(false);
-        }
-        let c = r.open_table(CHUNKS).map_err(db_err)?;
-        if c.get(digest).map_err(db_err)?.is_some() {
-            return Ok(true);
-        }
-        let t = r.open_table(BLOBS).map_err(db_err)?;
-        Ok(t.get(digest).map_err(db_err)?.is_some())
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                if self.maybe_damaged()
+                    && r.open_table(DAMAGED)
+                        .map_err(db_err)?
+                        .get(digest)
+                        .map_err(db_err)?
+                        .is_some()
+                {
+                    // Damaged: to be written again.
+                    return Ok(false);
+                }
+                let c = r.open_table(CHUNKS).map_err(db_err)?;
+                if c.get(digest).map_err(db_err)?.is_some() {
+                    return Ok(true);
+                }
+                let t = r.open_table(BLOBS).map_err(db_err)?;
+                Ok(t.get(digest).map_err(db_err)?.is_some())
+            },
+            |b| *b,
+        )
     }
 
     /// Where blob `digest`'s bytes are, in one read transaction.
@@ -560,24 +572,28 @@ impl EmbeddedStore {
 
     /// Where chunk `digest` is stored, if it is (for dedup on write).
     pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(CHUNKS).map_err(db_err)?;
-        let Some(v) = t.get(digest).map_err(db_err)? else {
-            return Ok(None);
-        };
-        if self.maybe_damaged()
-            && r.open_table(DAMAGED)
-                .map_err(db_err)?
-                .get(digest)
-                .map_err(db_err)?
-                .is_some_and(|d| d.value() == v.value())
-        {
-            // Stored, but damaged: the writer stores it anew.
-            return Ok(None);
-        }
-        ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(CHUNKS).map_err(db_err)?;
+                let Some(v) = t.get(digest).map_err(db_err)? else {
+                    return Ok(None);
+                };
+                if self.maybe_damaged()
+                    && r.open_table(DAMAGED)
+                        .map_err(db_err)?
+                        .get(digest)
+                        .map_err(db_err)?
+                        .is_some_and(|d| d.value() == v.value())
+                {
+                    // Stored, but damaged: the writer stores it anew.
+                    return Ok(None);
+                }
+                ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+            },
+            Option::is_some,
+        )
     }
 
     /// A read found chunk `chunk` of blob `blob` damaged at `loc`: recorded, so
@@ -636,23 +652,27 @@ impl EmbeddedStore {
         &self,
         digest: &[u8; 32],
     ) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(SEGMENTS).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
-            None => Ok(None),
-        }
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(SEGMENTS).map_err(db_err)?;
+                match t.get(digest).map_err(db_err)? {
+                    Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
+                    None => Ok(None),
+                }
+            },
+            Option::is_some,
+        )
     }
 
     /// The encoded Directory stored under `digest`, if any, verified to hash to it.
     pub fn get_directory(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
         // A path info's check reads its root directory: kept by a collection
         // running meanwhile.
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        self.load_directory(digest)
+        self.inner
+            .gc
+            .lookup_found(digest, || self.load_directory(digest), Option::is_some)
     }
 
     /// [`EmbeddedStore::get_directory`] without recording the lookup.
@@ -670,21 +690,25 @@ impl EmbeddedStore {
 
     /// Where the Directory `digest` is stored, if it is.
     fn directory_loc(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(DIRECTORIES).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
-            None => Ok(None),
-        }
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(DIRECTORIES).map_err(db_err)?;
+                match t.get(digest).map_err(db_err)? {
+                    Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
+                    None => Ok(None),
+                }
+            },
+            Option::is_some,
+        )
     }
 
     /// Whether a Directory is stored under `digest`.
     pub fn has_directory(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
-        let _lookup = self.inner.gc.lookup();
-        self.inner.gc.note(digest);
-        self.directory_stored(digest)
+        self.inner
+            .gc
+            .lookup_found(digest, || self.directory_stored(digest), |b| *b)
     }
 
     /// [`EmbeddedStore::has_directory`] without recording the lookup.
