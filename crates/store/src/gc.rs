@@ -13,7 +13,10 @@
 //!   one now, so it ages from the first collection on.
 //! - `--max-size`: least recently used paths go (among those no remaining path
 //!   references) until the store's disk use is at most the size: removed in
-//!   rounds, each sized by the disk taken per NAR byte, then measured.
+//!   rounds, each sized by the disk taken per NAR byte, then measured; it
+//!   stops short (with a warning) when a round frees less than a quarter of
+//!   its estimate, as when the index, which keeps its pages, is most of the
+//!   disk.
 //! - Path entries are removed (durably) before their content is collected: a
 //!   kill in between leaves content no path reaches, collected next time.
 
@@ -374,12 +377,24 @@ pub async fn run(
         } else {
             report.castore += r.castore;
         }
+        let was = disk;
         disk = if policy.castore.dry_run {
             disk.saturating_sub(estimate as u64)
         } else {
             r.disk_after
         };
         report.disk_after = r.disk_after;
+        if disk > limit && ((was - disk.min(was)) as f64) < estimate / 4.0 {
+            // The disk no longer follows the paths removed (the index keeps
+            // its pages until compacted): removing more would empty the store
+            // for little.
+            tracing::warn!(
+                disk,
+                limit,
+                "--max-size not reached: removing paths frees too little disk now"
+            );
+            break;
+        }
     }
     report.disk_before = disk_before;
     report.elapsed = start.elapsed();
