@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_castore::gc::{Collector, GcOptions};
+use cairn_castore::embedded::EmbeddedStore;
+use cairn_castore::gc::{GcOptions, GcReport};
 use cairn_store::gc::{Policy, Report};
 use clap::Args;
 
@@ -117,7 +118,7 @@ pub struct PinsArgs {
 
 /// The embedded store of the data directory, opened in this process: the
 /// collector needs the data directory itself.
-fn collector(store: &StoreArgs) -> anyhow::Result<Arc<dyn Collector>> {
+fn collector(store: &StoreArgs) -> anyhow::Result<EmbeddedStore> {
     let urls = store.urls()?;
     let Some(dir) = urls[0].strip_prefix("redb://") else {
         bail!(
@@ -128,10 +129,31 @@ fn collector(store: &StoreArgs) -> anyhow::Result<Arc<dyn Collector>> {
     if urls.iter().any(|u| u != &urls[0]) {
         bail!("garbage collection needs blobs, directories and path info in one data directory");
     }
-    Ok(Arc::new(
-        cairn_castore::embedded::EmbeddedStore::open_shared(dir)
-            .with_context(|| format!("cannot open data directory {dir}"))?,
-    ))
+    EmbeddedStore::open_shared(dir).with_context(|| format!("cannot open data directory {dir}"))
+}
+
+/// After a collection that removed something: compacts the index (redb keeps
+/// freed pages in its file otherwise) once `store` is the last handle.
+async fn compact(store: EmbeddedStore, report: &Report, dry_run: bool) {
+    if dry_run || report.castore == GcReport::default() {
+        return;
+    }
+    let index = store.dir().join("index.redb");
+    let size = || {
+        std::fs::metadata(&index)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0)
+    };
+    let before = size();
+    match tokio::task::spawn_blocking(move || store.close_and_compact()).await {
+        Ok(Ok(())) => eprintln!(
+            "index compacted: {} -> {}",
+            indicatif::HumanBytes(before),
+            indicatif::HumanBytes(size())
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "index not compacted"),
+        Err(e) => tracing::warn!(error = %e, "index not compacted"),
+    }
 }
 
 /// A spinner on stderr when it is a terminal.
@@ -193,7 +215,7 @@ pub fn gc(args: GcArgs) -> anyhow::Result<()> {
         };
         let report = cairn_store::gc::run(
             store.path_info.as_ref(),
-            collector.as_ref(),
+            &collector,
             &args.policy.policy(args.dry_run),
             &progress,
         )
@@ -202,6 +224,8 @@ pub fn gc(args: GcArgs) -> anyhow::Result<()> {
             b.finish_and_clear();
         }
         print_report(&report, args.dry_run);
+        drop(store);
+        compact(collector, &report, args.dry_run).await;
         Ok(())
     })
 }
@@ -214,7 +238,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         let store = args.store.open()?;
         let report = cairn_store::gc::delete(
             store.path_info.as_ref(),
-            collector.as_ref(),
+            &collector,
             &paths,
             GcOptions {
                 grace: args.grace,
@@ -223,6 +247,8 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         )
         .await?;
         print_report(&report, args.dry_run);
+        drop(store);
+        compact(collector, &report, args.dry_run).await;
         Ok(())
     })
 }
