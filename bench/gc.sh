@@ -35,7 +35,7 @@ step() {
     cat "$work/err"
     exit 1
   }
-  grep -E "removed|freed|peak RSS" "$work/err" | sed 's/^/  /'
+  grep -E "removed|freed|compacted|peak RSS" "$work/err" | sed 's/^/  /'
   echo "  du $(du -s -B1 "$work/data" | cut -f1) bytes (pathinfo.redb $(du -B1 "$work/data/pathinfo.redb" | cut -f1))"
 }
 step "gc, nothing to remove" gc --grace 0s
