@@ -7,6 +7,8 @@
 //! - [`BlobService`] and [`DirectoryService`]: the storage traits, their contracts in
 //!   their docs, with backends: memory, the embedded persistent store, and gRPC
 //!   clients; [`from_addr`] picks one by URL.
+//! - [`gc`]: garbage collection: what given roots reach, the grace period, and
+//!   the collectors of the memory and embedded backends.
 //! - [`server`]: the `tvix.castore.v1` gRPC services over any backend, also served
 //!   under the seed's `tvix.store.v1` names.
 //!
@@ -35,6 +37,7 @@ pub mod directoryservice;
 pub mod embedded;
 mod error;
 pub mod from_addr;
+pub mod gc;
 pub mod lru;
 pub mod model;
 pub mod pg;

@@ -78,6 +78,22 @@ enum Command {
     /// they are read. Serves until SIGINT or SIGTERM (then unmounts) or an unmount
     /// from outside (`fusermount3 -u MOUNTPOINT`).
     Mount(cmd::mount::MountArgs),
+    /// Garbage collection: remove what --max-age and --max-size select (least
+    /// recently used first, referrers before what they reference, never a
+    /// pinned path's closure), then every directory, blob and chunk no path
+    /// reaches and older than --grace; the disk is given back. Prints the
+    /// paths removed and a report; works on the data directory itself.
+    Gc(cmd::gc::GcArgs),
+    /// Remove store paths and then the content no path reaches any more.
+    /// Refused, naming them, while other paths reference one of them.
+    Delete(cmd::gc::DeleteArgs),
+    /// Pin store paths: garbage collection never removes them or their
+    /// closures.
+    Pin(cmd::gc::PinArgs),
+    /// Unpin store paths.
+    Unpin(cmd::gc::PinArgs),
+    /// List the pinned store paths.
+    Pins(cmd::gc::PinsArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +134,11 @@ fn main() -> ExitCode {
         Command::Cat(a) => cmd::paths::cat(a),
         Command::Verify(a) => cmd::paths::verify(a),
         Command::Mount(a) => cmd::mount::run(a),
+        Command::Gc(a) => cmd::gc::gc(a),
+        Command::Delete(a) => cmd::gc::delete(a),
+        Command::Pin(a) => cmd::gc::pin(a, true),
+        Command::Unpin(a) => cmd::gc::pin(a, false),
+        Command::Pins(a) => cmd::gc::pins(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
 use common::*;
@@ -492,14 +492,6 @@ fn commands_use_a_running_daemon_of_the_data_dir() {
     ok(cairn_at(&data, &["verify"], None));
 }
 
-/// Tiny deterministic PRNG (xorshift), so the crash test needs no dependency.
-fn next_rand(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn kill_9_during_imports_loses_nothing_printed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -545,17 +537,7 @@ fn kill_9_during_imports_loses_nothing_printed() {
         } else {
             store_dir.clone()
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(&args)
-            .env("CAIRN_DATA_DIR", &dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let delay = next_rand(&mut seed) % full_ms;
-        std::thread::sleep(std::time::Duration::from_millis(delay));
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        let (mut child, delay, _) = run_and_kill(&dir, &args, &mut seed, full_ms);
         let mut printed = String::new();
         child
             .stdout

@@ -5,6 +5,7 @@ use std::io::Cursor;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,7 +14,9 @@ use tokio::io::AsyncWrite;
 use super::{BlobReader, BlobService, BlobWriter, ChunkMeta};
 use crate::{B3Digest, Error};
 
-type Map = Arc<RwLock<HashMap<B3Digest, Bytes>>>;
+/// Blob digest -> (bytes, when last written): the time is the grace period's
+/// clock for [`crate::gc::MemoryCollector`].
+pub(crate) type Map = Arc<RwLock<HashMap<B3Digest, (Bytes, Instant)>>>;
 
 /// Keeps every blob in memory as one piece (no chunking).
 #[derive(Clone, Default)]
@@ -32,7 +35,12 @@ impl MemoryBlobService {
             .blobs
             .read()
             .map_err(|_| Error::Storage("blob map lock poisoned".into()))?;
-        Ok(map.get(digest).cloned())
+        Ok(map.get(digest).map(|(b, _)| b.clone()))
+    }
+
+    /// The map itself, for the collector.
+    pub(crate) fn written(&self) -> Map {
+        self.blobs.clone()
     }
 }
 
@@ -104,7 +112,10 @@ impl BlobWriter for MemoryBlobWriter {
             .blobs
             .write()
             .map_err(|_| Error::Storage("blob map lock poisoned".into()))?;
-        map.entry(digest).or_insert_with(|| Bytes::from(buf));
+        // Written again: its grace period starts again.
+        map.entry(digest)
+            .and_modify(|e| e.1 = Instant::now())
+            .or_insert_with(|| (Bytes::from(buf), Instant::now()));
         Ok(digest)
     }
 }

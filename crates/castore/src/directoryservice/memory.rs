@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use async_trait::async_trait;
 
@@ -11,13 +12,22 @@ use crate::{B3Digest, Directory, Error};
 /// Keeps every directory in memory.
 #[derive(Clone, Default)]
 pub struct MemoryDirectoryService {
-    dirs: Arc<RwLock<HashMap<B3Digest, Directory>>>,
+    dirs: Map,
 }
+
+/// Digest -> (directory, when last written), the time for
+/// [`crate::gc::MemoryCollector`]'s grace period.
+pub(crate) type Map = Arc<RwLock<HashMap<B3Digest, (Directory, Instant)>>>;
 
 impl MemoryDirectoryService {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The map itself, for the collector.
+    pub(crate) fn written(&self) -> Map {
+        self.dirs.clone()
     }
 }
 
@@ -33,7 +43,7 @@ impl DirectoryService for MemoryDirectoryService {
             .read()
             .map_err(|_| poisoned())?
             .get(digest)
-            .cloned())
+            .map(|(d, _)| d.clone()))
     }
 
     fn put_multiple_start(&self) -> Box<dyn DirectoryPutter + '_> {
@@ -46,7 +56,9 @@ impl DirectoryCommit for MemoryDirectoryService {
     async fn commit(&self, closure: Vec<(B3Digest, Directory)>) -> Result<(), Error> {
         let mut map = self.dirs.write().map_err(|_| poisoned())?;
         for (digest, dir) in closure {
-            map.entry(digest).or_insert(dir);
+            map.entry(digest)
+                .and_modify(|e| e.1 = Instant::now())
+                .or_insert((dir, Instant::now()));
         }
         Ok(())
     }

@@ -24,14 +24,15 @@
 //! in `chunks` (read back from the segments). Until then its chunks are only
 //! bytes in a pack that no index entry refers to, never visible, and reused only
 //! by itself; a writer dropped before close (or killed) leaves such bytes, cut off
-//! when the store is next opened unless a later commit covers them (then garbage
-//! for a future GC). Before segments, chunks were staged in the index every 128
+//! when the store is next opened unless a later commit covers them (then punched
+//! out at the next open). Garbage collection is in `gc` (its own module). Before segments, chunks were staged in the index every 128
 //! chunks, which kept a large blob's entries twice in redb's page cache. All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
 //! durable commit refers to first.
 
 pub(crate) mod format;
+mod gc;
 mod pack;
 mod reader;
 mod services;
@@ -152,6 +153,8 @@ struct Inner {
     /// so `has` and the writers' dedup lookups skip it. Set when a read records
     /// damage; never cleared while open.
     maybe_damaged: AtomicBool,
+    /// Garbage collection's lock against lookups, and the digests looked up.
+    gc: gc::Tracker,
 }
 
 impl Drop for Inner {
@@ -236,6 +239,9 @@ impl EmbeddedStore {
             }
             m
         };
+        // Everything stored now was committed before now (the grace period's
+        // clock: `gc`).
+        gc::record_mark(&txn, gc::now_secs(), &committed)?;
         txn.commit().map_err(db_err)?;
         let packs = Arc::new(Packs::open(dir.join("packs"), &committed)?);
         // No writer exists yet, so every byte below a committed length that no
@@ -267,6 +273,7 @@ impl EmbeddedStore {
                 dir,
                 read_bufs: Mutex::new(Vec::new()),
                 maybe_damaged: AtomicBool::new(maybe_damaged),
+                gc: gc::Tracker::default(),
             }),
         })
     }
@@ -332,6 +339,14 @@ impl EmbeddedStore {
 
     /// Sends `req` to the committer; await the receiver.
     fn submit(&self, req: CommitReq) -> oneshot::Receiver<Result<(), EmbeddedError>> {
+        // A commit of content stored already writes no new bytes, so its age
+        // cannot tell a collection to keep it: recorded instead (`gc`).
+        for (d, _) in &req.directories {
+            self.inner.gc.note(d);
+        }
+        for (d, _) in &req.blobs {
+            self.inner.gc.note(d);
+        }
         let (reply, rx) = oneshot::channel();
         if let Some(tx) = &self.inner.tx {
             // On a send error the reply sender is dropped and the receiver sees it.
@@ -347,23 +362,29 @@ impl EmbeddedStore {
 
     /// Whether blob `digest` is stored (including chunks of stored blobs).
     pub fn has_blob(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        if self.maybe_damaged()
-            && r.open_table(DAMAGED)
-                .map_err(db_err)?
-                .get(digest)
-                .map_err(db_err)?
-                .is_some()
-        {
-            // Damaged: to be written again.
-            return Ok(false);
-        }
-        let c = r.open_table(CHUNKS).map_err(db_err)?;
-        if c.get(digest).map_err(db_err)?.is_some() {
-            return Ok(true);
-        }
-        let t = r.open_table(BLOBS).map_err(db_err)?;
-        Ok(t.get(digest).map_err(db_err)?.is_some())
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                if self.maybe_damaged()
+                    && r.open_table(DAMAGED)
+                        .map_err(db_err)?
+                        .get(digest)
+                        .map_err(db_err)?
+                        .is_some()
+                {
+                    // Damaged: to be written again.
+                    return Ok(false);
+                }
+                let c = r.open_table(CHUNKS).map_err(db_err)?;
+                if c.get(digest).map_err(db_err)?.is_some() {
+                    return Ok(true);
+                }
+                let t = r.open_table(BLOBS).map_err(db_err)?;
+                Ok(t.get(digest).map_err(db_err)?.is_some())
+            },
+            |b| *b,
+        )
     }
 
     /// Where blob `digest`'s bytes are, in one read transaction.
@@ -551,22 +572,28 @@ impl EmbeddedStore {
 
     /// Where chunk `digest` is stored, if it is (for dedup on write).
     pub(crate) fn find_chunk(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(CHUNKS).map_err(db_err)?;
-        let Some(v) = t.get(digest).map_err(db_err)? else {
-            return Ok(None);
-        };
-        if self.maybe_damaged()
-            && r.open_table(DAMAGED)
-                .map_err(db_err)?
-                .get(digest)
-                .map_err(db_err)?
-                .is_some_and(|d| d.value() == v.value())
-        {
-            // Stored, but damaged: the writer stores it anew.
-            return Ok(None);
-        }
-        ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(CHUNKS).map_err(db_err)?;
+                let Some(v) = t.get(digest).map_err(db_err)? else {
+                    return Ok(None);
+                };
+                if self.maybe_damaged()
+                    && r.open_table(DAMAGED)
+                        .map_err(db_err)?
+                        .get(digest)
+                        .map_err(db_err)?
+                        .is_some_and(|d| d.value() == v.value())
+                {
+                    // Stored, but damaged: the writer stores it anew.
+                    return Ok(None);
+                }
+                ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+            },
+            Option::is_some,
+        )
     }
 
     /// A read found chunk `chunk` of blob `blob` damaged at `loc`: recorded, so
@@ -625,16 +652,31 @@ impl EmbeddedStore {
         &self,
         digest: &[u8; 32],
     ) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(SEGMENTS).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
-            None => Ok(None),
-        }
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(SEGMENTS).map_err(db_err)?;
+                match t.get(digest).map_err(db_err)? {
+                    Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
+                    None => Ok(None),
+                }
+            },
+            Option::is_some,
+        )
     }
 
     /// The encoded Directory stored under `digest`, if any, verified to hash to it.
     pub fn get_directory(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
+        // A path info's check reads its root directory: kept by a collection
+        // running meanwhile.
+        self.inner
+            .gc
+            .lookup_found(digest, || self.load_directory(digest), Option::is_some)
+    }
+
+    /// [`EmbeddedStore::get_directory`] without recording the lookup.
+    fn load_directory(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
         let loc = {
             let r = self.inner.db.begin_read().map_err(db_err)?;
             let t = r.open_table(DIRECTORIES).map_err(db_err)?;
@@ -648,16 +690,29 @@ impl EmbeddedStore {
 
     /// Where the Directory `digest` is stored, if it is.
     fn directory_loc(&self, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        let r = self.inner.db.begin_read().map_err(db_err)?;
-        let t = r.open_table(DIRECTORIES).map_err(db_err)?;
-        match t.get(digest).map_err(db_err)? {
-            Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
-            None => Ok(None),
-        }
+        self.inner.gc.lookup_found(
+            digest,
+            || {
+                let r = self.inner.db.begin_read().map_err(db_err)?;
+                let t = r.open_table(DIRECTORIES).map_err(db_err)?;
+                match t.get(digest).map_err(db_err)? {
+                    Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
+                    None => Ok(None),
+                }
+            },
+            Option::is_some,
+        )
     }
 
     /// Whether a Directory is stored under `digest`.
     pub fn has_directory(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
+        self.inner
+            .gc
+            .lookup_found(digest, || self.directory_stored(digest), |b| *b)
+    }
+
+    /// [`EmbeddedStore::has_directory`] without recording the lookup.
+    fn directory_stored(&self, digest: &[u8; 32]) -> Result<bool, EmbeddedError> {
         let r = self.inner.db.begin_read().map_err(db_err)?;
         let t = r.open_table(DIRECTORIES).map_err(db_err)?;
         Ok(t.get(digest).map_err(db_err)?.is_some())
@@ -1086,6 +1141,8 @@ fn reclaim_unreferenced(db: &Database, packs: &Packs) -> Result<u64, EmbeddedErr
 /// request asks for it, after fsyncing every pack written since the last durable one.
 fn committer(db: &Database, packs: &Packs, rx: mpsc::Receiver<(CommitReq, Reply)>) {
     let mut unsynced: HashSet<u32> = HashSet::new();
+    // The open recorded one.
+    let mut last_mark = gc::now_secs();
     loop {
         // Between commits: give back the space of failed writes, and stop
         // syncing packs that failed (a commit referring to them fails by itself).
@@ -1105,7 +1162,7 @@ fn committer(db: &Database, packs: &Packs, rx: mpsc::Receiver<(CommitReq, Reply)
                 Err(_) => break,
             }
         }
-        let res = commit_batch(db, packs, &batch, &mut unsynced);
+        let res = commit_batch(db, packs, &batch, &mut unsynced, &mut last_mark);
         for (_, reply) in batch {
             let _ = reply.send(match &res {
                 Ok(()) => Ok(()),
@@ -1120,6 +1177,7 @@ fn commit_batch(
     packs: &Packs,
     batch: &[(CommitReq, Reply)],
     unsynced: &mut HashSet<u32>,
+    last_mark: &mut u64,
 ) -> Result<(), EmbeddedError> {
     let durable = batch.iter().any(|(r, _)| r.durable);
     // The batch's small objects may still sit in the pack buffer: written out
@@ -1244,6 +1302,16 @@ fn commit_batch(
                 }
             }
         }
+    }
+    let now = gc::now_secs();
+    if durable && now >= *last_mark + gc::MARK_EVERY {
+        let mut lengths = packs.committed_lengths();
+        for (&p, &end) in &pack_ends {
+            let e = lengths.entry(p).or_insert(0);
+            *e = (*e).max(end);
+        }
+        gc::record_mark(&txn, now, &lengths)?;
+        *last_mark = now;
     }
     txn.commit().map_err(db_err)?;
     for (p, end) in pack_ends {

@@ -104,6 +104,15 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     shutdown_timeout: u64,
 
+    /// Run a garbage collection this often while serving (e.g. 1h), with the
+    /// policy of --max-age, --max-size and --grace (as `cairn gc`). Needs the
+    /// embedded store (no --*-service-addr).
+    #[arg(long, value_name = "DURATION", value_parser = super::gc::parse_duration)]
+    gc_interval: Option<std::time::Duration>,
+
+    #[command(flatten)]
+    gc: super::gc::PolicyArgs,
+
     #[command(flatten)]
     http: super::daemon_http::HttpArgs,
 
@@ -150,7 +159,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let dir_url = args
         .directory_service_addr
         .unwrap_or_else(|| embedded.clone());
-    let info_url = args.path_info_service_addr.unwrap_or(embedded);
+    let info_url = args.path_info_service_addr.unwrap_or(embedded.clone());
+    if args.gc_interval.is_some()
+        && [&blob_url, &dir_url, &info_url]
+            .iter()
+            .any(|u| **u != embedded)
+    {
+        anyhow::bail!(
+            "--gc-interval needs the embedded store of the data directory for blobs, directories and path info"
+        );
+    }
     let write_token = read_token(args.grpc_token_file.as_deref(), "gRPC write")?;
     let access = Access {
         anonymous_writes: match (args.allow_anonymous_writes, &write_token) {
@@ -209,6 +227,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|stop| *stop).await;
         };
         let mut servers = tokio::task::JoinSet::new();
+        if let Some(every) = args.gc_interval {
+            let store = cairn_castore::embedded::EmbeddedStore::open_shared(&dir)
+                .with_context(|| format!("cannot open data directory {}", dir.display()))?;
+            // Before serving: every lookup from here on counts for the sweep.
+            store.track_lookups(args.gc.grace);
+            tokio::spawn(super::gc::every(every, args.gc.policy(false), path_info.clone(), store, stopped(stop_rx.clone())));
+        }
 
         // The socket first: a script that waits for the TCP port and then runs a
         // store command must find the socket (the command would otherwise find

@@ -4,6 +4,7 @@ pub mod config;
 pub mod daemon;
 pub mod daemon_http;
 pub mod daemon_metrics;
+pub mod gc;
 pub mod import;
 pub mod key;
 pub mod mount;

@@ -12,7 +12,7 @@ use clap::Args;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::store::{Store, StoreArgs, parse_store_path, runtime};
+use super::store::{Store, StoreArgs, parse_store_path, parse_store_paths, runtime};
 use crate::stdout;
 
 /// Bytes copied to stdout at a time.
@@ -228,11 +228,7 @@ pub fn add_nar(args: AddNarArgs) -> anyhow::Result<()> {
 
 /// Runs `cairn path-info`.
 pub fn path_info(args: PathInfoArgs) -> anyhow::Result<()> {
-    let paths = args
-        .paths
-        .iter()
-        .map(|p| parse_store_path(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let paths = parse_store_paths(&args.paths)?;
     runtime()?.block_on(async {
         let store = args.store.open()?;
         let mut infos = Vec::new();
@@ -490,11 +486,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
 /// Runs `cairn verify`: re-renders each path's NAR (every blob read is checked
 /// against its BLAKE3 digest) and compares its size and sha256 with the path info.
 pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let paths = args
-        .paths
-        .iter()
-        .map(|p| parse_store_path(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let paths = parse_store_paths(&args.paths)?;
     runtime()?.block_on(async {
         let store = args.store.open()?;
         let repair = if args.repair {

@@ -266,3 +266,8 @@ pub fn parse_store_path(arg: &str) -> anyhow::Result<StorePath> {
     StorePath::parse_absolute(arg.trim_end_matches('/'))
         .with_context(|| format!("{arg:?} is not a store path"))
 }
+
+/// Parses absolute store path arguments.
+pub fn parse_store_paths(args: &[String]) -> anyhow::Result<Vec<StorePath>> {
+    args.iter().map(|p| parse_store_path(p)).collect()
+}

@@ -293,3 +293,35 @@ pub fn dir_size(dir: &Path) -> u64 {
     }
     total
 }
+
+/// Tiny deterministic PRNG (xorshift), so the crash tests need no dependency.
+pub fn next_rand(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// Starts `cairn ARGS` on data directory `data` (stdout piped, stderr
+/// dropped), SIGKILLs it after a random delay below `within_ms` (drawn from
+/// `seed`), and waits for it: the child (its stdout still to read), the
+/// delay, and how it ended.
+pub fn run_and_kill(
+    data: &Path,
+    args: &[&str],
+    seed: &mut u64,
+    within_ms: u64,
+) -> (std::process::Child, u64, std::process::ExitStatus) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(args)
+        .env("CAIRN_DATA_DIR", data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let delay = next_rand(seed) % within_ms;
+    std::thread::sleep(std::time::Duration::from_millis(delay));
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().unwrap();
+    (child, delay, status)
+}

@@ -1,6 +1,7 @@
 //! [`CachingPathInfoService`]: a bounded in-memory cache in front of another
 //! [`PathInfoService`], so repeated lookups (narinfo requests) skip the backend.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -85,7 +86,10 @@ impl PathInfoService for CachingPathInfoService {
             let mut state = self.lock();
             if let Some(info) = state.lru.get(&digest) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(info.clone()));
+                let info = info.clone();
+                drop(state);
+                self.inner.note_access(digest);
+                return Ok(Some(info));
             }
             state.epoch
         };
@@ -122,6 +126,33 @@ impl PathInfoService for CachingPathInfoService {
 
     async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
         self.inner.remember_nar(node, nar).await
+    }
+
+    fn note_access(&self, digest: [u8; 20]) {
+        self.inner.note_access(digest);
+    }
+
+    async fn access_times(&self) -> Result<HashMap<[u8; 20], u64>, Error> {
+        self.inner.access_times().await
+    }
+
+    async fn delete(&self, digests: &[[u8; 20]]) -> Result<(), Error> {
+        let result = self.inner.delete(digests).await;
+        // Even on error: some may be gone.
+        let mut state = self.lock();
+        state.epoch += 1;
+        for d in digests {
+            state.lru.remove(d);
+        }
+        result
+    }
+
+    async fn pins(&self) -> Result<Vec<[u8; 20]>, Error> {
+        self.inner.pins().await
+    }
+
+    async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
+        self.inner.set_pinned(digests, pinned).await
     }
 }
 

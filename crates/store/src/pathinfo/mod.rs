@@ -24,6 +24,7 @@ mod postgres;
 mod redb;
 mod server;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -78,6 +79,55 @@ pub trait PathInfoService: Send + Sync {
         let _ = (node, nar);
         Ok(())
     }
+
+    /// Records that the path was read (its narinfo or NAR served, a gRPC
+    /// get), for garbage collection's `--max-age` and `--max-size`. Must be
+    /// cheap: backends note it in memory and write coarse times in batches,
+    /// never once per request. `get` notes it itself; a cache in front of a
+    /// backend calls this on its hits. The default forgets it.
+    fn note_access(&self, digest: [u8; 20]) {
+        let _ = digest;
+    }
+
+    /// The last access (or upload) time, in unix seconds, of every path the
+    /// backend has one for, including those not written out yet.
+    async fn access_times(&self) -> Result<HashMap<[u8; 20], u64>, Error> {
+        Err(no_gc())
+    }
+
+    /// Removes the entries of these paths, durably (their content is left to
+    /// the castore's collector). Absent paths are skipped.
+    async fn delete(&self, digests: &[[u8; 20]]) -> Result<(), Error> {
+        let _ = digests;
+        Err(no_gc())
+    }
+
+    /// The pinned paths: garbage collection policies never remove them or
+    /// their closures.
+    async fn pins(&self) -> Result<Vec<[u8; 20]>, Error> {
+        Err(no_gc())
+    }
+
+    /// Pins or unpins paths, durably.
+    async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
+        let _ = (digests, pinned);
+        Err(no_gc())
+    }
+}
+
+/// What backends without garbage collection answer.
+fn no_gc() -> Error {
+    Error::InvalidArgument(
+        "this path info service cannot delete, pin or report access times (garbage collection works on memory:// and redb:// stores)".into(),
+    )
+}
+
+/// Unix seconds now.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Checks what a backend's `put` must check before storing `info`: that it is

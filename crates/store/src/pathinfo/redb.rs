@@ -9,12 +9,22 @@
 //!   its NAR size (u64 little-endian) and SHA-256 (32 bytes), for CalculateNAR. A
 //!   malformed value counts as absent (it is recomputed and overwritten).
 //!
+//! - `pins`: store path digest -> empty: pinned paths (garbage collection's
+//!   policies never remove them or their closures).
+//! - `access`: store path digest -> unix seconds (u64) of its last access or
+//!   upload, at [`ACCESS_GRAIN`]: noted in memory on every `get` and `put`, and
+//!   written by the committer in one transaction every [`ACCESS_FLUSH`] (and
+//!   when the file closes), only for paths whose recorded time is older by a
+//!   grain: never a durable write per request. A kill loses at most the last
+//!   interval's accesses, which only makes those paths look older.
+//!
 //! Writes go through one committer thread per open file, which groups whatever
 //! writes are queued into one durable transaction (group commit): concurrent puts
 //! share one fsync, and each put still returns only after the transaction holding
 //! it is on disk. Within a group, writes apply in the order they were queued, so a
 //! later put of the same path wins as it would one by one.
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, Weak, mpsc};
@@ -32,6 +42,16 @@ use crate::proto;
 
 const PATHINFO: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("pathinfo");
 const NAR_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nar_cache");
+const PINS: TableDefinition<&[u8; 20], ()> = TableDefinition::new("pins");
+const ACCESS: TableDefinition<&[u8; 20], u64> = TableDefinition::new("access");
+
+/// Access times are recorded to this precision (seconds).
+pub const ACCESS_GRAIN: u64 = 3600;
+/// Accesses noted in memory are written out this often.
+pub const ACCESS_FLUSH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Accesses noted in memory, not written yet: digest -> unix seconds.
+type Pending = Arc<Mutex<HashMap<[u8; 20], u64>>>;
 
 /// The file's name inside the data directory.
 pub const FILE_NAME: &str = "pathinfo.redb";
@@ -48,6 +68,12 @@ enum Write {
     PathInfo([u8; 20], Vec<u8>),
     /// `nar_cache`: encoded node -> size and SHA-256.
     NarCache(Vec<u8>, Vec<u8>),
+    /// Removes a path (and its pin and access time).
+    Delete([u8; 20]),
+    /// Pins (true) or unpins a path.
+    Pin([u8; 20], bool),
+    /// Writes out the accesses noted so far.
+    FlushAccess,
 }
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -59,6 +85,7 @@ struct Db {
     tx: Option<mpsc::Sender<(Write, Reply)>>,
     committer: Option<JoinHandle<()>>,
     path: PathBuf,
+    access: Pending,
 }
 
 impl Drop for Db {
@@ -95,10 +122,32 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Queues `writes` at once (so they share transactions) and waits for all.
+    async fn write_all(&self, writes: impl Iterator<Item = Write>) -> Result<(), Error> {
+        for r in futures::future::join_all(writes.map(|w| self.write(w))).await {
+            r?;
+        }
+        Ok(())
+    }
+}
+
 /// Takes the first queued write and whatever else is already queued behind it,
 /// commits them in one durable transaction, then answers each.
-fn committer(db: &Database, rx: mpsc::Receiver<(Write, Reply)>) {
-    while let Ok(first) = rx.recv() {
+fn committer(db: &Database, rx: mpsc::Receiver<(Write, Reply)>, access: &Pending) {
+    let mut flushed = std::time::Instant::now();
+    loop {
+        if flushed.elapsed() >= ACCESS_FLUSH {
+            if let Err(e) = flush_access(db, access) {
+                tracing::warn!(error = %e, "{FILE_NAME}: cannot write access times");
+            }
+            flushed = std::time::Instant::now();
+        }
+        let first = match rx.recv_timeout(ACCESS_FLUSH) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -106,11 +155,47 @@ fn committer(db: &Database, rx: mpsc::Receiver<(Write, Reply)>) {
                 Err(_) => break,
             }
         }
-        let res = commit_group(db, &group).map_err(|e| e.to_string());
+        let mut res = commit_group(db, &group).map_err(|e| e.to_string());
+        if res.is_ok() && group.iter().any(|(w, _)| matches!(w, Write::FlushAccess)) {
+            res = flush_access(db, access).map_err(|e| e.to_string());
+            flushed = std::time::Instant::now();
+        }
         for (_, reply) in group {
             let _ = reply.send(res.clone());
         }
     }
+    if let Err(e) = flush_access(db, access) {
+        tracing::warn!(error = %e, "{FILE_NAME}: cannot write access times");
+    }
+}
+
+/// Writes the noted accesses whose recorded time is older by a grain, in one
+/// transaction (none if there are none).
+fn flush_access(db: &Database, access: &Pending) -> Result<(), redb::Error> {
+    let pending = std::mem::take(&mut *access.lock().unwrap_or_else(PoisonError::into_inner));
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    let mut changed = false;
+    {
+        let paths = txn.open_table(PATHINFO)?;
+        let mut t = txn.open_table(ACCESS)?;
+        for (d, at) in pending {
+            let old = t.get(&d)?.map(|v| v.value()).unwrap_or(0);
+            // A path deleted since its access was noted gets no record.
+            if at >= old + ACCESS_GRAIN && paths.get(&d)?.is_some() {
+                t.insert(&d, at)?;
+                changed = true;
+            }
+        }
+    }
+    if changed {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok(())
 }
 
 fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Error> {
@@ -123,8 +208,19 @@ fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Err
     {
         let mut pathinfo = txn.open_table(PATHINFO)?;
         let mut nar_cache = txn.open_table(NAR_CACHE)?;
+        let mut pins = txn.open_table(PINS)?;
+        let mut access = txn.open_table(ACCESS)?;
         for (write, _) in group {
             let new = match write {
+                Write::Delete(digest) => {
+                    let a = pathinfo.remove(digest)?.is_some();
+                    let b = pins.remove(digest)?.is_some();
+                    let c = access.remove(digest)?.is_some();
+                    a || b || c
+                }
+                Write::Pin(digest, true) => pins.insert(digest, ())?.is_none(),
+                Write::Pin(digest, false) => pins.remove(digest)?.is_some(),
+                Write::FlushAccess => false,
                 Write::PathInfo(digest, bytes) => {
                     let same = pathinfo.get(digest)?.is_some_and(|v| v.value() == bytes);
                     if !same {
@@ -246,21 +342,27 @@ fn open_db(dir: &Path) -> Result<Db, Error> {
     // store that is only read.
     let missing = {
         let txn = db.begin_read().map_err(storage)?;
-        txn.open_table(PATHINFO).is_err() || txn.open_table(NAR_CACHE).is_err()
+        txn.open_table(PATHINFO).is_err()
+            || txn.open_table(NAR_CACHE).is_err()
+            || txn.open_table(PINS).is_err()
+            || txn.open_table(ACCESS).is_err()
     };
     if missing {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(PATHINFO).map_err(storage)?;
         txn.open_table(NAR_CACHE).map_err(storage)?;
+        txn.open_table(PINS).map_err(storage)?;
+        txn.open_table(ACCESS).map_err(storage)?;
         txn.commit().map_err(storage)?;
     }
     let db = Arc::new(db);
     let (tx, rx) = mpsc::channel();
+    let access = Pending::default();
     let committer = {
-        let db = db.clone();
+        let (db, access) = (db.clone(), access.clone());
         std::thread::Builder::new()
             .name("cairn-pathinfo-committer".into())
-            .spawn(move || committer(&db, rx))
+            .spawn(move || committer(&db, rx, &access))
             .map_err(|e| io("spawn the committer of", &path, e))?
     };
     Ok(Db {
@@ -268,6 +370,7 @@ fn open_db(dir: &Path) -> Result<Db, Error> {
         tx: Some(tx),
         committer: Some(committer),
         path,
+        access,
     })
 }
 
@@ -302,6 +405,63 @@ impl PathInfoService for RedbPathInfoService {
             }
         })
         .await
+        .inspect(|found| {
+            if found.is_some() {
+                self.note_access(digest);
+            }
+        })
+    }
+
+    fn note_access(&self, digest: [u8; 20]) {
+        let now = super::now_secs();
+        let mut pending = self
+            .db
+            .access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pending.insert(digest, now);
+    }
+
+    async fn access_times(&self) -> Result<HashMap<[u8; 20], u64>, Error> {
+        self.db.write(Write::FlushAccess).await?;
+        let db = self.db.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = txn.open_table(ACCESS).map_err(storage)?;
+            let mut m = HashMap::new();
+            for e in t.iter().map_err(storage)? {
+                let (k, v) = e.map_err(storage)?;
+                m.insert(*k.value(), v.value());
+            }
+            Ok(m)
+        })
+        .await
+    }
+
+    async fn delete(&self, digests: &[[u8; 20]]) -> Result<(), Error> {
+        self.db
+            .write_all(digests.iter().map(|d| Write::Delete(*d)))
+            .await
+    }
+
+    async fn pins(&self) -> Result<Vec<[u8; 20]>, Error> {
+        let db = self.db.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let t = txn.open_table(PINS).map_err(storage)?;
+            let mut v = Vec::new();
+            for e in t.iter().map_err(storage)? {
+                v.push(*e.map_err(storage)?.0.value());
+            }
+            Ok(v)
+        })
+        .await
+    }
+
+    async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
+        self.db
+            .write_all(digests.iter().map(|d| Write::Pin(*d, pinned)))
+            .await
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
@@ -309,6 +469,7 @@ impl PathInfoService for RedbPathInfoService {
         let bytes = proto::PathInfo::from(&info).encode_to_vec();
         let digest = *info.store_path.digest();
         self.db.write(Write::PathInfo(digest, bytes)).await?;
+        self.note_access(digest);
         Ok(info)
     }
 

@@ -1,0 +1,331 @@
+//! `cairn gc`, `cairn delete`, `cairn pin`, `cairn unpin`, `cairn pins`:
+//! garbage collection of the embedded store (`cairn_store::gc` decides which
+//! paths go, the castore's collector removes what no path reaches).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_castore::embedded::EmbeddedStore;
+use cairn_castore::gc::{GcOptions, GcReport};
+use cairn_store::gc::{Policy, Report};
+use clap::Args;
+
+use super::daemon_http::parse_size;
+use super::store::{StoreArgs, parse_store_paths, runtime};
+
+/// A duration: a number with a unit s, m, h, d or w (`90m`, `30d`); a bare
+/// number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let mult: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86400,
+        'w' => 7 * 86400,
+        c => return Err(format!("{s:?}: unknown unit {c:?} (s, m, h, d or w)")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90m, 12h or 30d"))?;
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// The collection options shared by `cairn gc` and `cairn daemon`.
+#[derive(Args, Clone, Debug)]
+pub struct PolicyArgs {
+    /// Remove paths not read (narinfo or NAR served, gRPC get) nor uploaded
+    /// within this long (e.g. 30d). Pinned paths and their closures stay; a
+    /// path stays while a path that stays references it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<Duration>,
+    /// Remove least recently used paths (referrers before what they
+    /// reference) until the store takes at most this much disk (e.g. 50G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Keep content written within this long even if no path reaches it: an
+    /// upload in progress registers its path last.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    pub grace: Duration,
+}
+
+impl PolicyArgs {
+    /// The policy, dry or not.
+    pub fn policy(&self, dry_run: bool) -> Policy {
+        Policy {
+            max_age: self.max_age,
+            max_size: self.max_size,
+            castore: GcOptions {
+                grace: self.grace,
+                dry_run,
+            },
+        }
+    }
+}
+
+/// `cairn gc`.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Print what would be removed and how many bytes it takes; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `cairn delete`.
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Store paths to remove. Refused, naming them, while paths not given here
+    /// reference one of them; refused for a pinned path.
+    #[arg(required = true)]
+    paths: Vec<String>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep content written within this long even if no path reaches it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    grace: Duration,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `cairn pin` and `cairn unpin`.
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    /// Store paths (registered ones, for `pin`).
+    #[arg(required = true)]
+    paths: Vec<String>,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `cairn pins`.
+#[derive(Args, Debug)]
+pub struct PinsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// The embedded store of the data directory, opened in this process: the
+/// collector needs the data directory itself.
+fn collector(store: &StoreArgs) -> anyhow::Result<EmbeddedStore> {
+    let urls = store.urls()?;
+    let Some(dir) = urls[0].strip_prefix("redb://") else {
+        bail!(
+            "garbage collection works on the data directory itself, not on {}: stop the daemon serving it, or run collections in it (cairn daemon --gc-interval)",
+            cairn_castore::redacted(&urls[0])
+        );
+    };
+    if urls.iter().any(|u| u != &urls[0]) {
+        bail!("garbage collection needs blobs, directories and path info in one data directory");
+    }
+    EmbeddedStore::open_shared(dir).with_context(|| format!("cannot open data directory {dir}"))
+}
+
+/// After a collection that removed something: compacts the index (redb keeps
+/// freed pages in its file otherwise) once `store` is the last handle.
+async fn compact(store: EmbeddedStore, report: &Report, dry_run: bool) {
+    if dry_run || report.castore == GcReport::default() {
+        return;
+    }
+    let index = store.dir().join("index.redb");
+    let size = || {
+        std::fs::metadata(&index)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0)
+    };
+    let before = size();
+    match tokio::task::spawn_blocking(move || store.close_and_compact()).await {
+        Ok(Ok(())) => eprintln!(
+            "index compacted: {} -> {}",
+            indicatif::HumanBytes(before),
+            indicatif::HumanBytes(size())
+        ),
+        Ok(Err(e)) => tracing::warn!(error = %e, "index not compacted"),
+        Err(e) => tracing::warn!(error = %e, "index not compacted"),
+    }
+}
+
+/// A spinner on stderr when it is a terminal.
+fn spinner() -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(100));
+    Some(bar)
+}
+
+/// Prints the report (stderr for the summary, stdout for the paths).
+pub fn print_report(r: &Report, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for p in &r.paths {
+        println!("{}", p.to_absolute());
+    }
+    let c = &r.castore;
+    eprintln!(
+        "{verb} {} paths ({} NAR bytes), {} directories, {} blobs, {} chunks ({} stored)",
+        r.paths.len(),
+        r.nar_bytes,
+        c.directories,
+        c.blobs,
+        c.chunks,
+        indicatif::HumanBytes(c.stored_bytes),
+    );
+    if dry_run {
+        eprintln!(
+            "disk in use: {}; would free about {} (dry run: nothing removed) in {:.1} s",
+            indicatif::HumanBytes(r.disk_before),
+            indicatif::HumanBytes(c.stored_bytes),
+            r.elapsed.as_secs_f64()
+        );
+    } else {
+        eprintln!(
+            "freed {} on disk ({} -> {}) in {:.1} s",
+            indicatif::HumanBytes(r.disk_before.saturating_sub(r.disk_after)),
+            indicatif::HumanBytes(r.disk_before),
+            indicatif::HumanBytes(r.disk_after),
+            r.elapsed.as_secs_f64()
+        );
+    }
+}
+
+/// `cairn gc`.
+pub fn gc(args: GcArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let collector = collector(&args.store)?;
+        let store = args.store.open()?;
+        let bar = spinner();
+        let progress = |what: &str| {
+            if let Some(b) = &bar {
+                b.set_message(what.to_owned());
+            }
+            tracing::info!("gc: {what}");
+        };
+        let report = cairn_store::gc::run(
+            store.path_info.as_ref(),
+            &collector,
+            &args.policy.policy(args.dry_run),
+            &progress,
+        )
+        .await?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        print_report(&report, args.dry_run);
+        drop(store);
+        compact(collector, &report, args.dry_run).await;
+        Ok(())
+    })
+}
+
+/// `cairn delete`.
+pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
+    let paths = parse_store_paths(&args.paths)?;
+    runtime()?.block_on(async {
+        let collector = collector(&args.store)?;
+        let store = args.store.open()?;
+        let report = cairn_store::gc::delete(
+            store.path_info.as_ref(),
+            &collector,
+            &paths,
+            GcOptions {
+                grace: args.grace,
+                dry_run: args.dry_run,
+            },
+        )
+        .await?;
+        print_report(&report, args.dry_run);
+        drop(store);
+        compact(collector, &report, args.dry_run).await;
+        Ok(())
+    })
+}
+
+/// `cairn pin` (`pinned`) and `cairn unpin`.
+pub fn pin(args: PinArgs, pinned: bool) -> anyhow::Result<()> {
+    let paths = parse_store_paths(&args.paths)?;
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        if pinned {
+            for p in &paths {
+                store.path_info(p).await?;
+            }
+        }
+        let digests: Vec<[u8; 20]> = paths.iter().map(|p| *p.digest()).collect();
+        store.path_info.set_pinned(&digests, pinned).await?;
+        Ok(())
+    })
+}
+
+/// `cairn pins`: the pinned paths, one per line.
+pub fn pins(args: PinsArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let store = args.store.open()?;
+        let mut names = Vec::new();
+        for d in store.path_info.pins().await? {
+            match store.path_info.get(d).await? {
+                Some(info) => names.push(info.store_path.to_absolute()),
+                // Pinned, then deleted by hand: the pin outlived its path.
+                None => names.push(format!(
+                    "{} (not in the store)",
+                    cairn_nix::nixbase32::encode(&d)
+                )),
+            }
+        }
+        names.sort();
+        for n in names {
+            println!("{n}");
+        }
+        Ok(())
+    })
+}
+
+/// The daemon's collections: `policy` every `every`, until `stop` completes.
+/// A failed collection is logged, and the next one runs on time.
+pub async fn every(
+    every: Duration,
+    policy: Policy,
+    paths: Arc<dyn cairn_store::pathinfo::PathInfoService>,
+    store: cairn_castore::embedded::EmbeddedStore,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let progress = |what: &str| tracing::debug!("gc: {what}");
+        match cairn_store::gc::run(paths.as_ref(), &store, &policy, &progress).await {
+            Ok(r) => {
+                let c = &r.castore;
+                tracing::info!(
+                    paths = r.paths.len(),
+                    directories = c.directories,
+                    blobs = c.blobs,
+                    chunks = c.chunks,
+                    freed = r.disk_before.saturating_sub(r.disk_after),
+                    disk = r.disk_after,
+                    seconds = r.elapsed.as_secs_f64(),
+                    "garbage collection done"
+                );
+                for p in &r.paths {
+                    tracing::info!(path = p.to_absolute(), "gc removed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "garbage collection failed"),
+        }
+    }
+}
