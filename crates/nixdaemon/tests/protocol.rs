@@ -1,0 +1,597 @@
+//! The daemon against byte transcripts built here from the protocol as Nix's
+//! sources define it (worker-protocol.hh, worker-protocol-connection.cc,
+//! daemon.cc): the greeting for every client version 1.20–1.38, and operations
+//! whose wire form changes with the version.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use cairn_nix::hash::{HashAlgo, NixHash};
+use cairn_nix::signature::SigningKey;
+use cairn_nix::store_path::StorePath;
+use cairn_nix_daemon::{Config, NixDaemon};
+use cairn_store::pathinfo::PathInfoService;
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const MAGIC_1: u64 = 0x6e69_7863;
+const MAGIC_2: u64 = 0x6478_696f;
+const LAST: u64 = 0x616c_7473;
+const ERROR: u64 = 0x6378_7470;
+const READ: u64 = 0x6461_7461;
+
+fn u(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+
+fn s(data: impl AsRef<[u8]>) -> Vec<u8> {
+    let data = data.as_ref();
+    let mut out = u(data.len() as u64);
+    out.extend(data);
+    out.resize(out.len() + (8 - data.len() % 8) % 8, 0);
+    out
+}
+
+fn strings<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(items: I) -> Vec<u8> {
+    let items: Vec<S> = items.into_iter().collect();
+    let mut out = u(items.len() as u64);
+    for i in items {
+        out.extend(s(i));
+    }
+    out
+}
+
+/// The NAR of a single regular file, as Nix writes it.
+fn file_nar(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for part in ["nix-archive-1", "(", "type", "regular", "contents"] {
+        out.extend(s(part));
+    }
+    out.extend(s(contents));
+    out.extend(s(")"));
+    out
+}
+
+/// A framed stream of `data` in frames of at most `frame` bytes.
+fn framed(data: &[u8], frame: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for chunk in data.chunks(frame) {
+        out.extend(u(chunk.len() as u64));
+        out.extend(chunk);
+    }
+    out.extend(u(0));
+    out
+}
+
+fn path(name: &str, seed: u8) -> StorePath {
+    StorePath::new([seed; 20], name).unwrap()
+}
+
+struct Store {
+    daemon: Arc<NixDaemon>,
+    path_info: Arc<dyn PathInfoService>,
+}
+
+fn store(config: Config) -> Store {
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let path_info = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    Store {
+        daemon: Arc::new(NixDaemon::new(blobs, dirs, path_info.clone(), config)),
+        path_info,
+    }
+}
+
+struct Client {
+    io: DuplexStream,
+    version: u64,
+    /// A message code read ahead (an error where STDERR_READ was expected).
+    pushback: Option<u64>,
+    server: tokio::task::JoinHandle<Result<(), cairn_nix_daemon::Error>>,
+}
+
+impl Client {
+    /// Connects and runs the greeting as a client of `version` would, checking
+    /// every byte the daemon sends.
+    async fn connect(store: &Store, version: u64, trusted: bool) -> Client {
+        let (mut io, server_io) = tokio::io::duplex(1 << 20);
+        let daemon = store.daemon.clone();
+        let server = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(server_io);
+            daemon
+                .serve_connection(r, w, trusted, std::future::pending())
+                .await
+        });
+        io.write_all(&u(MAGIC_1)).await.unwrap();
+        let mut c = Client {
+            io,
+            version,
+            pushback: None,
+            server,
+        };
+        c.expect(&[u(MAGIC_2), u(0x126)].concat()).await;
+        c.send(&u(version)).await;
+        let minor = version & 0xff;
+        if minor >= 38 {
+            c.send(&strings(["some-future-feature"])).await;
+            c.expect(&u(0)).await;
+        }
+        let mut post = Vec::new();
+        if minor >= 14 {
+            post.extend(u(0));
+        }
+        if minor >= 11 {
+            post.extend(u(0));
+        }
+        c.send(&post).await;
+        if version < 0x115 {
+            return c;
+        }
+        let mut expected = Vec::new();
+        if minor >= 33 {
+            expected.extend(s(format!("cairn {}", env!("CARGO_PKG_VERSION"))));
+        }
+        if minor >= 35 {
+            expected.extend(u(if trusted { 1 } else { 2 }));
+        }
+        expected.extend(u(LAST));
+        c.expect(&expected).await;
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    async fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.io.read_exact(&mut buf),
+        )
+        .await
+        .expect("the daemon answered in time")
+        .unwrap();
+        buf
+    }
+
+    async fn expect(&mut self, bytes: &[u8]) {
+        let got = self.read(bytes.len()).await;
+        assert_eq!(got, bytes, "protocol {:#x}", self.version);
+    }
+
+    async fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.read(8).await.try_into().unwrap())
+    }
+
+    async fn string(&mut self) -> String {
+        let n = self.u64().await as usize;
+        let data = self.read(n + (8 - n % 8) % 8).await;
+        String::from_utf8(data[..n].to_vec()).unwrap()
+    }
+
+    /// Reads an error in the session's format and returns its message.
+    async fn error(&mut self) -> String {
+        let code = match self.pushback.take() {
+            Some(code) => code,
+            None => self.u64().await,
+        };
+        assert_eq!(code, ERROR, "protocol {:#x}", self.version);
+        if self.version & 0xff >= 26 {
+            assert_eq!(self.string().await, "Error");
+            assert_eq!(self.u64().await, 0);
+            assert_eq!(self.string().await, "Error");
+            let msg = self.string().await;
+            assert_eq!(self.u64().await, 0);
+            assert_eq!(self.u64().await, 0);
+            msg
+        } else {
+            let msg = self.string().await;
+            assert_eq!(self.u64().await, 1);
+            msg
+        }
+    }
+
+    /// Adds a path with AddToStoreNar in the session's form (NAR tunnelled
+    /// through STDERR_READ before 1.23, framed from 1.23), returning the daemon's
+    /// first answer after the NAR.
+    async fn add_nar(
+        &mut self,
+        p: &StorePath,
+        nar: &[u8],
+        refs: &[&StorePath],
+        sigs: &[String],
+        dont_check_sigs: bool,
+    ) {
+        let hash = hex(&sha2::Sha256::digest(nar));
+        let mut req = add_nar_request(p, hash, refs, nar.len() as u64, sigs, dont_check_sigs);
+        if self.version & 0xff >= 23 {
+            req.extend(framed(nar, 1000));
+            self.send(&req).await;
+        } else {
+            self.send(&req).await;
+            let mut sent = 0;
+            while sent < nar.len() {
+                let msg = self.u64().await;
+                if msg != READ {
+                    // An error before the NAR was asked for.
+                    self.pushback = Some(msg);
+                    return;
+                }
+                let want = self.u64().await as usize;
+                assert!(want <= nar.len() - sent, "asked past the declared NAR");
+                let piece = &nar[sent..sent + want.min(777)];
+                sent += piece.len();
+                self.send(&s(piece)).await;
+            }
+        }
+    }
+}
+
+/// AddToStoreNar's request up to its NAR: path, no deriver, `hash` (hex),
+/// references, registration time, `nar_size`, not ultimate, `sigs`, no CA, no
+/// repair, `dont_check_sigs`.
+fn add_nar_request(
+    p: &StorePath,
+    hash: String,
+    refs: &[&StorePath],
+    nar_size: u64,
+    sigs: &[String],
+    dont_check_sigs: bool,
+) -> Vec<u8> {
+    let mut req = u(39);
+    req.extend(s(p.to_absolute()));
+    req.extend(s(""));
+    req.extend(s(hash));
+    req.extend(strings(refs.iter().map(|r| r.to_absolute())));
+    req.extend(u(0));
+    req.extend(u(nar_size));
+    req.extend(u(0));
+    req.extend(strings(sigs));
+    req.extend(s(""));
+    req.extend(u(0));
+    req.extend(u(dont_check_sigs.into()));
+    req
+}
+
+/// IsValidPath of a path the store does not have: answered "no".
+async fn still_in_step(c: &mut Client) {
+    let mut req = u(1);
+    req.extend(s(path("absent", 1).to_absolute()));
+    c.send(&req).await;
+    c.expect(&[u(LAST), u(0)].concat()).await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const VERSIONS: std::ops::RangeInclusive<u64> = 0x115..=0x126;
+
+#[tokio::test]
+async fn greeting_for_every_version() {
+    let st = store(Config::default());
+    for v in VERSIONS {
+        for trusted in [false, true] {
+            let mut c = Client::connect(&st, v, trusted).await;
+            // A first operation works: IsValidPath of an absent path.
+            still_in_step(&mut c).await;
+            drop(c.io);
+            c.server.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn newer_client_gets_our_version() {
+    // A client newer than the daemon (1.40) speaks 1.38: features are exchanged.
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x128, true).await;
+    c.version = 0x126;
+    still_in_step(&mut c).await;
+}
+
+#[tokio::test]
+async fn too_old_client_gets_a_clear_error() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x114, true).await;
+    let msg = c.error().await;
+    assert!(
+        msg.contains("1.20 is too old") && msg.contains("1.21"),
+        "{msg}"
+    );
+    let end = c.server.await.unwrap();
+    assert!(end.is_err());
+}
+
+#[tokio::test]
+async fn bad_magic_closes() {
+    let st = store(Config::default());
+    let (mut io, server_io) = tokio::io::duplex(4096);
+    let daemon = st.daemon.clone();
+    let server = tokio::spawn(async move {
+        let (r, w) = tokio::io::split(server_io);
+        daemon
+            .serve_connection(r, w, true, std::future::pending())
+            .await
+    });
+    io.write_all(&u(0x1234)).await.unwrap();
+    let err = server.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("protocol mismatch"), "{err}");
+    let mut rest = Vec::new();
+    io.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+/// Adds a path in each version's form, then reads it back with
+/// QueryPathInfo, QueryValidPaths (the substitute flag from 1.27) and
+/// NarFromPath; an absent path's NarFromPath is an error in the version's
+/// format, after which the connection still serves.
+#[tokio::test]
+async fn add_and_query_in_every_version() {
+    for v in VERSIONS {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let p = path("hello", 7);
+        let nar = file_nar(b"hello world\n");
+        c.add_nar(&p, &nar, &[], &[], true).await;
+        c.expect(&u(LAST)).await;
+
+        let mut req = u(26);
+        req.extend(s(p.to_absolute()));
+        c.send(&req).await;
+        let mut expected = u(LAST);
+        expected.extend(u(1));
+        expected.extend(s(""));
+        expected.extend(s(hex(&sha2::Sha256::digest(&nar))));
+        expected.extend(u(0));
+        expected.extend(u(0));
+        expected.extend(u(nar.len() as u64));
+        expected.extend(u(0));
+        expected.extend(u(0));
+        expected.extend(s(""));
+        c.expect(&expected).await;
+
+        let mut req = u(31);
+        req.extend(strings([p.to_absolute(), path("absent", 9).to_absolute()]));
+        if v & 0xff >= 27 {
+            req.extend(u(0));
+        }
+        c.send(&req).await;
+        c.expect(&[u(LAST), strings([p.to_absolute()])].concat())
+            .await;
+
+        let mut req = u(38);
+        req.extend(s(p.to_absolute()));
+        c.send(&req).await;
+        c.expect(&[u(LAST), nar.clone()].concat()).await;
+
+        let mut req = u(38);
+        req.extend(s(path("absent", 9).to_absolute()));
+        c.send(&req).await;
+        let msg = c.error().await;
+        assert!(msg.contains("is not valid"), "{msg}");
+
+        // QuerySubstitutablePathInfos: a path set before 1.22, a path -> CA map after.
+        let mut req = u(30);
+        if v & 0xff < 22 {
+            req.extend(strings([p.to_absolute()]));
+        } else {
+            req.extend(u(1));
+            req.extend(s(p.to_absolute()));
+            req.extend(s(""));
+        }
+        c.send(&req).await;
+        c.expect(&[u(LAST), u(0)].concat()).await;
+
+        let mut req = u(29);
+        req.extend(s(p.hash_part()));
+        c.send(&req).await;
+        c.expect(&[u(LAST), s(p.to_absolute())].concat()).await;
+    }
+}
+
+#[tokio::test]
+async fn builds_are_refused_with_nix_error_format() {
+    for v in VERSIONS {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let mut req = u(9);
+        req.extend(strings([format!("{}!out", path("x.drv", 3).to_absolute())]));
+        req.extend(u(0));
+        c.send(&req).await;
+        let msg = c.error().await;
+        assert_eq!(msg, cairn_nix_daemon::NO_BUILDS);
+        // Still in step.
+        still_in_step(&mut c).await;
+    }
+}
+
+#[tokio::test]
+async fn untrusted_additions_need_a_trusted_signature() {
+    let key = SigningKey::from_seed("test-1", &[5; 32]).unwrap();
+    let st = store(Config {
+        trusted_keys: vec![key.to_verifying_key()],
+        ..Config::default()
+    });
+    let nar = file_nar(b"signed contents");
+    let p = path("signed", 4);
+    for v in [0x115u64, 0x122, 0x126] {
+        let mut c = Client::connect(&st, v, false).await;
+        // Unsigned (and asking to skip the check, which an untrusted client
+        // may not): refused before the NAR is read.
+        c.add_nar(&p, &nar, &[], &[], true).await;
+        let msg = c.error().await;
+        assert!(msg.contains("lacks a signature by a trusted key"), "{msg}");
+        assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    }
+    let fp = cairn_nix::signature::fingerprint(
+        &p,
+        &NixHash::Sha256(sha2::Sha256::digest(&nar).into()),
+        nar.len() as u64,
+        &[],
+    );
+    let sig = key.sign(fp.as_bytes()).to_string();
+    let mut c = Client::connect(&st, 0x126, false).await;
+    c.add_nar(&p, &nar, &[], &[sig], false).await;
+    c.expect(&u(LAST)).await;
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn wrong_hash_or_size_or_missing_reference_registers_nothing() {
+    let st = store(Config::default());
+    let nar = file_nar(b"contents");
+    let p = path("checked", 5);
+    // Declared hash of other bytes.
+    let mut req = add_nar_request(
+        &p,
+        hex(&sha2::Sha256::digest(b"other")),
+        &[],
+        nar.len() as u64,
+        &[],
+        true,
+    );
+    req.extend(framed(&nar, 64));
+    let mut c = Client::connect(&st, 0x126, true).await;
+    c.send(&req).await;
+    let msg = c.error().await;
+    assert!(msg.contains("hash mismatch importing path"), "{msg}");
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    // A reference that is not in the store.
+    c.add_nar(&p, &nar, &[&path("missing", 6)], &[], true).await;
+    let msg = c.error().await;
+    assert!(msg.contains("is not valid"), "{msg}");
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    // The connection is still in step.
+    c.add_nar(&p, &nar, &[], &[], true).await;
+    c.expect(&u(LAST)).await;
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn connection_dying_mid_nar_registers_nothing() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, true).await;
+    let nar = file_nar(&vec![7u8; 300_000]);
+    let p = path("cut", 8);
+    let mut req = add_nar_request(
+        &p,
+        hex(&sha2::Sha256::digest(&nar)),
+        &[],
+        nar.len() as u64,
+        &[],
+        true,
+    );
+    let body = framed(&nar, 4096);
+    req.extend(&body[..body.len() / 2]);
+    c.send(&req).await;
+    drop(c.io);
+    assert!(c.server.await.unwrap().is_err());
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+}
+
+/// AddMultipleToStore (1.32+): a count, then each path's info and NAR, all in
+/// one framed stream; references among them resolve in order.
+#[tokio::test]
+async fn add_multiple_to_store() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x122, true).await; // 1.34, Nix 2.8
+    let dep = path("dep", 10);
+    let top = path("top", 11);
+    let dep_nar = file_nar(b"dep");
+    let top_nar = file_nar(dep.to_absolute().as_bytes());
+    let mut inner = u(2);
+    for (p, nar, refs) in [
+        (&dep, &dep_nar, vec![]),
+        (&top, &top_nar, vec![dep.to_absolute()]),
+    ] {
+        inner.extend(s(p.to_absolute()));
+        inner.extend(s(""));
+        inner.extend(s(hex(&sha2::Sha256::digest(nar))));
+        inner.extend(strings(refs));
+        inner.extend(u(0));
+        inner.extend(u(nar.len() as u64));
+        inner.extend(u(0));
+        inner.extend(strings(Vec::<String>::new()));
+        inner.extend(s(""));
+        inner.extend(nar);
+    }
+    let mut req = u(44);
+    req.extend(u(0));
+    req.extend(u(1));
+    req.extend(framed(&inner, 100));
+    c.send(&req).await;
+    c.expect(&u(LAST)).await;
+    // QueryReferrers of dep: top.
+    let mut req = u(6);
+    req.extend(s(dep.to_absolute()));
+    c.send(&req).await;
+    c.expect(&[u(LAST), strings([top.to_absolute()])].concat())
+        .await;
+}
+
+/// AddToStore (1.25+) with `fixed:r:sha256`, as `nix-store --add` sends it, and
+/// flat, and AddTextToStore: the paths Nix computes for the same content.
+#[tokio::test]
+async fn add_to_store_content_addressed() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x122, false).await;
+    let nar = file_nar(b"hello\n");
+    let mut req = u(7);
+    req.extend(s("hello.txt"));
+    req.extend(s("fixed:r:sha256"));
+    req.extend(u(0));
+    req.extend(u(0));
+    req.extend(framed(&nar, 10));
+    c.send(&req).await;
+    let expected = cairn_nix::store_path::make_fixed_output_path(
+        cairn_nix::store_path::FileIngestionMethod::Recursive,
+        &HashAlgo::Sha256.digest(&nar),
+        "hello.txt",
+        [],
+        false,
+    )
+    .unwrap();
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.string().await, expected.to_absolute());
+    assert_eq!(c.string().await, ""); // deriver
+    assert_eq!(c.string().await, hex(&sha2::Sha256::digest(&nar)));
+
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, false).await;
+    let mut req = u(7);
+    req.extend(s("flat"));
+    req.extend(s("fixed:sha1"));
+    req.extend(u(0));
+    req.extend(u(0));
+    req.extend(framed(b"flat bytes", 3));
+    c.send(&req).await;
+    let expected = cairn_nix::store_path::make_fixed_output_path(
+        cairn_nix::store_path::FileIngestionMethod::Flat,
+        &HashAlgo::Sha1.digest(b"flat bytes"),
+        "flat",
+        [],
+        false,
+    )
+    .unwrap();
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.string().await, expected.to_absolute());
+
+    let mut c = Client::connect(&st, 0x115, false).await;
+    let mut req = u(8);
+    req.extend(s("t"));
+    req.extend(s("text contents"));
+    req.extend(u(0));
+    c.send(&req).await;
+    let expected =
+        cairn_nix::store_path::make_text_path_for_content("t", b"text contents", []).unwrap();
+    c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+        .await;
+}
