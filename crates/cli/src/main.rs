@@ -78,6 +78,10 @@ enum Command {
     /// they are read. Serves until SIGINT or SIGTERM (then unmounts) or an unmount
     /// from outside (`fusermount3 -u MOUNTPOINT`).
     Mount(cmd::mount::MountArgs),
+    /// Serve the store over the Nix daemon protocol to one client on stdin and
+    /// stdout: what `nix copy --to/--from 'ssh-ng://HOST?remote-program=cairn
+    /// nix-daemon --stdio'` runs on HOST (a socket is `cairn daemon --nix-socket`).
+    NixDaemon(cmd::nix_daemon::NixDaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => cmd::paths::cat(a),
         Command::Verify(a) => cmd::paths::verify(a),
         Command::Mount(a) => cmd::mount::run(a),
+        Command::NixDaemon(a) => cmd::nix_daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -935,11 +935,51 @@ where
                 self.write_str(&info.store_path.to_absolute()).await
             }
             op::BUILD_PATHS | op::BUILD_PATHS_WITH_RESULTS => {
-                wire::read_strings(&mut self.from, MAX_LIST, MAX_STRING, "derived paths").await?;
+                let targets =
+                    wire::read_strings(&mut self.from, MAX_LIST, MAX_STRING, "derived paths")
+                        .await?;
                 if minor(self.version) >= 15 {
                     self.u64().await?; // build mode
                 }
-                Err(Error::op(NO_BUILDS))
+                // Building a path that is already valid is nothing to do (`nix
+                // copy --from` asks for that); anything else needs a builder.
+                for t in &targets {
+                    if t.contains('!') {
+                        return Err(Error::op(NO_BUILDS));
+                    }
+                    let p = parse_path(t)?;
+                    if d.lookup(&p).await?.is_none() {
+                        return Err(Error::op(format!(
+                            "path '{t}' is not valid, and {NO_BUILDS}"
+                        )));
+                    }
+                }
+                self.last().await?;
+                if op == op::BUILD_PATHS {
+                    return self.write_u64(1).await;
+                }
+                self.write_u64(targets.len() as u64).await?;
+                for t in &targets {
+                    // KeyedBuildResult: the path, then status AlreadyValid (2),
+                    // no error, and the fields each version added.
+                    self.write_str(t).await?;
+                    self.write_u64(2).await?;
+                    self.write_str("").await?;
+                    let mut zeros = 0;
+                    if minor(self.version) >= 29 {
+                        zeros += 4; // timesBuilt, isNonDeterministic, startTime, stopTime
+                    }
+                    if minor(self.version) >= 37 {
+                        zeros += 2; // cpuUser, cpuSystem: absent
+                    }
+                    if minor(self.version) >= 28 {
+                        zeros += 1; // builtOutputs: none
+                    }
+                    for _ in 0..zeros {
+                        self.write_u64(0).await?;
+                    }
+                }
+                Ok(())
             }
             op::BUILD_DERIVATION => {
                 self.path().await?;
