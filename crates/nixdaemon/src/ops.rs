@@ -228,6 +228,26 @@ fn parse_ca_method(s: &str) -> Result<CaMethod, Error> {
     Ok(CaMethod::Fixed(method, algo))
 }
 
+/// The path info of a content-addressed path the daemon made itself.
+fn content_addressed(
+    store_path: StorePath,
+    node: Node,
+    references: Vec<StorePath>,
+    (nar_size, nar_sha256): (u64, [u8; 32]),
+    ca: Option<ContentAddress>,
+) -> PathInfo {
+    PathInfo {
+        store_path,
+        node,
+        references,
+        nar_size,
+        nar_sha256,
+        signatures: Vec::new(),
+        deriver: None,
+        ca,
+    }
+}
+
 /// Nix's message for a NAR of another size than declared.
 fn size_mismatch(d: &Declared, got: u64) -> Error {
     Error::op(format!(
@@ -422,16 +442,13 @@ impl NixDaemon {
             executable: false,
         };
         let (nar_size, nar_sha256) = self.nar_of(&node).await?;
-        self.put(PathInfo {
-            store_path: path,
+        self.put(content_addressed(
+            path,
             node,
             references,
-            nar_size,
-            nar_sha256,
-            signatures: Vec::new(),
-            deriver: None,
-            ca: Some(ContentAddress::Text { sha256 }),
-        })
+            (nar_size, nar_sha256),
+            Some(ContentAddress::Text { sha256 }),
+        ))
         .await
     }
 
@@ -479,16 +496,77 @@ impl NixDaemon {
         if let Some(info) = self.lookup(&path).await? {
             return Ok(info);
         }
-        self.put(PathInfo {
-            store_path: path,
+        self.put(content_addressed(
+            path,
             node,
             references,
-            nar_size: nar.0,
-            nar_sha256: nar.1,
-            signatures: Vec::new(),
-            deriver: None,
-            ca: Some(ContentAddress::Fixed { method, hash }),
-        })
+            (nar.0, nar.1),
+            Some(ContentAddress::Fixed { method, hash }),
+        ))
+        .await
+    }
+}
+
+impl NixDaemon {
+    /// Adds a flat fixed-output file sent as the NAR of a single regular file
+    /// (`AddToStore` before 1.25): the CA hash is of the file's contents.
+    async fn add_flat_from_nar<R: AsyncRead + Unpin + Send>(
+        &self,
+        name: &str,
+        algo: HashAlgo,
+        nar: R,
+    ) -> Result<PathInfo, Error> {
+        let ingested = cairn_store::nar::ingest(&*self.blobs, &*self.directories, nar)
+            .await
+            .map_err(|e| Error::op(format!("cannot add '{name}': bad NAR: {e}")))?;
+        let Node::File { digest, size, .. } = ingested.root else {
+            return Err(Error::op(format!(
+                "cannot add '{name}' flat: the NAR does not hold a regular file"
+            )));
+        };
+        let mut contents = self
+            .blobs
+            .open_read(&digest)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Error::op(format!("blob {digest} of '{name}' vanished")))?;
+        let mut hasher = Hasher::new(algo);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = contents.read(&mut buf).await.map_err(store_err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let hash = hasher.finalize();
+        let path = cairn_nix::store_path::make_fixed_output_path(
+            FileIngestionMethod::Flat,
+            &hash,
+            name,
+            [],
+            false,
+        )
+        .map_err(|e| Error::op(format!("cannot add '{name}': {e}")))?;
+        if let Some(info) = self.lookup(&path).await? {
+            return Ok(info);
+        }
+        let node = Node::File {
+            digest,
+            size,
+            executable: false,
+        };
+        let (nar_size, nar_sha256) = self.nar_of(&node).await?;
+        self.put(content_addressed(
+            path,
+            node,
+            Vec::new(),
+            (nar_size, nar_sha256),
+            Some(ContentAddress::Fixed {
+                method: FileIngestionMethod::Flat,
+                hash,
+            }),
+        ))
         .await
     }
 }
@@ -1116,16 +1194,61 @@ where
         self.last().await
     }
 
+    /// `AddToStore` before 1.25: name, fixed (obsolete), recursive, hash
+    /// algorithm, then the dump as an unframed NAR (a NAR of the file for flat
+    /// too). Any failure closes the connection: the NAR's end cannot be found
+    /// once it went wrong.
+    async fn add_to_store_old(&mut self) -> Result<(), Error> {
+        let d = self.daemon;
+        let name = self.string("name").await?;
+        let fixed = wire::read_bool(&mut self.from).await?;
+        let recursive = wire::read_bool(&mut self.from).await?;
+        let algo = self.string("hash algorithm").await?;
+        let (method, algo) = if fixed {
+            let algo = HashAlgo::from_name(&algo)
+                .ok_or_else(|| Error::protocol(format!("unknown hash algorithm '{algo}'")))?;
+            let method = if recursive {
+                FileIngestionMethod::Recursive
+            } else {
+                FileIngestionMethod::Flat
+            };
+            (method, algo)
+        } else {
+            // Nix's compatibility rule: not fixed means recursive SHA-256.
+            (FileIngestionMethod::Recursive, HashAlgo::Sha256)
+        };
+        let (mut pipe_in, pipe_out) = tokio::io::duplex(256 * 1024);
+        let max = d.config.max_nar_size;
+        let copy = async {
+            let copied = wire::copy_unframed_nar(&mut self.from, &mut pipe_in, max).await;
+            drop(pipe_in);
+            copied
+        };
+        let add = async {
+            match method {
+                FileIngestionMethod::Recursive => {
+                    d.add_fixed(&name, method, algo, Vec::new(), pipe_out).await
+                }
+                FileIngestionMethod::Flat => d.add_flat_from_nar(&name, algo, pipe_out).await,
+            }
+        };
+        let info = match tokio::join!(copy, add) {
+            (Ok(_), Ok(info)) => info,
+            // The NAR was refused downstream before its end: say why.
+            (Err(Error::Io(e)), Err(refused)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Err(Error::Protocol(refused.to_string()));
+            }
+            (Err(e), _) => return Err(e),
+            (Ok(_), Err(refused)) => return Err(Error::Protocol(refused.to_string())),
+        };
+        self.last().await?;
+        self.write_str(&info.store_path.to_absolute()).await
+    }
+
     async fn add_to_store(&mut self) -> Result<(), Error> {
         let d = self.daemon;
         if minor(self.version) < 25 {
-            // The old form sends an unframed NAR right after its arguments;
-            // without parsing it there is no finding the next request.
-            let _name = self.string("name").await?;
-            return Err(Error::protocol(format!(
-                "AddToStore from clients of protocol {} (before 1.25) is not supported by cairn; use Nix 2.4 or later",
-                wire::version_text(self.version)
-            )));
+            return self.add_to_store_old().await;
         }
         let name = self.string("name").await?;
         let method = self.string("content-address method").await?;

@@ -113,9 +113,15 @@ pub async fn read_bytes<R: AsyncRead + Unpin>(
             "{what}: {len} bytes, more than the {max} allowed"
         )));
     }
-    // len <= max: fits in usize
-    let mut data = vec![0u8; len as usize];
-    r.read_exact(&mut data).await?;
+    // Grown as the bytes arrive: a length alone allocates nothing.
+    let mut data = Vec::with_capacity((len as usize).min(64 * 1024));
+    let got = (&mut *r).take(len).read_to_end(&mut data).await?;
+    if (got as u64) < len {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what}: the connection ended inside a string"),
+        )));
+    }
     read_padding(r, len, what).await?;
     Ok(data)
 }
@@ -396,6 +402,91 @@ where
             }
         });
         tokio_util::io::StreamReader::new(Box::pin(pieces))
+    }
+}
+
+/// Longest NAR string that is not file contents (a name is at most 255 bytes,
+/// a symlink target 4095 in castore).
+const MAX_NAR_TOKEN: u64 = 4096;
+
+/// Copies one NAR that arrives unframed inside the connection (`AddToStore`
+/// before 1.25) from `from` to `to`, reading exactly its bytes and nothing
+/// after: the strings are followed far enough (parentheses, and which string
+/// is a value: the one after `type`, `name`, `target`, `executable` or
+/// `contents`) to know where the NAR ends; the strict NAR reader downstream
+/// checks the rest. More than `max` bytes is an error. Returns the NAR's length.
+pub async fn copy_unframed_nar<R, W>(from: &mut R, to: &mut W, max: u64) -> Result<u64, Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    let mut depth = 0u64;
+    // The magic is the first string, a value like any other.
+    let mut value = true;
+    let mut contents = false;
+    let mut first = true;
+    let mut buf = vec![0u8; PIECE];
+    loop {
+        let len = read_u64(from).await?;
+        let padded = len
+            .checked_add(padding(len) as u64)
+            .ok_or_else(|| Error::protocol("NAR string length overflows"))?;
+        total = total.saturating_add(8).saturating_add(padded);
+        if total > max {
+            return Err(Error::protocol(format!(
+                "the NAR is larger than the {max} bytes allowed"
+            )));
+        }
+        write_u64(to, len).await?;
+        if contents {
+            contents = false;
+            let mut left = padded;
+            while left > 0 {
+                // min with PIECE: fits in usize
+                let n = left.min(PIECE as u64) as usize;
+                from.read_exact(&mut buf[..n]).await?;
+                to.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            continue;
+        }
+        if len > MAX_NAR_TOKEN {
+            return Err(Error::protocol(format!(
+                "NAR string of {len} bytes where a name, target or keyword belongs"
+            )));
+        }
+        // padded <= MAX_NAR_TOKEN + 7: fits
+        let token = &mut buf[..padded as usize];
+        from.read_exact(token).await?;
+        to.write_all(token).await?;
+        // len <= padded: fits
+        let token = &token[..len as usize];
+        if first {
+            first = false;
+            if token != b"nix-archive-1" {
+                return Err(Error::protocol("not a NAR: no nix-archive-1 magic"));
+            }
+        }
+        if value {
+            value = false;
+            continue;
+        }
+        match token {
+            b"(" => depth += 1,
+            b")" => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| Error::protocol("NAR closes more than it opened"))?;
+                if depth == 0 {
+                    to.flush().await?;
+                    return Ok(total);
+                }
+            }
+            b"contents" => contents = true,
+            b"type" | b"name" | b"target" | b"executable" => value = true,
+            _ => {}
+        }
     }
 }
 

@@ -14,23 +14,14 @@ use cairn_store::pathinfo::PathInfoService;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+mod common;
+use common::{file_nar, framed, s, u};
+
 const MAGIC_1: u64 = 0x6e69_7863;
 const MAGIC_2: u64 = 0x6478_696f;
 const LAST: u64 = 0x616c_7473;
 const ERROR: u64 = 0x6378_7470;
 const READ: u64 = 0x6461_7461;
-
-fn u(v: u64) -> Vec<u8> {
-    v.to_le_bytes().to_vec()
-}
-
-fn s(data: impl AsRef<[u8]>) -> Vec<u8> {
-    let data = data.as_ref();
-    let mut out = u(data.len() as u64);
-    out.extend(data);
-    out.resize(out.len() + (8 - data.len() % 8) % 8, 0);
-    out
-}
 
 fn strings<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(items: I) -> Vec<u8> {
     let items: Vec<S> = items.into_iter().collect();
@@ -38,28 +29,6 @@ fn strings<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(items: I) -> Vec<u8> {
     for i in items {
         out.extend(s(i));
     }
-    out
-}
-
-/// The NAR of a single regular file, as Nix writes it.
-fn file_nar(contents: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for part in ["nix-archive-1", "(", "type", "regular", "contents"] {
-        out.extend(s(part));
-    }
-    out.extend(s(contents));
-    out.extend(s(")"));
-    out
-}
-
-/// A framed stream of `data` in frames of at most `frame` bytes.
-fn framed(data: &[u8], frame: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    for chunk in data.chunks(frame) {
-        out.extend(u(chunk.len() as u64));
-        out.extend(chunk);
-    }
-    out.extend(u(0));
     out
 }
 
@@ -594,4 +563,78 @@ async fn add_to_store_content_addressed() {
         cairn_nix::store_path::make_text_path_for_content("t", b"text contents", []).unwrap();
     c.expect(&[u(LAST), s(expected.to_absolute())].concat())
         .await;
+}
+
+/// AddToStore before 1.25 (Nix 2.3's `nix-store --add`): name, fixed,
+/// recursive, algorithm, then an unframed NAR; the reply is the path. The
+/// daemon reads exactly the NAR, so the next request follows.
+#[tokio::test]
+async fn add_to_store_before_1_25() {
+    let dir_nar = {
+        let mut out = Vec::new();
+        for part in [
+            &b"nix-archive-1"[..],
+            b"(",
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b")",
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+        ] {
+            out.extend(s(part));
+        }
+        // A file whose contents look like NAR tokens, and a name ")" above.
+        out.extend(s([s(")"), s(")")].concat()));
+        for part in [")", ")", ")"] {
+            out.extend(s(part));
+        }
+        out
+    };
+    let file_nar = file_nar(b"flat contents");
+    for v in 0x115..=0x118u64 {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, false).await;
+        let mut req = u(7);
+        req.extend(s("tree"));
+        req.extend(u(1));
+        req.extend(u(1));
+        req.extend(s("sha256"));
+        req.extend(&dir_nar);
+        c.send(&req).await;
+        let expected = cairn_nix::store_path::make_fixed_output_path(
+            cairn_nix::store_path::FileIngestionMethod::Recursive,
+            &HashAlgo::Sha256.digest(&dir_nar),
+            "tree",
+            [],
+            false,
+        )
+        .unwrap();
+        c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+            .await;
+
+        let mut req = u(7);
+        req.extend(s("flat"));
+        req.extend(u(1));
+        req.extend(u(0));
+        req.extend(s("sha1"));
+        req.extend(&file_nar);
+        c.send(&req).await;
+        let expected = cairn_nix::store_path::make_fixed_output_path(
+            cairn_nix::store_path::FileIngestionMethod::Flat,
+            &HashAlgo::Sha1.digest(b"flat contents"),
+            "flat",
+            [],
+            false,
+        )
+        .unwrap();
+        c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+            .await;
+        still_in_step(&mut c).await;
+    }
 }
