@@ -69,7 +69,7 @@ fn as_served(json: &str) -> Vec<serde_json::Value> {
 fn signed_closure(tag: &str) -> (Nix, [String; 2], String) {
     let nix = Nix::new();
     let paths = nix.build_closure(tag);
-    let (sk, pk) = nix_key(&nix);
+    let (sk, pk) = nix_key(&nix, "test-1");
     let store = nix.store();
     nix.run(
         "nix",
@@ -98,11 +98,14 @@ fn copy_unchecked<'a>(from: &'a str, to: &'a str, path: &'a str) -> [&'a str; 7]
 }
 
 /// A signing key pair made by Nix: (secret key file, public key).
-fn nix_key(nix: &Nix) -> (PathBuf, String) {
-    let (sk, pk) = (nix.path("sk"), nix.path("pk"));
+fn nix_key(nix: &Nix, name: &str) -> (PathBuf, String) {
+    let (sk, pk) = (
+        nix.path(&format!("{name}.sk")),
+        nix.path(&format!("{name}.pk")),
+    );
     nix.run(
         "nix-store",
-        &["--generate-binary-cache-key", "test-1", s(&sk), s(&pk)],
+        &["--generate-binary-cache-key", name, s(&sk), s(&pk)],
     );
     let pk_text = std::fs::read_to_string(&pk).unwrap().trim().to_owned();
     (sk, pk_text)
@@ -199,6 +202,32 @@ fn nix_uses_the_socket_as_a_store() {
     assert!(err.contains("lacks a signature by a trusted key"), "{err}");
     let valid = try_nix(&nix, "nix", &["path-info", "--store", &store, &top2]);
     assert!(!valid.0, "{valid:?}");
+
+    // VerifyStore: the daemon checks every path's contents itself.
+    nix.run(
+        "nix-store",
+        &["--store", &store, "--verify", "--check-contents"],
+    );
+    // AddSignatures: an untrusted client may not add a signature by a key the
+    // daemon does not trust.
+    let (sk2, _) = nix_key(&nix, "other-1");
+    let signed = try_nix(
+        &nix,
+        "nix",
+        &[
+            "store",
+            "sign",
+            "--store",
+            &store,
+            "--key-file",
+            s(&sk2),
+            &top,
+        ],
+    );
+    assert!(
+        !signed.0 && signed.2.contains("not privileged"),
+        "{signed:?}"
+    );
 
     // Contents: the store mounted at ROOT/nix/store, `?root=ROOT`.
     let root = nix.path("root");

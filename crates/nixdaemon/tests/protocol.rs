@@ -638,3 +638,112 @@ async fn add_to_store_before_1_25() {
         still_in_step(&mut c).await;
     }
 }
+
+/// The session and query operations without version differences in 1.34:
+/// their exact answers, then AddSignatures (only by a trusted key for an
+/// untrusted client), VerifyStore and QueryMissing.
+#[tokio::test]
+async fn other_operations() {
+    let key = SigningKey::from_seed("test-1", &[9; 32]).unwrap();
+    let other = SigningKey::from_seed("other-1", &[8; 32]).unwrap();
+    let st = store(Config {
+        trusted_keys: vec![key.to_verifying_key()],
+        ..Config::default()
+    });
+    let mut c = Client::connect(&st, 0x122, true).await;
+    let p = path("dep", 20);
+    let nar = file_nar(b"dep");
+    c.add_nar(&p, &nar, &[], &[], true).await;
+    c.expect(&u(LAST)).await;
+    let absent = path("absent", 21).to_absolute();
+    let one = |op: u64, arg: &str| [u(op), s(arg)].concat();
+    // SetOptions: 12 numbers and 1 override.
+    let mut req = u(19);
+    for _ in 0..12 {
+        req.extend(u(0));
+    }
+    req.extend(u(1));
+    req.extend(s("cores"));
+    req.extend(s("4"));
+    for (req, answer) in [
+        (req, u(LAST)),
+        (one(11, &p.to_absolute()), [u(LAST), u(1)].concat()), // AddTempRoot
+        (one(12, "/home/x/result"), [u(LAST), u(1)].concat()), // AddIndirectRoot
+        (u(13), [u(LAST), u(1)].concat()),                     // SyncWithGC
+        (u(14), [u(LAST), u(0)].concat()),                     // FindRoots: none
+        (u(34), [u(LAST), u(1)].concat()),                     // OptimiseStore
+        (one(10, &p.to_absolute()), [u(LAST), u(1)].concat()), // EnsurePath
+        (u(23), [u(LAST), strings([p.to_absolute()])].concat()), // QueryAllValidPaths
+        (one(6, &p.to_absolute()), [u(LAST), u(0)].concat()),  // QueryReferrers: none
+        (one(33, &p.to_absolute()), [u(LAST), u(0)].concat()), // QueryValidDerivers
+        (one(43, "sha256:abc!out"), [u(LAST), u(0)].concat()), // QueryRealisation
+        (one(21, &absent), [u(LAST), u(0)].concat()),          // QuerySubstitutablePathInfo
+        (
+            one(29, "00000000000000000000000000000000"),
+            [u(LAST), s("")].concat(),
+        ),
+    ] {
+        c.send(&req).await;
+        c.expect(&answer).await;
+    }
+    // EnsurePath of an absent path: an error, the connection goes on.
+    c.send(&one(10, &absent)).await;
+    assert!(c.error().await.contains("is not valid"));
+
+    // QueryMissing: an absent path is unknown, a present one is not missing,
+    // an absent derivation is unknown.
+    let mut req = u(40);
+    req.extend(strings([
+        p.to_absolute(),
+        absent.clone(),
+        format!("{}!out", path("x.drv", 22).to_absolute()),
+    ]));
+    c.send(&req).await;
+    let mut unknown = vec![absent.clone(), path("x.drv", 22).to_absolute()];
+    unknown.sort();
+    c.expect(&[u(LAST), u(0), u(0), strings(unknown), u(0), u(0)].concat())
+        .await;
+
+    // VerifyStore with contents checked: no errors.
+    c.send(&[u(35), u(1), u(0)].concat()).await;
+    c.expect(&[u(LAST), u(0)].concat()).await;
+
+    // AddSignatures from an untrusted client: a signature by the trusted key is
+    // added, one by another key refused.
+    let mut c = Client::connect(&st, 0x122, false).await;
+    let fp = cairn_nix::signature::fingerprint(
+        &p,
+        &NixHash::Sha256(sha2::Sha256::digest(&nar).into()),
+        nar.len() as u64,
+        &[],
+    );
+    let bad = other.sign(fp.as_bytes()).to_string();
+    c.send(&[u(37), s(p.to_absolute()), strings([&bad])].concat())
+        .await;
+    assert!(c.error().await.contains("not privileged"));
+    let good = key.sign(fp.as_bytes()).to_string();
+    c.send(&[u(37), s(p.to_absolute()), strings([&good])].concat())
+        .await;
+    c.expect(&[u(LAST), u(1)].concat()).await;
+    let info = st.path_info.get(*p.digest()).await.unwrap().unwrap();
+    assert_eq!(
+        info.signatures
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        [good]
+    );
+    // QueryPathInfo shows it.
+    c.send(&one(26, &p.to_absolute())).await;
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.u64().await, 1);
+    for _ in 0..2 {
+        c.string().await;
+    }
+    assert_eq!(c.u64().await, 0); // references
+    c.u64().await;
+    c.u64().await;
+    c.u64().await;
+    assert_eq!(c.u64().await, 1);
+    assert_eq!(c.string().await, key.sign(fp.as_bytes()).to_string());
+}
