@@ -286,6 +286,25 @@ fn ssh_ng_through_stdio() {
     let nixs = path_info(&nix, chroot, &top);
     assert_eq!(path_infos(&ours), as_served(&nixs));
     let fresh = read_back(&nix, &remote, chroot, [&top, &dep], &pk);
+
+    // QueryDerivationOutputMap: the .drv read by the daemon (Nix's unix://
+    // client would read it from its own file system).
+    let drv = nix.in_store("nix-store", &["-q", "--deriver", &top]);
+    nix.run(
+        "nix",
+        &[
+            "copy",
+            "--derivation",
+            "--from",
+            chroot,
+            "--to",
+            &remote,
+            &drv,
+        ],
+    );
+    let outputs = |s: &str| nix.run("nix-store", &["--store", s, "-q", "--outputs", &drv]);
+    assert_eq!(outputs(&remote), outputs(chroot));
+    assert_eq!(outputs(&remote).trim(), top);
     let back = path_info(&nix, s(&fresh), &top);
     let narhashes = |j: &str| -> Vec<(serde_json::Value, serde_json::Value)> {
         path_infos(j)

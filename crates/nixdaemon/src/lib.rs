@@ -9,9 +9,10 @@
 //! by `cairn_store::nar::ingest` and registered only after the NAR's declared
 //! hash and size, its references and (for untrusted clients) its signatures or
 //! content address were checked, so a connection that dies mid-NAR registers
-//! nothing. Builds are refused with Nix's error format: cairn stores, it does not
-//! build. Listening (unix socket with peer credentials, stdio) is [`serve`].
+//! nothing. A stored `.drv` is read for its outputs only (`drv`). Builds are
+//! refused with Nix's error format: cairn stores, it does not build. Listening (unix socket with peer credentials, stdio) is [`serve`].
 
+mod drv;
 pub mod handshake;
 mod ops;
 pub mod serve;

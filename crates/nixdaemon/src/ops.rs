@@ -405,6 +405,23 @@ impl NixDaemon {
         self.path_info.put(info).await.map_err(store_err)
     }
 
+    /// A reader of the blob holding the contents of `what`.
+    async fn open_blob(
+        &self,
+        digest: &B3Digest,
+        what: &str,
+    ) -> Result<Box<dyn cairn_castore::BlobReader>, Error> {
+        self.blobs
+            .open_read(digest)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Error::op(format!(
+                    "the contents of '{what}' (blob {digest}) are missing"
+                ))
+            })
+    }
+
     /// Stores `data` as a blob.
     async fn put_blob(&self, data: &[u8]) -> Result<B3Digest, Error> {
         let mut w = self.blobs.open_write().await;
@@ -524,12 +541,7 @@ impl NixDaemon {
                 "cannot add '{name}' flat: the NAR does not hold a regular file"
             )));
         };
-        let mut contents = self
-            .blobs
-            .open_read(&digest)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| Error::op(format!("blob {digest} of '{name}' vanished")))?;
+        let mut contents = self.open_blob(&digest, name).await?;
         let mut hasher = Hasher::new(algo);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -568,6 +580,37 @@ impl NixDaemon {
             }),
         ))
         .await
+    }
+}
+
+impl NixDaemon {
+    /// The outputs a stored `.drv` declares: (name, path or "" for a floating
+    /// content-addressed output), sorted by name.
+    async fn derivation_outputs(&self, drv: &StorePath) -> Result<Vec<(String, String)>, Error> {
+        let p = drv.to_absolute();
+        let info = self
+            .lookup(drv)
+            .await?
+            .ok_or_else(|| Error::op(format!("path '{p}' is not valid")))?;
+        let Node::File { digest, size, .. } = info.node else {
+            return Err(Error::op(format!("'{p}' is not a derivation file")));
+        };
+        if size > MAX_TEXT as u64 {
+            return Err(Error::op(format!(
+                "derivation '{p}' is larger than {MAX_TEXT} bytes"
+            )));
+        }
+        let mut reader = self.open_blob(&digest, &p).await?;
+        let mut text = Vec::new();
+        (&mut reader)
+            .take(MAX_TEXT as u64)
+            .read_to_end(&mut text)
+            .await
+            .map_err(store_err)?;
+        let mut outputs = crate::drv::outputs(&text)
+            .map_err(|e| Error::op(format!("cannot parse derivation '{p}': {e}")))?;
+        outputs.sort();
+        Ok(outputs)
     }
 }
 
@@ -897,10 +940,14 @@ where
             }
             op::QUERY_DERIVATION_OUTPUT_MAP => {
                 let path = self.path().await?;
-                Err(Error::op(format!(
-                    "cairn does not read derivations, so it cannot map the outputs of '{}'",
-                    path.to_absolute()
-                )))
+                let outputs = d.derivation_outputs(&path).await?;
+                self.last().await?;
+                self.write_u64(outputs.len() as u64).await?;
+                for (name, out) in outputs {
+                    self.write_str(&name).await?;
+                    self.write_str(&out).await?;
+                }
+                Ok(())
             }
             op::QUERY_REALISATION => {
                 self.string("output id").await?;
