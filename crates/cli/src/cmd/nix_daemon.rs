@@ -202,4 +202,20 @@ mod tests {
         assert_eq!(super::user_id("root").ok(), Some(0));
         assert!(super::user_id("no-such-user-cairn").is_err());
     }
+
+    /// A stale socket is replaced; a file that is not a socket is left alone.
+    #[test]
+    fn only_sockets_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, b"keep me").unwrap();
+        let err = super::remove_stale_socket(&file).unwrap_err();
+        assert!(err.to_string().contains("other than a socket"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+        let sock = dir.path().join("old.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        super::remove_stale_socket(&sock).unwrap();
+        assert!(!sock.exists());
+        super::remove_stale_socket(&sock).unwrap();
+    }
 }
