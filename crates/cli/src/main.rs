@@ -79,8 +79,9 @@ enum Command {
     /// from outside (`fusermount3 -u MOUNTPOINT`).
     Mount(cmd::mount::MountArgs),
     /// Serve the store over the Nix daemon protocol to one client on stdin and
-    /// stdout: what `nix copy --to/--from 'ssh-ng://HOST?remote-program=cairn
-    /// nix-daemon --stdio'` runs on HOST (a socket is `cairn daemon --nix-socket`).
+    /// stdout: the remote program of `ssh-ng://HOST?remote-program=PROGRAM` (Nix
+    /// runs `PROGRAM --stdio` on HOST; PROGRAM a script running `cairn nix-daemon
+    /// "$@"` with the flags wanted). A socket is `cairn daemon --nix-socket`.
     NixDaemon(cmd::nix_daemon::NixDaemonArgs),
 }
 

@@ -128,8 +128,8 @@ fn remove_stale_socket(path: &Path) -> anyhow::Result<()> {
 /// Arguments of `cairn nix-daemon`.
 #[derive(Args)]
 pub struct NixDaemonArgs {
-    /// Serve one client on stdin and stdout (what `ssh-ng://HOST?remote-program=
-    /// cairn nix-daemon --stdio` runs on HOST). The only mode so far: a socket is
+    /// Serve one client on stdin and stdout (Nix's `ssh-ng://` runs its
+    /// remote-program with `--stdio` on the host). The only mode: a socket is
     /// `cairn daemon --nix-socket`.
     #[arg(long, required = true)]
     stdio: bool,
