@@ -248,6 +248,16 @@ fn content_addressed(
     }
 }
 
+/// An error from inside a framed stream that was then read to its end: the
+/// connection is in step again, so even a read error (the stream ended before
+/// what it declared) is the operation's, reported, not the connection's.
+fn in_step(e: Error) -> Error {
+    match e {
+        Error::Io(e) => Error::op(format!("the framed stream ended early: {e}")),
+        e => e,
+    }
+}
+
 /// Nix's message for a NAR of another size than declared.
 fn size_mismatch(d: &Declared, got: u64) -> Error {
     Error::op(format!(
@@ -1169,7 +1179,7 @@ where
             // The rest of the stream is read whatever happened, so the
             // connection stays in step (an error is reported after it).
             let extra = framed.drain().await?;
-            let Some((dec, nar)) = result? else {
+            let Some((dec, nar)) = result.map_err(in_step)? else {
                 self.last().await?;
                 return Ok(());
             };
@@ -1222,17 +1232,8 @@ where
             Ok::<_, Error>(())
         }
         .await;
-        let result = match result {
-            // A framing error inside the stream is the connection's.
-            Err(Error::Io(e))
-                if !framed.ended() && e.kind() == std::io::ErrorKind::UnexpectedEof =>
-            {
-                return Err(Error::Io(e));
-            }
-            r => r,
-        };
         let extra = framed.drain().await?;
-        result?;
+        result.map_err(in_step)?;
         if extra > 0 {
             return Err(Error::op(format!(
                 "{extra} bytes follow the last path of AddMultipleToStore"
@@ -1331,7 +1332,7 @@ where
         }
         .await;
         let extra = framed.drain().await?;
-        let info = result?;
+        let info = result.map_err(in_step)?;
         if extra > 0 {
             return Err(Error::op(format!(
                 "cannot add '{name}': {extra} bytes follow its NAR"

@@ -747,3 +747,20 @@ async fn other_operations() {
     assert_eq!(c.u64().await, 1);
     assert_eq!(c.string().await, key.sign(fp.as_bytes()).to_string());
 }
+
+/// AddMultipleToStore whose framed stream ends before the paths it counts:
+/// reported, nothing of the missing path registered, and the connection goes on.
+#[tokio::test]
+async fn add_multiple_cut_short_is_reported() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, true).await;
+    let mut req = u(44);
+    req.extend(u(0));
+    req.extend(u(1));
+    req.extend(framed(&[u(2), s(path("p", 30).to_absolute())].concat(), 7));
+    c.send(&req).await;
+    let msg = c.error().await;
+    assert!(msg.contains("ended early"), "{msg}");
+    still_in_step(&mut c).await;
+    assert!(st.path_info.get([30; 20]).await.unwrap().is_none());
+}
