@@ -305,6 +305,18 @@ fn ssh_ng_through_stdio() {
     let outputs = |s: &str| nix.run("nix-store", &["--store", s, "-q", "--outputs", &drv]);
     assert_eq!(outputs(&remote), outputs(chroot));
     assert_eq!(outputs(&remote).trim(), top);
+    // Its output is there, so "building" it succeeds: BuildPathsWithResults
+    // answers AlreadyValid with the output's path.
+    let built = nix.run(
+        "nix",
+        &["build", "--store", &remote, "--no-link", "--json", &drv],
+    );
+    let built: serde_json::Value = serde_json::from_str(&built).unwrap();
+    assert_eq!(
+        built[0]["outputs"]["out"],
+        serde_json::json!(top),
+        "{built}"
+    );
     let back = path_info(&nix, s(&fresh), &top);
     let narhashes = |j: &str| -> Vec<(serde_json::Value, serde_json::Value)> {
         path_infos(j)

@@ -594,6 +594,37 @@ impl NixDaemon {
 }
 
 impl NixDaemon {
+    /// The outputs `wanted` (`*` or names separated by commas) of the stored
+    /// derivation `drv`, if it is stored and each of them is a valid path.
+    async fn valid_outputs(
+        &self,
+        drv: &StorePath,
+        wanted: &str,
+    ) -> Result<Option<Vec<(String, StorePath)>>, Error> {
+        if self.lookup(drv).await?.is_none() {
+            return Ok(None);
+        }
+        let all = self.derivation_outputs(drv).await?;
+        let names: Vec<&str> = wanted.split(',').collect();
+        if names != ["*"] && names.iter().any(|n| !all.iter().any(|(name, _)| name == n)) {
+            return Ok(None);
+        }
+        let mut valid = Vec::new();
+        for (name, path) in all {
+            if names != ["*"] && !names.contains(&name.as_str()) {
+                continue;
+            }
+            let Ok(path) = StorePath::parse_absolute(&path) else {
+                return Ok(None);
+            };
+            if self.lookup(&path).await?.is_none() {
+                return Ok(None);
+            }
+            valid.push((name, path));
+        }
+        Ok(Some(valid))
+    }
+
     /// The outputs a stored `.drv` declares: (name, path or "" for a floating
     /// content-addressed output), sorted by name.
     async fn derivation_outputs(&self, drv: &StorePath) -> Result<Vec<(String, String)>, Error> {
@@ -896,15 +927,14 @@ where
                 let (mut will_build, mut unknown) = (Vec::new(), Vec::new());
                 for t in &targets {
                     match t.split_once('!') {
-                        // A derivation's outputs: cairn cannot tell which exist
-                        // without reading the derivation; the build it would
-                        // take is refused by BuildPaths.
-                        Some((drv, _outputs)) => {
+                        // A derivation's outputs: missing unless every output
+                        // asked for is valid; building them is refused later.
+                        Some((drv, wanted)) => {
                             let drv = parse_path(drv)?;
-                            if d.lookup(&drv).await?.is_some() {
-                                will_build.push(drv);
-                            } else {
+                            if d.lookup(&drv).await?.is_none() {
                                 unknown.push(drv);
+                            } else if d.valid_outputs(&drv, wanted).await?.is_none() {
+                                will_build.push(drv);
                             }
                         }
                         None => {
@@ -1076,25 +1106,37 @@ where
                 if minor(self.version) >= 15 {
                     self.u64().await?; // build mode
                 }
-                // Building a path that is already valid is nothing to do (`nix
-                // copy --from` asks for that); anything else needs a builder.
+                // Building what is already valid is nothing to do (`nix copy
+                // --from` asks for that, and a derivation whose outputs were
+                // copied here is built); anything else needs a builder.
+                let mut results = Vec::with_capacity(targets.len().min(1024));
                 for t in &targets {
-                    if t.contains('!') {
-                        return Err(Error::op(NO_BUILDS));
-                    }
-                    let p = parse_path(t)?;
-                    if d.lookup(&p).await?.is_none() {
-                        return Err(Error::op(format!(
-                            "path '{t}' is not valid, and {NO_BUILDS}"
-                        )));
-                    }
+                    let outputs = match t.split_once('!') {
+                        Some((drv, wanted)) => {
+                            let drv = parse_path(drv)?;
+                            match d.valid_outputs(&drv, wanted).await? {
+                                Some(outputs) => outputs,
+                                None => return Err(Error::op(NO_BUILDS)),
+                            }
+                        }
+                        None => {
+                            let p = parse_path(t)?;
+                            if d.lookup(&p).await?.is_none() {
+                                return Err(Error::op(format!(
+                                    "path '{t}' is not valid, and {NO_BUILDS}"
+                                )));
+                            }
+                            Vec::new()
+                        }
+                    };
+                    results.push((t, outputs));
                 }
                 self.last().await?;
                 if op == op::BUILD_PATHS {
                     return self.write_u64(1).await;
                 }
-                self.write_u64(targets.len() as u64).await?;
-                for t in &targets {
+                self.write_u64(results.len() as u64).await?;
+                for (t, outputs) in results {
                     // KeyedBuildResult: the path, then status AlreadyValid (2),
                     // no error, and the fields each version added.
                     self.write_str(t).await?;
@@ -1107,11 +1149,25 @@ where
                     if minor(self.version) >= 37 {
                         zeros += 2; // cpuUser, cpuSystem: absent
                     }
-                    if minor(self.version) >= 28 {
-                        zeros += 1; // builtOutputs: none
-                    }
                     for _ in 0..zeros {
                         self.write_u64(0).await?;
+                    }
+                    if minor(self.version) >= 28 {
+                        // builtOutputs: DrvOutput id -> Realisation JSON. The id's
+                        // hash (the derivation's hash modulo) is not computed here;
+                        // clients read only the output name and path from it, as
+                        // Nix's own daemon relies on since it stopped having one.
+                        self.write_u64(outputs.len() as u64).await?;
+                        for (name, out) in outputs {
+                            let id = format!("sha256:{}!{name}", "0".repeat(64));
+                            self.write_str(&id).await?;
+                            self.write_str(&format!(
+                                "{{\"dependentRealisations\":{{}},\"id\":\"{id}\",\"outPath\":\"{}-{}\",\"signatures\":[]}}",
+                                out.hash_part(),
+                                out.name()
+                            ))
+                            .await?;
+                        }
                     }
                 }
                 Ok(())

@@ -764,3 +764,25 @@ async fn add_multiple_cut_short_is_reported() {
     still_in_step(&mut c).await;
     assert!(st.path_info.get([30; 20]).await.unwrap().is_none());
 }
+
+/// BuildPathsWithResults (1.34+) of a path that is already valid: one
+/// KeyedBuildResult, AlreadyValid, with the fields of the version (1.34: times
+/// and an empty builtOutputs; 1.37+: also the two absent CPU times).
+#[tokio::test]
+async fn build_results_of_valid_paths() {
+    for (v, zeros) in [(0x122u64, 5), (0x124, 5), (0x125, 7), (0x126, 7)] {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let p = path("valid", 40);
+        c.add_nar(&p, &file_nar(b"v"), &[], &[], true).await;
+        c.expect(&u(LAST)).await;
+        c.send(&[u(46), strings([p.to_absolute()]), u(0)].concat())
+            .await;
+        let mut expected = [u(LAST), u(1), s(p.to_absolute()), u(2), s("")].concat();
+        for _ in 0..zeros {
+            expected.extend(u(0));
+        }
+        c.expect(&expected).await;
+        still_in_step(&mut c).await;
+    }
+}
