@@ -532,9 +532,7 @@ impl NixDaemon {
         ))
         .await
     }
-}
 
-impl NixDaemon {
     /// Adds a flat fixed-output file sent as the NAR of a single regular file
     /// (`AddToStore` before 1.25): the CA hash is of the file's contents.
     async fn add_flat_from_nar<R: AsyncRead + Unpin + Send>(
@@ -591,9 +589,7 @@ impl NixDaemon {
         ))
         .await
     }
-}
 
-impl NixDaemon {
     /// The outputs `wanted` (`*` or names separated by commas) of the stored
     /// derivation `drv`, if it is stored and each of them is a valid path.
     async fn valid_outputs(
