@@ -94,6 +94,11 @@ enum Command {
     Unpin(cmd::gc::PinArgs),
     /// List the pinned store paths.
     Pins(cmd::gc::PinsArgs),
+    /// Serve the store over the Nix daemon protocol to one client on stdin and
+    /// stdout: the remote program of `ssh-ng://HOST?remote-program=PROGRAM` (Nix
+    /// runs `PROGRAM --stdio` on HOST; PROGRAM a script running `cairn nix-daemon
+    /// "$@"` with the flags wanted). A socket is `cairn daemon --nix-socket`.
+    NixDaemon(cmd::nix_daemon::NixDaemonArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +144,7 @@ fn main() -> ExitCode {
         Command::Pin(a) => cmd::gc::pin(a, true),
         Command::Unpin(a) => cmd::gc::pin(a, false),
         Command::Pins(a) => cmd::gc::pins(a),
+        Command::NixDaemon(a) => cmd::nix_daemon::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

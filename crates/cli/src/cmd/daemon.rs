@@ -117,6 +117,9 @@ pub struct DaemonArgs {
     http: super::daemon_http::HttpArgs,
 
     #[command(flatten)]
+    nix: super::nix_daemon::NixSocketArgs,
+
+    #[command(flatten)]
     metrics: super::daemon_metrics::MetricsArgs,
 
     #[command(flatten)]
@@ -304,9 +307,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
             let mut http_note = String::new();
             let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
-            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info }, &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
+            let store = || super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() };
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, store(), &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);
                 http_note = format!(", binary cache on {http_scheme}://{addr} (uploads {uploads})");
+            }
+            let nix_config = cairn_nix_daemon::Config {
+                trusted_keys: args.http.trusted_keys()?,
+                max_nar_size: args.http.max_nar_size(),
+                ..cairn_nix_daemon::Config::default()
+            };
+            if let Some((note, server)) = super::nix_daemon::bind(&args.nix, store(), nix_config, stopped(stop_rx.clone()))? {
+                servers.spawn(server);
+                http_note.push_str(&note);
             }
             // Before the line below: whoever reads it may stop us at once, and a
             // signal that arrives before its handler is installed kills the
@@ -405,11 +418,20 @@ fn notify_systemd(state: &str) {
 }
 
 /// Binds the unix socket at `path` so that only the daemon's user (and the group
-/// `gid`, if given) can connect: it is bound under a temporary name, given its
-/// mode and group, and only then renamed into place, so no one can connect
-/// while it is still open to all.
+/// `gid`, if given) can connect.
 fn bind_private_socket(
     path: &std::path::Path,
+    gid: Option<u32>,
+) -> anyhow::Result<tokio::net::UnixListener> {
+    bind_socket(path, if gid.is_some() { 0o660 } else { 0o600 }, gid)
+}
+
+/// Binds the unix socket at `path` with `mode` (and group `gid`, if given): it is
+/// bound under a temporary name, given its mode and group, and only then renamed
+/// into place, so no one can connect while it is still open to all.
+pub fn bind_socket(
+    path: &std::path::Path,
+    mode: u32,
     gid: Option<u32>,
 ) -> anyhow::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
@@ -418,7 +440,6 @@ fn bind_private_socket(
     let unix = tokio::net::UnixListener::bind(&tmp)
         .with_context(|| format!("cannot listen on {}", tmp.display()))?;
     let set_up = || -> anyhow::Result<()> {
-        let mode = if gid.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", tmp.display()))?;
         if let Some(gid) = gid {
@@ -437,19 +458,26 @@ fn bind_private_socket(
 
 /// The id of the group `name` (a number, or a name in /etc/group).
 fn group_id(name: &str) -> anyhow::Result<u32> {
-    if let Ok(gid) = name.parse() {
-        return Ok(gid);
+    id_of(name, "/etc/group", "--socket-group")
+}
+
+/// The id of `name` in `file` (/etc/passwd or /etc/group: the third field of
+/// the line whose first field is `name`), or `name` itself if it is a number;
+/// `flag` names the option in the error.
+pub fn id_of(name: &str, file: &str, flag: &str) -> anyhow::Result<u32> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
     }
-    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
-    groups
+    let table = std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
+    table
         .lines()
         .find_map(|line| {
             let mut fields = line.split(':');
             (fields.next() == Some(name))
-                .then(|| fields.nth(1).and_then(|gid| gid.parse().ok()))
+                .then(|| fields.nth(1).and_then(|id| id.parse().ok()))
                 .flatten()
         })
-        .with_context(|| format!("--socket-group {name}: no such group in /etc/group"))
+        .with_context(|| format!("{flag} {name}: not found in {file}"))
 }
 
 /// Raises the soft limit on open files to the hard one: every connection, pack
@@ -478,6 +506,6 @@ mod tests {
         assert_eq!(super::group_id("0").ok(), Some(0));
         assert_eq!(super::group_id("root").ok(), Some(0));
         let err = super::group_id("no-such-group-cairn").unwrap_err();
-        assert!(err.to_string().contains("no such group"), "{err}");
+        assert!(err.to_string().contains("not found in /etc/group"), "{err}");
     }
 }

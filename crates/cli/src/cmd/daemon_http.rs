@@ -31,7 +31,9 @@ pub struct HttpArgs {
     sign_keys: Vec<PathBuf>,
 
     /// Accept an uploaded narinfo only if it carries a valid signature by this
-    /// public key (`name:base64`, as in Nix's trusted-public-keys). Repeatable.
+    /// public key (`name:base64`, as in Nix's trusted-public-keys); on
+    /// --nix-socket, what untrusted clients' paths must be signed by.
+    /// Repeatable.
     #[arg(long = "trusted-key", value_name = "KEY")]
     trusted_keys: Vec<String>,
 
@@ -50,7 +52,8 @@ pub struct HttpArgs {
     allow_anonymous_uploads: bool,
 
     /// Refuse (413) an upload whose NAR decompresses to more than this many bytes
-    /// (suffixes K, M, G, T: powers of 1024), as soon as it grows past it.
+    /// (suffixes K, M, G, T: powers of 1024), as soon as it grows past it; also
+    /// the largest NAR accepted on --nix-socket.
     #[arg(long, default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
     max_nar_size: u64,
 
@@ -87,6 +90,17 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// The --trusted-key values (uploads over HTTP and the Nix daemon protocol
+    /// check signatures against the same keys).
+    pub fn trusted_keys(&self) -> anyhow::Result<Vec<cairn_nix::signature::VerifyingKey>> {
+        super::nix_daemon::parse_keys(&self.trusted_keys)
+    }
+
+    /// --max-nar-size (also the Nix daemon protocol's limit).
+    pub fn max_nar_size(&self) -> u64 {
+        self.max_nar_size
+    }
+
     /// The cache's settings, reading the key and token files.
     fn config(&self) -> anyhow::Result<cairn_cache::CacheConfig> {
         let mut config = cairn_cache::CacheConfig::default();
@@ -102,11 +116,7 @@ impl HttpArgs {
                 .with_context(|| format!("signing key {}", f.display()))?;
             config.sign_keys.push(key);
         }
-        for k in &self.trusted_keys {
-            config
-                .trusted_keys
-                .push(k.parse().with_context(|| format!("--trusted-key {k:?}"))?);
-        }
+        config.trusted_keys = self.trusted_keys()?;
         config.upload_token = read_token(self.upload_token_file.as_deref(), "upload")?;
         config.read_token = read_token(self.read_token_file.as_deref(), "read")?;
         config.allow_anonymous_uploads = self.allow_anonymous_uploads;

@@ -9,6 +9,7 @@ pub mod import;
 pub mod key;
 pub mod mount;
 pub mod nar;
+pub mod nix_daemon;
 pub mod paths;
 pub mod store;
 pub mod tls;

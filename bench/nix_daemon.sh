@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The Nix daemon protocol with the real Nix, on loopback: `nix copy --from` one
+# daemon's store into a fresh chroot store, of
+#   - N small paths (content-addressed, one small file each), and
+#   - one BIG_MIB MiB path (a random file),
+# through
+#   - unix://SOCK?root=ROOT (metadata over the protocol; contents through
+#     `cairn mount ROOT/nix/store`: Nix 2.8's unix:// client reads them from its
+#     root, not with NarFromPath),
+#   - ssh-ng://localhost (cairn nix-daemon --stdio as the remote program: the
+#     NAR over the protocol, NarFromPath),
+#   - http:// of the same daemon (the binary cache), and
+#   - a file:// cache holding the same paths (compression=none).
+# Prints seconds and the ratios to http:// and to file:// (lower is faster).
+# Targets (issue 21): unix:// at least as fast as http://, within 1.5x of file://.
+# The machine's load average is printed with each block: on a shared machine
+# compare the ratios of one run, not numbers across runs.
+# Usage: bench/nix_daemon.sh   (N=1000 BIG_MIB=1024 ROUNDS=2 to change; CAIRN=path
+#   to use a built binary instead of building a release one)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-1000}; BIG_MIB=${BIG_MIB:-1024}; ROUNDS=${ROUNDS:-2}
+W=$(mktemp -d /tmp/cairn-nixd-bench.XXXXXX)
+PID=; MPID=
+cleanup() {
+  umount -l "$W/root/nix/store" 2>/dev/null || true
+  [ -n "$MPID" ] && kill "$MPID" 2>/dev/null || true
+  [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
+  sleep 0.5
+  rm -rf "$W"
+}
+trap cleanup EXIT
+load() { uptime | sed 's/.*load average: /load /'; }
+export XDG_CACHE_HOME=$W/xdg
+export NIX_CONFIG="experimental-features = nix-command
+sandbox = false
+substituters =
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0"
+
+if [ -z "${CAIRN:-}" ]; then
+  cargo build --release --locked -p cairn --bin cairn >&2
+  CAIRN=$PWD/target/release/cairn
+fi
+
+echo "inputs: $N small paths, one $BIG_MIB MiB path" >&2
+S=$W/src-store
+SMALL=()
+for i in $(seq "$N"); do
+  echo "small path $i $RANDOM" > "$W/p$i"
+  SMALL+=("$(nix-store --store "$S" --add "$W/p$i")")
+done
+head -c $((BIG_MIB << 20)) /dev/urandom > "$W/big"
+BIG=$(nix-store --store "$S" --add "$W/big")
+rm -f "$W"/p* "$W/big"
+
+# The daemon's store gets the paths over its own socket; the file:// cache from
+# Nix directly.
+"$CAIRN" daemon --data-dir "$W/data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+  --nix-socket "$W/nix.sock" 2> "$W/daemon.log" & PID=$!
+for _ in $(seq 100); do grep -q serving "$W/daemon.log" 2>/dev/null && break; sleep 0.1; done
+HTTP=$(grep -o 'binary cache on http://127.0.0.1:[0-9]*' "$W/daemon.log" | sed 's/binary cache on //')
+nix copy --from "$S" --to "unix://$W/nix.sock" "${SMALL[@]}" "$BIG"
+nix copy --from "$S" --to "file://$W/cache?compression=none" "${SMALL[@]}" "$BIG"
+mkdir -p "$W/root/nix/store"
+"$CAIRN" mount --data-dir "$W/data" "$W/root/nix/store" 2> "$W/mount.log" & MPID=$!
+for _ in $(seq 100); do grep -q mounted "$W/mount.log" 2>/dev/null && break; sleep 0.1; done
+printf '#!/bin/sh\nexec %s nix-daemon --trusted --data-dir %s "$@"\n' "$CAIRN" "$W/data" > "$W/remote"
+chmod +x "$W/remote"
+
+# Seconds a command takes; a failing command stops the benchmark with its output.
+secs() {
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > "$W/out" 2>&1 || { echo "failed: $*" >&2; cat "$W/out" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+declare -A FROM=(
+  [unix]="unix://$W/nix.sock?root=$W/root"
+  [ssh-ng]="ssh-ng://localhost?remote-program=$W/remote"
+  [http]="$HTTP"
+  [file]="file://$W/cache"
+)
+run() {
+  local what=$1; shift
+  echo "== nix copy --from ... of $what ($(load))"
+  for round in $(seq "$ROUNDS"); do
+    declare -A T=()
+    for k in unix ssh-ng http file; do
+      rm -rf "$W/dst"
+      T[$k]=$(secs nix copy --no-check-sigs --from "${FROM[$k]}" --to "$W/dst" "$@")
+      # Every path arrived, whole.
+      nix store verify --store "$W/dst" --no-trust "$@" > /dev/null 2>&1 \
+        || { echo "$k: the copy does not verify" >&2; exit 1; }
+    done
+    printf 'round %d: unix %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %.2f  unix/file %.2f  ssh-ng/http %.2f\n' \
+      "$round" "${T[unix]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}" \
+      "$(awk -v a="${T[unix]}" -v b="${T[http]}" 'BEGIN { print a / b }')" \
+      "$(awk -v a="${T[unix]}" -v b="${T[file]}" 'BEGIN { print a / b }')" \
+      "$(awk -v a="${T[ssh-ng]}" -v b="${T[http]}" 'BEGIN { print a / b }')"
+  done
+}
+run "$N small paths" "${SMALL[@]}"
+run "one $BIG_MIB MiB path" "$BIG"

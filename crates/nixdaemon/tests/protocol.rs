@@ -1,0 +1,788 @@
+//! The daemon against byte transcripts built here from the protocol as Nix's
+//! sources define it (worker-protocol.hh, worker-protocol-connection.cc,
+//! daemon.cc): the greeting for every client version 1.20–1.38, and operations
+//! whose wire form changes with the version.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use cairn_nix::hash::{HashAlgo, NixHash};
+use cairn_nix::signature::SigningKey;
+use cairn_nix::store_path::StorePath;
+use cairn_nix_daemon::{Config, NixDaemon};
+use cairn_store::pathinfo::PathInfoService;
+use sha2::Digest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+mod common;
+use common::{file_nar, framed, s, u};
+
+const MAGIC_1: u64 = 0x6e69_7863;
+const MAGIC_2: u64 = 0x6478_696f;
+const LAST: u64 = 0x616c_7473;
+const ERROR: u64 = 0x6378_7470;
+const READ: u64 = 0x6461_7461;
+
+fn strings<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(items: I) -> Vec<u8> {
+    let items: Vec<S> = items.into_iter().collect();
+    let mut out = u(items.len() as u64);
+    for i in items {
+        out.extend(s(i));
+    }
+    out
+}
+
+fn path(name: &str, seed: u8) -> StorePath {
+    StorePath::new([seed; 20], name).unwrap()
+}
+
+struct Store {
+    daemon: Arc<NixDaemon>,
+    path_info: Arc<dyn PathInfoService>,
+}
+
+fn store(config: Config) -> Store {
+    let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
+    let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();
+    let path_info = cairn_store::pathinfo::path_info_service_from_addr(
+        "memory://",
+        blobs.clone(),
+        dirs.clone(),
+    )
+    .unwrap();
+    Store {
+        daemon: Arc::new(NixDaemon::new(blobs, dirs, path_info.clone(), config)),
+        path_info,
+    }
+}
+
+struct Client {
+    io: DuplexStream,
+    version: u64,
+    /// A message code read ahead (an error where STDERR_READ was expected).
+    pushback: Option<u64>,
+    server: tokio::task::JoinHandle<Result<(), cairn_nix_daemon::Error>>,
+}
+
+impl Client {
+    /// Connects and runs the greeting as a client of `version` would, checking
+    /// every byte the daemon sends.
+    async fn connect(store: &Store, version: u64, trusted: bool) -> Client {
+        let (mut io, server_io) = tokio::io::duplex(1 << 20);
+        let daemon = store.daemon.clone();
+        let server = tokio::spawn(async move {
+            let (r, w) = tokio::io::split(server_io);
+            daemon
+                .serve_connection(r, w, trusted, std::future::pending())
+                .await
+        });
+        io.write_all(&u(MAGIC_1)).await.unwrap();
+        let mut c = Client {
+            io,
+            version,
+            pushback: None,
+            server,
+        };
+        c.expect(&[u(MAGIC_2), u(0x126)].concat()).await;
+        c.send(&u(version)).await;
+        let minor = version & 0xff;
+        if minor >= 38 {
+            c.send(&strings(["some-future-feature"])).await;
+            c.expect(&u(0)).await;
+        }
+        let mut post = Vec::new();
+        if minor >= 14 {
+            post.extend(u(0));
+        }
+        if minor >= 11 {
+            post.extend(u(0));
+        }
+        c.send(&post).await;
+        if version < 0x115 {
+            return c;
+        }
+        let mut expected = Vec::new();
+        if minor >= 33 {
+            expected.extend(s(format!("cairn {}", env!("CARGO_PKG_VERSION"))));
+        }
+        if minor >= 35 {
+            expected.extend(u(if trusted { 1 } else { 2 }));
+        }
+        expected.extend(u(LAST));
+        c.expect(&expected).await;
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.unwrap();
+        self.io.flush().await.unwrap();
+    }
+
+    async fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; n];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            self.io.read_exact(&mut buf),
+        )
+        .await
+        .expect("the daemon answered in time")
+        .unwrap();
+        buf
+    }
+
+    async fn expect(&mut self, bytes: &[u8]) {
+        let got = self.read(bytes.len()).await;
+        assert_eq!(got, bytes, "protocol {:#x}", self.version);
+    }
+
+    async fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.read(8).await.try_into().unwrap())
+    }
+
+    async fn string(&mut self) -> String {
+        let n = self.u64().await as usize;
+        let data = self.read(n + (8 - n % 8) % 8).await;
+        String::from_utf8(data[..n].to_vec()).unwrap()
+    }
+
+    /// Reads an error in the session's format and returns its message.
+    async fn error(&mut self) -> String {
+        let code = match self.pushback.take() {
+            Some(code) => code,
+            None => self.u64().await,
+        };
+        assert_eq!(code, ERROR, "protocol {:#x}", self.version);
+        if self.version & 0xff >= 26 {
+            assert_eq!(self.string().await, "Error");
+            assert_eq!(self.u64().await, 0);
+            assert_eq!(self.string().await, "Error");
+            let msg = self.string().await;
+            assert_eq!(self.u64().await, 0);
+            assert_eq!(self.u64().await, 0);
+            msg
+        } else {
+            let msg = self.string().await;
+            assert_eq!(self.u64().await, 1);
+            msg
+        }
+    }
+
+    /// Adds a path with AddToStoreNar in the session's form (NAR tunnelled
+    /// through STDERR_READ before 1.23, framed from 1.23), returning the daemon's
+    /// first answer after the NAR.
+    async fn add_nar(
+        &mut self,
+        p: &StorePath,
+        nar: &[u8],
+        refs: &[&StorePath],
+        sigs: &[String],
+        dont_check_sigs: bool,
+    ) {
+        let hash = hex(&sha2::Sha256::digest(nar));
+        let mut req = add_nar_request(p, hash, refs, nar.len() as u64, sigs, dont_check_sigs);
+        if self.version & 0xff >= 23 {
+            req.extend(framed(nar, 1000));
+            self.send(&req).await;
+        } else {
+            self.send(&req).await;
+            let mut sent = 0;
+            while sent < nar.len() {
+                let msg = self.u64().await;
+                if msg != READ {
+                    // An error before the NAR was asked for.
+                    self.pushback = Some(msg);
+                    return;
+                }
+                let want = self.u64().await as usize;
+                assert!(want <= nar.len() - sent, "asked past the declared NAR");
+                let piece = &nar[sent..sent + want.min(777)];
+                sent += piece.len();
+                self.send(&s(piece)).await;
+            }
+        }
+    }
+}
+
+/// AddToStoreNar's request up to its NAR: path, no deriver, `hash` (hex),
+/// references, registration time, `nar_size`, not ultimate, `sigs`, no CA, no
+/// repair, `dont_check_sigs`.
+fn add_nar_request(
+    p: &StorePath,
+    hash: String,
+    refs: &[&StorePath],
+    nar_size: u64,
+    sigs: &[String],
+    dont_check_sigs: bool,
+) -> Vec<u8> {
+    let mut req = u(39);
+    req.extend(s(p.to_absolute()));
+    req.extend(s(""));
+    req.extend(s(hash));
+    req.extend(strings(refs.iter().map(|r| r.to_absolute())));
+    req.extend(u(0));
+    req.extend(u(nar_size));
+    req.extend(u(0));
+    req.extend(strings(sigs));
+    req.extend(s(""));
+    req.extend(u(0));
+    req.extend(u(dont_check_sigs.into()));
+    req
+}
+
+/// IsValidPath of a path the store does not have: answered "no".
+async fn still_in_step(c: &mut Client) {
+    let mut req = u(1);
+    req.extend(s(path("absent", 1).to_absolute()));
+    c.send(&req).await;
+    c.expect(&[u(LAST), u(0)].concat()).await;
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const VERSIONS: std::ops::RangeInclusive<u64> = 0x115..=0x126;
+
+#[tokio::test]
+async fn greeting_for_every_version() {
+    let st = store(Config::default());
+    for v in VERSIONS {
+        for trusted in [false, true] {
+            let mut c = Client::connect(&st, v, trusted).await;
+            // A first operation works: IsValidPath of an absent path.
+            still_in_step(&mut c).await;
+            drop(c.io);
+            c.server.await.unwrap().unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn newer_client_gets_our_version() {
+    // A client newer than the daemon (1.40) speaks 1.38: features are exchanged.
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x128, true).await;
+    c.version = 0x126;
+    still_in_step(&mut c).await;
+}
+
+#[tokio::test]
+async fn too_old_client_gets_a_clear_error() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x114, true).await;
+    let msg = c.error().await;
+    assert!(
+        msg.contains("1.20 is too old") && msg.contains("1.21"),
+        "{msg}"
+    );
+    let end = c.server.await.unwrap();
+    assert!(end.is_err());
+}
+
+#[tokio::test]
+async fn bad_magic_closes() {
+    let st = store(Config::default());
+    let (mut io, server_io) = tokio::io::duplex(4096);
+    let daemon = st.daemon.clone();
+    let server = tokio::spawn(async move {
+        let (r, w) = tokio::io::split(server_io);
+        daemon
+            .serve_connection(r, w, true, std::future::pending())
+            .await
+    });
+    io.write_all(&u(0x1234)).await.unwrap();
+    let err = server.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("protocol mismatch"), "{err}");
+    let mut rest = Vec::new();
+    io.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+/// Adds a path in each version's form, then reads it back with
+/// QueryPathInfo, QueryValidPaths (the substitute flag from 1.27) and
+/// NarFromPath; an absent path's NarFromPath is an error in the version's
+/// format, after which the connection still serves.
+#[tokio::test]
+async fn add_and_query_in_every_version() {
+    for v in VERSIONS {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let p = path("hello", 7);
+        let nar = file_nar(b"hello world\n");
+        c.add_nar(&p, &nar, &[], &[], true).await;
+        c.expect(&u(LAST)).await;
+
+        let mut req = u(26);
+        req.extend(s(p.to_absolute()));
+        c.send(&req).await;
+        let mut expected = u(LAST);
+        expected.extend(u(1));
+        expected.extend(s(""));
+        expected.extend(s(hex(&sha2::Sha256::digest(&nar))));
+        expected.extend(u(0));
+        expected.extend(u(0));
+        expected.extend(u(nar.len() as u64));
+        expected.extend(u(0));
+        expected.extend(u(0));
+        expected.extend(s(""));
+        c.expect(&expected).await;
+
+        let mut req = u(31);
+        req.extend(strings([p.to_absolute(), path("absent", 9).to_absolute()]));
+        if v & 0xff >= 27 {
+            req.extend(u(0));
+        }
+        c.send(&req).await;
+        c.expect(&[u(LAST), strings([p.to_absolute()])].concat())
+            .await;
+
+        let mut req = u(38);
+        req.extend(s(p.to_absolute()));
+        c.send(&req).await;
+        c.expect(&[u(LAST), nar.clone()].concat()).await;
+
+        let mut req = u(38);
+        req.extend(s(path("absent", 9).to_absolute()));
+        c.send(&req).await;
+        let msg = c.error().await;
+        assert!(msg.contains("is not valid"), "{msg}");
+
+        // QuerySubstitutablePathInfos: a path set before 1.22, a path -> CA map after.
+        let mut req = u(30);
+        if v & 0xff < 22 {
+            req.extend(strings([p.to_absolute()]));
+        } else {
+            req.extend(u(1));
+            req.extend(s(p.to_absolute()));
+            req.extend(s(""));
+        }
+        c.send(&req).await;
+        c.expect(&[u(LAST), u(0)].concat()).await;
+
+        let mut req = u(29);
+        req.extend(s(p.hash_part()));
+        c.send(&req).await;
+        c.expect(&[u(LAST), s(p.to_absolute())].concat()).await;
+    }
+}
+
+#[tokio::test]
+async fn builds_are_refused_with_nix_error_format() {
+    for v in VERSIONS {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let mut req = u(9);
+        req.extend(strings([format!("{}!out", path("x.drv", 3).to_absolute())]));
+        req.extend(u(0));
+        c.send(&req).await;
+        let msg = c.error().await;
+        assert_eq!(msg, cairn_nix_daemon::NO_BUILDS);
+        // Still in step.
+        still_in_step(&mut c).await;
+    }
+}
+
+#[tokio::test]
+async fn untrusted_additions_need_a_trusted_signature() {
+    let key = SigningKey::from_seed("test-1", &[5; 32]).unwrap();
+    let st = store(Config {
+        trusted_keys: vec![key.to_verifying_key()],
+        ..Config::default()
+    });
+    let nar = file_nar(b"signed contents");
+    let p = path("signed", 4);
+    for v in [0x115u64, 0x122, 0x126] {
+        let mut c = Client::connect(&st, v, false).await;
+        // Unsigned (and asking to skip the check, which an untrusted client
+        // may not): refused before the NAR is read.
+        c.add_nar(&p, &nar, &[], &[], true).await;
+        let msg = c.error().await;
+        assert!(msg.contains("lacks a signature by a trusted key"), "{msg}");
+        assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    }
+    let fp = cairn_nix::signature::fingerprint(
+        &p,
+        &NixHash::Sha256(sha2::Sha256::digest(&nar).into()),
+        nar.len() as u64,
+        &[],
+    );
+    let sig = key.sign(fp.as_bytes()).to_string();
+    let mut c = Client::connect(&st, 0x126, false).await;
+    c.add_nar(&p, &nar, &[], &[sig], false).await;
+    c.expect(&u(LAST)).await;
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn wrong_hash_or_size_or_missing_reference_registers_nothing() {
+    let st = store(Config::default());
+    let nar = file_nar(b"contents");
+    let p = path("checked", 5);
+    // Declared hash of other bytes.
+    let mut req = add_nar_request(
+        &p,
+        hex(&sha2::Sha256::digest(b"other")),
+        &[],
+        nar.len() as u64,
+        &[],
+        true,
+    );
+    req.extend(framed(&nar, 64));
+    let mut c = Client::connect(&st, 0x126, true).await;
+    c.send(&req).await;
+    let msg = c.error().await;
+    assert!(msg.contains("hash mismatch importing path"), "{msg}");
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    // A reference that is not in the store.
+    c.add_nar(&p, &nar, &[&path("missing", 6)], &[], true).await;
+    let msg = c.error().await;
+    assert!(msg.contains("is not valid"), "{msg}");
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+    // The connection is still in step.
+    c.add_nar(&p, &nar, &[], &[], true).await;
+    c.expect(&u(LAST)).await;
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn connection_dying_mid_nar_registers_nothing() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, true).await;
+    let nar = file_nar(&vec![7u8; 300_000]);
+    let p = path("cut", 8);
+    let mut req = add_nar_request(
+        &p,
+        hex(&sha2::Sha256::digest(&nar)),
+        &[],
+        nar.len() as u64,
+        &[],
+        true,
+    );
+    let body = framed(&nar, 4096);
+    req.extend(&body[..body.len() / 2]);
+    c.send(&req).await;
+    drop(c.io);
+    assert!(c.server.await.unwrap().is_err());
+    assert!(st.path_info.get(*p.digest()).await.unwrap().is_none());
+}
+
+/// AddMultipleToStore (1.32+): a count, then each path's info and NAR, all in
+/// one framed stream; references among them resolve in order.
+#[tokio::test]
+async fn add_multiple_to_store() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x122, true).await; // 1.34, Nix 2.8
+    let dep = path("dep", 10);
+    let top = path("top", 11);
+    let dep_nar = file_nar(b"dep");
+    let top_nar = file_nar(dep.to_absolute().as_bytes());
+    let mut inner = u(2);
+    for (p, nar, refs) in [
+        (&dep, &dep_nar, vec![]),
+        (&top, &top_nar, vec![dep.to_absolute()]),
+    ] {
+        inner.extend(s(p.to_absolute()));
+        inner.extend(s(""));
+        inner.extend(s(hex(&sha2::Sha256::digest(nar))));
+        inner.extend(strings(refs));
+        inner.extend(u(0));
+        inner.extend(u(nar.len() as u64));
+        inner.extend(u(0));
+        inner.extend(strings(Vec::<String>::new()));
+        inner.extend(s(""));
+        inner.extend(nar);
+    }
+    let mut req = u(44);
+    req.extend(u(0));
+    req.extend(u(1));
+    req.extend(framed(&inner, 100));
+    c.send(&req).await;
+    c.expect(&u(LAST)).await;
+    // QueryReferrers of dep: top.
+    let mut req = u(6);
+    req.extend(s(dep.to_absolute()));
+    c.send(&req).await;
+    c.expect(&[u(LAST), strings([top.to_absolute()])].concat())
+        .await;
+}
+
+/// AddToStore (1.25+) with `fixed:r:sha256`, as `nix-store --add` sends it, and
+/// flat, and AddTextToStore: the paths Nix computes for the same content.
+#[tokio::test]
+async fn add_to_store_content_addressed() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x122, false).await;
+    let nar = file_nar(b"hello\n");
+    let mut req = u(7);
+    req.extend(s("hello.txt"));
+    req.extend(s("fixed:r:sha256"));
+    req.extend(u(0));
+    req.extend(u(0));
+    req.extend(framed(&nar, 10));
+    c.send(&req).await;
+    let expected = cairn_nix::store_path::make_fixed_output_path(
+        cairn_nix::store_path::FileIngestionMethod::Recursive,
+        &HashAlgo::Sha256.digest(&nar),
+        "hello.txt",
+        [],
+        false,
+    )
+    .unwrap();
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.string().await, expected.to_absolute());
+    assert_eq!(c.string().await, ""); // deriver
+    assert_eq!(c.string().await, hex(&sha2::Sha256::digest(&nar)));
+
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, false).await;
+    let mut req = u(7);
+    req.extend(s("flat"));
+    req.extend(s("fixed:sha1"));
+    req.extend(u(0));
+    req.extend(u(0));
+    req.extend(framed(b"flat bytes", 3));
+    c.send(&req).await;
+    let expected = cairn_nix::store_path::make_fixed_output_path(
+        cairn_nix::store_path::FileIngestionMethod::Flat,
+        &HashAlgo::Sha1.digest(b"flat bytes"),
+        "flat",
+        [],
+        false,
+    )
+    .unwrap();
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.string().await, expected.to_absolute());
+
+    let mut c = Client::connect(&st, 0x115, false).await;
+    let mut req = u(8);
+    req.extend(s("t"));
+    req.extend(s("text contents"));
+    req.extend(u(0));
+    c.send(&req).await;
+    let expected =
+        cairn_nix::store_path::make_text_path_for_content("t", b"text contents", []).unwrap();
+    c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+        .await;
+}
+
+/// AddToStore before 1.25 (Nix 2.3's `nix-store --add`): name, fixed,
+/// recursive, algorithm, then an unframed NAR; the reply is the path. The
+/// daemon reads exactly the NAR, so the next request follows.
+#[tokio::test]
+async fn add_to_store_before_1_25() {
+    let dir_nar = {
+        let mut out = Vec::new();
+        for part in [
+            &b"nix-archive-1"[..],
+            b"(",
+            b"type",
+            b"directory",
+            b"entry",
+            b"(",
+            b"name",
+            b")",
+            b"node",
+            b"(",
+            b"type",
+            b"regular",
+            b"contents",
+        ] {
+            out.extend(s(part));
+        }
+        // A file whose contents look like NAR tokens, and a name ")" above.
+        out.extend(s([s(")"), s(")")].concat()));
+        for part in [")", ")", ")"] {
+            out.extend(s(part));
+        }
+        out
+    };
+    let file_nar = file_nar(b"flat contents");
+    for v in 0x115..=0x118u64 {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, false).await;
+        let mut req = u(7);
+        req.extend(s("tree"));
+        req.extend(u(1));
+        req.extend(u(1));
+        req.extend(s("sha256"));
+        req.extend(&dir_nar);
+        c.send(&req).await;
+        let expected = cairn_nix::store_path::make_fixed_output_path(
+            cairn_nix::store_path::FileIngestionMethod::Recursive,
+            &HashAlgo::Sha256.digest(&dir_nar),
+            "tree",
+            [],
+            false,
+        )
+        .unwrap();
+        c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+            .await;
+
+        let mut req = u(7);
+        req.extend(s("flat"));
+        req.extend(u(1));
+        req.extend(u(0));
+        req.extend(s("sha1"));
+        req.extend(&file_nar);
+        c.send(&req).await;
+        let expected = cairn_nix::store_path::make_fixed_output_path(
+            cairn_nix::store_path::FileIngestionMethod::Flat,
+            &HashAlgo::Sha1.digest(b"flat contents"),
+            "flat",
+            [],
+            false,
+        )
+        .unwrap();
+        c.expect(&[u(LAST), s(expected.to_absolute())].concat())
+            .await;
+        still_in_step(&mut c).await;
+    }
+}
+
+/// The session and query operations without version differences in 1.34:
+/// their exact answers, then AddSignatures (only by a trusted key for an
+/// untrusted client), VerifyStore and QueryMissing.
+#[tokio::test]
+async fn other_operations() {
+    let key = SigningKey::from_seed("test-1", &[9; 32]).unwrap();
+    let other = SigningKey::from_seed("other-1", &[8; 32]).unwrap();
+    let st = store(Config {
+        trusted_keys: vec![key.to_verifying_key()],
+        ..Config::default()
+    });
+    let mut c = Client::connect(&st, 0x122, true).await;
+    let p = path("dep", 20);
+    let nar = file_nar(b"dep");
+    c.add_nar(&p, &nar, &[], &[], true).await;
+    c.expect(&u(LAST)).await;
+    let absent = path("absent", 21).to_absolute();
+    let one = |op: u64, arg: &str| [u(op), s(arg)].concat();
+    // SetOptions: 12 numbers and 1 override.
+    let mut req = u(19);
+    for _ in 0..12 {
+        req.extend(u(0));
+    }
+    req.extend(u(1));
+    req.extend(s("cores"));
+    req.extend(s("4"));
+    for (req, answer) in [
+        (req, u(LAST)),
+        (one(11, &p.to_absolute()), [u(LAST), u(1)].concat()), // AddTempRoot
+        (one(12, "/home/x/result"), [u(LAST), u(1)].concat()), // AddIndirectRoot
+        (u(13), [u(LAST), u(1)].concat()),                     // SyncWithGC
+        (u(14), [u(LAST), u(0)].concat()),                     // FindRoots: none
+        (u(34), [u(LAST), u(1)].concat()),                     // OptimiseStore
+        (one(10, &p.to_absolute()), [u(LAST), u(1)].concat()), // EnsurePath
+        (u(23), [u(LAST), strings([p.to_absolute()])].concat()), // QueryAllValidPaths
+        (one(6, &p.to_absolute()), [u(LAST), u(0)].concat()),  // QueryReferrers: none
+        (one(33, &p.to_absolute()), [u(LAST), u(0)].concat()), // QueryValidDerivers
+        (one(43, "sha256:abc!out"), [u(LAST), u(0)].concat()), // QueryRealisation
+        (one(21, &absent), [u(LAST), u(0)].concat()),          // QuerySubstitutablePathInfo
+        (
+            one(29, "00000000000000000000000000000000"),
+            [u(LAST), s("")].concat(),
+        ),
+    ] {
+        c.send(&req).await;
+        c.expect(&answer).await;
+    }
+    // EnsurePath of an absent path: an error, the connection goes on.
+    c.send(&one(10, &absent)).await;
+    assert!(c.error().await.contains("is not valid"));
+
+    // QueryMissing: an absent path is unknown, a present one is not missing,
+    // an absent derivation is unknown.
+    let mut req = u(40);
+    req.extend(strings([
+        p.to_absolute(),
+        absent.clone(),
+        format!("{}!out", path("x.drv", 22).to_absolute()),
+    ]));
+    c.send(&req).await;
+    let mut unknown = vec![absent.clone(), path("x.drv", 22).to_absolute()];
+    unknown.sort();
+    c.expect(&[u(LAST), u(0), u(0), strings(unknown), u(0), u(0)].concat())
+        .await;
+
+    // VerifyStore with contents checked: no errors.
+    c.send(&[u(35), u(1), u(0)].concat()).await;
+    c.expect(&[u(LAST), u(0)].concat()).await;
+
+    // AddSignatures from an untrusted client: a signature by the trusted key is
+    // added, one by another key refused.
+    let mut c = Client::connect(&st, 0x122, false).await;
+    let fp = cairn_nix::signature::fingerprint(
+        &p,
+        &NixHash::Sha256(sha2::Sha256::digest(&nar).into()),
+        nar.len() as u64,
+        &[],
+    );
+    let bad = other.sign(fp.as_bytes()).to_string();
+    c.send(&[u(37), s(p.to_absolute()), strings([&bad])].concat())
+        .await;
+    assert!(c.error().await.contains("not privileged"));
+    let good = key.sign(fp.as_bytes()).to_string();
+    c.send(&[u(37), s(p.to_absolute()), strings([&good])].concat())
+        .await;
+    c.expect(&[u(LAST), u(1)].concat()).await;
+    let info = st.path_info.get(*p.digest()).await.unwrap().unwrap();
+    assert_eq!(
+        info.signatures
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        [good]
+    );
+    // QueryPathInfo shows it.
+    c.send(&one(26, &p.to_absolute())).await;
+    c.expect(&u(LAST)).await;
+    assert_eq!(c.u64().await, 1);
+    for _ in 0..2 {
+        c.string().await;
+    }
+    assert_eq!(c.u64().await, 0); // references
+    c.u64().await;
+    c.u64().await;
+    c.u64().await;
+    assert_eq!(c.u64().await, 1);
+    assert_eq!(c.string().await, key.sign(fp.as_bytes()).to_string());
+}
+
+/// AddMultipleToStore whose framed stream ends before the paths it counts:
+/// reported, nothing of the missing path registered, and the connection goes on.
+#[tokio::test]
+async fn add_multiple_cut_short_is_reported() {
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x126, true).await;
+    let mut req = u(44);
+    req.extend(u(0));
+    req.extend(u(1));
+    req.extend(framed(&[u(2), s(path("p", 30).to_absolute())].concat(), 7));
+    c.send(&req).await;
+    let msg = c.error().await;
+    assert!(msg.contains("ended early"), "{msg}");
+    still_in_step(&mut c).await;
+    assert!(st.path_info.get([30; 20]).await.unwrap().is_none());
+}
+
+/// BuildPathsWithResults (1.34+) of a path that is already valid: one
+/// KeyedBuildResult, AlreadyValid, with the fields of the version (1.34: times
+/// and an empty builtOutputs; 1.37+: also the two absent CPU times).
+#[tokio::test]
+async fn build_results_of_valid_paths() {
+    for (v, zeros) in [(0x122u64, 5), (0x124, 5), (0x125, 7), (0x126, 7)] {
+        let st = store(Config::default());
+        let mut c = Client::connect(&st, v, true).await;
+        let p = path("valid", 40);
+        c.add_nar(&p, &file_nar(b"v"), &[], &[], true).await;
+        c.expect(&u(LAST)).await;
+        c.send(&[u(46), strings([p.to_absolute()]), u(0)].concat())
+            .await;
+        let mut expected = [u(LAST), u(1), s(p.to_absolute()), u(2), s("")].concat();
+        for _ in 0..zeros {
+            expected.extend(u(0));
+        }
+        c.expect(&expected).await;
+        still_in_step(&mut c).await;
+    }
+}
