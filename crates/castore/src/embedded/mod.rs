@@ -1110,6 +1110,23 @@ fn reclaim_unreferenced(db: &Database, packs: &Packs) -> Result<u64, EmbeddedErr
                     .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
             }
         }
+        // A chunk two writers stored at once is indexed at the first copy;
+        // the second's segment still names its own copy, and reads follow the
+        // segment. An unreadable segment stops the reclaim: what it names is
+        // unknown, so nothing may be punched.
+        let t = txn.open_table(BLOBS).map_err(db_err)?;
+        for e in t.iter().map_err(db_err)? {
+            let (_, v) = e.map_err(db_err)?;
+            if let BlobEntry::Segmented(segs) = BlobEntry::decode(v.value())? {
+                for seg in &segs {
+                    for (_, loc) in read_segment(packs, seg)? {
+                        used.entry(loc.pack)
+                            .or_default()
+                            .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
+                    }
+                }
+            }
+        }
     }
     // Holes smaller than a page give nothing back.
     const MIN_HOLE: u64 = 64 << 10;

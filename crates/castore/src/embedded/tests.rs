@@ -692,3 +692,35 @@ async fn segments_read_and_seek_across_boundaries() {
     r.read_exact(&mut part).await.unwrap();
     assert_eq!(part, bytes[10..20]);
 }
+
+/// Two writers storing the same new chunks at once: the index keeps the first
+/// copy, the second writer's segment names its own. The reclaim at the next
+/// start must leave that copy alone, and both blobs read back whole.
+#[tokio::test]
+async fn chunks_stored_twice_at_once_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = data(30, 8 << 20);
+    let (a, b) = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let (mut wa, mut wb) = (store.blob_writer(), store.blob_writer());
+        let mut blobs = (Vec::new(), Vec::new());
+        for piece in shared.chunks(1 << 20) {
+            wa.write_all(piece).await.unwrap();
+            wb.write_all(piece).await.unwrap();
+            blobs.0.extend_from_slice(piece);
+            blobs.1.extend_from_slice(piece);
+        }
+        let (ta, tb) = (data(31, 1 << 20), data(32, 1 << 20));
+        wa.write_all(&ta).await.unwrap();
+        wb.write_all(&tb).await.unwrap();
+        blobs.0.extend_from_slice(&ta);
+        blobs.1.extend_from_slice(&tb);
+        let (da, db) = (wa.close().await.unwrap(), wb.close().await.unwrap());
+        assert_eq!(get(&store, &da).await.unwrap(), blobs.0);
+        assert_eq!(get(&store, &db).await.unwrap(), blobs.1);
+        ((da, blobs.0), (db, blobs.1))
+    };
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(get(&store, &a.0).await.unwrap(), a.1, "first blob");
+    assert_eq!(get(&store, &b.0).await.unwrap(), b.1, "second blob");
+}
