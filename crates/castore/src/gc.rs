@@ -10,6 +10,15 @@
 //! info, so content not yet registered is never swept while its upload may be
 //! going on. A collector never deletes what it cannot prove dead: a missing
 //! directory under a root aborts the collection.
+//!
+//! Roots are read before the sweep, so a path registered in between is not
+//! among them. A collection therefore begins ([`Collector::begin`]) before
+//! its roots are read, and keeps, besides the grace period, everything
+//! written or found by a writer since it began ([`GcOptions::began`]): a path
+//! registered late had its content written or looked up (a path info check
+//! looks up its root) after that, so it is kept with all it reaches. Without
+//! this, a grace period shorter than a collection would let a sweep remove
+//! the content of a path registered while it ran.
 
 use std::collections::HashSet;
 use std::sync::PoisonError;
@@ -31,6 +40,10 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Count what would go; delete nothing.
     pub dry_run: bool,
+    /// When the collection began (before its roots were read): content
+    /// written or found by a writer at or after it is kept, whatever the
+    /// grace period.
+    pub began: Option<Instant>,
 }
 
 impl Default for GcOptions {
@@ -38,7 +51,30 @@ impl Default for GcOptions {
         Self {
             grace: DEFAULT_GRACE,
             dry_run: false,
+            began: None,
         }
+    }
+}
+
+/// A collection in progress, from [`Collector::begin`]: while it lives, the
+/// backend keeps the record of what writers touch (see the module doc).
+pub struct Epoch {
+    began: Instant,
+    _hold: Option<Box<dyn Send + Sync>>,
+}
+
+impl Epoch {
+    /// An epoch beginning now, holding `hold` (dropped when the epoch ends).
+    pub fn new(hold: Option<Box<dyn Send + Sync>>) -> Self {
+        Self {
+            began: Instant::now(),
+            _hold: hold,
+        }
+    }
+
+    /// When it began.
+    pub fn began(&self) -> Instant {
+        self.began
     }
 }
 
@@ -74,6 +110,12 @@ pub trait Collector: Send + Sync {
     /// was not written within `opts.grace`; gives the disk back where the
     /// backend can.
     async fn collect(&self, roots: Vec<Node>, opts: GcOptions) -> Result<GcReport, Error>;
+
+    /// Begins a collection: called before its roots are read, held until it
+    /// ends; its instant goes into [`GcOptions::began`].
+    fn begin(&self) -> Epoch {
+        Epoch::new(None)
+    }
 
     /// Disk taken by the store, in bytes (allocated blocks).
     fn disk_bytes(&self) -> Result<u64, Error>;
@@ -148,7 +190,9 @@ pub struct MemoryCollector {
 impl Collector for MemoryCollector {
     async fn collect(&self, roots: Vec<Node>, opts: GcOptions) -> Result<GcReport, Error> {
         let now = Instant::now();
-        let young = |t: Instant| now.saturating_duration_since(t) < opts.grace;
+        let young = |t: Instant| {
+            now.saturating_duration_since(t) < opts.grace || opts.began.is_some_and(|b| t >= b)
+        };
         let young_dirs: Vec<B3Digest> = {
             let map = self.directories.written();
             let map = map.read().unwrap_or_else(PoisonError::into_inner);

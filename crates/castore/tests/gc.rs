@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     dry_run: false,
+    began: None,
 };
 
 async fn put_blob(blobs: &dyn BlobService, data: &[u8]) -> B3Digest {
@@ -102,6 +103,7 @@ async fn embedded_sweeps_unreachable_keeps_reachable_and_gives_disk_back() {
     let dry = GcOptions {
         grace: Duration::ZERO,
         dry_run: true,
+        began: None,
     };
     let r = store.collect(vec![root.clone()], dry).await.unwrap();
     assert_eq!(r.directories, 1, "{r:?}");
@@ -179,6 +181,48 @@ async fn embedded_lookup_by_a_client_keeps_old_content_it_builds_on() {
     assert!(!store.has(&other).await.unwrap());
 }
 
+/// The daemon's race, made slow: a path is registered after a collection read
+/// its roots, and the collection takes longer than the lookup record's
+/// generations (a second each with no grace). Its content must survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_content_of_a_path_registered_during_a_collection_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(tmp.path()).unwrap();
+    let data = pseudo_random(200 << 10, 11);
+    let old = put_blob(&store, &data).await;
+    let old_dir = put_dir(&store, &[(old, data.len())]).await;
+    store.track_lookups(Duration::ZERO);
+    // The collection begins and reads its roots: none.
+    let epoch = store.begin();
+    let opts = GcOptions {
+        began: Some(epoch.began()),
+        ..NOW
+    };
+    // Then a client builds on the old directory (its path info check looks
+    // it up) and registers a path with it as root.
+    let Node::Directory { digest, .. } = old_dir else {
+        unreachable!()
+    };
+    assert!(store.get(&digest).await.unwrap().is_some());
+    // Other writers' lookups, over more than two generations.
+    for i in 0..3u8 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        put_blob(&store, &[i; 100]).await;
+    }
+    let r = store.collect(vec![], opts).await.unwrap();
+    assert_eq!((r.directories, r.blobs), (0, 0), "{r:?}");
+    assert_eq!(read_blob(&store, &old).await.unwrap(), data);
+    drop(epoch);
+    // The next collection, with the path gone again: swept.
+    for i in 3..6u8 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        put_blob(&store, &[i; 100]).await;
+    }
+    let r = store.collect(vec![], NOW).await.unwrap();
+    assert!(r.directories == 1 && r.blobs >= 1, "{r:?}");
+    assert!(!store.has(&old).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_reader_open_across_a_collection_errors_or_reads_right() {
     let tmp = tempfile::tempdir().unwrap();
@@ -219,6 +263,7 @@ async fn memory_collector_follows_the_same_rules() {
     let dry = GcOptions {
         grace: Duration::ZERO,
         dry_run: true,
+        began: None,
     };
     let r = c.collect(vec![root.clone()], dry).await.unwrap();
     assert_eq!((r.directories, r.blobs), (1, 1));

@@ -207,6 +207,11 @@ pub async fn delete(
     opts: GcOptions,
 ) -> Result<Report, GcError> {
     let start = Instant::now();
+    let epoch = collector.begin();
+    let opts = GcOptions {
+        began: Some(epoch.began()),
+        ..opts
+    };
     let graph = Graph::load(paths).await?;
     let pins: HashSet<[u8; 20]> = paths.pins().await?.into_iter().collect();
     let set: HashSet<[u8; 20]> = targets.iter().map(|p| *p.digest()).collect();
@@ -283,6 +288,12 @@ pub async fn run(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Report, GcError> {
     let start = Instant::now();
+    // Before the roots are read: a path registered from here on keeps its
+    // content (see `cairn_castore::gc`).
+    let epoch = collector.begin();
+    let mut policy = policy.clone();
+    policy.castore.began = Some(epoch.began());
+    let policy = &policy;
     progress("reading path info");
     let mut graph = Graph::load(paths).await?;
     let mut chosen: Vec<[u8; 20]> = Vec::new();

@@ -19,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 const NOW: GcOptions = GcOptions {
     grace: Duration::ZERO,
     dry_run: false,
+    began: None,
 };
 
 struct Setup {

@@ -13,7 +13,9 @@
 //! or a path info check makes (`has`, a directory read, a chunk or segment
 //! found for dedup) records the digest when it finds the object, as does every
 //! commit for the blobs and directories it records (before committing), and a
-//! recorded digest counts as young.
+//! recorded digest counts as young. Recorded digests are kept for about twice
+//! the grace period, and in any case from the [`Collector::begin`] of a
+//! collection until it ends (see `crate::gc`).
 //!
 //! Races: lookups take the read side of `sweep`, the sweep holds the write side
 //! from reading the recorded digests (after its write transaction began, so
@@ -41,7 +43,7 @@ use super::{
     BLOBS, CHUNKS, DAMAGED, DIRECTORIES, EmbeddedError, EmbeddedStore, SEGMENTS, db_err,
     read_segment,
 };
-use crate::gc::{Collector, GcOptions, GcReport, Live, mark_with};
+use crate::gc::{Collector, Epoch, GcOptions, GcReport, Live, mark_with};
 use crate::{B3Digest, Directory, Error, Node};
 
 /// Commit-time marks: unix seconds -> per pack (id u32, committed length u64).
@@ -92,12 +94,18 @@ fn decode_mark(v: &[u8]) -> Result<HashMap<u32, u64>, EmbeddedError> {
 
 /// Digests looked up by writers and path info checks, in two generations of
 /// about the grace period each, so memory holds what was looked up within at
-/// most twice the grace period.
+/// most twice the grace period, and since the oldest collection in progress
+/// began: a generation is dropped only when every such collection began
+/// after its last note, so a path registered after a collection read its
+/// roots keeps the note of its root however long the collection takes.
 struct Generations {
     cur: HashSet<[u8; 32]>,
     prev: HashSet<[u8; 32]>,
     since: Instant,
     period: Duration,
+    /// Collections in progress: id -> when they began.
+    holds: HashMap<u64, Instant>,
+    next_hold: u64,
 }
 
 /// The store's side of a collection running while it serves: the lock a sweep
@@ -138,11 +146,34 @@ impl Tracker {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(g) = g.as_mut() {
-            if g.since.elapsed() > g.period {
+            if g.since.elapsed() > g.period && g.holds.values().all(|b| *b >= g.since) {
                 g.prev = std::mem::take(&mut g.cur);
                 g.since = Instant::now();
             }
             g.cur.insert(*digest);
+        }
+    }
+
+    /// Keeps every note from now on until the returned id is released.
+    fn hold(&self) -> Option<u64> {
+        let mut g = self
+            .looked_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let g = g.as_mut()?;
+        let id = g.next_hold;
+        g.next_hold += 1;
+        g.holds.insert(id, Instant::now());
+        Some(id)
+    }
+
+    fn release(&self, id: u64) {
+        let mut g = self
+            .looked_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(g) = g.as_mut() {
+            g.holds.remove(&id);
         }
     }
 
@@ -244,6 +275,8 @@ impl EmbeddedStore {
                 prev: HashSet::new(),
                 since: Instant::now(),
                 period: grace.max(Duration::from_secs(1)),
+                holds: HashMap::new(),
+                next_hold: 0,
             });
         }
     }
@@ -582,5 +615,21 @@ impl Collector for EmbeddedStore {
 
     fn disk_bytes(&self) -> Result<u64, Error> {
         Ok(self.stats()?.disk_bytes)
+    }
+
+    fn begin(&self) -> Epoch {
+        /// Releases the hold on the tracker's notes when the epoch ends.
+        struct Hold(EmbeddedStore, u64);
+        impl Drop for Hold {
+            fn drop(&mut self) {
+                self.0.inner.gc.release(self.1);
+            }
+        }
+        let hold = self
+            .inner
+            .gc
+            .hold()
+            .map(|id| Box::new(Hold(self.clone(), id)) as Box<dyn Send + Sync>);
+        Epoch::new(hold)
     }
 }

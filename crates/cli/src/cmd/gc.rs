@@ -65,6 +65,7 @@ impl PolicyArgs {
             castore: GcOptions {
                 grace: self.grace,
                 dry_run,
+                began: None,
             },
         }
     }
@@ -243,6 +244,7 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
             GcOptions {
                 grace: args.grace,
                 dry_run: args.dry_run,
+                began: None,
             },
         )
         .await?;
