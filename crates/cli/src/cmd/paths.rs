@@ -516,7 +516,15 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                     Err(e) => missing.push(format!("{} ({e})", r.to_absolute())),
                 }
             }
+            // A daemon's collection may remove a path (and its references
+            // and content) while this runs: that is no damage.
+            let gone = async || matches!(store.path_info.get(*info.store_path.digest()).await, Ok(None));
             if !missing.is_empty() {
+                if gone().await {
+                    eprintln!("path '{path}' was removed (garbage collected) while being verified");
+                    checked -= 1;
+                    return;
+                }
                 failed += 1;
                 eprintln!(
                     "path '{path}' references paths that are not in the store: {}",
@@ -536,6 +544,10 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                         info.nar_size,
                         cairn_nix::hash::NixHash::Sha256(sha256).to_sri()
                     );
+                }
+                Err(_) if repair.is_none() && gone().await => {
+                    eprintln!("path '{path}' was removed (garbage collected) while being verified");
+                    checked -= 1;
                 }
                 Err(e) => {
                     failed += 1;
