@@ -283,4 +283,18 @@ async fn memory_collector_follows_the_same_rules() {
     };
     assert!(c.collect(vec![missing], NOW).await.is_err());
     assert!(c.blobs.has(&a).await.unwrap());
+    // Written after the collection began (its roots read before): kept, with
+    // no grace; the next collection takes it.
+    let epoch = c.begin();
+    let late = put_blob(&c.blobs, b"registered late").await;
+    let opts = GcOptions {
+        began: Some(epoch.began()),
+        ..NOW
+    };
+    let r = c.collect(vec![root.clone()], opts).await.unwrap();
+    assert_eq!(r.blobs, 0, "{r:?}");
+    assert!(c.blobs.has(&late).await.unwrap());
+    drop(epoch);
+    let r = c.collect(vec![root], NOW).await.unwrap();
+    assert_eq!(r.blobs, 1, "{r:?}");
 }
