@@ -113,6 +113,8 @@ fn space_comes_back_after_deleting_half_the_releases() {
         assert!(p.ends_with(&format!("-{name}")), "{p}");
     }
     let full = disk_usage(&data);
+    let path_info_size = || std::fs::metadata(data.join("pathinfo.redb")).unwrap().len();
+    let path_info_before = path_info_size();
     let mut args = vec!["delete", "--grace", "0s"];
     args.extend(paths[..4].iter().map(String::as_str));
     let out = cairn_at(&data, &args, None);
@@ -120,6 +122,13 @@ fn space_comes_back_after_deleting_half_the_releases() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("removed 4 paths"), "{report}");
     assert!(report.contains("freed"), "{report}");
+    assert!(report.contains("index and path info compacted"), "{report}");
+    // Deleted entries' pages are not kept in the file.
+    assert!(
+        path_info_size() < path_info_before,
+        "pathinfo.redb {} bytes, {path_info_before} before the delete",
+        path_info_size()
+    );
     let after = disk_usage(&data);
 
     let fresh = r.tmp.join("fresh");

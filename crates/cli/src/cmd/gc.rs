@@ -133,22 +133,35 @@ fn collector(store: &StoreArgs) -> anyhow::Result<EmbeddedStore> {
     EmbeddedStore::open_shared(dir).with_context(|| format!("cannot open data directory {dir}"))
 }
 
-/// After a collection that removed something: compacts the index (redb keeps
-/// freed pages in its file otherwise) once `store` is the last handle.
+/// After a collection that removed something: compacts the index and the path
+/// info file (redb keeps freed pages in its file otherwise) once `store` is the
+/// last handle on them.
 async fn compact(store: EmbeddedStore, report: &Report, dry_run: bool) {
-    if dry_run || report.castore == GcReport::default() {
+    if dry_run || (report.castore == GcReport::default() && report.paths.is_empty()) {
         return;
     }
-    let index = store.dir().join("index.redb");
-    let size = || {
-        std::fs::metadata(&index)
+    let dir = store.dir().to_owned();
+    let files = [
+        dir.join("index.redb"),
+        dir.join(cairn_store::pathinfo::REDB_FILE_NAME),
+    ];
+    let size = || -> u64 {
+        files
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
             .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0)
+            .sum()
     };
     let before = size();
-    match tokio::task::spawn_blocking(move || store.close_and_compact()).await {
+    let done = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        store.close_and_compact()?;
+        cairn_store::pathinfo::compact_redb_file(&dir)?;
+        Ok(())
+    })
+    .await;
+    match done {
         Ok(Ok(())) => eprintln!(
-            "index compacted: {} -> {}",
+            "index and path info compacted: {} -> {}",
             indicatif::HumanBytes(before),
             indicatif::HumanBytes(size())
         ),

@@ -36,7 +36,7 @@ pub use grpc::GrpcPathInfoService;
 pub use memory::MemoryPathInfoService;
 pub use model::{PathInfo, PathInfoError};
 pub use postgres::PgPathInfoService;
-pub use redb::RedbPathInfoService;
+pub use redb::{FILE_NAME as REDB_FILE_NAME, RedbPathInfoService, compact_redb_file};
 pub use server::{GrpcPathInfoServer, NarCalculator, routes};
 
 /// Stores [`PathInfo`]s by the 20-byte digest of their store path.

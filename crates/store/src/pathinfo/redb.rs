@@ -333,6 +333,22 @@ impl RedbPathInfoService {
     }
 }
 
+/// Compacts `pathinfo.redb` of data directory `dir`, which must not be open in
+/// any process (redb keeps the pages of deleted entries in its file until then);
+/// a directory without one is left alone.
+pub fn compact_redb_file(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(FILE_NAME);
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut db = Database::open(&path).map_err(|e| io("open", &path, std::io::Error::other(e)))?;
+    while db
+        .compact()
+        .map_err(|e| io("compact", &path, std::io::Error::other(e)))?
+    {}
+    Ok(())
+}
+
 fn open_db(dir: &Path) -> Result<Db, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
