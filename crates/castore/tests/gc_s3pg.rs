@@ -137,7 +137,11 @@ fn file(d: B3Digest, size: usize) -> Node {
 }
 
 /// A directory holding `files` as `f0`, `f1`, ... (and `sub` if given).
-async fn put_dir(dirs: &dyn DirectoryService, files: &[(B3Digest, usize)], sub: Option<Node>) -> Node {
+async fn put_dir(
+    dirs: &dyn DirectoryService,
+    files: &[(B3Digest, usize)],
+    sub: Option<Node>,
+) -> Node {
     let mut dir = Directory::new();
     for (i, (d, n)) in files.iter().enumerate() {
         dir.add(
@@ -147,7 +151,8 @@ async fn put_dir(dirs: &dyn DirectoryService, files: &[(B3Digest, usize)], sub: 
         .unwrap();
     }
     if let Some(sub) = sub {
-        dir.add(PathComponent::try_from("sub").unwrap(), sub).unwrap();
+        dir.add(PathComponent::try_from("sub").unwrap(), sub)
+            .unwrap();
     }
     let size = dir.size();
     let digest = dirs.put(dir).await.unwrap();
@@ -183,7 +188,10 @@ async fn suite(name: &str, s: Subject) {
     let dead = put_dir(dirs, &[(bd, big_dead.len())], Some(dead_sub.clone())).await;
 
     // Within the grace period: nothing goes.
-    let r = s.gc.collect(vec![root.clone()], GcOptions::default()).await.unwrap();
+    let r =
+        s.gc.collect(vec![root.clone()], GcOptions::default())
+            .await
+            .unwrap();
     assert_eq!((r.directories, r.blobs), (0, 0), "{name}: {r:?}");
     // Dry: counted, nothing removed.
     let dry = GcOptions {
@@ -193,7 +201,10 @@ async fn suite(name: &str, s: Subject) {
     let r = s.gc.collect(vec![root.clone()], dry).await.unwrap();
     assert_eq!((r.directories, r.blobs), (2, 2), "{name}: {r:?}");
     assert!(blobs.has(&bd).await.unwrap(), "{name}");
-    assert!(dirs.get(&dir_digest(&dead)).await.unwrap().is_some(), "{name}");
+    assert!(
+        dirs.get(&dir_digest(&dead)).await.unwrap().is_some(),
+        "{name}"
+    );
 
     let r = s.gc.collect(vec![root.clone()], NOW).await.unwrap();
     assert_eq!((r.directories, r.blobs), (2, 2), "{name}: {r:?}");
@@ -206,7 +217,10 @@ async fn suite(name: &str, s: Subject) {
     }
     assert_eq!(read_blob(blobs, &bl).await.unwrap(), big_live, "{name}");
     assert_eq!(read_blob(blobs, &sl).await.unwrap(), small_live, "{name}");
-    assert!(dirs.get(&dir_digest(&sub)).await.unwrap().is_some(), "{name}");
+    assert!(
+        dirs.get(&dir_digest(&sub)).await.unwrap().is_some(),
+        "{name}"
+    );
     // The shared chunks stayed with the live blob; the dead blob stored
     // again is whole.
     assert_eq!(put_blob(blobs, &big_dead).await, bd, "{name}");
@@ -241,7 +255,10 @@ async fn suite(name: &str, s: Subject) {
     assert!(blobs.has(&again).await.unwrap(), "{name}");
     assert!(!blobs.has(&other).await.unwrap(), "{name}");
     drop(top);
-    assert!(dirs.get(&dir_digest(&kept_dir)).await.unwrap().is_some(), "{name}");
+    assert!(
+        dirs.get(&dir_digest(&kept_dir)).await.unwrap().is_some(),
+        "{name}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,7 +343,10 @@ async fn objects_leave_the_bucket_and_rows_the_database() {
     // than the grace period.
     let stray = after[0].with_file_name("0123456789abcdef0123456789abcdef");
     std::fs::write(&stray, b"stray bytes").unwrap();
-    let r = p.gc.collect(vec![file(keep, 14)], GcOptions::default()).await.unwrap();
+    let r =
+        p.gc.collect(vec![file(keep, 14)], GcOptions::default())
+            .await
+            .unwrap();
     assert_eq!(r.disk_freed, 0, "young: {r:?}");
     assert!(stray.exists());
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -344,7 +364,10 @@ async fn one_collection_at_a_time_and_other_daemons_read_what_was_stored_again()
     let url2 = format!("{}&cache_size=0", p.url);
     let p2 = pg_on(&p.db, &url2);
     assert!(p.gc.begin().await.unwrap());
-    assert!(!p2.gc.begin().await.unwrap(), "a second collector waits its turn");
+    assert!(
+        !p2.gc.begin().await.unwrap(),
+        "a second collector waits its turn"
+    );
     let err = p2.gc.collect(vec![], NOW).await.unwrap_err();
     assert!(err.to_string().contains("another process"), "{err}");
     p.gc.end().await;
@@ -422,7 +445,12 @@ async fn writers_racing_collections_lose_nothing_they_were_told_is_stored() {
     let roots: Vec<Node> = stored.iter().map(|(n, ..)| n.clone()).collect();
     p.gc.collect(roots, NOW).await.unwrap();
     for (n, a, o, b, data) in &stored {
-        let dir = p2.dirs.get(&dir_digest(n)).await.unwrap().expect("directory");
+        let dir = p2
+            .dirs
+            .get(&dir_digest(n))
+            .await
+            .unwrap()
+            .expect("directory");
         assert_eq!(dir.nodes().count(), 2);
         assert_eq!(&read_blob(&p.blobs, a).await.unwrap(), o);
         assert_eq!(&read_blob(&p.blobs, b).await.unwrap(), data);

@@ -311,13 +311,19 @@ impl PgDirectoryService {
             .await
             .map_err(|e| db_error("touching referenced directories", e))?;
             let found: HashSet<Vec<u8>> = tx
-                .query("SELECT digest FROM directories WHERE digest = ANY($1)", &[&keys])
+                .query(
+                    "SELECT digest FROM directories WHERE digest = ANY($1)",
+                    &[&keys],
+                )
                 .await
                 .map_err(|e| db_error("checking referenced directories", e))?
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            if let Some(d) = external.iter().find(|d| !found.contains(d.as_bytes().as_slice())) {
+            if let Some(d) = external
+                .iter()
+                .find(|d| !found.contains(d.as_bytes().as_slice()))
+            {
                 return Err(Error::InvalidArgument(format!(
                     "directory {d} is referenced but not stored (removed by a garbage collection meanwhile?)"
                 )));

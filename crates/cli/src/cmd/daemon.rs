@@ -175,10 +175,20 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // The collector of an S3 + PostgreSQL store works on the services the
     // daemon serves, so that it empties their caches of what it removes.
     let s3pg_services = if args.gc_interval.is_some() && s3pg {
-        let blobs = cairn_castore::blobservice::S3BlobService::from_url(&blob_url)
-            .with_context(|| format!("cannot open blob service {}", cairn_castore::redacted(&blob_url)))?;
+        let blobs =
+            cairn_castore::blobservice::S3BlobService::from_url(&blob_url).with_context(|| {
+                format!(
+                    "cannot open blob service {}",
+                    cairn_castore::redacted(&blob_url)
+                )
+            })?;
         let dirs = cairn_castore::directoryservice::PgDirectoryService::from_url(&dir_url)
-            .with_context(|| format!("cannot open directory service {}", cairn_castore::redacted(&dir_url)))?;
+            .with_context(|| {
+                format!(
+                    "cannot open directory service {}",
+                    cairn_castore::redacted(&dir_url)
+                )
+            })?;
         let gc = super::gc::pg_collector(&urls, &blobs, dirs.clone())?;
         Some((blobs, dirs, gc))
     } else {

@@ -11,8 +11,8 @@ use cairn_castore::blobservice::{PgCollector, S3BlobService};
 use cairn_castore::directoryservice::PgDirectoryService;
 use cairn_castore::embedded::EmbeddedStore;
 use cairn_castore::gc::{Collector, GcOptions, GcReport};
-use cairn_store::pathinfo::PgPathInfoService;
 use cairn_store::gc::{Policy, Report};
+use cairn_store::pathinfo::PgPathInfoService;
 use clap::Args;
 
 use super::daemon_http::parse_size;
@@ -200,10 +200,9 @@ fn collector(store: &StoreArgs) -> anyhow::Result<Gc> {
     if urls.iter().any(|u| u != &urls[0]) {
         bail!("garbage collection needs blobs, directories and path info in one data directory");
     }
-    Ok(Gc::Embedded(
-        EmbeddedStore::open_shared(dir)
-            .with_context(|| format!("cannot open data directory {dir}"))?,
-    ))
+    Ok(Gc::Embedded(EmbeddedStore::open_shared(dir).with_context(
+        || format!("cannot open data directory {dir}"),
+    )?))
 }
 
 /// Runs `f` inside the store's collection lock; an S3 + PostgreSQL store that

@@ -103,7 +103,7 @@ impl PgPathInfoService {
             blobs,
             directories,
             access: Arc::default(),
-            flusher: Arc::default(),
+            flusher: Arc::new(std::sync::Once::new()),
         }
     }
 
@@ -335,7 +335,12 @@ impl PathInfoService for PgPathInfoService {
             }
         }
         // Noted since the flush: newer.
-        for (d, at) in self.access.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for (d, at) in self
+            .access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             out.insert(*d, *at);
         }
         Ok(out)

@@ -70,8 +70,8 @@
 //! another pack is read from its new place.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -359,10 +359,7 @@ impl PgCollector {
             .await
             .map_err(|e| db_error("gc: recording the start", e))?
             .get(0);
-        *begun = Some(Begun {
-            session,
-            started,
-        });
+        *begun = Some(Begun { session, started });
         drop(begun);
         self.measure().await?;
         Ok(true)
@@ -406,7 +403,9 @@ impl PgCollector {
         opts: GcOptions,
         started: SystemTime,
     ) -> Result<GcReport, Error> {
-        let cutoff = started.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = started
+            .checked_sub(opts.grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let c = self.blobs.db.client().await?;
         // Mark: what the roots reach.
         let mut marks = Marks::default();
@@ -468,9 +467,24 @@ impl PgCollector {
             }
         }
         let mut dead = Dead {
-            dirs: t.dirs.iter().filter(|(_, (y, _))| !y).map(|(d, _)| *d).collect(),
-            lists: t.lists.iter().filter(|(_, (y, _))| !y).map(|(d, _)| *d).collect(),
-            chunks: t.chunks.iter().filter(|(_, (y, _))| !y).map(|(d, _)| *d).collect(),
+            dirs: t
+                .dirs
+                .iter()
+                .filter(|(_, (y, _))| !y)
+                .map(|(d, _)| *d)
+                .collect(),
+            lists: t
+                .lists
+                .iter()
+                .filter(|(_, (y, _))| !y)
+                .map(|(d, _)| *d)
+                .collect(),
+            chunks: t
+                .chunks
+                .iter()
+                .filter(|(_, (y, _))| !y)
+                .map(|(d, _)| *d)
+                .collect(),
         };
         spare(&mut dead, &marks, &t.lists);
         drop(c);
@@ -498,14 +512,20 @@ impl PgCollector {
             .max(cutoff);
         let mut late = Marks::default();
         let touched_dirs: Vec<B3Digest> = txn
-            .query("SELECT digest FROM directories WHERE touched >= $1", &[&since])
+            .query(
+                "SELECT digest FROM directories WHERE touched >= $1",
+                &[&since],
+            )
             .await
             .map_err(|e| db_error("gc: reading touched directories", e))?
             .iter()
             .map(|r| digest32(r.get(0)).map(B3Digest::from))
             .collect::<Result<_, _>>()?;
         for r in txn
-            .query("SELECT digest FROM blob_chunks WHERE touched >= $1", &[&since])
+            .query(
+                "SELECT digest FROM blob_chunks WHERE touched >= $1",
+                &[&since],
+            )
             .await
             .map_err(|e| db_error("gc: reading touched chunks", e))?
         {
@@ -529,8 +549,13 @@ impl PgCollector {
         }
         let late_roots = match &self.late {
             Some(l) => {
-                l.roots_since(&txn, started.checked_sub(LATE_SLACK).unwrap_or(SystemTime::UNIX_EPOCH))
-                    .await?
+                l.roots_since(
+                    &txn,
+                    started
+                        .checked_sub(LATE_SLACK)
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                )
+                .await?
             }
             None => Vec::new(),
         };
@@ -583,13 +608,17 @@ impl PgCollector {
         // This process's caches forget what went.
         let forget: Vec<[u8; 32]> = gone_lists.iter().chain(&gone_chunks).copied().collect();
         self.blobs.forget(&forget);
-        let gone_dir_digests: Vec<B3Digest> = gone_dirs.iter().map(|d| B3Digest::from(*d)).collect();
+        let gone_dir_digests: Vec<B3Digest> =
+            gone_dirs.iter().map(|d| B3Digest::from(*d)).collect();
         self.dirs.forget(&gone_dir_digests);
 
         // Objects: the packs whose rows went, then any no row names.
         let names: HashSet<String> = packs.iter().map(|(n, _)| n.clone()).collect();
         self.delete_objects(names.iter().cloned().collect()).await?;
-        let mut freed: u64 = packs.iter().map(|(_, s)| u64::try_from(*s).unwrap_or(0)).sum();
+        let mut freed: u64 = packs
+            .iter()
+            .map(|(_, s)| u64::try_from(*s).unwrap_or(0))
+            .sum();
         freed += self.delete_orphans(&names, cutoff).await?;
 
         let report = self.report(&t, &gone_dirs, &gone_lists, &gone_chunks, freed);
@@ -623,8 +652,16 @@ impl PgCollector {
             directories: dirs.len() as u64,
             blobs: lists.len() as u64 + (chunks.len() as u64 - parts),
             chunks: parts,
-            stored_bytes: dirs.iter().filter_map(|d| t.dirs.get(d)).map(|x| x.1).sum::<u64>()
-                + chunks.iter().filter_map(|d| t.chunks.get(d)).map(|x| x.1).sum::<u64>(),
+            stored_bytes: dirs
+                .iter()
+                .filter_map(|d| t.dirs.get(d))
+                .map(|x| x.1)
+                .sum::<u64>()
+                + chunks
+                    .iter()
+                    .filter_map(|d| t.chunks.get(d))
+                    .map(|x| x.1)
+                    .sum::<u64>(),
             disk_freed: freed,
         }
     }
@@ -637,7 +674,10 @@ impl PgCollector {
         }
         let keys: Vec<object_store::Result<ObjectPath>> =
             names.iter().map(|n| Ok(self.blobs.key(n))).collect();
-        let mut results = self.blobs.s3.delete_stream(futures::stream::iter(keys).boxed());
+        let mut results = self
+            .blobs
+            .s3
+            .delete_stream(futures::stream::iter(keys).boxed());
         while let Some(r) = results.next().await {
             match r {
                 Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
@@ -650,7 +690,11 @@ impl PgCollector {
     /// Deletes the pack objects no row names that are older than `cutoff`
     /// (a writer enters its pack before uploading it, so none of these is
     /// being written); returns their bytes. `skip`: deleted just now.
-    async fn delete_orphans(&self, skip: &HashSet<String>, cutoff: SystemTime) -> Result<u64, Error> {
+    async fn delete_orphans(
+        &self,
+        skip: &HashSet<String>,
+        cutoff: SystemTime,
+    ) -> Result<u64, Error> {
         let prefix = self.blobs.key("");
         let prefix = ObjectPath::from(prefix.as_ref().trim_end_matches('/'));
         let listed: Vec<object_store::ObjectMeta> = self
@@ -679,7 +723,10 @@ impl PgCollector {
         let c = self.blobs.db.client().await?;
         let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
         let known: HashSet<String> = c
-            .query("SELECT name FROM blob_packs WHERE name = ANY($1)", &[&names])
+            .query(
+                "SELECT name FROM blob_packs WHERE name = ANY($1)",
+                &[&names],
+            )
             .await
             .map_err(|e| db_error("gc: looking up packs", e))?
             .iter()

@@ -337,7 +337,8 @@ async fn touch(
         match touch_once(client, &keys, lists).await {
             Err(e)
                 if attempt < 3
-                    && e.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+                    && e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
             {
                 continue;
             }
@@ -373,7 +374,9 @@ async fn touch_once(
     } else {
         "SELECT digest FROM blob_chunks WHERE digest = ANY($1)"
     };
-    let rows = txn.query(&txn.prepare_cached(find).await?, &[&keys]).await?;
+    let rows = txn
+        .query(&txn.prepare_cached(find).await?, &[&keys])
+        .await?;
     txn.commit().await?;
     Ok(rows)
 }
