@@ -259,7 +259,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let mut servers = tokio::task::JoinSet::new();
         if let Some(every) = args.gc_interval {
             let gc = match s3pg_services {
-                Some((_, _, gc)) => super::gc::Gc::Pg(gc),
+                Some((_, _, gc)) => super::gc::Gc::Pg(Box::new(gc)),
                 None => {
                     let store = cairn_castore::embedded::EmbeddedStore::open_shared(&dir)
                         .with_context(|| format!("cannot open data directory {}", dir.display()))?;

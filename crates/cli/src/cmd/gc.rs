@@ -127,14 +127,14 @@ pub enum Gc {
     /// `redb://DATA_DIR`.
     Embedded(EmbeddedStore),
     /// `s3://…?index=postgres://DB` with directories and path info in `DB`.
-    Pg(PgCollector),
+    Pg(Box<PgCollector>),
 }
 
 impl Gc {
     fn collector(&self) -> &dyn Collector {
         match self {
             Gc::Embedded(s) => s,
-            Gc::Pg(c) => c,
+            Gc::Pg(c) => c.as_ref(),
         }
     }
 
@@ -189,7 +189,7 @@ fn collector(store: &StoreArgs) -> anyhow::Result<Gc> {
     if is_s3pg(&urls) {
         let blobs = S3BlobService::from_url(&urls[0])?;
         let dirs = PgDirectoryService::from_url(&urls[1])?;
-        return Ok(Gc::Pg(pg_collector(&urls, &blobs, dirs)?));
+        return Ok(Gc::Pg(Box::new(pg_collector(&urls, &blobs, dirs)?)));
     }
     let Some(dir) = urls[0].strip_prefix("redb://") else {
         bail!(
