@@ -53,6 +53,7 @@ static MIGRATIONS: &[&str] = &[
     // Garbage collection: pins, and the last access or upload (unix seconds).
     "ALTER TABLE path_info ADD COLUMN pinned boolean NOT NULL DEFAULT false;
     ALTER TABLE path_info ADD COLUMN accessed bigint;
+    UPDATE path_info SET accessed = extract(epoch FROM updated_at)::bigint;
     CREATE INDEX path_info_by_update ON path_info (updated_at);",
 ];
 
