@@ -64,16 +64,9 @@ pub const COLLECT_LOCK: i64 = 0x63_61_69_72_6e_67_63;
 pub const TOUCH_GRAIN_SECS: u32 = 15;
 
 /// SQL: the time below which a row a writer builds on must be touched (see
-/// [`TOUCH_GRAIN_SECS`]).
+/// [`TOUCH_GRAIN_SECS`], which it spells out).
 pub const TOUCH_BEFORE: &str = "greatest(clock_timestamp() - interval '15 seconds', \
      coalesce((SELECT started FROM cairn_gc_epoch WHERE id = 1), '-infinity'::timestamptz))";
-
-/// SQL creating the table of the latest collection's start (in the
-/// migrations of each component whose rows writers touch).
-pub const EPOCH_TABLE: &str = "CREATE TABLE IF NOT EXISTS cairn_gc_epoch (
-        id integer PRIMARY KEY CHECK (id = 1),
-        started timestamptz NOT NULL
-    );";
 
 /// A PostgreSQL database shared by the backends that name it: a connection pool.
 /// Cheap to clone (an `Arc` inside).
