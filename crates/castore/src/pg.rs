@@ -46,6 +46,28 @@ pub const COMPONENT_PARAMS: &[&str] = &["dir_cache"];
 /// across processes ("cairn" in ASCII).
 const MIGRATION_LOCK: i64 = 0x63_61_69_72_6e;
 
+/// The advisory lock that orders writers against garbage collection's sweep
+/// (`blobservice::s3::gc`): every write or lookup transaction that a writer
+/// builds on (blob index commits and lookups, directory commits, path info
+/// puts) holds it shared; the sweep holds it exclusively from reading what
+/// writers touched until its deletes commit ("cairnsw" in ASCII).
+pub const SWEEP_LOCK: i64 = 0x63_61_69_72_6e_73_77;
+
+/// The advisory lock one collection holds for its whole run, so that of
+/// several daemons on one database only one collects at a time ("cairngc").
+pub const COLLECT_LOCK: i64 = 0x63_61_69_72_6e_67_63;
+
+/// A row a writer builds on is touched again (its `touched` set to the
+/// database's clock) when its time is older than this, or than the start of
+/// the latest collection (`cairn_gc_epoch`): at most one write per row per
+/// grain, never one per lookup.
+pub const TOUCH_GRAIN_SECS: u32 = 15;
+
+/// SQL: the time below which a row a writer builds on must be touched (see
+/// [`TOUCH_GRAIN_SECS`], which it spells out).
+pub const TOUCH_BEFORE: &str = "greatest(clock_timestamp() - interval '15 seconds', \
+     coalesce((SELECT started FROM cairn_gc_epoch WHERE id = 1), '-infinity'::timestamptz))";
+
 /// A PostgreSQL database shared by the backends that name it: a connection pool.
 /// Cheap to clone (an `Arc` inside).
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 //! What the conformance suite does not cover of `PgPathInfoService`: damaged rows
 //! are Corrupt errors (never a panic, never bad data), the NAR cache, and two
-//! services on separate pools (two daemons) seeing each other's puts at once.
+//! services on separate pools (two daemons) seeing each other's puts at once;
+//! pins, access times and deletes; a path registered while a collection runs.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
@@ -99,4 +100,89 @@ async fn two_daemons_see_each_others_puts() {
     assert_eq!(b.get([4; 20]).await.unwrap(), Some(info(4, "first")));
     b.put(info(4, "second")).await.unwrap();
     assert_eq!(a.get([4; 20]).await.unwrap(), Some(info(4, "second")));
+}
+
+/// Pins, access times and deletes on PostgreSQL, as garbage collection uses
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_access_times_and_deletes() {
+    let url = cairn_testkit::postgres::server().database();
+    let svc = service(&url);
+    svc.put(info(1, "a")).await.unwrap();
+    svc.put(info(2, "b")).await.unwrap();
+    svc.set_pinned(&[[2; 20]], true).await.unwrap();
+    assert_eq!(svc.pins().await.unwrap(), vec![[2u8; 20]]);
+    // Another daemon sees the pin and the upload times.
+    let other = service(&url);
+    assert_eq!(other.pins().await.unwrap(), vec![[2u8; 20]]);
+    let times = other.access_times().await.unwrap();
+    assert_eq!(times.len(), 2, "{times:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(times.values().all(|t| now.abs_diff(*t) < 60), "{times:?}");
+    svc.set_pinned(&[[2; 20]], false).await.unwrap();
+    assert!(svc.pins().await.unwrap().is_empty());
+    svc.delete(&[[1; 20], [9; 20]]).await.unwrap();
+    assert!(other.get([1; 20]).await.unwrap().is_none());
+    assert!(other.get([2; 20]).await.unwrap().is_some());
+}
+
+/// A path registered after a collection read its roots (its root directory
+/// old and untouched: `check_content` reads it, it does not build on it) is
+/// found by the sweep, which keeps its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_path_registered_during_a_collection_keeps_its_content() {
+    use cairn_castore::blobservice::{PgCollector, S3BlobService};
+    use cairn_castore::directoryservice::PgDirectoryService;
+    use cairn_castore::gc::{Collector, GcOptions};
+    use cairn_castore::{BlobService, Directory, DirectoryService, PathComponent};
+    use tokio::io::AsyncWriteExt;
+
+    let db = cairn_testkit::postgres::server().database();
+    let blobs = S3BlobService::from_url(&cairn_testkit::s3::server().blob_url(&db)).unwrap();
+    let dirs = PgDirectoryService::from_url(&db).unwrap();
+    let mut w = blobs.open_write().await;
+    w.write_all(b"content of a path registered late")
+        .await
+        .unwrap();
+    let b = w.close().await.unwrap();
+    let mut dir = Directory::new();
+    dir.add(
+        PathComponent::try_from("f").unwrap(),
+        Node::File {
+            digest: b,
+            size: 33,
+            executable: false,
+        },
+    )
+    .unwrap();
+    let size = dir.size();
+    let d = dirs.put(dir).await.unwrap();
+    let paths = PgPathInfoService::new(
+        Db::open_shared(&db).unwrap(),
+        Arc::new(blobs.clone()),
+        Arc::new(dirs.clone()),
+    );
+    let gc = PgCollector::new(&blobs, dirs.clone(), Some(PgPathInfoService::late_roots())).unwrap();
+    let now = GcOptions {
+        grace: std::time::Duration::ZERO,
+        dry_run: false,
+        began: None,
+    };
+    assert!(gc.begin().await.unwrap());
+    // The roots were read (none); then the path comes.
+    let mut late = info(7, "x");
+    late.node = Node::Directory { digest: d, size };
+    paths.put(late).await.unwrap();
+    let r = gc.collect(vec![], now).await.unwrap();
+    gc.end().await;
+    assert_eq!((r.directories, r.blobs), (0, 0), "{r:?}");
+    assert!(dirs.get(&d).await.unwrap().is_some());
+    assert!(blobs.has(&b).await.unwrap());
+    // Removed, the next collection takes its content.
+    paths.delete(&[[7; 20]]).await.unwrap();
+    let r = gc.collect(vec![], now).await.unwrap();
+    assert_eq!((r.directories, r.blobs), (1, 1), "{r:?}");
 }

@@ -465,7 +465,7 @@ impl DiskChunkCache {
                         }
                         out[k] = Some(b);
                     }
-                    None => self.forget(&digests[k], loc),
+                    None => self.forget_damaged(&digests[k], loc),
                 }
             }
             i = j;
@@ -487,8 +487,16 @@ impl DiskChunkCache {
         (buf.len() as u64 == len).then(|| Bytes::from(buf))
     }
 
+    /// Stops serving the chunk (garbage collection removed it from the store).
+    /// Its bytes stay in their segment until it is deleted; a restart that
+    /// reads the segment's index block may find it again, which only serves
+    /// verified bytes of removed content to a reader that asks by digest.
+    pub fn forget(&self, digest: &B3Digest) {
+        self.state().index.remove(&key(digest));
+    }
+
     /// Drops a record found damaged (if the index still points at it).
-    fn forget(&self, digest: &B3Digest, loc: Loc) {
+    fn forget_damaged(&self, digest: &B3Digest, loc: Loc) {
         tracing::warn!(dir = %self.inner.dir.display(), %digest, "damaged chunk in the local cache; forgotten");
         let mut state = self.state();
         if state.index.get(&key(digest)) == Some(&loc) {
@@ -503,7 +511,7 @@ impl DiskChunkCache {
             .ok()
             .and_then(|()| verified(digest, buf));
         if got.is_none() {
-            self.forget(digest, loc);
+            self.forget_damaged(digest, loc);
         }
         got
     }

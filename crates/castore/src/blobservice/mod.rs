@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 pub use disk_cache::DiskChunkCache;
 pub use grpc::GrpcBlobService;
 pub use memory::MemoryBlobService;
-pub use s3::S3BlobService;
+pub use s3::{LateRoots, PgCollector, S3BlobService};
 
 use crate::{B3Digest, Error};
 

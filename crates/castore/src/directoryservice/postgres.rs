@@ -3,10 +3,13 @@
 //!
 //! # Table (component `directories`, see [`crate::pg`])
 //!
-//! `directories(digest bytea PRIMARY KEY, data bytea NOT NULL)`: the canonical
-//! protobuf encoding of each directory under its BLAKE3 digest. Rows are only ever
-//! inserted (a directory is immutable by digest), so several daemons can write the
-//! same closure at once: `ON CONFLICT` keeps one row.
+//! `directories(digest bytea PRIMARY KEY, data bytea NOT NULL, touched
+//! timestamptz)`: the canonical protobuf encoding of each directory under its
+//! BLAKE3 digest, and when a writer last built on it. A directory is immutable
+//! by digest, so several daemons can write the same closure at once: `ON
+//! CONFLICT` keeps one row. Rows are removed only by garbage collection
+//! (`blobservice::s3`'s `gc.rs`), which is why an upload's commit checks, under
+//! the sweep lock, the directories it references without sending them.
 //!
 //! # Round trips
 //!
@@ -38,7 +41,7 @@ use super::{
     ClosureValidator, DirectoryCommit, DirectoryPutter, DirectoryService, MemoryDirectoryService,
 };
 use crate::lru::Lru;
-use crate::pg::{Db, db_error, take_param};
+use crate::pg::{Db, SWEEP_LOCK, TOUCH_BEFORE, db_error, take_param};
 use crate::{B3Digest, Directory, Error};
 
 /// The default bound of the directory cache: 32 MiB of encoded directories.
@@ -49,10 +52,19 @@ pub const DEFAULT_DIR_CACHE: usize = 32 << 20;
 /// parameters stay a few MiB.
 const BATCH: usize = 5000;
 
-static MIGRATIONS: &[&str] = &["CREATE TABLE directories (
+static MIGRATIONS: &[&str] = &[
+    "CREATE TABLE directories (
         digest bytea PRIMARY KEY CHECK (length(digest) = 32),
         data bytea NOT NULL
-    )"];
+    )",
+    // Garbage collection (crate::blobservice::s3's `gc.rs`): when a writer
+    // last built on a directory, and the latest collection's start.
+    "ALTER TABLE directories ADD COLUMN touched timestamptz NOT NULL DEFAULT clock_timestamp();
+    CREATE TABLE IF NOT EXISTS cairn_gc_epoch (
+        id integer PRIMARY KEY CHECK (id = 1),
+        started timestamptz NOT NULL
+    );",
+];
 
 /// Directories in a PostgreSQL table, with a cache of verified directories in
 /// front. Cheap to clone; clones share the pool and the cache.
@@ -239,11 +251,39 @@ impl DirectoryService for PgDirectoryService {
     }
 }
 
-#[async_trait]
-impl DirectoryCommit for PgDirectoryService {
-    /// One transaction of batched inserts. A row already there with other bytes
-    /// (damage: its bytes cannot hash to the digest, since ours do) is replaced.
-    async fn commit(&self, closure: Vec<(B3Digest, Directory)>) -> Result<(), Error> {
+impl PgDirectoryService {
+    /// The database the directories are in.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Forgets cached directories (garbage collection removed them).
+    pub fn forget(&self, digests: &[B3Digest]) {
+        if let Ok(mut cache) = self.cache.lock() {
+            for d in digests {
+                cache.remove(d);
+            }
+        }
+    }
+
+    /// Migrates the table (for the garbage collector, which reads it itself).
+    pub async fn migrate(&self) -> Result<(), Error> {
+        self.db.migrate("directories", MIGRATIONS).await
+    }
+
+    /// Stores `closure` in one transaction of batched inserts, holding
+    /// [`crate::pg::SWEEP_LOCK`] shared, after checking (and touching, for
+    /// garbage collection) the directories it references without containing
+    /// them, `external`: a collection's sweep runs wholly before (then a
+    /// removed one fails the upload) or wholly after (then it sees them
+    /// touched and keeps them and what they reach). A row already there with
+    /// other bytes (damage: its bytes cannot hash to the digest, since ours
+    /// do) is replaced; one with the same bytes is touched.
+    async fn commit_with(
+        &self,
+        closure: Vec<(B3Digest, Directory)>,
+        external: &[B3Digest],
+    ) -> Result<(), Error> {
         let encoded: Vec<(B3Digest, Directory, Vec<u8>)> = closure
             .into_iter()
             .map(|(d, dir)| {
@@ -256,13 +296,47 @@ impl DirectoryCommit for PgDirectoryService {
             .transaction()
             .await
             .map_err(|e| db_error("starting a directory upload", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SWEEP_LOCK])
+            .await
+            .map_err(|e| db_error("waiting for a garbage collection's sweep", e))?;
+        if !external.is_empty() {
+            let keys: Vec<&[u8]> = external.iter().map(|d| d.as_bytes().as_slice()).collect();
+            tx.execute(
+                &format!(
+                    "UPDATE directories SET touched = clock_timestamp()
+                     WHERE digest = ANY($1) AND touched < {TOUCH_BEFORE}"
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(|e| db_error("touching referenced directories", e))?;
+            let found: HashSet<Vec<u8>> = tx
+                .query(
+                    "SELECT digest FROM directories WHERE digest = ANY($1)",
+                    &[&keys],
+                )
+                .await
+                .map_err(|e| db_error("checking referenced directories", e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(d) = external
+                .iter()
+                .find(|d| !found.contains(d.as_bytes().as_slice()))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "directory {d} is referenced but not stored (removed by a garbage collection meanwhile?)"
+                )));
+            }
+        }
         let stmt = tx
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "INSERT INTO directories (digest, data)
                  SELECT * FROM UNNEST($1::bytea[], $2::bytea[])
-                 ON CONFLICT (digest) DO UPDATE SET data = EXCLUDED.data
-                 WHERE directories.data <> EXCLUDED.data",
-            )
+                 ON CONFLICT (digest) DO UPDATE
+                 SET data = EXCLUDED.data, touched = clock_timestamp()
+                 WHERE directories.data <> EXCLUDED.data OR directories.touched < {TOUCH_BEFORE}"
+            ))
             .await
             .map_err(|e| db_error("preparing the directory upload", e))?;
         for batch in encoded.chunks(BATCH) {
@@ -284,6 +358,15 @@ impl DirectoryCommit for PgDirectoryService {
             self.remember(*digest, dir, bytes.len());
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl DirectoryCommit for PgDirectoryService {
+    /// [`PgDirectoryService::commit_with`] of a closure referencing nothing
+    /// outside it.
+    async fn commit(&self, closure: Vec<(B3Digest, Directory)>) -> Result<(), Error> {
+        self.commit_with(closure, &[]).await
     }
 }
 
@@ -329,14 +412,20 @@ impl DirectoryPutter for PgPutter<'_> {
         // What the closure references without sending it first, in one query: the
         // validator then looks it up in memory.
         let stored = MemoryDirectoryService::new();
-        let found = self.service.get_many(&state.external).await?;
+        let external: Vec<B3Digest> = state
+            .external
+            .iter()
+            .filter(|d| !state.sent.contains(d))
+            .copied()
+            .collect();
+        let found = self.service.get_many(&external).await?;
         stored.commit(found.into_iter().collect()).await?;
         let mut validator = ClosureValidator::new();
         for dir in state.dirs {
             validator.add(dir, &stored).await?;
         }
         let (root, closure) = validator.finish()?;
-        self.service.commit(closure).await?;
+        self.service.commit_with(closure, &external).await?;
         Ok(root)
     }
 }

@@ -106,7 +106,9 @@ pub struct DaemonArgs {
 
     /// Run a garbage collection this often while serving (e.g. 1h), with the
     /// policy of --max-age, --max-size and --grace (as `cairn gc`). Needs the
-    /// embedded store (no --*-service-addr).
+    /// embedded store (no --*-service-addr), or an S3 + PostgreSQL store with
+    /// the blob index, directories and path info in one database (several
+    /// daemons on it take turns: one collects, the others skip the round).
     #[arg(long, value_name = "DURATION", value_parser = super::gc::parse_duration)]
     gc_interval: Option<std::time::Duration>,
 
@@ -163,15 +165,35 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .directory_service_addr
         .unwrap_or_else(|| embedded.clone());
     let info_url = args.path_info_service_addr.unwrap_or(embedded.clone());
-    if args.gc_interval.is_some()
-        && [&blob_url, &dir_url, &info_url]
-            .iter()
-            .any(|u| **u != embedded)
-    {
+    let urls = [blob_url.clone(), dir_url.clone(), info_url.clone()];
+    let s3pg = super::gc::is_s3pg(&urls);
+    if args.gc_interval.is_some() && !s3pg && urls.iter().any(|u| *u != embedded) {
         anyhow::bail!(
-            "--gc-interval needs the embedded store of the data directory for blobs, directories and path info"
+            "--gc-interval needs the embedded store of the data directory for blobs, directories and path info, or an S3 + PostgreSQL store (s3://…?index=DB, directories and path info in DB)"
         );
     }
+    // The collector of an S3 + PostgreSQL store works on the services the
+    // daemon serves, so that it empties their caches of what it removes.
+    let s3pg_services = if args.gc_interval.is_some() && s3pg {
+        let blobs =
+            cairn_castore::blobservice::S3BlobService::from_url(&blob_url).with_context(|| {
+                format!(
+                    "cannot open blob service {}",
+                    cairn_castore::redacted(&blob_url)
+                )
+            })?;
+        let dirs = cairn_castore::directoryservice::PgDirectoryService::from_url(&dir_url)
+            .with_context(|| {
+                format!(
+                    "cannot open directory service {}",
+                    cairn_castore::redacted(&dir_url)
+                )
+            })?;
+        let gc = super::gc::pg_collector(&urls, &blobs, dirs.clone())?;
+        Some((blobs, dirs, gc))
+    } else {
+        None
+    };
     let write_token = read_token(args.grpc_token_file.as_deref(), "gRPC write")?;
     let access = Access {
         anonymous_writes: match (args.allow_anonymous_writes, &write_token) {
@@ -196,6 +218,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             super::store::LOCK_WAIT,
             || Ok(dir.clone()),
             || {
+                if let Some((blobs, dirs, _)) = &s3pg_services {
+                    let blobs: Arc<dyn cairn_castore::BlobService> = Arc::new(blobs.clone());
+                    let dirs: Arc<dyn cairn_castore::DirectoryService> = Arc::new(dirs.clone());
+                    return Ok((blobs, dirs));
+                }
                 let blobs = cairn_castore::blob_service_from_addr(&blob_url)
                     .with_context(|| format!("cannot open blob service {}", cairn_castore::redacted(&blob_url)))?;
                 let directories = cairn_castore::directory_service_from_addr(&dir_url)
@@ -231,11 +258,17 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         };
         let mut servers = tokio::task::JoinSet::new();
         if let Some(every) = args.gc_interval {
-            let store = cairn_castore::embedded::EmbeddedStore::open_shared(&dir)
-                .with_context(|| format!("cannot open data directory {}", dir.display()))?;
-            // Before serving: every lookup from here on counts for the sweep.
-            store.track_lookups(args.gc.grace);
-            tokio::spawn(super::gc::every(every, args.gc.policy(false), path_info.clone(), store, stopped(stop_rx.clone())));
+            let gc = match s3pg_services {
+                Some((_, _, gc)) => super::gc::Gc::Pg(Box::new(gc)),
+                None => {
+                    let store = cairn_castore::embedded::EmbeddedStore::open_shared(&dir)
+                        .with_context(|| format!("cannot open data directory {}", dir.display()))?;
+                    // Before serving: every lookup from here on counts for the sweep.
+                    store.track_lookups(args.gc.grace);
+                    super::gc::Gc::Embedded(store)
+                }
+            };
+            tokio::spawn(super::gc::every(every, args.gc.policy(false), path_info.clone(), gc, stopped(stop_rx.clone())));
         }
 
         // The socket first: a script that waits for the TCP port and then runs a

@@ -1,14 +1,18 @@
 //! `cairn gc`, `cairn delete`, `cairn pin`, `cairn unpin`, `cairn pins`:
-//! garbage collection of the embedded store (`cairn_store::gc` decides which
-//! paths go, the castore's collector removes what no path reaches).
+//! garbage collection of the embedded store and of S3 + PostgreSQL stores
+//! (`cairn_store::gc` decides which paths go, the castore's collector removes
+//! what no path reaches).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_castore::blobservice::{PgCollector, S3BlobService};
+use cairn_castore::directoryservice::PgDirectoryService;
 use cairn_castore::embedded::EmbeddedStore;
-use cairn_castore::gc::{GcOptions, GcReport};
+use cairn_castore::gc::{Collector, GcOptions, GcReport};
 use cairn_store::gc::{Policy, Report};
+use cairn_store::pathinfo::PgPathInfoService;
 use clap::Args;
 
 use super::daemon_http::parse_size;
@@ -117,26 +121,112 @@ pub struct PinsArgs {
     store: StoreArgs,
 }
 
-/// The embedded store of the data directory, opened in this process: the
-/// collector needs the data directory itself.
-fn collector(store: &StoreArgs) -> anyhow::Result<EmbeddedStore> {
+/// The store's collector: the embedded store of the data directory (opened in
+/// this process: it needs the data directory itself), or the collector of an
+/// S3 + PostgreSQL store (several processes may collect it; one at a time).
+pub enum Gc {
+    /// `redb://DATA_DIR`.
+    Embedded(EmbeddedStore),
+    /// `s3://…?index=postgres://DB` with directories and path info in `DB`.
+    Pg(Box<PgCollector>),
+}
+
+impl Gc {
+    fn collector(&self) -> &dyn Collector {
+        match self {
+            Gc::Embedded(s) => s,
+            Gc::Pg(c) => c.as_ref(),
+        }
+    }
+
+    /// Takes the store's collection lock (S3 + PostgreSQL: false if another
+    /// process holds it) before the roots are read.
+    async fn begin(&self) -> anyhow::Result<bool> {
+        match self {
+            Gc::Embedded(_) => Ok(true),
+            Gc::Pg(c) => Ok(c.begin().await?),
+        }
+    }
+
+    async fn end(&self) {
+        if let Gc::Pg(c) = self {
+            c.end().await;
+        }
+    }
+}
+
+/// Whether the URLs name an S3 + PostgreSQL store.
+pub fn is_s3pg(urls: &[String; 3]) -> bool {
+    let pg = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+    urls[0].starts_with("s3://") && pg(&urls[1]) && pg(&urls[2])
+}
+
+/// The collector of the S3 + PostgreSQL store of `urls` (blobs, directories,
+/// path info), on the services given (so that it forgets what it removes
+/// from their caches).
+pub fn pg_collector(
+    urls: &[String; 3],
+    blobs: &S3BlobService,
+    directories: PgDirectoryService,
+) -> anyhow::Result<PgCollector> {
+    let info_db = cairn_castore::pg::Db::open_shared(&urls[2])?;
+    if info_db.target() != directories.db().target() {
+        bail!(
+            "garbage collection needs path info, directories and the blob index in one database (path info is in {}, directories in {})",
+            info_db.target(),
+            directories.db().target()
+        );
+    }
+    Ok(PgCollector::new(
+        blobs,
+        directories,
+        Some(PgPathInfoService::late_roots()),
+    )?)
+}
+
+/// The collector of the store `store` names.
+fn collector(store: &StoreArgs) -> anyhow::Result<Gc> {
     let urls = store.urls()?;
+    if is_s3pg(&urls) {
+        let blobs = S3BlobService::from_url(&urls[0])?;
+        let dirs = PgDirectoryService::from_url(&urls[1])?;
+        return Ok(Gc::Pg(Box::new(pg_collector(&urls, &blobs, dirs)?)));
+    }
     let Some(dir) = urls[0].strip_prefix("redb://") else {
         bail!(
-            "garbage collection works on the data directory itself, not on {}: stop the daemon serving it, or run collections in it (cairn daemon --gc-interval)",
+            "garbage collection works on the data directory itself or on an S3 + PostgreSQL store, not on {}: stop the daemon serving it, or run collections in it (cairn daemon --gc-interval)",
             cairn_castore::redacted(&urls[0])
         );
     };
     if urls.iter().any(|u| u != &urls[0]) {
         bail!("garbage collection needs blobs, directories and path info in one data directory");
     }
-    EmbeddedStore::open_shared(dir).with_context(|| format!("cannot open data directory {dir}"))
+    Ok(Gc::Embedded(EmbeddedStore::open_shared(dir).with_context(
+        || format!("cannot open data directory {dir}"),
+    )?))
+}
+
+/// Runs `f` inside the store's collection lock; an S3 + PostgreSQL store that
+/// another process is collecting is an error.
+async fn locked<T>(
+    gc: &Gc,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    if !gc.begin().await? {
+        bail!("another process is collecting garbage on this store: try again later");
+    }
+    let r = f.await;
+    gc.end().await;
+    r
 }
 
 /// After a collection that removed something: compacts the index and the path
 /// info file (redb keeps freed pages in its file otherwise) once `store` is the
 /// last handle on them.
-async fn compact(store: EmbeddedStore, report: &Report, dry_run: bool) {
+async fn compact(gc: Gc, report: &Report, dry_run: bool) {
+    let Gc::Embedded(store) = gc else {
+        return;
+    };
     if dry_run || (report.castore == GcReport::default() && report.paths.is_empty()) {
         return;
     }
@@ -227,12 +317,15 @@ pub fn gc(args: GcArgs) -> anyhow::Result<()> {
             }
             tracing::info!("gc: {what}");
         };
-        let report = cairn_store::gc::run(
-            store.path_info.as_ref(),
-            &collector,
-            &args.policy.policy(args.dry_run),
-            &progress,
-        )
+        let report = locked(&collector, async {
+            Ok(cairn_store::gc::run(
+                store.path_info.as_ref(),
+                collector.collector(),
+                &args.policy.policy(args.dry_run),
+                &progress,
+            )
+            .await?)
+        })
         .await?;
         if let Some(b) = bar {
             b.finish_and_clear();
@@ -250,16 +343,19 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let collector = collector(&args.store)?;
         let store = args.store.open()?;
-        let report = cairn_store::gc::delete(
-            store.path_info.as_ref(),
-            &collector,
-            &paths,
-            GcOptions {
-                grace: args.grace,
-                dry_run: args.dry_run,
-                began: None,
-            },
-        )
+        let report = locked(&collector, async {
+            Ok(cairn_store::gc::delete(
+                store.path_info.as_ref(),
+                collector.collector(),
+                &paths,
+                GcOptions {
+                    grace: args.grace,
+                    dry_run: args.dry_run,
+                    began: None,
+                },
+            )
+            .await?)
+        })
         .await?;
         print_report(&report, args.dry_run);
         drop(store);
@@ -308,12 +404,13 @@ pub fn pins(args: PinsArgs) -> anyhow::Result<()> {
 }
 
 /// The daemon's collections: `policy` every `every`, until `stop` completes.
-/// A failed collection is logged, and the next one runs on time.
+/// A failed collection is logged, and the next one runs on time. On an S3 +
+/// PostgreSQL store, a round another daemon is collecting is skipped.
 pub async fn every(
     every: Duration,
     policy: Policy,
     paths: Arc<dyn cairn_store::pathinfo::PathInfoService>,
-    store: cairn_castore::embedded::EmbeddedStore,
+    store: Gc,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -322,8 +419,22 @@ pub async fn every(
             _ = &mut stop => return,
             _ = tokio::time::sleep(every) => {}
         }
+        match store.begin().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!("garbage collection skipped: another daemon is collecting");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "garbage collection failed");
+                continue;
+            }
+        }
         let progress = |what: &str| tracing::debug!("gc: {what}");
-        match cairn_store::gc::run(paths.as_ref(), &store, &policy, &progress).await {
+        let result =
+            cairn_store::gc::run(paths.as_ref(), store.collector(), &policy, &progress).await;
+        store.end().await;
+        match result {
             Ok(r) => {
                 let c = &r.castore;
                 tracing::info!(

@@ -118,7 +118,7 @@ pub trait PathInfoService: Send + Sync {
 /// What backends without garbage collection answer.
 fn no_gc() -> Error {
     Error::InvalidArgument(
-        "this path info service cannot delete, pin or report access times (garbage collection works on memory:// and redb:// stores)".into(),
+        "this path info service cannot delete, pin or report access times (garbage collection works on memory://, redb:// and postgres:// path info)".into(),
     )
 }
 

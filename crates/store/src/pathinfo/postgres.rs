@@ -9,6 +9,12 @@
 //!   canonical protobuf encoding of the validated `PathInfo`. Read back, it is
 //!   parsed and validated again: a row that does not parse or holds another path is
 //!   `Corrupt`. `list` walks the primary key in pages (keyset pagination).
+//!   Garbage collection's columns: `pinned` (`cairn pin`), `accessed` (unix
+//!   seconds of the last read or upload: noted in memory on `get` and `put`,
+//!   written every minute in one statement, only where older by an hour, as
+//!   `pathinfo.redb` does). A put holds garbage collection's sweep lock
+//!   shared and checks its root again under it (see
+//!   `cairn_castore::blobservice::PgCollector`).
 //! - `nar_cache(node bytea PRIMARY KEY, nar_size bigint NOT NULL, nar_sha256 bytea
 //!   NOT NULL)`: canonical protobuf encoding of a root `Node` with an empty name ->
 //!   its NAR size and SHA-256, for CalculateNAR. A malformed row counts as absent
@@ -20,10 +26,12 @@
 //! parameters; it shares the process's pool for that database with the other
 //! components naming it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use cairn_castore::pg::{Db, db_error, deadpool_postgres};
+use cairn_castore::blobservice::LateRoots;
+use cairn_castore::pg::{Db, SWEEP_LOCK, db_error, deadpool_postgres};
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use futures::stream::BoxStream;
 use prost::Message;
@@ -31,7 +39,8 @@ use prost::Message;
 use super::{PathInfo, PathInfoService, check_content, decode_stored, nar_cache_key};
 use crate::proto;
 
-static MIGRATIONS: &[&str] = &["CREATE TABLE path_info (
+static MIGRATIONS: &[&str] = &[
+    "CREATE TABLE path_info (
         digest bytea PRIMARY KEY CHECK (length(digest) = 20),
         info bytea NOT NULL,
         updated_at timestamptz NOT NULL DEFAULT now()
@@ -40,7 +49,16 @@ static MIGRATIONS: &[&str] = &["CREATE TABLE path_info (
         node bytea PRIMARY KEY,
         nar_size bigint NOT NULL,
         nar_sha256 bytea NOT NULL
-    );"];
+    );",
+    // Garbage collection: pins, and the last access or upload (unix seconds).
+    "ALTER TABLE path_info ADD COLUMN pinned boolean NOT NULL DEFAULT false;
+    ALTER TABLE path_info ADD COLUMN accessed bigint;
+    UPDATE path_info SET accessed = extract(epoch FROM updated_at)::bigint;
+    CREATE INDEX path_info_by_update ON path_info (updated_at);",
+];
+
+/// Access times are written at this precision (seconds), as in `pathinfo.redb`.
+const ACCESS_GRAIN: i64 = super::redb::ACCESS_GRAIN as i64;
 
 /// What `Corrupt` errors name as the source of a bad row.
 const SOURCE: &str = "PostgreSQL table path_info";
@@ -48,12 +66,19 @@ const SOURCE: &str = "PostgreSQL table path_info";
 /// Rows per page of `list`.
 const LIST_BATCH: i64 = 1000;
 
+/// Accesses noted, not written yet: digest -> unix seconds.
+type Pending = Arc<Mutex<HashMap<[u8; 20], u64>>>;
+
 /// Path infos in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct PgPathInfoService {
     db: Db,
     blobs: Arc<dyn BlobService>,
     directories: Arc<dyn DirectoryService>,
+    /// Accesses noted in memory, written every [`super::redb::ACCESS_FLUSH`]
+    /// by a task started with the first.
+    access: Pending,
+    flusher: Arc<std::sync::Once>,
 }
 
 impl PgPathInfoService {
@@ -78,7 +103,16 @@ impl PgPathInfoService {
             db,
             blobs,
             directories,
+            access: Arc::default(),
+            flusher: Arc::new(std::sync::Once::new()),
         }
+    }
+
+    /// What garbage collection's sweep reads from the path info table of its
+    /// database: the paths registered since a time (see
+    /// [`cairn_castore::blobservice::LateRoots`]).
+    pub fn late_roots() -> Arc<dyn LateRoots> {
+        Arc::new(Late)
     }
 
     /// A connection, the tables created first if this process has not yet.
@@ -92,8 +126,111 @@ async fn client(db: &Db) -> Result<deadpool_postgres::Object, Error> {
     db.client().await
 }
 
+/// Writes the noted accesses whose recorded time is older by a grain.
+async fn flush_access(db: &Db, access: &Pending) -> Result<(), Error> {
+    let pending = std::mem::take(&mut *access.lock().unwrap_or_else(PoisonError::into_inner));
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&[u8]> = pending.keys().map(|d| d.as_slice()).collect();
+    let at: Vec<i64> = pending
+        .values()
+        .map(|t| i64::try_from(*t).unwrap_or(i64::MAX))
+        .collect();
+    let client = client(db).await?;
+    client
+        .execute(
+            "UPDATE path_info p SET accessed = t.at
+             FROM unnest($1::bytea[], $2::int8[]) AS t (d, at)
+             WHERE p.digest = t.d AND (p.accessed IS NULL OR p.accessed <= t.at - $3)",
+            &[&keys, &at, &ACCESS_GRAIN],
+        )
+        .await
+        .map_err(|e| db_error("writing access times", e))?;
+    Ok(())
+}
+
+/// Reads the paths registered since a time, for the sweep.
+struct Late;
+
+#[async_trait]
+impl LateRoots for Late {
+    async fn roots_since(
+        &self,
+        txn: &cairn_castore::pg::tokio_postgres::Transaction<'_>,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<Node>, Error> {
+        let rows = txn
+            .query(
+                "SELECT digest, info FROM path_info WHERE updated_at >= $1",
+                &[&since],
+            )
+            .await
+            .map_err(|e| db_error("gc: reading paths registered meanwhile", e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: &[u8] = row.get(0);
+            let digest = <[u8; 20]>::try_from(key).map_err(|_| {
+                Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len()))
+            })?;
+            out.push(decode_stored(SOURCE, &digest, row.get(1))?.node);
+        }
+        Ok(out)
+    }
+}
+
 fn hash_part(digest: &[u8; 20]) -> String {
     cairn_nix::nixbase32::encode(digest)
+}
+
+/// Checks, in `txn` (holding the sweep lock), that the root of `info` is
+/// still stored, when the castore's tables are in this database (a
+/// collection may have removed it since `check_content` looked).
+async fn root_still_stored(
+    txn: &cairn_castore::pg::deadpool_postgres::Transaction<'_>,
+    info: &PathInfo,
+) -> Result<(), Error> {
+    let (sql, digest, table) = match &info.node {
+        Node::Directory { digest, .. } => (
+            "SELECT to_regclass('directories') IS NULL \
+             OR EXISTS (SELECT 1 FROM directories WHERE digest = $1)",
+            digest,
+            "directory",
+        ),
+        Node::File { digest, .. } => {
+            let known: bool = txn
+                .query_one(
+                    "SELECT to_regclass('blob_chunks') IS NOT NULL AND to_regclass('blob_lists') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(|e| db_error("checking the root blob", e))?
+                .get(0);
+            if !known {
+                return Ok(());
+            }
+            (
+                "SELECT EXISTS (SELECT 1 FROM blob_chunks WHERE digest = $1) \
+                 OR EXISTS (SELECT 1 FROM blob_lists WHERE digest = $1)",
+                digest,
+                "blob",
+            )
+        }
+        Node::Symlink { .. } => return Ok(()),
+    };
+    let key: &[u8] = digest.as_bytes();
+    let ok: bool = txn
+        .query_one(sql, &[&key])
+        .await
+        .map_err(|e| db_error("checking the root", e))?
+        .get(0);
+    if !ok {
+        return Err(Error::InvalidArgument(format!(
+            "node: {table} {digest} of {} is not stored (removed by a garbage collection meanwhile?): upload it again",
+            info.store_path
+        )));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -114,7 +251,9 @@ impl PathInfoService for PgPathInfoService {
             return Ok(None);
         };
         let bytes: &[u8] = row.try_get(0).map_err(|e| db_error(&what(), e))?;
-        decode_stored(SOURCE, &digest, bytes).map(Some)
+        let info = decode_stored(SOURCE, &digest, bytes)?;
+        self.note_access(digest);
+        Ok(Some(info))
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
@@ -122,21 +261,129 @@ impl PathInfoService for PgPathInfoService {
         let bytes = proto::PathInfo::from(&info).encode_to_vec();
         let digest = *info.store_path.digest();
         let key: &[u8] = &digest;
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let what = || format!("storing the path info of {}", info.store_path);
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| db_error(&what(), e))?;
+        // Garbage collection's sweep runs wholly before or after this: if
+        // before, the root is checked again here; if after, it finds this
+        // path registered and keeps its content.
+        txn.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SWEEP_LOCK])
+            .await
+            .map_err(|e| db_error("waiting for a garbage collection's sweep", e))?;
+        root_still_stored(&txn, &info).await?;
         // The same entry again changes nothing (not even updated_at).
-        let stmt = client
+        let stmt = txn
             .prepare_cached(
-                "INSERT INTO path_info (digest, info) VALUES ($1, $2)
+                "INSERT INTO path_info (digest, info, accessed) VALUES ($1, $2, $3)
                  ON CONFLICT (digest) DO UPDATE SET info = EXCLUDED.info, updated_at = now()
                  WHERE path_info.info <> EXCLUDED.info",
             )
             .await
             .map_err(|e| db_error("preparing the path info upload", e))?;
-        client
-            .execute(&stmt, &[&key, &bytes])
+        let now = i64::try_from(super::now_secs()).unwrap_or(i64::MAX);
+        txn.execute(&stmt, &[&key, &bytes, &now])
             .await
-            .map_err(|e| db_error(&format!("storing the path info of {}", info.store_path), e))?;
+            .map_err(|e| db_error(&what(), e))?;
+        txn.commit().await.map_err(|e| db_error(&what(), e))?;
+        self.note_access(digest);
         Ok(info)
+    }
+
+    fn note_access(&self, digest: [u8; 20]) {
+        self.access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(digest, super::now_secs());
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.flusher.call_once(|| {
+            let db = self.db.clone();
+            let access = Arc::downgrade(&self.access);
+            rt.spawn(async move {
+                loop {
+                    tokio::time::sleep(super::redb::ACCESS_FLUSH).await;
+                    let Some(access) = access.upgrade() else {
+                        return;
+                    };
+                    if let Err(e) = flush_access(&db, &access).await {
+                        tracing::warn!(error = %e, "cannot write access times");
+                    }
+                }
+            });
+        });
+    }
+
+    async fn access_times(&self) -> Result<HashMap<[u8; 20], u64>, Error> {
+        flush_access(&self.db, &self.access).await?;
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT digest, accessed FROM path_info WHERE accessed IS NOT NULL",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error("reading access times", e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: &[u8] = row.get(0);
+            let at: i64 = row.get(1);
+            if let Ok(d) = <[u8; 20]>::try_from(key) {
+                out.insert(d, u64::try_from(at).unwrap_or(0));
+            }
+        }
+        // Noted since the flush: newer.
+        for (d, at) in self
+            .access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            out.insert(*d, *at);
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, digests: &[[u8; 20]]) -> Result<(), Error> {
+        let keys: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM path_info WHERE digest = ANY($1)", &[&keys])
+            .await
+            .map_err(|e| db_error("deleting path infos", e))?;
+        Ok(())
+    }
+
+    async fn pins(&self) -> Result<Vec<[u8; 20]>, Error> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT digest FROM path_info WHERE pinned", &[])
+            .await
+            .map_err(|e| db_error("reading pins", e))?;
+        rows.iter()
+            .map(|r| {
+                let key: &[u8] = r.get(0);
+                <[u8; 20]>::try_from(key).map_err(|_| {
+                    Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len()))
+                })
+            })
+            .collect()
+    }
+
+    async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
+        let keys: Vec<&[u8]> = digests.iter().map(|d| d.as_slice()).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE path_info SET pinned = $2 WHERE digest = ANY($1)",
+                &[&keys, &pinned],
+            )
+            .await
+            .map_err(|e| db_error("setting pins", e))?;
+        Ok(())
     }
 
     async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {

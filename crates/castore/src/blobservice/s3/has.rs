@@ -94,8 +94,8 @@ async fn flush(mut running: Running) {
         };
         let digests: Vec<[u8; 32]> = batch.iter().map(|(d, _)| *d).collect();
         let found: Result<HashSet<[u8; 32]>, Error> = async {
-            let client = inner.client().await?;
-            index::stored(&client, &digests).await
+            let mut client = inner.client().await?;
+            index::stored(&mut client, &digests).await
         }
         .await;
         match found {

@@ -16,9 +16,10 @@
 //! - `blob_lists(digest, size, chunks)`: blobs of several chunks: `chunks` is
 //!   (digest, u64-LE size) per chunk, 40 bytes each, in order.
 //!
-//! Rows are only ever added (`ON CONFLICT DO NOTHING`: concurrent writers of the
-//! same content keep the first row), and only after the bytes they point at are
-//! durable in the bucket. Nothing read from here is trusted: lengths are bounded
+//! Rows are added (concurrent writers of the same content keep the first row)
+//! only after the bytes they point at are durable in the bucket, and removed
+//! only by garbage collection (`gc.rs`, which explains `touched`, `sealed` and
+//! `cairn_gc_epoch`). Nothing read from here is trusted: lengths are bounded
 //! before use, and every chunk's bytes are checked against its digest.
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +27,7 @@ use std::sync::Arc;
 
 use crate::blobservice::ChunkMeta;
 use crate::embedded::format::MAX_CHUNK;
-use crate::pg::db_error;
+use crate::pg::{SWEEP_LOCK, TOUCH_BEFORE, db_error};
 use crate::{B3Digest, Error};
 
 /// The schema, one migration per version.
@@ -58,6 +59,18 @@ CREATE TABLE blob_lists (
 "#,
     r#"
 CREATE INDEX blob_chunks_by_place ON blob_chunks (pack, "offset");
+"#,
+    // Garbage collection: when a writer last built on a row, packs entered
+    // before their upload (`sealed` once indexed), and the latest collection's
+    // start.
+    r#"
+ALTER TABLE blob_chunks ADD COLUMN touched timestamptz NOT NULL DEFAULT clock_timestamp();
+ALTER TABLE blob_lists ADD COLUMN touched timestamptz NOT NULL DEFAULT clock_timestamp();
+ALTER TABLE blob_packs ADD COLUMN sealed boolean NOT NULL DEFAULT true;
+CREATE TABLE IF NOT EXISTS cairn_gc_epoch (
+    id integer PRIMARY KEY CHECK (id = 1),
+    started timestamptz NOT NULL
+);
 "#,
 ];
 
@@ -288,64 +301,157 @@ pub(super) async fn neighbours(
         .collect()
 }
 
-/// Those of `digests` that are indexed chunks.
+/// Those of `digests` that are indexed chunks, touched for garbage collection
+/// (a writer builds on them: see `gc.rs`).
 pub(super) async fn existing(
-    client: &deadpool_postgres::Client,
+    client: &mut deadpool_postgres::Client,
     digests: &[[u8; 32]],
 ) -> Result<HashSet<[u8; 32]>, Error> {
-    let stmt = client
-        .prepare_cached("SELECT digest FROM blob_chunks WHERE digest = ANY($1)")
-        .await
-        .map_err(|e| db_error("prepare a chunk lookup", e))?;
-    let keys: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
-    let rows = client
-        .query(&stmt, &[&keys])
-        .await
-        .map_err(|e| db_error("look up chunks", e))?;
-    rows.iter().map(|r| digest_of(r.get(0))).collect()
+    touch(client, digests, false).await
 }
 
-/// Those of `digests` that are stored blobs or chunks.
+/// Those of `digests` that are stored blobs or chunks, touched for garbage
+/// collection (a writer that asks builds on what it finds).
 pub(super) async fn stored(
-    client: &deadpool_postgres::Client,
+    client: &mut deadpool_postgres::Client,
     digests: &[[u8; 32]],
 ) -> Result<HashSet<[u8; 32]>, Error> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT digest FROM blob_chunks WHERE digest = ANY($1) \
-             UNION ALL SELECT digest FROM blob_lists WHERE digest = ANY($1)",
+    touch(client, digests, true).await
+}
+
+/// The rows of `digests` in `blob_chunks` (and `blob_lists` when `lists`),
+/// touched where older than [`crate::pg::TOUCH_BEFORE`], in one transaction
+/// holding [`crate::pg::SWEEP_LOCK`] shared: a sweep runs wholly before it
+/// (and what it found is what the sweep left) or wholly after it (and sees
+/// the touch). A deadlock with another writer touching the same rows is
+/// retried.
+async fn touch(
+    client: &mut deadpool_postgres::Client,
+    digests: &[[u8; 32]],
+    lists: bool,
+) -> Result<HashSet<[u8; 32]>, Error> {
+    let keys: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match touch_once(client, &keys, lists).await {
+            Err(e)
+                if attempt < 3
+                    && e.code()
+                        == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(db_error("look up blobs", e)),
+            Ok(rows) => return rows.iter().map(|r| digest_of(r.get(0))).collect(),
+        }
+    }
+}
+
+async fn touch_once(
+    client: &mut deadpool_postgres::Client,
+    keys: &[&[u8]],
+    lists: bool,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let txn = client.transaction().await?;
+    txn.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SWEEP_LOCK])
+        .await?;
+    let touch = format!(
+        "UPDATE blob_chunks SET touched = clock_timestamp() \
+         WHERE digest = ANY($1) AND touched < {TOUCH_BEFORE}"
+    );
+    txn.execute(&txn.prepare_cached(&touch).await?, &[&keys])
+        .await?;
+    let find = if lists {
+        let touch = format!(
+            "UPDATE blob_lists SET touched = clock_timestamp() \
+             WHERE digest = ANY($1) AND touched < {TOUCH_BEFORE}"
+        );
+        txn.execute(&txn.prepare_cached(&touch).await?, &[&keys])
+            .await?;
+        "SELECT digest FROM blob_chunks WHERE digest = ANY($1) \
+         UNION ALL SELECT digest FROM blob_lists WHERE digest = ANY($1)"
+    } else {
+        "SELECT digest FROM blob_chunks WHERE digest = ANY($1)"
+    };
+    let rows = txn
+        .query(&txn.prepare_cached(find).await?, &[&keys])
+        .await?;
+    txn.commit().await?;
+    Ok(rows)
+}
+
+/// Enters pack `name` before its upload (unsealed): a collection never
+/// deletes an object whose row exists, and deletes an unsealed row (and its
+/// object) only once it is older than the grace period.
+pub(super) async fn reserve_pack(
+    client: &deadpool_postgres::Client,
+    name: &str,
+) -> Result<(), Error> {
+    client
+        .execute(
+            "INSERT INTO blob_packs (name, size, sealed) VALUES ($1, 0, false)",
+            &[&name],
         )
         .await
-        .map_err(|e| db_error("prepare a blob lookup", e))?;
-    let keys: Vec<&[u8]> = digests.iter().map(|d| &d[..]).collect();
-    let rows = client
-        .query(&stmt, &[&keys])
-        .await
-        .map_err(|e| db_error("look up blobs", e))?;
-    rows.iter().map(|r| digest_of(r.get(0))).collect()
+        .map_err(|e| db_error("enter a pack", e))?;
+    Ok(())
 }
 
 /// Makes blobs visible in one transaction: the pack `(name, size)` their new
 /// chunks are in (if any), the chunks' rows, and the chunk lists of multi-chunk
 /// blobs `(digest, list)`.
+///
+/// `relied` are chunks the blobs use that an earlier lookup found stored (so
+/// they were not uploaded again): checked again here, under the sweep lock, so
+/// that a collection that removed them since fails this commit instead of
+/// leaving a blob with a missing chunk. The pack was entered by
+/// [`reserve_pack`]; if a collection removed it meanwhile (the upload took
+/// longer than the grace period), the commit fails.
 pub(super) async fn commit(
     client: &mut deadpool_postgres::Client,
     pack: Option<(&str, u64)>,
     rows: &[Row],
     lists: &[(B3Digest, Vec<ChunkMeta>)],
+    relied: &[[u8; 32]],
 ) -> Result<(), Error> {
     let txn = client
         .transaction()
         .await
         .map_err(|e| db_error("begin indexing blobs", e))?;
+    txn.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SWEEP_LOCK])
+        .await
+        .map_err(|e| db_error("wait for a garbage collection's sweep", e))?;
+    if !relied.is_empty() {
+        let keys: Vec<&[u8]> = relied.iter().map(|d| &d[..]).collect();
+        let n: i64 = txn
+            .query_one(
+                "SELECT count(*) FROM blob_chunks WHERE digest = ANY($1)",
+                &[&keys],
+            )
+            .await
+            .map_err(|e| db_error("check stored chunks", e))?
+            .get(0);
+        if n != keys.len() as i64 {
+            return Err(Error::Storage(
+                "chunks this upload found stored were removed by a garbage collection meanwhile: upload again".into(),
+            ));
+        }
+    }
     if let Some((name, size)) = pack {
         let id: i64 = txn
-            .query_one(
-                "INSERT INTO blob_packs (name, size) VALUES ($1, $2) RETURNING id",
+            .query_opt(
+                "UPDATE blob_packs SET size = $2, sealed = true WHERE name = $1 AND NOT sealed RETURNING id",
                 &[&name, &i64_of(size)?],
             )
             .await
             .map_err(|e| db_error("index a pack", e))?
+            .ok_or_else(|| {
+                Error::Storage(
+                    format!("pack {name} was removed by a garbage collection while it uploaded (for longer than the grace period): upload again")
+                        .into(),
+                )
+            })?
             .get(0);
         let digests: Vec<&[u8]> = rows.iter().map(|r| &r.0[..]).collect();
         let offsets = rows
@@ -356,9 +462,12 @@ pub(super) async fn commit(
         let raw: Vec<i32> = rows.iter().map(|r| r.3 as i32).collect();
         let compressed: Vec<bool> = rows.iter().map(|r| r.4).collect();
         txn.execute(
-            "INSERT INTO blob_chunks (digest, pack, \"offset\", stored_len, raw_len, compressed) \
-             SELECT d, $1, o, s, r, c FROM unnest($2::bytea[], $3::int8[], $4::int4[], $5::int4[], $6::bool[]) \
-             AS t (d, o, s, r, c) ON CONFLICT (digest) DO NOTHING",
+            &format!(
+                "INSERT INTO blob_chunks (digest, pack, \"offset\", stored_len, raw_len, compressed) \
+                 SELECT d, $1, o, s, r, c FROM unnest($2::bytea[], $3::int8[], $4::int4[], $5::int4[], $6::bool[]) \
+                 AS t (d, o, s, r, c) ON CONFLICT (digest) DO UPDATE SET touched = clock_timestamp() \
+                 WHERE blob_chunks.touched < {TOUCH_BEFORE}"
+            ),
             &[&id, &digests, &offsets, &stored, &raw, &compressed],
         )
         .await
@@ -372,8 +481,12 @@ pub(super) async fn commit(
             .collect::<Result<Vec<_>, _>>()?;
         let encoded: Vec<Vec<u8>> = lists.iter().map(|(_, l)| encode_list(l)).collect();
         txn.execute(
-            "INSERT INTO blob_lists (digest, size, chunks) \
-             SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[]) ON CONFLICT (digest) DO NOTHING",
+            &format!(
+                "INSERT INTO blob_lists (digest, size, chunks) \
+                 SELECT * FROM unnest($1::bytea[], $2::int8[], $3::bytea[]) \
+                 ON CONFLICT (digest) DO UPDATE SET touched = clock_timestamp() \
+                 WHERE blob_lists.touched < {TOUCH_BEFORE}"
+            ),
             &[&digests, &sizes, &encoded],
         )
         .await

@@ -83,6 +83,7 @@
 //! first, and the service keeps working once the server is back.
 
 mod config;
+mod gc;
 mod has;
 mod index;
 mod reader;
@@ -102,6 +103,7 @@ use object_store::{
 use tokio::sync::mpsc;
 
 pub use config::{Credentials, DEFAULT_CACHE_SIZE, S3Config};
+pub use gc::{LateRoots, PgCollector};
 pub use reader::S3BlobReader;
 pub use writer::S3BlobWriter;
 
@@ -416,11 +418,33 @@ impl Inner {
         index::locations(&client, digests).await
     }
 
+    /// Forgets what the local caches hold of these digests (blobs, chunks):
+    /// garbage collection removed them.
+    fn forget(&self, digests: &[[u8; 32]]) {
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            for d in digests {
+                cache.remove(d);
+            }
+        }
+        {
+            let mut plans = self.plans.lock().unwrap_or_else(PoisonError::into_inner);
+            for d in digests {
+                plans.remove(d);
+            }
+        }
+        if let Some(disk) = &self.disk {
+            for d in digests {
+                disk.forget(&B3Digest::from(*d));
+            }
+        }
+    }
+
     /// How to read `digest`, or `None` if it is not stored.
     ///
-    /// Plans are kept (they are functions of the digest, as long as nothing is
-    /// deleted): a hot blob then costs no index query either, which was most of
-    /// the time of serving a hot NAR of small files.
+    /// Plans of blobs of several chunks are kept (their chunk lists are
+    /// functions of the digest): a hot blob then costs no index query either,
+    /// which was most of the time of serving a hot NAR of small files.
     async fn plan(&self, digest: &B3Digest) -> Result<Option<Arc<Plan>>, Error> {
         let lock = || self.plans.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(plan) = lock().get(digest.as_bytes()) {
@@ -449,8 +473,14 @@ impl Inner {
                 Plan::new(*digest, vec![one], Some(loc))
             }
         });
-        let cost = 128 + 48 * plan.chunks.len();
-        lock().insert(*digest.as_bytes(), plan.clone(), cost);
+        // Only chunk lists: a blob's list is a function of its digest even if a
+        // collection removes the blob and it is stored again, but a single
+        // chunk's location is not (another daemon may have collected it and a
+        // writer stored it anew in another pack).
+        if plan.chunks.len() > 1 {
+            let cost = 128 + 48 * plan.chunks.len();
+            lock().insert(*digest.as_bytes(), plan.clone(), cost);
+        }
         Ok(Some(plan))
     }
 }

@@ -55,6 +55,8 @@ pub(super) struct Handoff {
     chunks: Vec<NewChunk>,
     /// The chunk list of a blob of several chunks.
     list: Option<(B3Digest, Vec<ChunkMeta>)>,
+    /// Chunks of it the index had already (checked again at commit).
+    relied: Vec<[u8; 32]>,
     reply: oneshot::Sender<Result<(), (ErrorKind, String)>>,
 }
 
@@ -133,14 +135,16 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
     let existing = if want.is_empty() {
         HashSet::new()
     } else {
-        index::existing(&inner.client().await?, &want).await?
+        index::existing(&mut inner.client().await?, &want).await?
     };
     let mut seen = HashSet::new();
     let mut rows: Vec<Row> = Vec::new();
     let mut parts = Vec::new();
     let mut offset = 0u64;
     let mut lists = Vec::new();
+    let mut relied: Vec<[u8; 32]> = existing.iter().copied().collect();
     for h in batch.iter_mut() {
+        relied.append(&mut h.relied);
         for c in std::mem::take(&mut h.chunks) {
             if existing.contains(&c.digest) || !seen.insert(c.digest) {
                 continue;
@@ -156,13 +160,17 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
     }
     let name = (!rows.is_empty()).then(super::new_pack_name);
     if let Some(name) = &name {
+        index::reserve_pack(&inner.client().await?, name).await?;
         inner.put(name, PutPayload::from_iter(parts)).await?;
     }
+    relied.sort_unstable();
+    relied.dedup();
     index::commit(
         &mut inner.client().await?,
         name.as_deref().map(|n| (n, offset)),
         &rows,
         &lists,
+        &relied,
     )
     .await
 }
@@ -213,6 +221,8 @@ struct Job {
     list: Vec<ChunkMeta>,
     /// Chunks this writer stores (dedup within the blob).
     mine: HashSet<[u8; 32]>,
+    /// Chunks the index had, so not stored again (checked at commit).
+    relied: HashSet<[u8; 32]>,
     /// New chunks not in a part yet.
     staged: Vec<NewChunk>,
     staged_bytes: usize,
@@ -305,9 +315,10 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
     let known = if small || fresh.is_empty() {
         HashSet::new()
     } else {
-        let client = job.inner.client().await?;
-        index::existing(&client, &fresh).await?
+        let mut client = job.inner.client().await?;
+        index::existing(&mut client, &fresh).await?
     };
+    job.relied.extend(known.iter().copied());
     let mut to_encode = Vec::new();
     for (r, d) in cuts.iter().zip(&digests) {
         job.list.push(ChunkMeta {
@@ -348,6 +359,7 @@ async fn process(mut job: Box<Job>, last: bool) -> Result<Box<Job>, Error> {
 async fn flush_part(job: &mut Job) -> Result<(), Error> {
     if job.upload.is_none() {
         let name = super::new_pack_name();
+        index::reserve_pack(&job.inner.client().await?, &name).await?;
         let mp = job.inner.create_multipart(&name).await?;
         job.upload = Some(Upload {
             inner: job.inner.clone(),
@@ -426,6 +438,7 @@ async fn finish(job: Box<Job>) -> Result<B3Digest, Error> {
         job.inner.clone().hand_off(Handoff {
             chunks: std::mem::take(&mut job.staged),
             list,
+            relied: job.relied.iter().copied().collect(),
             reply,
         });
         return match rx.await {
@@ -461,7 +474,15 @@ async fn finish(job: Box<Job>) -> Result<B3Digest, Error> {
     }
     let mut client = job.inner.client().await?;
     let lists: Vec<_> = list.into_iter().collect();
-    index::commit(&mut client, Some((&up.name, up.len)), &up.rows, &lists).await?;
+    let relied: Vec<[u8; 32]> = job.relied.iter().copied().collect();
+    index::commit(
+        &mut client,
+        Some((&up.name, up.len)),
+        &up.rows,
+        &lists,
+        &relied,
+    )
+    .await?;
     Ok(digest)
 }
 
@@ -504,6 +525,7 @@ impl S3BlobWriter {
                 whole: None,
                 list: Vec::new(),
                 mine: HashSet::new(),
+                relied: HashSet::new(),
                 staged: Vec::new(),
                 staged_bytes: 0,
                 upload: None,
