@@ -80,10 +80,19 @@ pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 /// See [`STREAM_WINDOW`].
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
 
+/// A client's connection window: the largest HTTP/2 allows. A client keeps
+/// streams open that it does not read for a while (`cairn mount` keeps blob
+/// readers between the kernel's reads); what the server sent them counts
+/// against the connection window until read, and with a window of a few
+/// streams' worth every other stream on the connection stalled for good.
+/// What the client buffers stays bounded by the stream window per stream, and
+/// it decides how many streams it opens.
+const CLIENT_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 fn tuned(endpoint: Endpoint) -> Endpoint {
     endpoint
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_connection_window_size(CLIENT_CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
 }
 

@@ -741,33 +741,6 @@ mod tests {
         }
     }
 
-    /// Readers left open unread (as `cairn mount` keeps them between reads)
-    /// hold what the server sent them; that must not stall other readers on
-    /// the same connection (it did with a connection window of two streams'
-    /// windows: `nix copy --from unix://` through a mount hung for good).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn idle_readers_do_not_stall_the_others() {
-        let inner: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
-        let content = data(24 << 20);
-        let d = put(&inner, &content).await;
-        let blobs = client(inner).await;
-        let mut idle = Vec::new();
-        for _ in 0..6 {
-            let mut r = blobs.open_read(&d).await.unwrap().unwrap();
-            let mut first = vec![0u8; (1 << 20) + 1];
-            r.read_exact(&mut first).await.unwrap();
-            idle.push(r);
-        }
-        let mut r = blobs.open_read(&d).await.unwrap().unwrap();
-        let mut all = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(60), r.read_to_end(&mut all))
-            .await
-            .expect("a reader stalled behind idle ones")
-            .unwrap();
-        assert!(all == content);
-        drop(idle);
-    }
-
     /// Everything a reader hands out before it fails (or ends).
     async fn read_until_error(
         r: &mut Box<dyn crate::BlobReader>,
