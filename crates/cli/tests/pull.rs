@@ -309,9 +309,43 @@ fn nix_substitutes_through_cairn() {
         "{:?}",
         up.requests()
     );
+    // A second cairn in front of this one, trusting its key: Nix's copy
+    // through it asks the upstream nothing more.
+    let cairn_pk = f.cairn_pk.to_string();
+    let (d2, http2, _data2) = daemon(&http, &["--upstream-trusted-key", &cairn_pk]);
+    copy_from_and_verify(&f.nix, &http2, &f.cairn_pk, &[&f.top, &f.dep]);
+    assert_eq!(up.requests().len(), before + 1, "{:?}", up.requests());
+    common::stop_daemon(d2);
     common::stop_daemon(d);
     assert!(registered(data.path(), &f.top));
     assert!(registered(data.path(), &f.dep));
+}
+
+/// With --prefetch-references, pulling a path pulls its references too,
+/// before anyone asks for them.
+#[test]
+fn prefetch_references() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let (d, http, _data) = daemon(&up.url, &["--prefetch-references"]);
+    let ni = upstream_narinfo(&f.top);
+    let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.top))]);
+    assert_eq!(code, 200);
+    let url = format!(
+        "{http}/nar/{}-{}.nar",
+        hash_part(&f.top),
+        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
+    );
+    let (ok, bytes) = curl_nar(&url);
+    assert!(ok && bytes == nix_dump(&f.top));
+    let dep_nar = format!("/{}", upstream_narinfo(&f.dep).url);
+    let mut waited = 0;
+    while up.gets(&dep_nar) == 0 && waited < 100 {
+        std::thread::sleep(Duration::from_millis(50));
+        waited += 1;
+    }
+    assert_eq!(up.gets(&dep_nar), 1, "{:?}", up.requests());
+    common::stop_daemon(d);
 }
 
 /// A `file://` upstream, through gRPC: `cairn dump` through the daemon's socket
