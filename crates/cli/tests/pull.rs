@@ -572,3 +572,73 @@ fn concurrent_clients_one_download() {
     assert_eq!(up.gets(&format!("/{}", ni.url)), 1, "{:?}", up.requests());
     common::stop_daemon(d);
 }
+
+/// An https:// upstream (a cairn daemon serving TLS with a private CA, itself
+/// pulling from the static server): trusted through --upstream-ca-file; without
+/// it the certificate is refused and the client gets a 502.
+#[test]
+fn https_upstream_with_ca_file() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let t = tempfile::tempdir().unwrap();
+    let ca = common::ca::Ca::new("pull test CA");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let put = |name: &str, text: &str| {
+        let p = t.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let (ca_file, cert_file, key_file) = (
+        put("ca.pem", &ca.pem),
+        put("cert.pem", &cert),
+        put("key.pem", &key),
+    );
+    let data = t.path().join("tls");
+    let mut child = daemon_command(
+        &data,
+        &[
+            "--upstream",
+            &up.url,
+            "--upstream-trusted-key",
+            &f.upstream_pk,
+            "--sign-key",
+            f.cairn_sk.to_str().unwrap(),
+            "--tls-cert",
+            &cert_file,
+            "--tls-key",
+            &key_file,
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let line = first_line(&mut child);
+    let _tls_daemon = Daemon(Some(child));
+    let https = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap()
+        .trim_end_matches(',')
+        .to_owned();
+    let cairn_pk = f.cairn_pk.to_string();
+    let narinfo = format!("/{}.narinfo", hash_part(&f.dep));
+
+    let (d, http, _data) = daemon(
+        &format!("{https}?retries=0"),
+        &["--upstream-trusted-key", &cairn_pk],
+    );
+    let (code, body) = curl(&[&format!("{http}{narinfo}")]);
+    assert_eq!(code, 502, "{body}");
+    common::stop_daemon(d);
+
+    let (d, http, _data) = daemon(
+        &https,
+        &[
+            "--upstream-trusted-key",
+            &cairn_pk,
+            "--upstream-ca-file",
+            &ca_file,
+        ],
+    );
+    copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&f.dep]);
+    common::stop_daemon(d);
+}
