@@ -612,6 +612,7 @@ async fn put_narinfo(
             .await
             .map_err(CacheError::from_store)?
             .is_none()
+            && !upstream_has(cache, *r.digest()).await?
         {
             return Err(CacheError::MissingReference(format!(
                 "narinfo for {}: reference {r} is not in this cache (upload it first)",
@@ -683,6 +684,16 @@ async fn put_narinfo(
         .map_err(CacheError::from_store)?;
     claim(cache, file_sha256).await;
     Ok(status)
+}
+
+/// Whether an upstream has an acceptable narinfo for the path: a reference
+/// only an upstream has is pulled when it is asked for, like any other (Nix
+/// does not upload a path whose narinfo this cache serves, upstream or not).
+async fn upstream_has(cache: &BinaryCache, digest: [u8; DIGEST_LEN]) -> Result<bool, CacheError> {
+    match &cache.pull {
+        Some(pull) => Ok(pull.narinfo(digest).await?.is_some()),
+        None => Ok(false),
+    }
 }
 
 /// The path is registered: its upload has served its purpose. A failure here is

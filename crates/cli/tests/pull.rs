@@ -642,3 +642,42 @@ fn https_upstream_with_ca_file() {
     copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&f.dep]);
     common::stop_daemon(d);
 }
+
+/// Uploads keep working in front of an upstream: `nix copy --to` of a path
+/// whose reference only the upstream has uploads that path alone (Nix finds
+/// the reference's narinfo at cairn), its narinfo is accepted, and a fresh
+/// store copies the whole closure back from cairn.
+#[test]
+fn uploads_with_references_upstream() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let (d, http, _data) = daemon(&up.url, &["--allow-anonymous-uploads"]);
+    let nixfile = f.nix.path("uses-dep.nix");
+    std::fs::write(
+        &nixfile,
+        format!(
+            r#"derivation {{ name = "uses-dep"; system = builtins.currentSystem;
+  builder = "/bin/sh"; PATH = "/usr/bin:/bin";
+  args = [ "-c" "echo ${{builtins.storePath "{}"}} > $out" ]; }}
+"#,
+            f.dep
+        ),
+    )
+    .unwrap();
+    let path = f.nix.in_store(
+        "nix-build",
+        &[
+            "--option",
+            "extra-sandbox-paths",
+            "/bin /lib /lib64 /usr",
+            "--no-out-link",
+            nixfile.to_str().unwrap(),
+        ],
+    );
+    f.nix.in_store("nix", &["copy", "--to", &http, &path]);
+    let dep_nar = format!("/{}", upstream_narinfo(&f.dep).url);
+    assert_eq!(up.gets(&dep_nar), 0, "{:?}", up.requests());
+    copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&path, &f.dep]);
+    assert_eq!(up.gets(&dep_nar), 1, "{:?}", up.requests());
+    common::stop_daemon(d);
+}
