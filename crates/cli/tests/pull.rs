@@ -664,16 +664,7 @@ fn uploads_with_references_upstream() {
         ),
     )
     .unwrap();
-    let path = f.nix.in_store(
-        "nix-build",
-        &[
-            "--option",
-            "extra-sandbox-paths",
-            "/bin /lib /lib64 /usr",
-            "--no-out-link",
-            nixfile.to_str().unwrap(),
-        ],
-    );
+    let path = f.nix.build(&nixfile);
     f.nix.in_store("nix", &["copy", "--to", &http, &path]);
     let dep_nar = format!("/{}", upstream_narinfo(&f.dep).url);
     assert_eq!(up.gets(&dep_nar), 0, "{:?}", up.requests());
