@@ -672,3 +672,37 @@ fn uploads_with_references_upstream() {
     assert_eq!(up.gets(&dep_nar), 1, "{:?}", up.requests());
     common::stop_daemon(d);
 }
+
+/// Upstreams that fail are skipped: one refusing connections, one that never
+/// answers (its timeout and retry), then the healthy one serves; the local
+/// paths are served meanwhile without asking anyone.
+#[test]
+fn failing_upstreams_are_skipped() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_url = format!("http://{}?retries=1", refused.local_addr().unwrap());
+    drop(refused);
+    let silent_url = format!(
+        "http://{}?timeout=1&retries=1",
+        silent.local_addr().unwrap()
+    );
+    let (d, http, _data) = daemon(
+        &refused_url,
+        &["--upstream", &silent_url, "--upstream", &up.url],
+    );
+    let started = std::time::Instant::now();
+    copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&f.dep]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    // Stored now: served with no upstream asked, at once.
+    let before = up.requests().len();
+    let started = std::time::Instant::now();
+    let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.dep))]);
+    assert_eq!(code, 200);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert_eq!(up.requests().len(), before);
+    common::stop_daemon(d);
+}
