@@ -414,6 +414,26 @@ fn file_upstream_grpc_and_cairn_copy() {
         None,
     ));
     copy_from_and_verify(&f.nix, &to, &f.cairn_pk, &[&f.top, &f.dep]);
+
+    // And to a binary cache over HTTP taking uploads (a cairn daemon without
+    // upstreams), references first.
+    let target = tempfile::tempdir().unwrap();
+    let (t, _, line) = common::start_daemon_with(
+        target.path(),
+        &[
+            "--allow-anonymous-uploads",
+            "--sign-key",
+            f.cairn_sk.to_str().unwrap(),
+        ],
+    );
+    let http = format!("http://{}", http_addr(&line).trim_end_matches(','));
+    common::ok(common::cairn_at(
+        store.path(),
+        &["copy", "--to", &http, &f.top],
+        None,
+    ));
+    copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&f.top, &f.dep]);
+    common::stop_daemon(t);
 }
 
 /// curl of a NAR from cairn: (exit status, bytes received).
