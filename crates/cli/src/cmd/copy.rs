@@ -516,3 +516,26 @@ async fn write_path(
         .await?;
     Ok(true)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Each path comes in a round after the paths it references; references
+    /// outside the set, and a path's reference to itself, do not hold it back.
+    #[test]
+    fn rounds_put_references_first() {
+        let d = |n: u8| [n; DIGEST_LEN];
+        let refs: HashMap<_, _> = [
+            (d(1), vec![d(2), d(3), d(1)]),
+            (d(2), vec![d(3), d(9)]),
+            (d(3), vec![]),
+            (d(4), vec![]),
+        ]
+        .into_iter()
+        .collect();
+        let r = rounds(&refs);
+        assert_eq!(r, vec![vec![d(3), d(4)], vec![d(2)], vec![d(1)]]);
+    }
+}
