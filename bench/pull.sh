@@ -9,10 +9,11 @@
 #  2. second fetch through that daemon (from its store) vs the same NAR from a
 #     daemon without upstreams that got the path by `cairn copy --from`
 #     (the embedded store's own serving). Target: equal within noise.
-#  3. 16 concurrent first fetches of another copy of the path (a fresh daemon):
+#  3. 16 concurrent first fetches of the path through a fresh daemon:
 #     upstream NAR downloads counted from the server's log (must be 1).
+#  4. storage of 8 source snapshots (see below) vs the upstream's xz cache.
 # The machine's load average is printed: compare ratios from one run.
-# Usage: bench/pull.sh   (BIG_MIB=256 COMPRESSION=xz to change)
+# Usage: bench/pull.sh   (BIG_MIB=256 COMPRESSION=xz STEP=10 to change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIG_MIB=${BIG_MIB:-256}; COMPRESSION=${COMPRESSION:-xz}
@@ -77,3 +78,21 @@ wait_clients() { for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) 
 wait_clients
 after=$(grep -c "GET /$narurl " "$W/http.log" || true)
 printf '3. 16 concurrent first fetches: %.2f s, upstream NAR downloads: %d; %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$((after - before))" "$(load)"
+
+# 4. Storage: 8 snapshots of a real source tree (this repository, every
+#    STEP-th commit back from HEAD), added to the chroot store, written to an
+#    xz upstream as Nix does, then pulled into a fresh cairn (`cairn copy
+#    --from`): the upstream's size vs cairn's data directory.
+STEP=${STEP:-10}
+mkdir -p "$W/src" "$W/up2"
+paths=()
+for c in $(git log --format=%H | sed -n "1~${STEP}p" | head -8); do
+  mkdir -p "$W/src/$c/tree" && git archive "$c" | tar -x -C "$W/src/$c/tree"
+  paths+=("$(nix-store --store "$W/store" --add "$W/src/$c/tree")")
+done
+nix copy --store "$W/store" --to "file://$W/up2?compression=xz&secret-key=$W/up.sk" "${paths[@]}"
+mkdir -p "$W/d"
+CAIRN_DATA_DIR=$W/d "$cairn" copy --from "file://$W/up2" --trusted-key "$pk" "${paths[@]}" 2>/dev/null
+src=$(du -sb "$W/src" | cut -f1); upb=$(du -sB1 "$W/up2" | cut -f1); ours=$(du -sB1 "$W/d" | cut -f1)
+printf '4. 8 source snapshots (%d MiB of files): upstream xz cache %.1f MiB, cairn %.1f MiB: ratio %.2f\n' \
+  $((src >> 20)) "$(echo "$upb / 1048576" | bc -l)" "$(echo "$ours / 1048576" | bc -l)" "$(echo "$ours / $upb" | bc -l)"
