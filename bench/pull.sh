@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 BIG_MIB=${BIG_MIB:-256}; COMPRESSION=${COMPRESSION:-xz}
 W=$(mktemp -d)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
+trap 'for p in "${PIDS[@]}" $(cat "$W"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done; rm -rf "$W"' EXIT
 load() { uptime | sed 's/.*load average: /load /'; }
 export XDG_CACHE_HOME=$W/xdg
 export NIX_CONFIG="experimental-features = nix-command
@@ -46,10 +46,11 @@ up=http://127.0.0.1:$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$W/http.log" | head -
 
 daemon() { # data dir, extra flags...; prints the binary cache URL
   local dir=$1; shift
-  "$cairn" daemon --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir" "$@" 2> "$dir.log" &
-  PIDS+=($!)
+  # Its stdout not the caller's $(…), which would wait for it to close.
+  "$cairn" daemon --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir" "$@" > /dev/null 2> "$dir.log" &
+  echo $! > "$dir.pid"
   for _ in $(seq 100); do grep -q serving "$dir.log" 2>/dev/null && break; sleep 0.1; done
-  echo "http://$(grep -o 'http://[0-9.:]*' "$dir.log" | head -1 | sed 's|http://||')"
+  sed -n 's/.*binary cache on \(http:\/\/[0-9.:]*\).*/\1/p' "$dir.log" | head -1
 }
 secs() { local t0; t0=$(date +%s.%N); "$@" > /dev/null; echo "$(date +%s.%N) - $t0" | bc; }
 decomp() { case $COMPRESSION in xz) xz -dc ;; zstd) zstd -dc ;; bzip2) bzip2 -dc ;; none) cat ;; esac; }
@@ -74,7 +75,7 @@ curl -sSf "$c/$hash.narinfo" > /dev/null
 before=$(grep -c "GET /$narurl " "$W/http.log" || true)
 t0=$(date +%s.%N)
 for _ in $(seq 16); do fetch "$c" > "$W/out.$RANDOM" & done
-wait_clients() { for j in $(jobs -p); do case " ${PIDS[*]} " in *" $j "*) ;; *) wait "$j" ;; esac; done; }
+wait_clients() { for j in $(jobs -p); do case " ${PIDS[*]} $(cat "$W"/*.pid) " in *" $j "*) ;; *) wait "$j" ;; esac; done; }
 wait_clients
 after=$(grep -c "GET /$narurl " "$W/http.log" || true)
 printf '3. 16 concurrent first fetches: %.2f s, upstream NAR downloads: %d; %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$((after - before))" "$(load)"
