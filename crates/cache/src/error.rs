@@ -54,6 +54,11 @@ pub enum CacheError {
     /// The server's own failure (storage, I/O): 500, logged.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A path not in the store could not be had from the upstream caches: they
+    /// failed, or what they sent was refused (unsigned, tampered, a NAR not
+    /// matching its hash): 502, logged.
+    #[error("upstream: {0}")]
+    Upstream(String),
 }
 
 impl CacheError {
@@ -72,6 +77,7 @@ impl CacheError {
             CacheError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             CacheError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             CacheError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CacheError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -92,12 +98,13 @@ impl CacheError {
             CacheError::InsufficientStorage(_) => "storage_full",
             CacheError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             CacheError::Internal(_) => "internal",
+            CacheError::Upstream(_) => "upstream",
         }
     }
 
     /// A castore/store error: the caller's mistake is a 400 naming it, input
     /// beyond a limit 413, a full disk 507, anything else the server's failure.
-    pub(crate) fn from_store(e: cairn_castore::Error) -> Self {
+    pub fn from_store(e: cairn_castore::Error) -> Self {
         match e.kind() {
             cairn_castore::ErrorKind::InvalidArgument => CacheError::BadRequest(e.to_string()),
             cairn_castore::ErrorKind::ResourceExhausted => Self::exhausted(&e),

@@ -11,6 +11,8 @@
 //!   uploads `nix copy --to` sends (`PUT /nar/<filehash>.nar[.xz|.zst|.bz2|.br]`
 //!   ingested as it streams, then `PUT /<hash>.narinfo` checked against it).
 //! - [`PendingUploads`]: uploaded NARs waiting for their narinfo, durable.
+//! - [`PullThrough`]: where paths missing from the store come from (upstream
+//!   caches), set with [`BinaryCache::with_pull_through`].
 //! - [`Compression`], [`Token`], [`CacheError`] (every error's status code).
 //! - [`metrics`]: the cache's Prometheus metrics and the `/metrics` endpoint.
 //!
@@ -41,6 +43,7 @@ mod hashing;
 mod listing;
 pub mod metrics;
 mod pending;
+mod pull;
 mod server;
 
 pub use cairn_castore::auth::Token;
@@ -49,4 +52,5 @@ pub use conn::{RequestHead, parse_request, serve, serve_tls};
 pub use error::CacheError;
 pub use listing::listing;
 pub use pending::{PendingNar, PendingUploads};
+pub use pull::{PullThrough, PulledNar};
 pub use server::{BinaryCache, CacheConfig, DEFAULT_MAX_NAR_SIZE, parse_hash_part, router};

@@ -31,6 +31,7 @@ use crate::hashing::HashingStream;
 use crate::listing::listing;
 use crate::metrics::{HttpMetrics, Route};
 use crate::pending::{PendingNar, PendingUploads};
+use crate::pull::{PullThrough, PulledNar};
 use cairn_castore::auth::Token;
 
 /// [`CacheConfig::max_nar_size`] unless the operator says otherwise: above all
@@ -114,6 +115,8 @@ pub struct BinaryCache {
     pub(crate) metrics: Arc<HttpMetrics>,
     /// Served as `/metrics` if set.
     exposition: Option<Arc<prometheus_client::registry::Registry>>,
+    /// Asked for paths the store does not have.
+    pull: Option<Arc<dyn PullThrough>>,
 }
 
 /// Memory the rendered narinfos may take (about: each entry costs
@@ -156,7 +159,14 @@ impl BinaryCache {
             rendered: Mutex::new(Lru::new(MAX_RENDERED_BYTES)),
             metrics: Arc::default(),
             exposition: None,
+            pull: None,
         }
+    }
+
+    /// Asks `pull` for the narinfos and NARs of paths not in the store.
+    pub fn with_pull_through(mut self, pull: Arc<dyn PullThrough>) -> Self {
+        self.pull = Some(pull);
+        self
     }
 
     /// Counts into `metrics` (shared with whoever registered them), and serves
@@ -255,6 +265,37 @@ impl BinaryCache {
         let cost = rendered_cost(&text);
         lock().insert(digest, (info, text.clone()), cost);
         Ok(text)
+    }
+}
+
+impl BinaryCache {
+    /// The narinfo of a path only an upstream has, as this cache will serve it
+    /// (its NAR uncompressed, under the URL a stored path's NAR has) and signed
+    /// by the configured keys: the upstream's signatures were checked, and the
+    /// NAR is checked against the signed hash before anything is registered.
+    /// Not kept: the path's own narinfo replaces it once stored.
+    fn upstream_narinfo(&self, upstream: NarInfo) -> Result<Bytes, CacheError> {
+        let url = format!(
+            "nar/{}-{}.nar",
+            upstream.store_path.hash_part(),
+            nixbase32::encode(upstream.nar_hash.digest())
+        );
+        let mut ni = NarInfo {
+            url: FieldText::try_from(url)
+                .map_err(|e| CacheError::Internal(format!("NAR URL: {e}")))?,
+            compression: "none"
+                .parse()
+                .map_err(|e| CacheError::Internal(format!("compression: {e}")))?,
+            file_hash: Some(upstream.nar_hash),
+            file_size: Some(upstream.nar_size),
+            system: None,
+            ..upstream
+        };
+        let fingerprint = ni.fingerprint();
+        for key in &self.config.sign_keys {
+            ni.add_signature(key.sign(fingerprint.as_bytes()));
+        }
+        Ok(Bytes::from(ni.to_string()))
     }
 }
 
@@ -419,8 +460,15 @@ async fn lookup(cache: &BinaryCache, digest: [u8; DIGEST_LEN]) -> Result<PathInf
 /// The narinfo served as `/<hash>.narinfo`.
 pub(crate) async fn narinfo_text(cache: &BinaryCache, hash: &str) -> Result<Bytes, CacheError> {
     let digest = parse_hash_part(hash).ok_or(CacheError::NotFound)?;
-    let info = lookup(cache, digest).await?;
-    cache.narinfo(info)
+    match lookup(cache, digest).await {
+        Err(CacheError::NotFound) => {}
+        found => return cache.narinfo(found?),
+    }
+    let Some(pull) = &cache.pull else {
+        return Err(CacheError::NotFound);
+    };
+    let upstream = pull.narinfo(digest).await?.ok_or(CacheError::NotFound)?;
+    cache.upstream_narinfo(upstream)
 }
 
 async fn get_file(State(cache): Cache, Path(file): Path<String>) -> Result<Response, CacheError> {
@@ -564,6 +612,7 @@ async fn put_narinfo(
             .await
             .map_err(CacheError::from_store)?
             .is_none()
+            && !upstream_has(cache, *r.digest()).await?
         {
             return Err(CacheError::MissingReference(format!(
                 "narinfo for {}: reference {r} is not in this cache (upload it first)",
@@ -635,6 +684,16 @@ async fn put_narinfo(
         .map_err(CacheError::from_store)?;
     claim(cache, file_sha256).await;
     Ok(status)
+}
+
+/// Whether an upstream has an acceptable narinfo for the path: a reference
+/// only an upstream has is pulled when it is asked for, like any other (Nix
+/// does not upload a path whose narinfo this cache serves, upstream or not).
+async fn upstream_has(cache: &BinaryCache, digest: [u8; DIGEST_LEN]) -> Result<bool, CacheError> {
+    match &cache.pull {
+        Some(pull) => Ok(pull.narinfo(digest).await?.is_some()),
+        None => Ok(false),
+    }
 }
 
 /// The path is registered: its upload has served its purpose. A failure here is
@@ -756,7 +815,18 @@ async fn get_nar(
             compression,
         }) => (digest, nar_sha256, compression),
     };
-    let info = lookup(&cache, digest).await?;
+    let info = match lookup(&cache, digest).await {
+        Err(CacheError::NotFound) if cache.pull.is_some() => {
+            // Streamed as it is pulled only when served as it arrives: whole
+            // and uncompressed.
+            let stream = compression == Compression::None && !headers.contains_key(header::RANGE);
+            match pull_nar(&cache, digest, nar_sha256, stream).await? {
+                Some(r) => return Ok(r),
+                None => lookup(&cache, digest).await?,
+            }
+        }
+        found => found?,
+    };
     if info.nar_sha256 != nar_sha256 {
         return Err(CacheError::NotFound);
     }
@@ -797,6 +867,35 @@ async fn get_nar(
         }
     }
     Ok(r)
+}
+
+/// Asks the upstreams for a NAR not in the store: a response streaming it as it
+/// arrives, or `None` once it is stored (to be served from there).
+async fn pull_nar(
+    cache: &BinaryCache,
+    digest: [u8; DIGEST_LEN],
+    nar_sha256: [u8; 32],
+    stream: bool,
+) -> Result<Option<Response>, CacheError> {
+    let Some(pull) = &cache.pull else {
+        return Err(CacheError::NotFound);
+    };
+    match pull.nar(digest, nar_sha256, stream).await? {
+        None => Err(CacheError::NotFound),
+        Some(PulledNar::Stored) => Ok(None),
+        Some(PulledNar::Streaming { nar_size, body }) => {
+            // With its length declared, a body that ends early (the stream's
+            // error, when the NAR did not match) is an aborted response, never a
+            // complete-looking one.
+            let body = Body::from_stream(body.inspect_err(|e| {
+                tracing::warn!(error = %e, "pulled NAR aborted");
+            }));
+            let mut r = response("application/x-nix-nar", IMMUTABLE, body);
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(nar_size));
+            Ok(Some(r))
+        }
+    }
 }
 
 fn nar_error(e: NarError) -> CacheError {

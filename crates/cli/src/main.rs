@@ -99,6 +99,13 @@ enum Command {
     /// runs `PROGRAM --stdio` on HOST; PROGRAM a script running `cairn nix-daemon
     /// "$@"` with the flags wanted). A socket is `cairn daemon --nix-socket`.
     NixDaemon(cmd::nix_daemon::NixDaemonArgs),
+    /// Copy the closures of store paths from a Nix binary cache into the store
+    /// (--from URL: each narinfo's signature checked, each NAR against its hash
+    /// and size, paths already stored skipped), or from the store into one
+    /// (--to URL, in the layout `nix copy --to` writes). In parallel, with a
+    /// progress bar on a terminal; through the daemon when one serves the data
+    /// directory.
+    Copy(cmd::copy::CopyArgs),
 }
 
 fn main() -> ExitCode {
@@ -145,6 +152,7 @@ fn main() -> ExitCode {
         Command::Unpin(a) => cmd::gc::pin(a, false),
         Command::Pins(a) => cmd::gc::pins(a),
         Command::NixDaemon(a) => cmd::nix_daemon::run(a),
+        Command::Copy(a) => cmd::copy::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

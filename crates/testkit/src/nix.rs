@@ -88,9 +88,20 @@ in mk "{tag}-top" "mkdir $out; echo ${{dep}} > $out/ref"
             ),
         )
         .unwrap();
+        let top = self.build(&nixfile);
+        let refs = self.in_store("nix-store", &["-q", "--references", &top]);
+        let dep = refs.lines().next().unwrap().to_owned();
+        [top, dep]
+    }
+}
+
+impl Nix {
+    /// Builds the derivation of the Nix file `nixfile` in the chroot store (its
+    /// builders may run /bin/sh); returns the output path.
+    pub fn build(&self, nixfile: &Path) -> String {
         // A chroot store builds in a mount namespace: the builder's /bin/sh and
         // its libraries must be mounted in.
-        let top = self.in_store(
+        self.in_store(
             "nix-build",
             &[
                 "--option",
@@ -99,10 +110,7 @@ in mk "{tag}-top" "mkdir $out; echo ${{dep}} > $out/ref"
                 "--no-out-link",
                 nixfile.to_str().unwrap(),
             ],
-        );
-        let refs = self.in_store("nix-store", &["-q", "--references", &top]);
-        let dep = refs.lines().next().unwrap().to_owned();
-        [top, dep]
+        )
     }
 }
 

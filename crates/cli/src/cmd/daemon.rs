@@ -122,6 +122,9 @@ pub struct DaemonArgs {
     nix: super::nix_daemon::NixSocketArgs,
 
     #[command(flatten)]
+    upstream: super::upstream::UpstreamArgs,
+
+    #[command(flatten)]
     metrics: super::daemon_metrics::MetricsArgs,
 
     #[command(flatten)]
@@ -249,8 +252,19 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             Some(cache) => cache.clone(),
             None => path_info,
         };
+        // Pull-through: gRPC gets (and the store commands through the daemon)
+        // pull a missing path whole; the binary cache streams a pulled NAR to its
+        // client. Uploads, the Nix socket and GC see the store as it is.
+        let puller = args.upstream.puller(
+            super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() },
+            args.http.max_nar_size(),
+        )?;
+        let grpc_path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> = match &puller {
+            Some(p) => Arc::new(cairn_upstream::PullThroughPathInfoService::new(path_info.clone(), p.clone())),
+            None => path_info.clone(),
+        };
         let (routes, _health) =
-            cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), path_info.clone()).await?;
+            cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), grpc_path_info).await?;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
@@ -341,7 +355,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let mut http_note = String::new();
             let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
             let store = || super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() };
-            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, store(), &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
+            let pull = puller.clone().map(|p| p as Arc<dyn cairn_cache::PullThrough>);
+            if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, store(), pull, &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);
                 http_note = format!(", binary cache on {http_scheme}://{addr} (uploads {uploads})");
             }
@@ -374,6 +389,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             }
             // Ready: the store is open and every listener bound. Tests and scripts
             // read this line to learn the ports when they asked for port 0.
+            http_note.push_str(&args.upstream.note());
             eprintln!("cairn daemon: serving {grpc_scheme}://{tcp_addr}{socket_note} (writes {writes}){http_note}{metrics_note} (blobs: {}, directories: {}, path info: {})", cairn_castore::redacted(&blob_url), cairn_castore::redacted(&dir_url), cairn_castore::redacted(&info_url));
             tracing::info!(%tcp_addr, "serving");
             notify_systemd("READY=1");

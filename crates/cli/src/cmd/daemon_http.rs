@@ -156,10 +156,14 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// `metrics`, serving them as /metrics unless they have a listener of their
 /// own), which runs until `shutdown` completes. Pending uploads are kept in
 /// `data_dir`, or in PostgreSQL when `info_url` (the path info service's) is
-/// there. With `tls`, the cache is served over HTTPS.
+/// there. With `tls`, the cache is served over HTTPS; with `pull`, paths not
+/// in the store are asked of it (upstream caches).
+// The daemon's wiring: each argument is one of its parts.
+#[allow(clippy::too_many_arguments)]
 pub async fn bind(
     args: &HttpArgs,
     store: super::store::Store,
+    pull: Option<Arc<dyn cairn_cache::PullThrough>>,
     data_dir: &Path,
     info_url: &str,
     metrics: &super::daemon_metrics::Metrics,
@@ -197,8 +201,11 @@ pub async fn bind(
         directories,
         path_info,
     } = store;
-    let cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config)
+    let mut cache = cairn_cache::BinaryCache::new(blobs, directories, path_info, pending, config)
         .with_metrics(metrics.http.clone(), metrics.on_cache.clone());
+    if let Some(pull) = pull {
+        cache = cache.with_pull_through(pull);
+    }
     let listener = tokio::net::TcpListener::bind(&args.http_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.http_listen))?;

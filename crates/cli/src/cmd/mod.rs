@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod config;
+pub mod copy;
 pub mod daemon;
 pub mod daemon_http;
 pub mod daemon_metrics;
@@ -13,3 +14,4 @@ pub mod nix_daemon;
 pub mod paths;
 pub mod store;
 pub mod tls;
+pub mod upstream;

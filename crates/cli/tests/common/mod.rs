@@ -3,6 +3,7 @@
 // Each test file uses its own subset.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod ca;
 pub mod cluster;
 pub mod mount;
 

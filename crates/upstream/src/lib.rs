@@ -1,0 +1,31 @@
+//! cairn's client of upstream Nix binary caches, and pull-through: paths a
+//! store does not have are fetched from caches the operator trusts, checked,
+//! and stored.
+//!
+//! - [`Upstream`]: one binary cache (`http://`, `https://` with rustls on the
+//!   system's roots plus an optional CA file, `file:///dir` as `nix copy --to
+//!   file://` writes it): [`Upstream::narinfo`] fetches and accepts a narinfo
+//!   (fields well-formed, a valid signature by a trusted key unless the URL says
+//!   `?check-signatures=false`), [`Upstream::nar`] opens its NAR decompressed as
+//!   the narinfo says (xz, zstd, bzip2, br, none), streaming. Requests time out,
+//!   are retried with backoff, then fail.
+//! - [`Puller`]: the upstreams of a store, in priority order, in front of its
+//!   blob, directory and path info services: a missing path's narinfo from the
+//!   first upstream that has an acceptable one, its NAR ingested while it
+//!   streams, the path registered only once the NAR's SHA-256 and size match the
+//!   signed narinfo. One download per path at a time (single flight), absent
+//!   paths remembered for a while (negative cache), references fetched when asked
+//!   for or ahead. It is the binary cache's [`cairn_cache::PullThrough`].
+//! - [`PullThroughPathInfoService`]: a path info service whose misses are
+//!   pulled (the daemon's gRPC `PathInfoService.Get`, and the store commands
+//!   through it).
+//!
+//! The invariant: nothing enters the store this way unless its narinfo carries
+//! a valid signature by a trusted key (or the operator turned the check off for
+//! that upstream) and its NAR has exactly the signed hash and size.
+
+mod pull;
+mod upstream;
+
+pub use pull::{PullOptions, PullThroughPathInfoService, Puller};
+pub use upstream::{NarStream, Options, Upstream, UpstreamError};

@@ -1,0 +1,508 @@
+//! [`Puller`]: paths missing from a store, fetched from its upstreams, checked
+//! and stored; [`PullThroughPathInfoService`]: a path info service pulling its
+//! misses.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cairn_cache::{CacheError, PullThrough, PulledNar};
+use cairn_castore::lru::Lru;
+use cairn_castore::{BlobService, DirectoryService, Error, Node};
+use cairn_nix::hash::NixHash;
+use cairn_nix::narinfo::NarInfo;
+use cairn_nix::store_path::DIGEST_LEN;
+use cairn_store::pathinfo::{PathInfo, PathInfoService};
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::upstream::{Upstream, UpstreamError};
+
+/// How a [`Puller`] behaves beyond its upstreams.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// How long a path no upstream has is answered as absent without asking
+    /// them again (0: always ask).
+    pub negative_ttl: Duration,
+    /// After pulling a path, pull its references too (in the background).
+    pub prefetch_references: bool,
+}
+
+impl Default for PullOptions {
+    /// Absent paths remembered for 60 s; references pulled when asked for.
+    fn default() -> Self {
+        Self {
+            negative_ttl: Duration::from_secs(60),
+            prefetch_references: false,
+        }
+    }
+}
+
+/// Paths absent everywhere remembered at most (each ~40 bytes); beyond, the
+/// expired ones are dropped, then all.
+const MAX_NEGATIVE: usize = 1 << 16;
+/// Memory for accepted upstream narinfos (a narinfo GET is followed by its
+/// NAR GET, which needs it again).
+const MAX_KNOWN_BYTES: usize = 8 << 20;
+/// Bytes of a streamed NAR queued for its client, in chunks of up to 256 KiB.
+const CLIENT_QUEUE: usize = 8;
+/// Prefetches of references running at once.
+const PREFETCHES: usize = 8;
+
+type Outcome = Option<Result<PathInfo, UpstreamError>>;
+
+/// The upstreams of a store, and the downloads from them; see the crate doc.
+pub struct Puller {
+    me: Weak<Puller>,
+    upstreams: Vec<Upstream>,
+    blobs: Arc<dyn BlobService>,
+    directories: Arc<dyn DirectoryService>,
+    path_info: Arc<dyn PathInfoService>,
+    options: PullOptions,
+    /// Path digest → when it was found absent everywhere.
+    negative: Mutex<HashMap<[u8; DIGEST_LEN], Instant>>,
+    /// Accepted narinfos, with the index of the upstream that sent them.
+    known: Mutex<Lru<[u8; DIGEST_LEN], (usize, NarInfo)>>,
+    /// Downloads running, by path: each request for the path waits for it.
+    flights: Mutex<HashMap<[u8; DIGEST_LEN], watch::Receiver<Outcome>>>,
+    prefetches: Semaphore,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Puller {
+    /// Pulls from `upstreams` (asked in order of their priority, then as given)
+    /// into these services (the store's own: not a [`PullThroughPathInfoService`]).
+    pub fn new(
+        mut upstreams: Vec<Upstream>,
+        blobs: Arc<dyn BlobService>,
+        directories: Arc<dyn DirectoryService>,
+        path_info: Arc<dyn PathInfoService>,
+        options: PullOptions,
+    ) -> Arc<Self> {
+        upstreams.sort_by_key(Upstream::priority);
+        Arc::new_cyclic(|me| Puller {
+            me: me.clone(),
+            upstreams,
+            blobs,
+            directories,
+            path_info,
+            options,
+            negative: Mutex::default(),
+            known: Mutex::new(Lru::new(MAX_KNOWN_BYTES)),
+            flights: Mutex::default(),
+            prefetches: Semaphore::new(PREFETCHES),
+        })
+    }
+
+    /// The upstreams, in the order they are asked.
+    pub fn upstreams(&self) -> &[Upstream] {
+        &self.upstreams
+    }
+
+    /// The accepted narinfo of a path from the first upstream that has one;
+    /// `None` if none has it (remembered for the negative TTL); an error if
+    /// none has an acceptable one and one failed or sent one that was refused.
+    pub async fn upstream_narinfo(
+        &self,
+        digest: [u8; DIGEST_LEN],
+    ) -> Result<Option<(usize, NarInfo)>, UpstreamError> {
+        if let Some(found) = lock(&self.known).get(&digest) {
+            return Ok(Some(found.clone()));
+        }
+        if let Some(at) = lock(&self.negative).get(&digest)
+            && at.elapsed() < self.options.negative_ttl
+        {
+            return Ok(None);
+        }
+        let mut failed = None;
+        for (i, up) in self.upstreams.iter().enumerate() {
+            match up.narinfo(&digest).await {
+                Ok(Some(ni)) => {
+                    let cost = 512 + 64 * (ni.references.len() + ni.signatures.len());
+                    lock(&self.known).insert(digest, (i, ni.clone()), cost);
+                    return Ok(Some((i, ni)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream narinfo");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if !self.options.negative_ttl.is_zero() {
+            let mut negative = lock(&self.negative);
+            if negative.len() >= MAX_NEGATIVE {
+                let ttl = self.options.negative_ttl;
+                negative.retain(|_, at| at.elapsed() < ttl);
+                if negative.len() >= MAX_NEGATIVE {
+                    negative.clear();
+                }
+            }
+            negative.insert(digest, Instant::now());
+        }
+        Ok(None)
+    }
+
+    /// The path with this digest: from the store, else pulled from the
+    /// upstreams (joining a download of it already running); `None` if no
+    /// upstream has it.
+    pub async fn pull(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, UpstreamError> {
+        if let Some(info) = self.local(digest).await? {
+            return Ok(Some(info));
+        }
+        let Some((idx, ni)) = self.upstream_narinfo(digest).await? else {
+            return Ok(None);
+        };
+        let (rx, _) = self.flight(digest, idx, ni, false)?;
+        wait(rx).await.map(Some)
+    }
+
+    async fn local(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<PathInfo>, UpstreamError> {
+        self.path_info
+            .get(digest)
+            .await
+            .map_err(|e| UpstreamError::Store(e.to_string()))
+    }
+
+    /// Joins the download of `digest`, or starts it (from upstream `idx`, as
+    /// `ni` says) in a task of its own, so that it completes even if every
+    /// requester goes away. Whoever starts it with `stream` gets the NAR's bytes
+    /// as they arrive.
+    #[allow(clippy::type_complexity)]
+    fn flight(
+        &self,
+        digest: [u8; DIGEST_LEN],
+        idx: usize,
+        ni: NarInfo,
+        stream: bool,
+    ) -> Result<
+        (
+            watch::Receiver<Outcome>,
+            Option<mpsc::Receiver<std::io::Result<Bytes>>>,
+        ),
+        UpstreamError,
+    > {
+        let mut flights = lock(&self.flights);
+        if let Some(rx) = flights.get(&digest) {
+            return Ok((rx.clone(), None));
+        }
+        let this = self
+            .me
+            .upgrade()
+            .ok_or_else(|| UpstreamError::Store("shutting down".into()))?;
+        let (done, rx) = watch::channel(None);
+        let (client, body) = if stream {
+            let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        flights.insert(digest, rx.clone());
+        drop(flights);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = this.download(idx, &ni, client).await;
+            match &r {
+                Ok(info) => tracing::info!(
+                    path = %info.store_path,
+                    upstream = this.upstreams[idx].url(),
+                    nar_size = info.nar_size,
+                    ms = started.elapsed().as_millis() as u64,
+                    "pulled"
+                ),
+                Err(e) => {
+                    tracing::warn!(path = %ni.store_path, error = %e, "pull failed");
+                    // Asked again next time: the upstream may be healthy then.
+                    lock(&this.known).remove(&digest);
+                }
+            }
+            lock(&this.flights).remove(&digest);
+            if let Ok(info) = &r
+                && this.options.prefetch_references
+            {
+                this.prefetch(info);
+            }
+            let _ = done.send(Some(r));
+        });
+        Ok((rx, body))
+    }
+
+    /// Pulls the references of `info` in the background.
+    fn prefetch(&self, info: &PathInfo) {
+        let Some(this) = self.me.upgrade() else {
+            return;
+        };
+        for r in &info.references {
+            if r == &info.store_path {
+                continue;
+            }
+            let (this, digest, name) = (this.clone(), *r.digest(), r.to_string());
+            tokio::spawn(async move {
+                let Ok(_permit) = this.prefetches.acquire().await else {
+                    return;
+                };
+                match this.pull(digest).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => tracing::warn!(path = name, "prefetch: no upstream has it"),
+                    Err(e) => tracing::warn!(path = name, error = %e, "prefetch failed"),
+                }
+            });
+        }
+    }
+
+    /// Fetches the NAR of `ni` from upstream `idx`, ingesting it as it comes
+    /// and handing its bytes to `client` (if any, and while it listens), all
+    /// but the last chunk: that one only once the NAR matched `ni` and the path
+    /// was registered; on a failure the client gets the error instead.
+    async fn download(
+        &self,
+        idx: usize,
+        ni: &NarInfo,
+        mut client: Option<mpsc::Sender<std::io::Result<Bytes>>>,
+    ) -> Result<PathInfo, UpstreamError> {
+        let mut held = None;
+        let r = self.ingest(idx, ni, &mut client, &mut held).await;
+        if let Some(client) = client {
+            let last = match &r {
+                Ok(_) => held.map(Ok),
+                Err(e) => Some(Err(std::io::Error::other(e.to_string()))),
+            };
+            if let Some(last) = last {
+                let _ = client.send(last).await;
+            }
+        }
+        r
+    }
+
+    async fn ingest(
+        &self,
+        idx: usize,
+        ni: &NarInfo,
+        client: &mut Option<mpsc::Sender<std::io::Result<Bytes>>>,
+        held: &mut Option<Bytes>,
+    ) -> Result<PathInfo, UpstreamError> {
+        let up = &self.upstreams[idx];
+        let refused = |message: String| UpstreamError::Refused {
+            upstream: up.url().to_owned(),
+            message: format!("{}: {message}", ni.store_path),
+        };
+        let mut nar = up.nar(ni).await?;
+        let (mut writer, mut reader) = tokio::io::duplex(1 << 20);
+        let limit = ni.nar_size;
+        // Upstream → the client and the ingestion. `Ok(n)`: n bytes, the end
+        // reached; `Err(None)`: the ingestion stopped reading (its error says why).
+        let pump = async move {
+            let mut seen = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = nar.read(&mut buf).await.map_err(|e| {
+                    Some(UpstreamError::Unavailable {
+                        upstream: up.url().to_owned(),
+                        message: format!("reading the NAR of {}: {e}", ni.store_path),
+                    })
+                })?;
+                if n == 0 {
+                    break;
+                }
+                seen += n as u64;
+                if seen > limit {
+                    return Err(Some(refused(format!(
+                        "the NAR is longer than its NarSize {limit}"
+                    ))));
+                }
+                let chunk = Bytes::copy_from_slice(&buf[..n]);
+                writer.write_all(&chunk).await.map_err(|_| None)?;
+                if let Some(tx) = client.as_ref()
+                    && let Some(prev) = held.replace(chunk)
+                    && tx.send(Ok(prev)).await.is_err()
+                {
+                    // The client left: the download goes on for the store.
+                    *client = None;
+                    *held = None;
+                }
+            }
+            writer.shutdown().await.map_err(|_| None)?;
+            Ok(seen)
+        };
+        let ingest = async {
+            let ingested = cairn_store::nar::ingest(
+                self.blobs.as_ref(),
+                self.directories.as_ref(),
+                &mut reader,
+            )
+            .await
+            .map_err(|e| refused(format!("its NAR: {e}")))?;
+            let mut probe = [0u8; 1];
+            if reader.read(&mut probe).await.unwrap_or(0) != 0 {
+                return Err(refused("data after the end of the NAR".into()));
+            }
+            drop(reader);
+            Ok(ingested)
+        };
+        let (pumped, ingested) = tokio::join!(pump, ingest);
+        let (seen, ingested) = match (pumped, ingested) {
+            (Err(Some(e)), _) => return Err(e),
+            (_, Err(e)) => return Err(e),
+            (Err(None), Ok(_)) => return Err(refused("the NAR could not be stored".into())),
+            (Ok(seen), Ok(ingested)) => (seen, ingested),
+        };
+        if seen != ni.nar_size || ingested.nar_size != ni.nar_size {
+            return Err(refused(format!(
+                "the NAR has {} bytes, its narinfo says {}",
+                ingested.nar_size, ni.nar_size
+            )));
+        }
+        let got = NixHash::Sha256(ingested.nar_sha256);
+        if got != ni.nar_hash {
+            return Err(refused(format!(
+                "the NAR's hash is {got}, its narinfo says {}",
+                ni.nar_hash
+            )));
+        }
+        let info = PathInfo {
+            store_path: ni.store_path.clone(),
+            node: ingested.root,
+            references: ni.references.clone(),
+            nar_size: ingested.nar_size,
+            nar_sha256: ingested.nar_sha256,
+            signatures: ni.signatures.clone(),
+            deriver: ni.deriver.clone(),
+            ca: ni.ca.clone(),
+        };
+        info.validate()
+            .map_err(|e| refused(format!("CA and StorePath disagree: {e}")))?;
+        self.path_info
+            .put(info)
+            .await
+            .map_err(|e| UpstreamError::Store(e.to_string()))
+    }
+}
+
+/// The outcome of a download, once it ended.
+async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<PathInfo, UpstreamError> {
+    match rx.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome
+            .clone()
+            .unwrap_or_else(|| Err(UpstreamError::Store("download lost".into()))),
+        Err(_) => Err(UpstreamError::Store("the download task ended".into())),
+    }
+}
+
+fn cache_error(e: UpstreamError) -> CacheError {
+    match e {
+        UpstreamError::Store(m) | UpstreamError::Config(m) => CacheError::Internal(m),
+        other => CacheError::Upstream(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl PullThrough for Puller {
+    async fn narinfo(&self, digest: [u8; DIGEST_LEN]) -> Result<Option<NarInfo>, CacheError> {
+        Ok(self
+            .upstream_narinfo(digest)
+            .await
+            .map_err(cache_error)?
+            .map(|(_, ni)| ni))
+    }
+
+    async fn nar(
+        &self,
+        digest: [u8; DIGEST_LEN],
+        nar_sha256: [u8; 32],
+        stream: bool,
+    ) -> Result<Option<PulledNar>, CacheError> {
+        let Some((idx, ni)) = self.upstream_narinfo(digest).await.map_err(cache_error)? else {
+            return Ok(None);
+        };
+        if ni.nar_hash != NixHash::Sha256(nar_sha256) {
+            return Ok(None);
+        }
+        let nar_size = ni.nar_size;
+        let (rx, body) = self.flight(digest, idx, ni, stream).map_err(cache_error)?;
+        if let Some(body) = body {
+            let body: BoxStream<'static, std::io::Result<Bytes>> =
+                futures::stream::unfold(body, |mut rx| async move {
+                    rx.recv().await.map(|item| (item, rx))
+                })
+                .boxed();
+            return Ok(Some(PulledNar::Streaming { nar_size, body }));
+        }
+        wait(rx).await.map_err(cache_error)?;
+        Ok(Some(PulledNar::Stored))
+    }
+}
+
+/// A path info service whose misses are pulled from upstreams: `get` of a
+/// path it does not have asks the [`Puller`] (which stores it in `inner`);
+/// everything else is `inner`'s.
+pub struct PullThroughPathInfoService {
+    inner: Arc<dyn PathInfoService>,
+    puller: Arc<Puller>,
+}
+
+impl PullThroughPathInfoService {
+    /// `inner`, pulling its misses with `puller` (which must store into
+    /// `inner`).
+    pub fn new(inner: Arc<dyn PathInfoService>, puller: Arc<Puller>) -> Self {
+        Self { inner, puller }
+    }
+}
+
+#[async_trait]
+impl PathInfoService for PullThroughPathInfoService {
+    async fn get(&self, digest: [u8; 20]) -> Result<Option<PathInfo>, Error> {
+        if let Some(info) = self.inner.get(digest).await? {
+            return Ok(Some(info));
+        }
+        self.puller
+            .pull(digest)
+            .await
+            .map_err(|e| Error::Storage(Box::new(e)))
+    }
+
+    async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        self.inner.put(info).await
+    }
+
+    fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {
+        self.inner.list()
+    }
+
+    async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
+        self.inner.cached_nar(node).await
+    }
+
+    async fn remember_nar(&self, node: &Node, nar: (u64, [u8; 32])) -> Result<(), Error> {
+        self.inner.remember_nar(node, nar).await
+    }
+
+    fn note_access(&self, digest: [u8; 20]) {
+        self.inner.note_access(digest);
+    }
+
+    async fn access_times(&self) -> Result<HashMap<[u8; 20], u64>, Error> {
+        self.inner.access_times().await
+    }
+
+    async fn delete(&self, digests: &[[u8; 20]]) -> Result<(), Error> {
+        self.inner.delete(digests).await
+    }
+
+    async fn pins(&self) -> Result<Vec<[u8; 20]>, Error> {
+        self.inner.pins().await
+    }
+
+    async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
+        self.inner.set_pinned(digests, pinned).await
+    }
+}
