@@ -112,7 +112,10 @@ async fn check(store: &EmbeddedStore, kept: &HashMap<B3Digest, Vec<u8>>, dirs: &
         let Node::Directory { digest, .. } = n else {
             unreachable!()
         };
-        assert!(store.get(digest).await.unwrap().is_some(), "directory {digest} lost");
+        assert!(
+            store.get(digest).await.unwrap().is_some(),
+            "directory {digest} lost"
+        );
     }
 }
 

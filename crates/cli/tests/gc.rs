@@ -123,13 +123,20 @@ fn space_comes_back_after_deleting_half_the_releases() {
     assert!(report.contains("freed"), "{report}");
     assert!(!report.contains("rewrote"), "{report}");
     let punched = disk_usage(&data);
-    let out = cairn_at(&data, &["gc", "--grace", "0s", "--rewrite-below", "1"], None);
+    let out = cairn_at(
+        &data,
+        &["gc", "--grace", "0s", "--rewrite-below", "1"],
+        None,
+    );
     let report = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{report}");
     assert!(report.contains("deleted 1 pack files"), "{report}");
     assert!(!data.join("packs/00000000.pack").exists());
     let after = disk_usage(&data);
-    assert!(after < punched, "{after} bytes after the rewrite, {punched} before");
+    assert!(
+        after < punched,
+        "{after} bytes after the rewrite, {punched} before"
+    );
 
     let fresh = r.tmp.join("fresh");
     let kept = import(&fresh, &r.trees[4..]);

@@ -25,7 +25,8 @@
 //! bytes in a pack that no index entry refers to, never visible, and reused only
 //! by itself; a writer dropped before close (or killed) leaves such bytes, cut off
 //! when the store is next opened unless a later commit covers them (then punched
-//! out at the next open). Garbage collection is in `gc` (its own module). Before segments, chunks were staged in the index every 128
+//! out at the next open). Garbage collection is in `gc` (its own module), pack
+//! rewriting (moving live objects out of mostly dead packs) in `rewrite`. Before segments, chunks were staged in the index every 128
 //! chunks, which kept a large blob's entries twice in redb's page cache. All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
@@ -1202,9 +1203,8 @@ fn commit_batch(
             BlobEntry::Segmented(segs) => &segs[..],
             _ => &[],
         });
-        let mut packs_named = r.chunks.iter().chain(&r.directories).map(|(_, l)| l.pack);
-        if let Some(p) = packs_named
-            .by_ref()
+        let named = r.chunks.iter().chain(&r.directories).map(|(_, l)| l.pack);
+        if let Some(p) = named
             .chain(segs.map(|s| s.loc.pack))
             .chain(r.pack_ends.iter().map(|(p, _)| *p))
             .find(|p| packs.is_gone(*p))

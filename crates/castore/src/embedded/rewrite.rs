@@ -51,7 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, MAX_SEGMENT, SegRef};
 use super::pack::Packs;
@@ -250,7 +250,10 @@ impl State {
     }
 
     fn set_draining(&self, ids: &HashSet<u32>) {
-        let mut d = self.draining.write().unwrap_or_else(PoisonError::into_inner);
+        let mut d = self
+            .draining
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         d.clone_from(ids);
         self.any_draining.store(!d.is_empty(), Ordering::Release);
     }
@@ -289,9 +292,9 @@ impl State {
 /// Copies verified objects into the active pack, each stored copy once.
 struct Copier<'a> {
     packs: &'a Packs,
-    /// (pack, offset) of an object -> its copy (`None`: it failed
-    /// verification and stays).
-    moved: HashMap<(u32, u64), Option<ChunkLoc>>,
+    /// An object's location (encoded: an empty object shares its offset
+    /// with the next) -> its copy (`None`: it failed verification and stays).
+    moved: HashMap<[u8; 21], Option<ChunkLoc>>,
     /// Per pack appended to, the end of the appends.
     ends: HashMap<u32, u64>,
     bytes: u64,
@@ -307,12 +310,20 @@ impl Copier<'_> {
     }
 
     /// The copy of the object `digest` stored at `loc`.
-    fn copy(&mut self, loc: &ChunkLoc, digest: &[u8; 32]) -> Result<Option<ChunkLoc>, EmbeddedError> {
-        if let Some(m) = self.moved.get(&(loc.pack, loc.offset)) {
+    fn copy(
+        &mut self,
+        loc: &ChunkLoc,
+        digest: &[u8; 32],
+    ) -> Result<Option<ChunkLoc>, EmbeddedError> {
+        if let Some(m) = self.moved.get(&loc.encode()) {
             return Ok(*m);
         }
-        self.packs
-            .read_into(loc.pack, loc.offset, loc.stored_len as usize, &mut self.stored)?;
+        self.packs.read_into(
+            loc.pack,
+            loc.offset,
+            loc.stored_len as usize,
+            &mut self.stored,
+        )?;
         let intact = if loc.compressed {
             self.raw.resize(loc.raw_len as usize, 0);
             matches!(decode_into(&self.stored, &mut self.raw), Ok(n) if n == self.raw.len())
@@ -340,7 +351,7 @@ impl Copier<'_> {
         if self.raw.capacity() > 2 * MAX_CHUNK {
             self.raw = Vec::new();
         }
-        self.moved.insert((loc.pack, loc.offset), copy);
+        self.moved.insert(loc.encode(), copy);
         Ok(copy)
     }
 
@@ -386,8 +397,10 @@ impl Copier<'_> {
 /// Entry moves planned from one snapshot of the index.
 #[derive(Default)]
 struct Plan {
-    /// (table, key, old value, new value) for `chunks` and `directories`.
-    locs: Vec<(TableDefinition<'static, &'static [u8; 32], &'static [u8]>, [u8; 32], ChunkLoc, ChunkLoc)>,
+    /// Keys of `chunks` (false) and `directories` (true) entries in a victim
+    /// (their copies are in the copier's map; 33 bytes each, as a store of
+    /// a million small files moves a million).
+    locs: Vec<(bool, [u8; 32])>,
     /// (blob, old entry, new entry).
     blobs: Vec<([u8; 32], Vec<u8>, Vec<u8>)>,
     /// Segments: old digest -> the new reference, where it changed.
@@ -499,6 +512,7 @@ impl EmbeddedStore {
         report.bytes_moved = copier.bytes;
         report.packs_rewritten = victims.len() as u64;
         let ends = std::mem::take(&mut copier.ends);
+        let moved = std::mem::take(&mut copier.moved);
         drop(copier);
         packs.flush()?;
         for &p in ends.keys() {
@@ -513,13 +527,20 @@ impl EmbeddedStore {
                     pt.insert(p, end).map_err(db_err)?;
                 }
             }
-            for (table, key, old, new) in &plan.locs {
-                let mut t = txn.open_table(*table).map_err(db_err)?;
-                let same = t
-                    .get(key)
-                    .map_err(db_err)?
-                    .is_some_and(|v| v.value() == &old.encode()[..]);
-                if same {
+            let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
+            let mut dirs = txn.open_table(DIRECTORIES).map_err(db_err)?;
+            for (is_dir, key) in &plan.locs {
+                let t = if *is_dir { &mut dirs } else { &mut chunks };
+                // Still where it was planned from (a concurrent commit wins).
+                let new = match t.get(key).map_err(db_err)? {
+                    Some(v) => v
+                        .value()
+                        .try_into()
+                        .ok()
+                        .and_then(|old: [u8; 21]| moved.get(&old).copied().flatten()),
+                    None => None,
+                };
+                if let Some(new) = new {
                     t.insert(key, &new.encode()[..]).map_err(db_err)?;
                 }
             }
@@ -543,14 +564,10 @@ impl EmbeddedStore {
                             .insert(&new.digest, &new.loc.encode()[..])
                             .map_err(db_err)?;
                     }
-                } else if segments
-                    .get(old)
-                    .map_err(db_err)?
-                    .is_some_and(|v| {
-                        ChunkLoc::decode(v.value(), MAX_SEGMENT)
-                            .is_ok_and(|l| victims.contains(&l.pack))
-                    })
-                {
+                } else if segments.get(old).map_err(db_err)?.is_some_and(|v| {
+                    ChunkLoc::decode(v.value(), MAX_SEGMENT)
+                        .is_ok_and(|l| victims.contains(&l.pack))
+                }) {
                     segments
                         .insert(old, &new.loc.encode()[..])
                         .map_err(db_err)?;
@@ -567,6 +584,7 @@ impl EmbeddedStore {
             }
         }
         txn.commit().map_err(db_err)?;
+        drop((plan, moved));
         for (p, end) in ends {
             packs.committed(p, end);
         }
@@ -580,7 +598,9 @@ impl EmbeddedStore {
             return Ok(());
         }
         if !state.wait_older(readers_before, true, opts.wait) {
-            tracing::info!("readers older than the rewrite still running: they fail if they reach a deleted pack");
+            tracing::info!(
+                "readers older than the rewrite still running: they fail if they reach a deleted pack"
+            );
         }
         packs.flush()?;
         let still = used_ranges(&db.begin_read().map_err(db_err)?, packs, |p| {
@@ -618,7 +638,10 @@ impl EmbeddedStore {
     fn plan(&self, victims: &HashSet<u32>, copier: &mut Copier<'_>) -> Result<Plan, EmbeddedError> {
         let txn = self.inner.db.begin_read().map_err(db_err)?;
         let mut plan = Plan::default();
-        for (table, max_raw) in [(CHUNKS, MAX_CHUNK), (DIRECTORIES, MAX_DIRECTORY)] {
+        for (is_dir, table, max_raw) in [
+            (false, CHUNKS, MAX_CHUNK),
+            (true, DIRECTORIES, MAX_DIRECTORY),
+        ] {
             for e in txn
                 .open_table(table)
                 .map_err(db_err)?
@@ -627,10 +650,8 @@ impl EmbeddedStore {
             {
                 let (k, v) = e.map_err(db_err)?;
                 let loc = ChunkLoc::decode(v.value(), max_raw)?;
-                if victims.contains(&loc.pack)
-                    && let Some(new) = copier.copy(&loc, k.value())?
-                {
-                    plan.locs.push((table, *k.value(), loc, new));
+                if victims.contains(&loc.pack) && copier.copy(&loc, k.value())?.is_some() {
+                    plan.locs.push((is_dir, *k.value()));
                 }
             }
         }
