@@ -11,12 +11,14 @@
 # Prints the data directory's disk use (du, allocated blocks) after each step;
 # pathinfo.redb does not shrink (redb keeps its free pages).
 # Targets (issue 18): gc of 100k paths under 60 s, peak RSS under 256 MB.
-# Usage: bench/gc.sh [N]   (BATCH=5000, FILES=1)
+# Usage: bench/gc.sh [N]   (BATCH=5000, FILES=1, REWRITE_BELOW=0.5: passed
+# to every gc as --rewrite-below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
 batch=${BATCH:-5000}
 files=${FILES:-1}
+rewrite=${REWRITE_BELOW:-0.5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cargo build -q --release -p cairn
@@ -41,7 +43,7 @@ echo "imported $(wc -l <"$work/paths") paths in $(echo "$(date +%s.%N) - $start"
 step() {
   local what=$1
   shift
-  /usr/bin/time -f "$what: %e s, peak RSS %M KiB" "$cairn" "$@" >/dev/null 2>"$work/err" || {
+  /usr/bin/time -f "$what: %e s, peak RSS %M KiB" "$cairn" "$@" --rewrite-below "$rewrite" >/dev/null 2>"$work/err" || {
     cat "$work/err"
     exit 1
   }

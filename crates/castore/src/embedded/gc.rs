@@ -474,15 +474,9 @@ impl EmbeddedStore {
         txn.commit().map_err(db_err)?;
         drop(_sweep);
         report.disk_freed = self.punch_freed(freed)?;
-        // What the sweep left fragmented: packs mostly dead are rewritten.
-        match self.rewrite_packs() {
-            Ok(r) => {
-                report.bytes_moved = r.bytes_moved;
-                report.packs_deleted = r.packs_deleted;
-                report.disk_freed += r.disk_freed;
-            }
-            Err(e) => tracing::warn!(error = %e, "packs not rewritten"),
-        }
+        // The mark's sets go before the rewrite's own scan (peak memory).
+        drop((live, keep_blobs, recent));
+        self.rewrite_after_collection(&mut report);
         Ok(report)
     }
 

@@ -422,6 +422,20 @@ impl EmbeddedStore {
             .unwrap_or_else(PoisonError::into_inner) = Some(options);
     }
 
+    /// Rewrites what a collection left mostly dead ([`Self::rewrite_packs`])
+    /// and adds it to the collection's `report`; a failure is logged, as the
+    /// collection itself is done.
+    pub(super) fn rewrite_after_collection(&self, report: &mut crate::gc::GcReport) {
+        match self.rewrite_packs() {
+            Ok(r) => {
+                report.bytes_moved = r.bytes_moved;
+                report.packs_deleted = r.packs_deleted;
+                report.disk_freed += r.disk_freed;
+            }
+            Err(e) => tracing::warn!(error = %e, "packs not rewritten"),
+        }
+    }
+
     fn rewrite_options(&self) -> RewriteOptions {
         self.inner
             .rewrite
