@@ -91,6 +91,10 @@ pub struct GcReport {
     pub stored_bytes: u64,
     /// Disk given back (allocated blocks before minus after; 0 when dry).
     pub disk_freed: u64,
+    /// Stored bytes of live objects copied out of mostly dead packs.
+    pub bytes_moved: u64,
+    /// Pack files deleted after their live objects moved.
+    pub packs_deleted: u64,
 }
 
 impl std::ops::AddAssign for GcReport {
@@ -100,6 +104,8 @@ impl std::ops::AddAssign for GcReport {
         self.chunks += o.chunks;
         self.stored_bytes += o.stored_bytes;
         self.disk_freed += o.disk_freed;
+        self.bytes_moved += o.bytes_moved;
+        self.packs_deleted += o.packs_deleted;
     }
 }
 

@@ -115,7 +115,8 @@ fn space_comes_back_after_deleting_half_the_releases() {
     let full = disk_usage(&data);
     let path_info_size = || std::fs::metadata(data.join("pathinfo.redb")).unwrap().len();
     let path_info_before = path_info_size();
-    let mut args = vec!["delete", "--grace", "0s"];
+    // Holes punched only, first; then the packs rewritten.
+    let mut args = vec!["delete", "--grace", "0s", "--rewrite-below", "0"];
     args.extend(paths[..4].iter().map(String::as_str));
     let out = cairn_at(&data, &args, None);
     let report = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -129,13 +130,30 @@ fn space_comes_back_after_deleting_half_the_releases() {
         "pathinfo.redb {} bytes, {path_info_before} before the delete",
         path_info_size()
     );
+    assert!(!report.contains("rewrote"), "{report}");
+    let punched = disk_usage(&data);
+    let out = cairn_at(
+        &data,
+        &["gc", "--grace", "0s", "--rewrite-below", "1"],
+        None,
+    );
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("deleted 1 pack files"), "{report}");
+    assert!(!data.join("packs/00000000.pack").exists());
     let after = disk_usage(&data);
+    assert!(
+        after < punched,
+        "{after} bytes after the rewrite, {punched} before"
+    );
 
     let fresh = r.tmp.join("fresh");
     let kept = import(&fresh, &r.trees[4..]);
     assert_eq!(kept, paths[4..]);
     let only_half = disk_usage(&fresh);
-    eprintln!("8 releases: {full} bytes; 4 deleted: {after}; a store of the 4 others: {only_half}");
+    eprintln!(
+        "8 releases: {full} bytes; 4 deleted, holes punched: {punched}; packs rewritten: {after}; a store of the 4 others: {only_half}"
+    );
     assert!(
         after as f64 <= only_half as f64 * 1.15,
         "{after} bytes after gc, {only_half} in a store that only held the kept half"
@@ -254,6 +272,54 @@ fn kill_9_during_gc_loses_nothing_live() {
         }
         ok(cairn_at(&dir, &["verify"], None));
         assert_dumps_like_nix(&dir, &paths[4..], &r.trees[4..]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    assert!(killed >= 3, "only {killed} rounds were killed mid-run");
+}
+
+#[test]
+fn kill_9_during_pack_rewrite_loses_nothing_live() {
+    let r = releases();
+    let template = r.tmp.join("template");
+    let paths = import(&template, &r.trees);
+    let mut args = vec!["delete", "--grace", "0s", "--rewrite-below", "0"];
+    args.extend(paths[..4].iter().map(String::as_str));
+    ok(cairn_at(&template, &args, None));
+    let rewrite = ["gc", "--grace", "0s", "--rewrite-below", "1"];
+    let timing = r.tmp.join("timing");
+    copy_dir(&template, &timing);
+    let start = std::time::Instant::now();
+    let out = ok(cairn_at(&timing, &rewrite, None));
+    let full_ms = start.elapsed().as_millis().max(20) as u64;
+    assert!(!timing.join("packs/00000000.pack").exists(), "{out:?}");
+    let rewritten = disk_usage(&timing.join("packs"));
+
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut killed = 0;
+    for round in 0..12 {
+        let dir = r.tmp.join(format!("round{round}"));
+        copy_dir(&template, &dir);
+        let (_, delay, status) = run_and_kill(&dir, &rewrite, &mut seed, full_ms);
+        killed += usize::from(status.signal() == Some(9));
+        let out = cairn_at(&dir, &["verify"], None);
+        assert!(
+            out.status.success(),
+            "round {round} (killed after {delay} ms): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_dumps_like_nix(&dir, &paths[4..], &r.trees[4..]);
+        // A later run finishes the job: the old pack goes, the packs take
+        // what an uninterrupted rewrite leaves them (give or take copies
+        // left by the killed run smaller than a hole worth punching).
+        ok(cairn_at(&dir, &rewrite, None));
+        ok(cairn_at(&dir, &["verify"], None));
+        assert_dumps_like_nix(&dir, &paths[4..], &r.trees[4..]);
+        assert!(!dir.join("packs/00000000.pack").exists(), "round {round}");
+        let du = disk_usage(&dir.join("packs"));
+        assert!(
+            du <= rewritten + rewritten / 10 + (1 << 20),
+            "round {round}: {du} bytes, {rewritten} after an uninterrupted rewrite"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
     assert!(killed >= 3, "only {killed} rounds were killed mid-run");

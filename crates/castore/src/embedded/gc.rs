@@ -507,6 +507,9 @@ impl EmbeddedStore {
         txn.commit().map_err(db_err)?;
         drop(_sweep);
         report.disk_freed = self.punch_freed(freed)?;
+        // The mark's sets go before the rewrite's own scan (peak memory).
+        drop((live, keep_blobs, recent));
+        self.rewrite_after_collection(&mut report);
         Ok(report)
     }
 
@@ -517,32 +520,11 @@ impl EmbeddedStore {
         if freed.is_empty() {
             return Ok(0);
         }
-        let mut used: Ranges = HashMap::new();
-        {
-            let txn = self.inner.db.begin_read().map_err(db_err)?;
-            for table in [CHUNKS, SEGMENTS, DIRECTORIES] {
-                each(&txn, table, |_, v| {
-                    let loc = ChunkLoc::decode(v, u32::MAX as usize)?;
-                    if freed.contains_key(&loc.pack) {
-                        add_range(&mut used, &loc);
-                    }
-                    Ok(())
-                })?;
-            }
-            // Chunk copies only a segment names.
-            each(&txn, BLOBS, |_, v| {
-                if let BlobEntry::Segmented(segs) = BlobEntry::decode(v)? {
-                    for s in &segs {
-                        for (_, loc) in read_segment(packs, s)? {
-                            if freed.contains_key(&loc.pack) {
-                                add_range(&mut used, &loc);
-                            }
-                        }
-                    }
-                }
-                Ok(())
-            })?;
-        }
+        let mut used = super::rewrite::used_ranges(
+            &self.inner.db.begin_read().map_err(db_err)?,
+            packs,
+            |p| freed.contains_key(&p),
+        )?;
         let committed = packs.committed_lengths();
         let mut total = 0;
         for (id, ranges) in freed.iter_mut() {

@@ -25,7 +25,8 @@
 //! bytes in a pack that no index entry refers to, never visible, and reused only
 //! by itself; a writer dropped before close (or killed) leaves such bytes, cut off
 //! when the store is next opened unless a later commit covers them (then punched
-//! out at the next open). Garbage collection is in `gc` (its own module). Before segments, chunks were staged in the index every 128
+//! out at the next open). Garbage collection is in `gc` (its own module), pack
+//! rewriting (moving live objects out of mostly dead packs) in `rewrite`. Before segments, chunks were staged in the index every 128
 //! chunks, which kept a large blob's entries twice in redb's page cache. All
 //! commits go through one committer thread that groups concurrent requests into one
 //! transaction (group commit: one fsync for many writers) and fsyncs the packs a
@@ -35,6 +36,7 @@ pub(crate) mod format;
 mod gc;
 mod pack;
 mod reader;
+mod rewrite;
 mod services;
 pub(crate) mod writer;
 
@@ -54,6 +56,7 @@ use format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, SegRef};
 use pack::Packs;
 
 pub use reader::EmbeddedBlobReader;
+pub use rewrite::{RewriteOptions, RewriteReport};
 pub use writer::EmbeddedBlobWriter;
 
 const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("chunks");
@@ -137,6 +140,9 @@ pub(crate) struct CommitReq {
     directories: Vec<([u8; 32], ChunkLoc)>,
     /// Must be on disk when the reply arrives (otherwise only visible in-process).
     durable: bool,
+    /// The writer's pin against pack rewrites, released once the commit is
+    /// applied (`rewrite`).
+    _in_use: Option<rewrite::InUse>,
 }
 
 type Reply = oneshot::Sender<Result<(), EmbeddedError>>;
@@ -155,6 +161,8 @@ struct Inner {
     maybe_damaged: AtomicBool,
     /// Garbage collection's lock against lookups, and the digests looked up.
     gc: gc::Tracker,
+    /// Pack rewriting's packs being emptied, and the pins of writers and readers.
+    rewrite: Arc<rewrite::State>,
 }
 
 impl Drop for Inner {
@@ -274,6 +282,7 @@ impl EmbeddedStore {
                 read_bufs: Mutex::new(Vec::new()),
                 maybe_damaged: AtomicBool::new(maybe_damaged),
                 gc: gc::Tracker::default(),
+                rewrite: Arc::default(),
             }),
         })
     }
@@ -518,9 +527,11 @@ impl EmbeddedStore {
         &self,
         digest: &[u8; 32],
     ) -> Result<Option<EmbeddedBlobReader>, EmbeddedError> {
+        // Before the layout: a rewrite waits for readers that may hold it.
+        let pin = self.inner.rewrite.pin(true);
         Ok(self
             .blob_layout(digest)?
-            .map(|l| EmbeddedBlobReader::new(self.clone(), *digest, l)))
+            .map(|l| EmbeddedBlobReader::new(self.clone(), *digest, l, pin)))
     }
 
     /// Reads chunk `digest` of `size` bytes stored at `loc` into `dst` (exactly
@@ -590,7 +601,9 @@ impl EmbeddedStore {
                     // Stored, but damaged: the writer stores it anew.
                     return Ok(None);
                 }
-                ChunkLoc::decode(v.value(), MAX_CHUNK).map(Some)
+                let loc = ChunkLoc::decode(v.value(), MAX_CHUNK)?;
+                // In a pack being rewritten: the writer stores its own copy.
+                Ok((!self.inner.rewrite.draining(loc.pack)).then_some(loc))
             },
             Option::is_some,
         )
@@ -658,7 +671,8 @@ impl EmbeddedStore {
                 let r = self.inner.db.begin_read().map_err(db_err)?;
                 let t = r.open_table(SEGMENTS).map_err(db_err)?;
                 match t.get(digest).map_err(db_err)? {
-                    Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT).map(Some),
+                    Some(v) => ChunkLoc::decode(v.value(), format::MAX_SEGMENT)
+                        .map(|l| (!self.inner.rewrite.draining(l.pack)).then_some(l)),
                     None => Ok(None),
                 }
             },
@@ -677,6 +691,18 @@ impl EmbeddedStore {
 
     /// [`EmbeddedStore::get_directory`] without recording the lookup.
     fn load_directory(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
+        match self.load_directory_once(digest) {
+            // Moved by a pack rewrite between the lookup and the read.
+            Err(EmbeddedError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.load_directory_once(digest)
+            }
+            r => r,
+        }
+    }
+
+    fn load_directory_once(&self, digest: &[u8; 32]) -> Result<Option<Vec<u8>>, EmbeddedError> {
         let loc = {
             let r = self.inner.db.begin_read().map_err(db_err)?;
             let t = r.open_table(DIRECTORIES).map_err(db_err)?;
@@ -696,7 +722,8 @@ impl EmbeddedStore {
                 let r = self.inner.db.begin_read().map_err(db_err)?;
                 let t = r.open_table(DIRECTORIES).map_err(db_err)?;
                 match t.get(digest).map_err(db_err)? {
-                    Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY).map(Some),
+                    Some(v) => ChunkLoc::decode(v.value(), MAX_DIRECTORY)
+                        .map(|l| (!self.inner.rewrite.draining(l.pack)).then_some(l)),
                     None => Ok(None),
                 }
             },
@@ -733,6 +760,7 @@ impl EmbeddedStore {
 
     /// Compresses and appends the Directories not stored yet.
     fn pack_directories(&self, dirs: Vec<([u8; 32], Vec<u8>)>) -> Result<CommitReq, EmbeddedError> {
+        let pin = self.inner.rewrite.pin(false);
         let mut locs = Vec::with_capacity(dirs.len());
         for (d, bytes) in dirs {
             if bytes.len() > MAX_DIRECTORY {
@@ -753,6 +781,7 @@ impl EmbeddedStore {
         Ok(CommitReq {
             directories: locs,
             durable: true,
+            _in_use: Some(pin),
             ..Default::default()
         })
     }
@@ -1091,49 +1120,19 @@ pub(crate) fn hex(d: &[u8; 32]) -> String {
     d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Punches holes in every pack where no chunk, segment or directory entry
-/// refers to its bytes, below its committed length; returns the bytes of disk
-/// given back. Only safe
-/// while no writer runs: an uncommitted writer's bytes may lie below another's
-/// commit.
+/// Punches holes in every pack where nothing the index refers to lies
+/// ([`rewrite::used_ranges`]), below its committed length; returns the bytes
+/// of disk given back. Only safe while no writer runs: an uncommitted
+/// writer's bytes may lie below another's commit. An unreadable segment stops
+/// the reclaim: what it names is unknown, so nothing may be punched.
 fn reclaim_unreferenced(db: &Database, packs: &Packs) -> Result<u64, EmbeddedError> {
-    let mut used: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
-    {
-        let txn = db.begin_read().map_err(db_err)?;
-        for table in [CHUNKS, SEGMENTS, DIRECTORIES] {
-            let t = txn.open_table(table).map_err(db_err)?;
-            for e in t.iter().map_err(db_err)? {
-                let (_, v) = e.map_err(db_err)?;
-                let loc = ChunkLoc::decode(v.value(), u32::MAX as usize)?;
-                used.entry(loc.pack)
-                    .or_default()
-                    .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
-            }
-        }
-        // A chunk two writers stored at once is indexed at the first copy;
-        // the second's segment still names its own copy, and reads follow the
-        // segment. An unreadable segment stops the reclaim: what it names is
-        // unknown, so nothing may be punched.
-        let t = txn.open_table(BLOBS).map_err(db_err)?;
-        for e in t.iter().map_err(db_err)? {
-            let (_, v) = e.map_err(db_err)?;
-            if let BlobEntry::Segmented(segs) = BlobEntry::decode(v.value())? {
-                for seg in &segs {
-                    for (_, loc) in read_segment(packs, seg)? {
-                        used.entry(loc.pack)
-                            .or_default()
-                            .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
-                    }
-                }
-            }
-        }
-    }
+    let mut used = rewrite::used_ranges(&db.begin_read().map_err(db_err)?, packs, |_| true)?;
     // Holes smaller than a page give nothing back.
     const MIN_HOLE: u64 = 64 << 10;
     let mut total = 0;
     for (id, len) in packs.committed_lengths() {
         let mut ranges = used.remove(&id).unwrap_or_default();
-        ranges.sort_unstable();
+        rewrite::merge(&mut ranges);
         let mut at = 0u64;
         let mut gaps = Vec::new();
         for (start, end) in ranges.into_iter().chain([(len, len)]) {
@@ -1197,6 +1196,24 @@ fn commit_batch(
     last_mark: &mut u64,
 ) -> Result<(), EmbeddedError> {
     let durable = batch.iter().any(|(r, _)| r.durable);
+    // A rewrite deletes a pack only once no writer that could hold a
+    // location in it is left (`rewrite`): this only guards that rule.
+    for (r, _) in batch {
+        let segs = r.blobs.iter().flat_map(|(_, e)| match e {
+            BlobEntry::Segmented(segs) => &segs[..],
+            _ => &[],
+        });
+        let named = r.chunks.iter().chain(&r.directories).map(|(_, l)| l.pack);
+        if let Some(p) = named
+            .chain(segs.map(|s| s.loc.pack))
+            .chain(r.pack_ends.iter().map(|(p, _)| *p))
+            .find(|p| packs.is_gone(*p))
+        {
+            return Err(EmbeddedError::Commit(format!(
+                "a write refers to pack {p}, deleted by a pack rewrite"
+            )));
+        }
+    }
     // The batch's small objects may still sit in the pack buffer: written out
     // before segments are read back below and before the syncs.
     packs.flush()?;

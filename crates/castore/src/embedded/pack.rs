@@ -90,6 +90,10 @@ pub(crate) struct Packs {
     committed: Mutex<HashMap<u32, u64>>,
     /// Retired packs not cut back to their committed length yet.
     to_reclaim: Mutex<Vec<u32>>,
+    /// Packs a rewrite deleted while this process ran (`rewrite`): reading one
+    /// is an I/O error (not corruption: the objects live elsewhere now), and no
+    /// commit may refer to one.
+    gone: RwLock<std::collections::HashSet<u32>>,
 }
 
 impl Drop for Packs {
@@ -245,6 +249,7 @@ impl Packs {
             failed,
             committed: Mutex::new(committed.clone()),
             to_reclaim: Mutex::new(Vec::new()),
+            gone: RwLock::new(std::collections::HashSet::new()),
         })
     }
 
@@ -282,6 +287,9 @@ impl Packs {
 
     /// Records that committed entries now reference pack `id` up to `end`.
     pub fn committed(&self, id: u32, end: u64) {
+        if self.is_gone(id) {
+            return;
+        }
         let mut c = self
             .committed
             .lock()
@@ -480,12 +488,88 @@ impl Packs {
     }
 
     fn file(&self, id: u32) -> Result<Arc<File>, EmbeddedError> {
-        self.files
+        if let Some(f) = self
+            .files
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
-            .cloned()
-            .ok_or_else(|| EmbeddedError::Corrupt(format!("chunk refers to missing pack {id}")))
+        {
+            return Ok(f.clone());
+        }
+        if self.is_gone(id) {
+            // A reader that found the object before a rewrite moved it.
+            return Err(io_err(
+                "read pack",
+                &self.dir.join(pack_name(id)),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the pack was rewritten and deleted: open the object again",
+                ),
+            ));
+        }
+        Err(EmbeddedError::Corrupt(format!(
+            "chunk refers to missing pack {id}"
+        )))
+    }
+
+    /// Whether a rewrite deleted pack `id` while this process ran.
+    pub fn is_gone(&self, id: u32) -> bool {
+        self.gone
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&id)
+    }
+
+    /// The pack appends go to.
+    pub fn active_id(&self) -> u32 {
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .id
+    }
+
+    /// Starts a new active pack if pack `id` is the active one (so that a
+    /// rewrite can empty it); appends already reserved in it still land there.
+    pub fn retire_active(&self, id: u32) -> Result<(), EmbeddedError> {
+        let mut kick = Vec::new();
+        {
+            let mut a = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+            if a.id != id {
+                return Ok(());
+            }
+            self.rotate(&mut a, &mut kick)?;
+        }
+        let s = self.syncer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = &s.tx {
+            for k in kick {
+                let _ = tx.send(k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets pack `id` (its `packs` entry is gone from the index, durably)
+    /// and deletes its file. Not the active pack.
+    pub fn delete(&self, id: u32) -> Result<(), EmbeddedError> {
+        self.gone
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        self.committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        let path = self.dir.join(pack_name(id));
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path, e)),
+        }
+        sync_dir(&self.dir)
     }
 
     /// Fills `dst` from `offset` of pack `id`.

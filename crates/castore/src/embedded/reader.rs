@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 use tokio::sync::oneshot;
 
 use super::format::{ChunkLoc, MAX_CHUNK, SegRef};
+use super::rewrite::InUse;
 use super::{EmbeddedError, EmbeddedStore, Inner, Layout, hex, read_segment};
 
 /// Bytes of chunks decoded by one job (the first batch of a run is one chunk, so
@@ -280,10 +281,13 @@ pub struct EmbeddedBlobReader {
     inflight: VecDeque<(Range<usize>, Fetch)>,
     /// The first chunk no batch covers yet.
     next: usize,
+    /// Keeps a pack rewrite from deleting the packs this reader's locations
+    /// name, for a while (`rewrite`).
+    _pin: InUse,
 }
 
 impl EmbeddedBlobReader {
-    pub(crate) fn new(store: EmbeddedStore, digest: [u8; 32], layout: Layout) -> Self {
+    pub(crate) fn new(store: EmbeddedStore, digest: [u8; 32], layout: Layout, pin: InUse) -> Self {
         let whole = |chunks: Vec<Chunk>| {
             let seg = Seg::new(0, 0, chunks);
             let (count, size) = (seg.chunks.len(), seg.starts.last().copied().unwrap_or(0));
@@ -340,6 +344,7 @@ impl EmbeddedBlobReader {
             current: None,
             inflight: VecDeque::new(),
             next: 0,
+            _pin: pin,
         }
     }
 

@@ -56,6 +56,9 @@ struct Job {
     /// Per pack this writer appended to, the end of its last append: the commit
     /// raises the packs' committed lengths to these.
     ends: HashMap<u32, u64>,
+    /// Against pack rewrites, from the writer's start until its commit is
+    /// applied: its chunks may name locations found for dedup.
+    pin: Option<super::rewrite::InUse>,
 }
 
 enum State {
@@ -83,9 +86,11 @@ pub struct EmbeddedBlobWriter {
 
 impl EmbeddedBlobWriter {
     pub(crate) fn new(store: EmbeddedStore) -> Self {
+        let pin = Some(store.inner.rewrite.pin(false));
         EmbeddedBlobWriter {
             state: State::Idle(Box::new(Job {
                 store,
+                pin,
                 buf: Vec::new(),
                 hashed: 0,
                 hasher: blake3::Hasher::new(),
@@ -489,6 +494,7 @@ fn finish(job: Box<Job>) -> Result<Closed, EmbeddedError> {
         blobs: vec![(digest, entry)],
         pack_ends: job.ends.drain().collect(),
         durable: true,
+        _in_use: job.pin.take(),
         ..Default::default()
     };
     Ok(Closed {

@@ -279,6 +279,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                         .with_context(|| format!("cannot open data directory {}", dir.display()))?;
                     // Before serving: every lookup from here on counts for the sweep.
                     store.track_lookups(args.gc.grace);
+                    store.set_rewrite(args.gc.rewrite());
                     super::gc::Gc::Embedded(store)
                 }
             };

@@ -58,9 +58,29 @@ pub struct PolicyArgs {
     /// upload in progress registers its path last.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
     pub grace: Duration,
+    /// Rewrite the pack files whose live bytes fall below this share of
+    /// their length (0 to 1): their live objects move to the newest pack and
+    /// the old files are deleted. 0 only punches the freed ranges out.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_share, default_value = "0.5")]
+    pub rewrite_below: f64,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1")),
+    }
 }
 
 impl PolicyArgs {
+    /// How packs are rewritten.
+    pub fn rewrite(&self) -> cairn_castore::embedded::RewriteOptions {
+        cairn_castore::embedded::RewriteOptions {
+            below: self.rewrite_below,
+            ..Default::default()
+        }
+    }
+
     /// The policy, dry or not.
     pub fn policy(&self, dry_run: bool) -> Policy {
         Policy {
@@ -100,6 +120,10 @@ pub struct DeleteArgs {
     /// Keep content written within this long even if no path reaches it.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
     grace: Duration,
+    /// Rewrite the pack files whose live bytes fall below this share of
+    /// their length (see `cairn gc --help`).
+    #[arg(long, value_name = "FRACTION", value_parser = parse_share, default_value = "0.5")]
+    rewrite_below: f64,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -145,6 +169,14 @@ impl Gc {
         match self {
             Gc::Embedded(_) => Ok(true),
             Gc::Pg(c) => Ok(c.begin().await?),
+        }
+    }
+
+    /// When packs are rewritten (the embedded store's; S3 packs are never
+    /// rewritten: one with a live chunk stays whole).
+    fn set_rewrite(&self, opts: cairn_castore::embedded::RewriteOptions) {
+        if let Gc::Embedded(s) = self {
+            s.set_rewrite(opts);
         }
     }
 
@@ -287,6 +319,13 @@ pub fn print_report(r: &Report, dry_run: bool) {
         c.chunks,
         indicatif::HumanBytes(c.stored_bytes),
     );
+    if c.bytes_moved > 0 || c.packs_deleted > 0 {
+        eprintln!(
+            "rewrote mostly dead packs: moved {} of live objects, deleted {} pack files",
+            indicatif::HumanBytes(c.bytes_moved),
+            c.packs_deleted
+        );
+    }
     if dry_run {
         eprintln!(
             "disk in use: {}; would free about {} (dry run: nothing removed) in {:.1} s",
@@ -309,6 +348,7 @@ pub fn print_report(r: &Report, dry_run: bool) {
 pub fn gc(args: GcArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let collector = collector(&args.store)?;
+        collector.set_rewrite(args.policy.rewrite());
         let store = args.store.open()?;
         let bar = spinner();
         let progress = |what: &str| {
@@ -342,6 +382,10 @@ pub fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let paths = parse_store_paths(&args.paths)?;
     runtime()?.block_on(async {
         let collector = collector(&args.store)?;
+        collector.set_rewrite(cairn_castore::embedded::RewriteOptions {
+            below: args.rewrite_below,
+            ..Default::default()
+        });
         let store = args.store.open()?;
         let report = locked(&collector, async {
             Ok(cairn_store::gc::delete(
@@ -442,6 +486,8 @@ pub async fn every(
                     directories = c.directories,
                     blobs = c.blobs,
                     chunks = c.chunks,
+                    moved = c.bytes_moved,
+                    packs_deleted = c.packs_deleted,
                     freed = r.disk_before.saturating_sub(r.disk_after),
                     disk = r.disk_after,
                     seconds = r.elapsed.as_secs_f64(),

@@ -663,6 +663,7 @@ impl PgCollector {
                     .map(|x| x.1)
                     .sum::<u64>(),
             disk_freed: freed,
+            ..GcReport::default()
         }
     }
 
