@@ -410,11 +410,17 @@ async fn writers_racing_collections_lose_nothing_they_were_told_is_stored() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let gc = p.gc.clone();
     let stop2 = stop.clone();
+    // What the writers stored so far is registered, as a path's root would be
+    // (unregistered, it would rightly go once older than the grace period,
+    // which a slow machine's loop outlasts).
+    let registered: Arc<std::sync::Mutex<Vec<Node>>> = Arc::default();
+    let roots = registered.clone();
     let collector = tokio::spawn(async move {
         let mut rounds = 0;
         let mut removed = 0;
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            removed += gc.collect(vec![], grace).await.unwrap().blobs;
+            let now = roots.lock().unwrap().clone();
+            removed += gc.collect(now, grace).await.unwrap().blobs;
             rounds += 1;
         }
         (rounds, removed)
@@ -437,6 +443,7 @@ async fn writers_racing_collections_lose_nothing_they_were_told_is_stored() {
             }
         };
         let n = put_dir(&p2.dirs, &[(a, o.len()), (b, data.len())], None).await;
+        registered.lock().unwrap().push(n.clone());
         stored.push((n, a, o.clone(), b, data));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
