@@ -39,6 +39,7 @@ use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, MAX_SEGMENT};
+use super::rewrite::{Ranges, add_range};
 use super::{
     BLOBS, CHUNKS, DAMAGED, DIRECTORIES, EmbeddedError, EmbeddedStore, SEGMENTS, db_err,
     read_segment,
@@ -189,17 +190,8 @@ impl Tracker {
     }
 }
 
-/// Ranges [start, end) per pack.
-type Ranges = HashMap<u32, Vec<(u64, u64)>>;
-
-fn add_range(r: &mut Ranges, loc: &ChunkLoc) {
-    r.entry(loc.pack)
-        .or_default()
-        .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
-}
-
 /// Calls `f` with every (key, value) of `table`.
-fn each(
+pub(super) fn each(
     txn: &redb::ReadTransaction,
     table: TableDefinition<&[u8; 32], &[u8]>,
     mut f: impl FnMut(&[u8; 32], &[u8]) -> Result<(), EmbeddedError>,

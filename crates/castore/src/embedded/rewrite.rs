@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, MAX_SEGMENT, SegRef};
+use super::gc::each;
 use super::pack::Packs;
 use super::{
     BLOBS, CHUNKS, DIRECTORIES, EmbeddedError, EmbeddedStore, Level, PACKS, SEGMENTS,
@@ -63,7 +64,7 @@ use super::{
 /// Byte ranges [start, end) per pack.
 pub(super) type Ranges = HashMap<u32, Vec<(u64, u64)>>;
 
-fn add_range(r: &mut Ranges, loc: &ChunkLoc) {
+pub(super) fn add_range(r: &mut Ranges, loc: &ChunkLoc) {
     r.entry(loc.pack)
         .or_default()
         .push((loc.offset, loc.offset + u64::from(loc.stored_len)));
@@ -95,28 +96,17 @@ pub(super) fn used_ranges(
 ) -> Result<Ranges, EmbeddedError> {
     let mut used: Ranges = HashMap::new();
     for table in [CHUNKS, SEGMENTS, DIRECTORIES] {
-        for e in txn
-            .open_table(table)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (_, v) = e.map_err(db_err)?;
-            let loc = ChunkLoc::decode(v.value(), u32::MAX as usize)?;
+        each(txn, table, |_, v| {
+            let loc = ChunkLoc::decode(v, u32::MAX as usize)?;
             if want(loc.pack) {
                 add_range(&mut used, &loc);
             }
-        }
+            Ok(())
+        })?;
     }
     let mut seen: HashSet<[u8; 32]> = HashSet::new();
-    for e in txn
-        .open_table(BLOBS)
-        .map_err(db_err)?
-        .iter()
-        .map_err(db_err)?
-    {
-        let (_, v) = e.map_err(db_err)?;
-        if let BlobEntry::Segmented(segs) = BlobEntry::decode(v.value())? {
+    each(txn, BLOBS, |_, v| {
+        if let BlobEntry::Segmented(segs) = BlobEntry::decode(v)? {
             for s in &segs {
                 if want(s.loc.pack) {
                     add_range(&mut used, &s.loc);
@@ -131,7 +121,8 @@ pub(super) fn used_ranges(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     Ok(used)
 }
 
@@ -656,29 +647,18 @@ impl EmbeddedStore {
             (false, CHUNKS, MAX_CHUNK),
             (true, DIRECTORIES, MAX_DIRECTORY),
         ] {
-            for e in txn
-                .open_table(table)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                let (k, v) = e.map_err(db_err)?;
-                let loc = ChunkLoc::decode(v.value(), max_raw)?;
-                if victims.contains(&loc.pack) && copier.copy(&loc, k.value())?.is_some() {
-                    plan.locs.push((is_dir, *k.value()));
+            each(&txn, table, |k, v| {
+                let loc = ChunkLoc::decode(v, max_raw)?;
+                if victims.contains(&loc.pack) && copier.copy(&loc, k)?.is_some() {
+                    plan.locs.push((is_dir, *k));
                 }
-            }
+                Ok(())
+            })?;
         }
         let mut seen: HashSet<[u8; 32]> = HashSet::new();
-        for e in txn
-            .open_table(BLOBS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = e.map_err(db_err)?;
-            let BlobEntry::Segmented(segs) = BlobEntry::decode(v.value())? else {
-                continue;
+        each(&txn, BLOBS, |k, v| {
+            let BlobEntry::Segmented(segs) = BlobEntry::decode(v)? else {
+                return Ok(());
             };
             let mut new_segs = Vec::with_capacity(segs.len());
             for s in &segs {
@@ -697,25 +677,18 @@ impl EmbeddedStore {
                 new_segs.push(ns);
             }
             if new_segs != segs {
-                plan.blobs.push((
-                    *k.value(),
-                    v.value().to_vec(),
-                    BlobEntry::Segmented(new_segs).encode(),
-                ));
+                plan.blobs
+                    .push((*k, v.to_vec(), BlobEntry::Segmented(new_segs).encode()));
             }
-        }
-        for e in txn
-            .open_table(SEGMENTS)
-            .map_err(db_err)?
-            .iter()
-            .map_err(db_err)?
-        {
-            let (k, v) = e.map_err(db_err)?;
-            let loc = ChunkLoc::decode(v.value(), MAX_SEGMENT)?;
-            if victims.contains(&loc.pack) && !plan.segs.contains_key(k.value()) {
-                plan.orphan_segs.push((*k.value(), loc));
+            Ok(())
+        })?;
+        each(&txn, SEGMENTS, |k, v| {
+            let loc = ChunkLoc::decode(v, MAX_SEGMENT)?;
+            if victims.contains(&loc.pack) && !plan.segs.contains_key(k) {
+                plan.orphan_segs.push((*k, loc));
             }
-        }
+            Ok(())
+        })?;
         Ok(plan)
     }
 }
