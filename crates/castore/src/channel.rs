@@ -72,10 +72,11 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
 /// HTTP/2 flow-control windows and frame size of our clients and servers. The
 /// defaults (64 KiB windows, 16 KiB frames) stall a blob stream once per 64 KiB
 /// waiting for a WINDOW_UPDATE; these let a 1 MiB blob message travel in one frame
-/// and several of them be in flight. Memory: a receiver buffers at most one
-/// connection window per connection.
+/// and several of them be in flight. Memory: a server buffers at most one
+/// connection window per connection; a client one stream window per stream it
+/// keeps open (see [`CLIENT_CONNECTION_WINDOW`]).
 pub(crate) const STREAM_WINDOW: u32 = 8 << 20;
-/// See [`STREAM_WINDOW`].
+/// The servers' connection window. See [`STREAM_WINDOW`].
 pub(crate) const CONNECTION_WINDOW: u32 = 16 << 20;
 /// See [`STREAM_WINDOW`].
 pub(crate) const MAX_FRAME: u32 = 1 << 20;
