@@ -501,3 +501,20 @@ pub async fn every(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rewrite_below_takes_only_a_share_between_0_and_1() {
+        assert_eq!(super::parse_share("0"), Ok(0.0));
+        assert_eq!(super::parse_share("0.5"), Ok(0.5));
+        assert_eq!(super::parse_share("1"), Ok(1.0));
+        for bad in ["", "-0.1", "1.5", "half", "NaN", "inf"] {
+            assert_eq!(
+                super::parse_share(bad),
+                Err(format!("{bad:?} is not a share between 0 and 1")),
+                "{bad}"
+            );
+        }
+    }
+}
