@@ -142,6 +142,7 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
     let mut parts = Vec::new();
     let mut offset = 0u64;
     let mut lists = Vec::new();
+    let mut listed = HashSet::new();
     let mut relied: Vec<[u8; 32]> = existing.iter().copied().collect();
     for h in batch.iter_mut() {
         relied.append(&mut h.relied);
@@ -154,7 +155,9 @@ async fn commit_group(inner: &Arc<Inner>, batch: &mut [Handoff]) -> Result<(), E
             offset += len;
             parts.push(c.data);
         }
-        if let Some(l) = h.list.take() {
+        // Two writers of the same blob can land in one batch; one statement
+        // must not insert the same list twice.
+        if let Some(l) = h.list.take().filter(|(d, _)| listed.insert(*d)) {
             lists.push(l);
         }
     }
