@@ -26,8 +26,8 @@ use crate::{B3Digest, Error, proto};
 
 /// Bytes held before anything is handed out. Also bounds a chunk held for its check.
 pub(super) const HOLD: u64 = 1 << 20;
-/// A listed chunk larger than this is not held whole (bounded memory); its bytes
-/// pass before the check at its end.
+/// A listed chunk larger than this is not held whole (bounded memory): a blob
+/// listing one is spooled and handed out only after its end was checked.
 const MAX_HELD_CHUNK: u64 = 16 << 20;
 /// Size of one read from the spool file.
 const SPOOL_READ: usize = 256 << 10;
