@@ -91,6 +91,13 @@ impl<K: Hash + Eq + Clone, V> Lru<K, V> {
         Some(e.value)
     }
 
+    /// The values, least recently used first (without counting as uses).
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.order
+            .values()
+            .filter_map(|k| self.entries.get(k).map(|e| &e.value))
+    }
+
     /// How many entries are held.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -121,6 +128,7 @@ mod tests {
         assert_eq!((l.len(), l.cost()), (3, 9));
         // A use makes 'a' the most recent: 'b' goes first.
         assert_eq!(l.get(&'a'), Some(&1));
+        assert_eq!(l.values().copied().collect::<Vec<_>>(), [2, 3, 1]);
         assert!(l.insert('d', 4, 3));
         assert_eq!((l.len(), l.cost()), (3, 9));
         assert!(!l.contains_key(&'b'));

@@ -5,13 +5,23 @@
 //! that needs a service runs as a task on the tokio runtime and replies from it
 //! (fuser's replies are `Send`), so a slow blob or a daemon being restarted holds
 //! no event-loop thread.
+//!
+//! Memory: what reads hold is bounded whatever is read and by how many readers.
+//! Blob readers (each with its backend's read-ahead) and bytes read past for
+//! out-of-order requests take shares of one [`Budget`] of
+//! [`Options::read_memory`] bytes; reply buffers take shares of another
+//! ([`REPLY_MEMORY`]); the kernel asks for at most [`MAX_READ`] bytes a request.
+//! Readers stay open between requests while the budget has room; a request that
+//! needs a reader when it has none drops idle ones (least recently read file
+//! first) or waits, and while it waits, readers that served about what they
+//! hold are not kept after their request (files take turns).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::io::SeekFrom;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -28,6 +38,7 @@ use fuser::{
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::budget::{Budget, Share};
 use crate::inodes::{Entry, Inodes, ROOT};
 
 /// How long the kernel may keep entries and attributes: what a name points at
@@ -43,11 +54,20 @@ const MTIME: Duration = Duration::from_secs(1);
 /// trip through the kernel and a task here.
 const BLKSIZE: u32 = 128 * 1024;
 
-/// Blob readers kept open across all open files between reads. A large blob's
-/// embedded reader holds up to ~6 MiB of verified read-ahead; this bounds what
-/// they hold together whatever the number of open files (past it, a file's
-/// reader is dropped after each read and opened again at the next).
-const KEPT_READERS: usize = 16;
+/// The default of [`Options::read_memory`]: room for several large files' blob
+/// readers at once (an embedded store's holds up to about 6.5 MiB of read-ahead,
+/// a gRPC one about 10 MiB), with the rest of the process under 128 MB.
+pub const READ_MEMORY: u64 = 48 << 20;
+
+/// Bytes of reply buffers (each the size of its request) held at once; requests
+/// past it wait. The kernel sends at most `max_background` (64) reads ahead at
+/// once, 8 MiB of them; this bounds reads by many processes too.
+const REPLY_MEMORY: u64 = 16 << 20;
+
+/// The most the kernel asks for in one read (its read-ahead window too): the
+/// same as `st_blksize`, the size `cat` and `tar` read in. Larger requests
+/// only make the reply buffers larger.
+const MAX_READ: u32 = BLKSIZE;
 
 /// How far a read may start past its file's stream position and still be served
 /// by that stream, the bytes in between kept for the reads that ask for them.
@@ -55,10 +75,6 @@ const KEPT_READERS: usize = 16;
 /// which arrive here in any order; without this each would seek (and restart the
 /// blob reader's own read-ahead).
 const SKIP_MAX: u64 = 8 << 20;
-
-/// Skipped bytes kept across all files (see [`SKIP_MAX`]); past it a read ahead
-/// of its stream seeks instead.
-const SKIP_TOTAL: usize = 32 << 20;
 
 /// Streams kept per file: readers of one file at different places (16 threads
 /// reading one file) each continue their own instead of moving one back and
@@ -73,11 +89,24 @@ const FILES: usize = 64;
 const DIR_CACHE: usize = 16 << 20;
 
 /// What a mount serves and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Options {
     /// Whether `readdir` of the root lists every registered store path (a big
     /// store should not be enumerated by an `ls`: off by default).
     pub list_root: bool,
+    /// Bytes that blob readers (their read-ahead) and bytes read ahead of
+    /// requests may hold together, however many files are read at once
+    /// ([`READ_MEMORY`] by default).
+    pub read_memory: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            list_root: false,
+            read_memory: READ_MEMORY,
+        }
+    }
 }
 
 /// The store as a read-only filesystem: `ROOT/<hash>-<name>` for every registered
@@ -106,9 +135,12 @@ struct Inner {
     /// Root listings taken at `opendir` (with `--list-root`), by handle.
     listings: Mutex<HashMap<u64, Arc<Listing>>>,
     next_handle: AtomicU64,
-    kept_readers: Arc<AtomicUsize>,
-    /// Bytes kept by streams for reads ahead of them, in all files.
-    skipped_total: Arc<AtomicUsize>,
+    /// What blob readers and skipped bytes hold (see the module doc).
+    budget: Budget,
+    /// What reply buffers hold.
+    replies: Budget,
+    /// What one reader of `blobs` holds at most.
+    reader_memory: u64,
     uid: u32,
     gid: u32,
 }
@@ -155,13 +187,24 @@ impl OpenFile {
     }
 }
 
+/// A blob reader kept by a stream.
+struct Reader {
+    reader: Box<dyn BlobReader>,
+    /// Its position.
+    pos: u64,
+    /// Bytes it served since it was opened.
+    served: u64,
+    /// Its share of the budget.
+    share: Share,
+}
+
 #[derive(Default)]
 struct Stream {
-    /// The reader and its position.
-    reader: Option<(u64, Box<dyn BlobReader>, KeptReader)>,
+    reader: Option<Reader>,
     /// Verified bytes the stream read past for reads that came ahead of their
-    /// turn, by offset, oldest first; at most [`SKIP_MAX`] bytes.
-    skipped: VecDeque<(u64, Bytes, Held)>,
+    /// turn, by offset, oldest first, each with its share of the budget; at most
+    /// [`SKIP_MAX`] bytes.
+    skipped: VecDeque<(u64, Bytes, Share)>,
 }
 
 impl Stream {
@@ -185,8 +228,8 @@ impl Stream {
         Some(bytes)
     }
 
-    /// Keeps `bytes` (at `offset`), counted in `total` while kept.
-    fn skip(&mut self, offset: u64, bytes: Bytes, total: &Arc<AtomicUsize>) {
+    /// Keeps `bytes` (at `offset`) with their `share` of the budget.
+    fn skip(&mut self, offset: u64, bytes: Bytes, share: Share) {
         let mut held: usize = self.skipped.iter().map(|(_, b, _)| b.len()).sum();
         while held + bytes.len() > SKIP_MAX as usize {
             match self.skipped.pop_front() {
@@ -194,27 +237,7 @@ impl Stream {
                 None => break,
             }
         }
-        total.fetch_add(bytes.len(), Ordering::Relaxed);
-        let held = Held(total.clone(), bytes.len());
-        self.skipped.push_back((offset, bytes, held));
-    }
-}
-
-/// Bytes counted in a total while this lives.
-struct Held(Arc<AtomicUsize>, usize);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(self.1, Ordering::Relaxed);
-    }
-}
-
-/// One of the [`KEPT_READERS`], counted in `Inner::kept_readers` while held.
-struct KeptReader(Arc<AtomicUsize>);
-
-impl Drop for KeptReader {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.skipped.push_back((offset, bytes, share));
     }
 }
 
@@ -235,6 +258,8 @@ impl StoreFs {
         runtime: tokio::runtime::Handle,
         options: Options,
     ) -> Self {
+        let budget = Budget::new(options.read_memory);
+        let reader_memory = blobs.reader_memory();
         StoreFs {
             inner: Arc::new(Inner {
                 blobs,
@@ -248,8 +273,9 @@ impl StoreFs {
                 no_opendir: AtomicBool::new(false),
                 listings: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
-                kept_readers: Arc::new(AtomicUsize::new(0)),
-                skipped_total: Arc::new(AtomicUsize::new(0)),
+                budget,
+                replies: Budget::new(REPLY_MEMORY),
+                reader_memory,
                 uid: rustix::process::geteuid().as_raw(),
                 gid: rustix::process::getegid().as_raw(),
             }),
@@ -373,28 +399,39 @@ impl Inner {
         if let Some(bytes) = stream.take_skipped(offset, len) {
             return Ok(bytes);
         }
-        let (pos, mut reader, kept) = match stream.reader.take() {
+        let mut r = match stream.reader.take() {
             Some(r) => r,
-            None => match self.blobs.open_read(&file.digest).await {
-                Ok(Some(reader)) => {
-                    self.kept_readers.fetch_add(1, Ordering::Relaxed);
-                    (0, reader, KeptReader(self.kept_readers.clone()))
+            None => {
+                let share = self
+                    .budget
+                    .take(self.reader_cost(file.size), || self.drop_idle_reader())
+                    .await;
+                match self.blobs.open_read(&file.digest).await {
+                    Ok(Some(reader)) => Reader {
+                        reader,
+                        pos: 0,
+                        served: 0,
+                        share,
+                    },
+                    Ok(None) => return Err(eio(&what(), "not found")),
+                    Err(e) => return Err(eio(&what(), e)),
                 }
-                Ok(None) => return Err(eio(&what(), "not found")),
-                Err(e) => return Err(eio(&what(), e)),
-            },
+            }
         };
+        let (pos, reader) = (r.pos, &mut r.reader);
         // On any error the reader is dropped: the next read opens a new one (a
         // daemon restarted meanwhile is then reached again).
         let gap = offset.saturating_sub(pos);
-        let room = self.skipped_total.load(Ordering::Relaxed) + gap as usize <= SKIP_TOTAL;
-        if offset > pos && gap <= SKIP_MAX && room {
+        let skip_share = (offset > pos && gap <= SKIP_MAX)
+            .then(|| self.budget.try_take(gap))
+            .flatten();
+        if let Some(skip_share) = skip_share {
             let mut bytes = vec![0; gap as usize];
             reader
                 .read_exact(&mut bytes)
                 .await
                 .map_err(|e| eio(&what(), e))?;
-            stream.skip(pos, bytes.into(), &self.skipped_total);
+            stream.skip(pos, bytes.into(), skip_share);
         } else if offset != pos {
             reader
                 .seek(SeekFrom::Start(offset))
@@ -408,13 +445,51 @@ impl Inner {
             .await
             .map_err(|e| eio(&what(), e))?;
         let end = offset + len as u64;
-        // At the end the reader's read-ahead is of no use; past the bound its
-        // memory is not held between reads.
-        if end < file.size && self.kept_readers.load(Ordering::Relaxed) <= KEPT_READERS {
-            stream.reader = Some((end, reader, kept));
+        r.pos = end;
+        r.served += len as u64;
+        // At the end the reader's read-ahead is of no use. While a request
+        // waits for room, its share is better spent there, once this reader
+        // served about what it holds: readers of many files take turns instead
+        // of each reopening (and reading ahead again) at every request.
+        let turn_over = self.budget.wanted() && r.served >= r.share.num_permits() as u64;
+        if end < file.size && !turn_over {
+            stream.reader = Some(r);
         }
         file.positions[index].store(end, Ordering::Relaxed);
         Ok(buf.into())
+    }
+
+    /// The share of the budget a reader of a file of `size` bytes takes: its
+    /// backend's most, or for a small file what it can hold of it (its bytes, a
+    /// buffer's slack, a chunk list).
+    fn reader_cost(&self, size: u64) -> u64 {
+        size.saturating_add(size / 4)
+            .saturating_add(64 << 10)
+            .min(self.reader_memory)
+    }
+
+    /// Drops one blob reader kept between requests (or bytes kept for them),
+    /// of the least recently read file that has one; whether there was one.
+    fn drop_idle_reader(&self) -> bool {
+        let files: Vec<Arc<OpenFile>> = self
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for file in files {
+            // A stream in use is not idle (the caller's own is one of them).
+            for stream in &file.streams {
+                let Ok(mut stream) = stream.try_lock() else {
+                    continue;
+                };
+                if stream.reader.take().is_some() || stream.skipped.pop_front().is_some() {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     fn handle(&self) -> u64 {
@@ -451,9 +526,12 @@ impl Filesystem for StoreFs {
         if let Err(missing) = config.add_capabilities(wanted) {
             let _ = config.add_capabilities(wanted & !missing);
         }
-        if let Err(max) = config.set_max_readahead(u32::MAX) {
+        // Bounded requests (see MAX_READ). Nothing is written, so the largest
+        // write need not be larger; fuser sizes requests (max_pages) by both.
+        if let Err(max) = config.set_max_readahead(MAX_READ) {
             let _ = config.set_max_readahead(max);
         }
+        let _ = config.set_max_write(MAX_READ);
         // Read-ahead of several files (a `tar` of small ones) and of one large
         // file in parallel.
         let _ = config.set_max_background(64);
@@ -552,6 +630,9 @@ impl Filesystem for StoreFs {
         // `len` is at most `size`, a u32.
         let len = len as usize;
         self.spawn(move |inner| async move {
+            // Taken before anything else, so that a request waiting for it
+            // holds nothing another one waits for.
+            let _share = inner.replies.take(len as u64, || false).await;
             match inner.read(&file, offset, len).await {
                 Ok(buf) => reply.data(&buf),
                 Err(e) => reply.error(e),
@@ -719,34 +800,40 @@ impl Filesystem for StoreFs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn skipped_bytes_serve_reads_inside_one_piece_and_stay_bounded() {
-        let total = Arc::new(AtomicUsize::new(0));
+        let budget = Budget::new(SKIP_MAX * 2);
+        let total = || SKIP_MAX as usize * 2 - budget.free();
+        let skip = |stream: &mut Stream, offset, bytes: Bytes| {
+            let share = budget.try_take(bytes.len() as u64).unwrap();
+            stream.skip(offset, bytes, share);
+        };
         let mut stream = Stream::default();
         let piece: Bytes = (0..=255u8).cycle().take(1000).collect::<Vec<_>>().into();
-        stream.skip(5000, piece.clone(), &total);
-        assert_eq!(total.load(Ordering::Relaxed), 1000);
+        skip(&mut stream, 5000, piece.clone());
+        assert_eq!(total(), 1000);
         assert_eq!(stream.take_skipped(5100, 10), Some(piece.slice(100..110)));
         assert_eq!(stream.take_skipped(4999, 10), None);
         assert_eq!(stream.take_skipped(5995, 10), None, "runs past the piece");
         // Read to its end, the piece is dropped.
         assert_eq!(stream.take_skipped(5000, 1000), Some(piece.clone()));
         assert_eq!(stream.take_skipped(5000, 1), None);
-        assert_eq!(total.load(Ordering::Relaxed), 0);
+        assert_eq!(total(), 0);
         // Older pieces go first once a stream's bound is reached.
-        stream.skip(0, piece, &total);
+        skip(&mut stream, 0, piece);
         let big = Bytes::from(vec![0; SKIP_MAX as usize - 500]);
-        stream.skip(1 << 30, big, &total);
+        skip(&mut stream, 1 << 30, big);
         assert_eq!(stream.take_skipped(0, 1), None);
         assert_eq!(
             stream.take_skipped(1 << 30, 1),
             Some(Bytes::from_static(&[0]))
         );
-        assert_eq!(total.load(Ordering::Relaxed), SKIP_MAX as usize - 500);
+        assert_eq!(total(), SKIP_MAX as usize - 500);
         drop(stream);
-        assert_eq!(total.load(Ordering::Relaxed), 0);
+        assert_eq!(total(), 0);
     }
 }

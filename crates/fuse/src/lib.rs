@@ -16,9 +16,10 @@
 //! the `BlobService`, `DirectoryService` and `PathInfoService` traits, and the
 //! binary (`cairn mount`) chooses the backends and handles signals.
 
+mod budget;
 mod fs;
 mod inodes;
 mod mount;
 
-pub use fs::{Options, StoreFs};
+pub use fs::{Options, READ_MEMORY, StoreFs};
 pub use mount::{Mount, MountOptions, Unmounted};

@@ -114,6 +114,13 @@ impl BlobService for GrpcBlobService {
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         self.stat(digest, true).await
     }
+
+    /// What the server may send a stream ahead of its reader (the stream
+    /// window), a message being decoded (our servers send pieces of
+    /// `MAX_PIECE`), and the bytes held until checked.
+    fn reader_memory(&self) -> u64 {
+        u64::from(crate::channel::STREAM_WINDOW) + MAX_PIECE as u64 + super::verify::HOLD
+    }
 }
 
 fn corrupt(msg: String) -> io::Error {

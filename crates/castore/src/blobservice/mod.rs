@@ -107,6 +107,14 @@ pub trait BlobService: Send + Sync {
     fn counters(&self) -> Vec<BackendCounter> {
         Vec::new()
     }
+
+    /// The most memory one of this backend's readers holds on its own whatever
+    /// the blob's size (its read-ahead, network data it buffered, a chunk being
+    /// checked), not counting the caller's buffers: what a caller that keeps
+    /// many readers open (`cairn mount`) budgets for each. 8 MiB by default.
+    fn reader_memory(&self) -> u64 {
+        8 << 20
+    }
 }
 
 /// A count a blob backend keeps of its own work ([`BlobService::counters`]),
@@ -147,5 +155,8 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     fn counters(&self) -> Vec<BackendCounter> {
         (**self).counters()
+    }
+    fn reader_memory(&self) -> u64 {
+        (**self).reader_memory()
     }
 }

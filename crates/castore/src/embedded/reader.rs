@@ -22,7 +22,10 @@
 //! moved past it and the last slice handed out is dropped, and is reused for a
 //! later batch, so a reader holds at most `WINDOW + 1` buffers of [`BATCH_CAP`]
 //! bytes (plus those its caller keeps slices of) whatever the blob's size; the
-//! pool keeps [`POOL_MAX`] at most. Allocating a buffer per chunk on the
+//! pool keeps [`POOL_MAX`] at most ([`READER_MEMORY`] is that bound). A small
+//! batch (a small file's only chunk, the first chunk after opening or seeking)
+//! gets a buffer of its size instead, never pooled: a reader of a 4 KiB file
+//! holds 4 KiB, not a full buffer. Allocating a buffer per chunk on the
 //! decoding threads and freeing it on the reading thread made glibc's per-thread
 //! arenas fragment: peak RSS grew with the bytes read (26 MB after 64 MiB, 42 MB
 //! after 1 GiB).
@@ -58,6 +61,13 @@ const WINDOW: usize = 4;
 const BATCH_CAP: usize = BATCH_BYTES as usize + MAX_CHUNK;
 /// Batch buffers a store keeps for later readers (about 10 MiB).
 const POOL_MAX: usize = 2 * (WINDOW + 1);
+/// The most one reader holds: its current batch and [`WINDOW`] more (each in a
+/// buffer of [`BATCH_CAP`] bytes), and [`SEGS_LOADED`] segments of at most
+/// 64 KiB.
+pub(crate) const READER_MEMORY: u64 =
+    ((WINDOW + 1) * BATCH_CAP) as u64 + SEGS_LOADED as u64 * (64 << 10);
+/// A batch smaller than this gets a buffer of its own size (see `take_buf`).
+const SMALL_BATCH: u64 = (BATCH_CAP / 4) as u64;
 /// A single-chunk blob this small is read inline rather than on a decoding thread:
 /// a pread of a few KiB costs less than the hand-off.
 const INLINE_MAX: u64 = 16 * 1024;
@@ -151,7 +161,8 @@ impl Drop for Pooled {
                 .read_bufs
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if pool.len() < POOL_MAX {
+            // Only full-size buffers: a small one would grow (and double).
+            if pool.len() < POOL_MAX && self.buf.len() == BATCH_CAP {
                 pool.push(std::mem::take(&mut self.buf));
             }
         }
@@ -443,8 +454,8 @@ impl EmbeddedBlobReader {
         let seg = self.seg_of_chunk(first)?;
         let lo = first - seg.first;
         let mut hi = lo + 1;
+        let mut bytes = seg.chunks[lo].size;
         if !self.inflight.is_empty() {
-            let mut bytes = seg.chunks[lo].size;
             while hi < seg.chunks.len() && bytes < BATCH_BYTES {
                 bytes += seg.chunks[hi].size;
                 hi += 1;
@@ -454,7 +465,7 @@ impl EmbeddedBlobReader {
         self.next = end;
         let store = self.store.clone();
         let digest = self.digest;
-        let buf = self.take_buf();
+        let buf = self.take_buf(bytes);
         let h = Pool::get().run(move || {
             let d = decode_batch(&store, &digest, &seg.chunks[lo..hi], buf);
             let start = seg.starts[lo];
@@ -484,7 +495,7 @@ impl EmbeddedBlobReader {
             return Poll::Ready(Ok(()));
         }
         if self.inline {
-            let buf = self.take_buf();
+            let buf = self.take_buf(self.size);
             let seg = self.seg_of_chunk(idx)?;
             let d = decode_batch(&self.store, &self.digest, &seg.chunks[..], buf);
             if let Some(e) = d.error {
@@ -533,9 +544,16 @@ impl EmbeddedBlobReader {
         }
     }
 
-    /// A batch buffer: a free one of the store's, or a new one, allocated at its
-    /// full size once so that it never grows (growing doubles).
-    fn take_buf(&mut self) -> Vec<u8> {
+    /// A buffer for a batch of `bytes`: for a small one (a small file, the first
+    /// chunk after opening or seeking) one of its size, so that many readers of
+    /// small files hold what they read and not a full buffer each; else a free
+    /// one of the store's, or a new one, allocated at its full size once so that
+    /// it never grows (growing doubles).
+    fn take_buf(&mut self, bytes: u64) -> Vec<u8> {
+        if bytes < SMALL_BATCH {
+            // Sizes are bounded by MAX_CHUNK here.
+            return vec![0; bytes as usize];
+        }
         let pooled = self
             .store
             .inner

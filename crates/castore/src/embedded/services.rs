@@ -49,6 +49,10 @@ impl BlobService for EmbeddedStore {
         Box::new(self.blob_writer())
     }
 
+    fn reader_memory(&self) -> u64 {
+        super::reader::READER_MEMORY
+    }
+
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         Ok(self.blob_chunks(digest.as_bytes())?.map(|list| {
             list.into_iter()

@@ -45,6 +45,7 @@ pub fn run(args: MountArgs) -> anyhow::Result<()> {
         rt.handle().clone(),
         Options {
             list_root: args.list_root,
+            ..Options::default()
         },
     );
     let mountpoint = &args.mountpoint;
