@@ -28,4 +28,4 @@ mod pull;
 mod upstream;
 
 pub use pull::{PullOptions, PullThroughPathInfoService, Puller};
-pub use upstream::{NarStream, Options, Upstream, UpstreamError};
+pub use upstream::{FileMismatch, NarStream, Options, Upstream, UpstreamError};

@@ -13,6 +13,7 @@ use cairn_castore::lru::Lru;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::NarInfo;
+use cairn_nix::nixbase32;
 use cairn_nix::store_path::DIGEST_LEN;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use futures::StreamExt as _;
@@ -20,7 +21,7 @@ use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{FileMismatch, Upstream, UpstreamError};
 
 /// How a [`Puller`] behaves beyond its upstreams.
 #[derive(Debug, Clone)]
@@ -121,12 +122,22 @@ impl Puller {
         {
             return Ok(None);
         }
+        self.ask_upstreams(digest).await
+    }
+
+    /// [`Puller::upstream_narinfo`] without the caches: every upstream asked
+    /// (in order, until one has it), the answer remembered.
+    async fn ask_upstreams(
+        &self,
+        digest: [u8; DIGEST_LEN],
+    ) -> Result<Option<(usize, NarInfo)>, UpstreamError> {
         let mut failed = None;
         for (i, up) in self.upstreams.iter().enumerate() {
             match up.narinfo(&digest).await {
                 Ok(Some(ni)) => {
                     let cost = 512 + 64 * (ni.references.len() + ni.signatures.len());
                     lock(&self.known).insert(digest, (i, ni.clone()), cost);
+                    lock(&self.negative).remove(&digest);
                     return Ok(Some((i, ni)));
                 }
                 Ok(None) => {}
@@ -151,6 +162,39 @@ impl Puller {
             negative.insert(digest, Instant::now());
         }
         Ok(None)
+    }
+
+    /// Whether a trusted upstream has `info`'s path with the same NAR (hash
+    /// and size) and references, so that an upload of it need not be stored.
+    /// Asked afresh, not from the negative cache: the upload may be the first
+    /// the upstream got since it was last asked. An upstream failing is a
+    /// `false` (the upload is stored).
+    pub async fn upstream_has(&self, info: &PathInfo) -> bool {
+        let digest = *info.store_path.digest();
+        let found = match lock(&self.known).get(&digest) {
+            Some(found) => Ok(Some(found.clone())),
+            None => Err(()),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(()) => match self.ask_upstreams(digest).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(path = %info.store_path, error = %e, "upload stored: the upstreams failed");
+                    return false;
+                }
+            },
+        };
+        let Some((idx, ni)) = found else {
+            return false;
+        };
+        let same = ni.nar_hash == NixHash::Sha256(info.nar_sha256)
+            && ni.nar_size == info.nar_size
+            && ni.references == info.references;
+        if !same {
+            tracing::info!(path = %info.store_path, upstream = self.upstreams[idx].url(), "upload stored: the upstream's narinfo differs");
+        }
+        same
     }
 
     /// The path with this digest: from the store, else pulled from the
@@ -305,12 +349,10 @@ impl Puller {
             let mut seen = 0u64;
             let mut buf = vec![0u8; 256 * 1024];
             loop {
-                let n = nar.read(&mut buf).await.map_err(|e| {
-                    Some(UpstreamError::Unavailable {
-                        upstream: up.url().to_owned(),
-                        message: format!("reading the NAR of {}: {e}", ni.store_path),
-                    })
-                })?;
+                let n = nar
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Some(read_error(up.url(), ni, e)))?;
                 if n == 0 {
                     break;
                 }
@@ -388,6 +430,24 @@ impl Puller {
     }
 }
 
+/// A failed read of an upstream's NAR: refused if its compressed file did not
+/// match the narinfo, else the upstream failing.
+fn read_error(upstream: &str, ni: &NarInfo, e: std::io::Error) -> UpstreamError {
+    let upstream = upstream.to_owned();
+    if let Some(m) = e.get_ref().and_then(|i| i.downcast_ref::<FileMismatch>()) {
+        return UpstreamError::Refused {
+            upstream,
+            message: format!("{}: {m}", ni.store_path),
+        };
+    }
+    let message = format!("reading the NAR of {}: {e}", ni.store_path);
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        UpstreamError::TimedOut { upstream, message }
+    } else {
+        UpstreamError::Unavailable { upstream, message }
+    }
+}
+
 /// The outcome of a download, once it ended.
 async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<PathInfo, UpstreamError> {
     match rx.wait_for(Option::is_some).await {
@@ -401,6 +461,7 @@ async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<PathInfo, UpstreamErro
 fn cache_error(e: UpstreamError) -> CacheError {
     match e {
         UpstreamError::Store(m) | UpstreamError::Config(m) => CacheError::Internal(m),
+        e @ UpstreamError::TimedOut { .. } => CacheError::UpstreamTimeout(e.to_string()),
         other => CacheError::Upstream(other.to_string()),
     }
 }
@@ -442,19 +503,41 @@ impl PullThrough for Puller {
     }
 }
 
-/// A path info service whose misses are pulled from upstreams: `get` of a
-/// path it does not have asks the [`Puller`] (which stores it in `inner`);
-/// everything else is `inner`'s.
+/// A path info service in front of upstreams: `get` of a path it does not
+/// have asks the [`Puller`] (which stores it in `inner`), unless turned off
+/// with [`PullThroughPathInfoService::pull_misses`]; with
+/// [`PullThroughPathInfoService::skip_uploads`], `put` of a path a trusted
+/// upstream has with the same NAR and references succeeds without storing it
+/// (later reads pull it). Everything else is `inner`'s.
 pub struct PullThroughPathInfoService {
     inner: Arc<dyn PathInfoService>,
     puller: Arc<Puller>,
+    pull_misses: bool,
+    skip_uploads: bool,
 }
 
 impl PullThroughPathInfoService {
     /// `inner`, pulling its misses with `puller` (which must store into
-    /// `inner`).
+    /// `inner`), storing every put.
     pub fn new(inner: Arc<dyn PathInfoService>, puller: Arc<Puller>) -> Self {
-        Self { inner, puller }
+        Self {
+            inner,
+            puller,
+            pull_misses: true,
+            skip_uploads: false,
+        }
+    }
+
+    /// Whether `get` pulls a path `inner` does not have (default: yes).
+    pub fn pull_misses(mut self, on: bool) -> Self {
+        self.pull_misses = on;
+        self
+    }
+
+    /// Whether `put` skips storing a path a trusted upstream has (default: no).
+    pub fn skip_uploads(mut self, on: bool) -> Self {
+        self.skip_uploads = on;
+        self
     }
 }
 
@@ -464,13 +547,29 @@ impl PathInfoService for PullThroughPathInfoService {
         if let Some(info) = self.inner.get(digest).await? {
             return Ok(Some(info));
         }
-        self.puller
-            .pull(digest)
-            .await
-            .map_err(|e| Error::Storage(Box::new(e)))
+        if !self.pull_misses {
+            return Ok(None);
+        }
+        self.puller.pull(digest).await.map_err(|e| match e {
+            UpstreamError::Store(_) | UpstreamError::Config(_) => Error::Storage(Box::new(e)),
+            // UNAVAILABLE over gRPC: the client may try again later.
+            other => Error::Unavailable(format!(
+                "{} is not stored here and the upstreams could not provide it: {other}",
+                nixbase32::encode(&digest)
+            )),
+        })
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        // A path already here is put as usual (the store says whether the put
+        // agrees with it).
+        if self.skip_uploads
+            && self.inner.get(*info.store_path.digest()).await?.is_none()
+            && self.puller.upstream_has(&info).await
+        {
+            tracing::info!(path = %info.store_path, "upload not stored: a trusted upstream has it");
+            return Ok(info);
+        }
         self.inner.put(info).await
     }
 
