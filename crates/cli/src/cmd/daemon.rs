@@ -324,6 +324,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 blobs: blobs.clone(),
                 directories: directories.clone(),
                 path_info_cache,
+                puller: puller.clone(),
             };
             let (metrics, metrics_server) =
                 super::daemon_metrics::setup(&args.metrics, sources, stopped(stop_rx.clone())).await?;
