@@ -5,15 +5,20 @@
 # static HTTP server (python3 -m http.server). Then, in one run:
 #  1. direct: the NAR from the upstream server, decompressed (curl | xz -d), vs
 #     the first fetch through `cairn daemon --upstream` (download, decompress,
-#     ingest, hash and stream to the client at once). Target: <= 1.3x.
+#     ingest, hash and stream to the client at once), a fresh daemon each of
+#     ROUNDS rounds, interleaved; medians. Target: <= 1.3x.
 #  2. second fetch through that daemon (from its store) vs the same NAR from a
 #     daemon without upstreams that got the path by `cairn copy --from`
-#     (the embedded store's own serving). Target: equal within noise.
+#     (the embedded store's own serving), interleaved; medians. Target: equal
+#     within noise.
 #  3. 16 concurrent first fetches of the path through a fresh daemon:
-#     upstream NAR downloads counted from the server's log (must be 1).
+#     upstream NAR downloads counted from the server's log, each client's NAR
+#     compared with `nix-store --dump`; the script fails unless exactly 1
+#     download and 16 identical NARs.
 #  4. storage of 8 source snapshots (see below) vs the upstream's xz cache.
 # The machine's load average is printed: compare ratios from one run.
-# Usage: bench/pull.sh   (BIG_MIB=256 COMPRESSION=xz STEP=10 to change)
+# Usage: bench/pull.sh   (BIG_MIB=256 COMPRESSION=xz ROUNDS=3 STEP=10 to change;
+# SKIP_STORAGE=1 stops after 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIG_MIB=${BIG_MIB:-256}; COMPRESSION=${COMPRESSION:-xz}
@@ -57,29 +62,59 @@ decomp() { case $COMPRESSION in xz) xz -dc ;; zstd) zstd -dc ;; bzip2) bzip2 -dc
 direct_fetch() { curl -sSf "$up/$narurl" | decomp | wc -c; }
 fetch() { curl -sSf "$1/nar/$hash-$narhash.nar" | wc -c; }
 
-echo "== $BIG_MIB MiB path, $(load)"
-direct=$(secs direct_fetch)
-a=$(daemon "$W/a" --upstream "$up" --upstream-trusted-key "$pk")
-curl -sSf "$a/$hash.narinfo" > /dev/null
-first=$(secs fetch "$a")
-second=$(secs fetch "$a")
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ROUNDS=${ROUNDS:-3}
+echo "== $BIG_MIB MiB path, $ROUNDS rounds, $(load)"
+# 1. Each round: the direct fetch, then a fresh daemon's first fetch, in turn.
+directs=(); firsts=(); daemons=()
+for r in $(seq "$ROUNDS"); do
+  directs+=("$(secs direct_fetch)")
+  a=$(daemon "$W/a$r" --upstream "$up" --upstream-trusted-key "$pk")
+  curl -sSf "$a/$hash.narinfo" > /dev/null
+  firsts+=("$(secs fetch "$a")")
+  daemons+=("$a")
+done
+direct=$(printf '%s\n' "${directs[@]}" | median); first=$(printf '%s\n' "${firsts[@]}" | median)
+# 2. The pulled path served from the pulling daemon's store vs from a daemon
+#    without upstreams whose store got it by `cairn copy --from`, in turn.
 mkdir -p "$W/b"
 CAIRN_DATA_DIR=$W/b "$cairn" copy --from "file://$W/up" --trusted-key "$pk" "$big" 2>/dev/null
 b=$(daemon "$W/b")
-own=$(secs fetch "$b")
-printf '1. direct %.2f s, first through cairn %.2f s: ratio %.2f (target <= 1.3)\n' "$direct" "$first" "$(echo "$first / $direct" | bc -l)"
-printf '2. second through cairn %.2f s, embedded store alone %.2f s: ratio %.2f (target ~1.0)\n' "$second" "$own" "$(echo "$second / $own" | bc -l)"
+a=${daemons[0]}
+seconds=(); owns=()
+for _ in $(seq $((ROUNDS + 2))); do
+  seconds+=("$(secs fetch "$a")")
+  owns+=("$(secs fetch "$b")")
+done
+second=$(printf '%s\n' "${seconds[@]}" | median); own=$(printf '%s\n' "${owns[@]}" | median)
+echo "   direct: ${directs[*]}; first through cairn: ${firsts[*]}"
+echo "   second through cairn: ${seconds[*]}; embedded store alone: ${owns[*]}"
+printf '1. direct %.2f s, first through cairn %.2f s (medians): ratio %.2f (target <= 1.3)\n' "$direct" "$first" "$(echo "$first / $direct" | bc -l)"
+printf '2. second through cairn %.2f s, embedded store alone %.2f s (medians): ratio %.2f (target ~1.0)\n' "$second" "$own" "$(echo "$second / $own" | bc -l)"
+for r in $(seq "$ROUNDS"); do kill "$(cat "$W/a$r.pid")" 2>/dev/null || true; done
 
+# 3. 16 clients at once, each NAR's SHA-256 compared with Nix's own dump.
+want=$(nix-store --dump "$W/store$big" | sha256sum | cut -d' ' -f1)
 c=$(daemon "$W/c" --upstream "$up" --upstream-trusted-key "$pk")
 curl -sSf "$c/$hash.narinfo" > /dev/null
 before=$(grep -c "GET /$narurl " "$W/http.log" || true)
 t0=$(date +%s.%N)
-for _ in $(seq 16); do fetch "$c" > "$W/out.$RANDOM" & done
-wait_clients() { for j in $(jobs -p); do case " ${PIDS[*]} $(cat "$W"/*.pid) " in *" $j "*) ;; *) wait "$j" ;; esac; done; }
-wait_clients
+clients=()
+for i in $(seq 16); do
+  (curl -sSf "$c/nar/$hash-$narhash.nar" | sha256sum | cut -d' ' -f1 > "$W/sum.$i") &
+  clients+=($!)
+done
+for p in "${clients[@]}"; do wait "$p"; done
+took=$(echo "$(date +%s.%N) - $t0" | bc)
 after=$(grep -c "GET /$narurl " "$W/http.log" || true)
-printf '3. 16 concurrent first fetches: %.2f s, upstream NAR downloads: %d; %s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" "$((after - before))" "$(load)"
+same=$(cat "$W"/sum.* | grep -cx "$want" || true)
+printf '3. 16 concurrent first fetches: %.2f s, upstream NAR downloads: %d, NARs identical to nix-store --dump: %d of 16; %s\n' "$took" "$((after - before))" "$same" "$(load)"
+if [ "$((after - before))" -ne 1 ] || [ "$same" -ne 16 ]; then
+  echo "FAILED: expected exactly 1 upstream download and 16 identical NARs" >&2
+  exit 1
+fi
 
+[ -n "${SKIP_STORAGE:-}" ] && exit 0
 # 4. Storage: 8 snapshots of a real source tree (this repository, every
 #    STEP-th commit back from HEAD), added to the chroot store, written to an
 #    xz upstream as Nix does, then pulled into a fresh cairn (`cairn copy

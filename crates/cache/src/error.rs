@@ -59,6 +59,10 @@ pub enum CacheError {
     /// matching its hash): 502, logged.
     #[error("upstream: {0}")]
     Upstream(String),
+    /// A path not in the store could not be had from the upstream caches in
+    /// time: they did not answer within their timeout (504), logged.
+    #[error("upstream timed out: {0}")]
+    UpstreamTimeout(String),
 }
 
 impl CacheError {
@@ -78,6 +82,7 @@ impl CacheError {
             CacheError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             CacheError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CacheError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            CacheError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -99,6 +104,7 @@ impl CacheError {
             CacheError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             CacheError::Internal(_) => "internal",
             CacheError::Upstream(_) => "upstream",
+            CacheError::UpstreamTimeout(_) => "upstream_timeout",
         }
     }
 
@@ -108,6 +114,7 @@ impl CacheError {
         match e.kind() {
             cairn_castore::ErrorKind::InvalidArgument => CacheError::BadRequest(e.to_string()),
             cairn_castore::ErrorKind::ResourceExhausted => Self::exhausted(&e),
+            cairn_castore::ErrorKind::Unavailable => CacheError::Upstream(e.to_string()),
             _ => CacheError::Internal(e.to_string()),
         }
     }

@@ -798,6 +798,7 @@ fn stream_body<R: AsyncRead + Send + 'static>(reader: R) -> Body {
 /// `Content-Range`. Building a body is cheap: nothing is read until it is polled.
 async fn get_nar(
     State(cache): Cache,
+    method: Method,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, CacheError> {
@@ -816,6 +817,11 @@ async fn get_nar(
         }) => (digest, nar_sha256, compression),
     };
     let info = match lookup(&cache, digest).await {
+        Err(CacheError::NotFound) if cache.pull.is_some() && method == Method::HEAD => {
+            // A probe: answered from the upstream's narinfo, without starting
+            // the download a GET would.
+            return head_upstream(&cache, digest, nar_sha256, compression, &headers).await;
+        }
         Err(CacheError::NotFound) if cache.pull.is_some() => {
             // Streamed as it is pulled only when served as it arrives: whole
             // and uncompressed.
@@ -856,7 +862,13 @@ async fn get_nar(
         .map_err(nar_error)?;
         stream_body(nar.take(end - start))
     };
-    let mut r = response(ctype, IMMUTABLE, body);
+    Ok(uncompressed_nar(body, size, range))
+}
+
+/// The response of an uncompressed NAR of `size` bytes (or of its `range`).
+fn uncompressed_nar(body: Body, size: u64, range: Option<(u64, u64)>) -> Response {
+    let (start, end) = range.unwrap_or((0, size));
+    let mut r = response("application/x-nix-nar", IMMUTABLE, body);
     let h = r.headers_mut();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -866,7 +878,36 @@ async fn get_nar(
             r.headers_mut().insert(header::CONTENT_RANGE, v);
         }
     }
-    Ok(r)
+    r
+}
+
+/// The `HEAD` of a NAR only an upstream has: what its `GET` would answer
+/// (status, `Content-Length` of the uncompressed NAR), from the upstream's
+/// narinfo alone.
+async fn head_upstream(
+    cache: &BinaryCache,
+    digest: [u8; DIGEST_LEN],
+    nar_sha256: [u8; 32],
+    compression: Compression,
+    headers: &HeaderMap,
+) -> Result<Response, CacheError> {
+    let Some(pull) = &cache.pull else {
+        return Err(CacheError::NotFound);
+    };
+    let ni = pull.narinfo(digest).await?.ok_or(CacheError::NotFound)?;
+    if ni.nar_hash != NixHash::Sha256(nar_sha256) {
+        return Err(CacheError::NotFound);
+    }
+    if compression != Compression::None {
+        // Served compressed on the fly: no length known ahead; bzip2 and
+        // brotli not served at all.
+        if compression.encoder(tokio::io::empty()).is_none() {
+            return Err(CacheError::NotFound);
+        }
+        return Ok(response("application/x-nix-nar", IMMUTABLE, Body::empty()));
+    }
+    let range = parse_range(headers, ni.nar_size)?;
+    Ok(uncompressed_nar(Body::empty(), ni.nar_size, range))
 }
 
 /// Asks the upstreams for a NAR not in the store: a response streaming it as it

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// Storage, I/O or transport failure; may succeed on retry.
     Internal,
+    /// Something the service depends on outside itself (an upstream cache it
+    /// pulls from) failed or is down; may succeed later.
+    Unavailable,
 }
 
 /// Errors of the blob and directory services.
@@ -56,6 +59,10 @@ pub enum Error {
     /// An I/O failure.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// What was asked for depends on a source outside the store (an upstream
+    /// cache) that failed, timed out or sent what was refused.
+    #[error("{0}")]
+    Unavailable(String),
     /// A gRPC server answered with an error status.
     #[error("the server answered {}: {}", code_name(.0.code()), .0.message())]
     Remote(tonic::Status),
@@ -77,6 +84,7 @@ impl Error {
             | Error::InvalidDirectory { .. }
             | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Corrupt(_) => ErrorKind::Corrupt,
+            Error::Unavailable(_) => ErrorKind::Unavailable,
             Error::Storage(e) if storage_full(e.as_ref()) => ErrorKind::ResourceExhausted,
             Error::Storage(_) | Error::Transport(_) => ErrorKind::Internal,
             Error::Io(e) if storage_full(e) => ErrorKind::ResourceExhausted,
@@ -118,7 +126,7 @@ impl Error {
                     ErrorKind::InvalidArgument => K::InvalidInput,
                     ErrorKind::ResourceExhausted => K::FileTooLarge,
                     ErrorKind::Corrupt => K::InvalidData,
-                    ErrorKind::Internal => K::Other,
+                    ErrorKind::Internal | ErrorKind::Unavailable => K::Other,
                 };
                 std::io::Error::new(kind, other)
             }
@@ -173,8 +181,8 @@ impl From<tonic::Status> for Error {
 
 impl From<Error> for tonic::Status {
     /// NOT_FOUND for absent things, INVALID_ARGUMENT (with the problem in the
-    /// message) for the caller's mistakes, DATA_LOSS for corruption, INTERNAL only
-    /// for the server's own failures. A remote status passes through unchanged.
+    /// message) for the caller's mistakes, DATA_LOSS for corruption, UNAVAILABLE
+    /// for an upstream failing, INTERNAL only for the server's own failures. A remote status passes through unchanged.
     fn from(value: Error) -> Self {
         if let Error::Remote(status) = value {
             return status;
@@ -205,6 +213,10 @@ fn status_for(kind: ErrorKind, msg: String) -> tonic::Status {
         ErrorKind::InvalidArgument => tonic::Status::invalid_argument(msg),
         ErrorKind::Corrupt => tonic::Status::data_loss(msg),
         ErrorKind::ResourceExhausted => tonic::Status::resource_exhausted(msg),
+        ErrorKind::Unavailable => {
+            tracing::warn!(error = %msg, "unavailable");
+            tonic::Status::unavailable(msg)
+        }
         ErrorKind::Internal => {
             tracing::warn!(error = %msg, "internal error");
             tonic::Status::internal(msg)

@@ -7,8 +7,9 @@
 //!   file://` writes it): [`Upstream::narinfo`] fetches and accepts a narinfo
 //!   (fields well-formed, a valid signature by a trusted key unless the URL says
 //!   `?check-signatures=false`), [`Upstream::nar`] opens its NAR decompressed as
-//!   the narinfo says (xz, zstd, bzip2, br, none), streaming. Requests time out,
-//!   are retried with backoff, then fail.
+//!   the narinfo says (xz, zstd, bzip2, br, none), streaming, its compressed
+//!   file checked against `FileSize` and `FileHash`. Requests time out, are
+//!   retried with backoff, then fail.
 //! - [`Puller`]: the upstreams of a store, in priority order, in front of its
 //!   blob, directory and path info services: a missing path's narinfo from the
 //!   first upstream that has an acceptable one, its NAR ingested while it
@@ -18,7 +19,8 @@
 //!   for or ahead. It is the binary cache's [`cairn_cache::PullThrough`].
 //! - [`PullThroughPathInfoService`]: a path info service whose misses are
 //!   pulled (the daemon's gRPC `PathInfoService.Get`, and the store commands
-//!   through it).
+//!   through it), and which can skip storing puts of paths a trusted upstream
+//!   has (`--upstream-skip-uploads`).
 //!
 //! The invariant: nothing enters the store this way unless its narinfo carries
 //! a valid signature by a trusted key (or the operator turned the check off for
@@ -27,5 +29,5 @@
 mod pull;
 mod upstream;
 
-pub use pull::{PullOptions, PullThroughPathInfoService, Puller};
-pub use upstream::{NarStream, Options, Upstream, UpstreamError};
+pub use pull::{PullOptions, PullStats, PullThroughPathInfoService, Puller};
+pub use upstream::{FileMismatch, NarStream, Options, Upstream, UpstreamError};

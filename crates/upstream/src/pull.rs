@@ -3,6 +3,7 @@
 //! misses.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -13,14 +14,16 @@ use cairn_castore::lru::Lru;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
 use cairn_nix::hash::NixHash;
 use cairn_nix::narinfo::NarInfo;
+use cairn_nix::nixbase32;
 use cairn_nix::store_path::DIGEST_LEN;
 use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{FileMismatch, Upstream, UpstreamError};
 
 /// How a [`Puller`] behaves beyond its upstreams.
 #[derive(Debug, Clone)]
@@ -48,8 +51,13 @@ const MAX_NEGATIVE: usize = 1 << 16;
 /// Memory for accepted upstream narinfos (a narinfo GET is followed by its
 /// NAR GET, which needs it again).
 const MAX_KNOWN_BYTES: usize = 8 << 20;
-/// Bytes of a streamed NAR queued for its client, in chunks of up to 256 KiB.
+/// Bytes of a streamed NAR queued for its client, in chunks of up to
+/// [`READ_BUF`].
 const CLIENT_QUEUE: usize = 8;
+/// Reads from the upstream's (decompressed) NAR, at most.
+const READ_BUF: usize = 256 * 1024;
+/// Bytes between the download and the ingestion task.
+const PIPE: usize = 1 << 20;
 /// Prefetches of references running at once.
 const PREFETCHES: usize = 8;
 
@@ -70,6 +78,29 @@ pub struct Puller {
     /// Downloads running, by path: each request for the path waits for it.
     flights: Mutex<HashMap<[u8; DIGEST_LEN], watch::Receiver<Outcome>>>,
     prefetches: Semaphore,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    pulls: AtomicU64,
+    nar_bytes: AtomicU64,
+    failures: AtomicU64,
+    negative_hits: AtomicU64,
+}
+
+/// What a [`Puller`] did since it was made (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PullStats {
+    /// Paths pulled and stored.
+    pub pulls: u64,
+    /// Bytes of their NARs (uncompressed).
+    pub nar_bytes: u64,
+    /// Narinfo lookups that failed on every upstream, and downloads that
+    /// failed or were refused.
+    pub failures: u64,
+    /// Lookups answered "absent" by the negative cache, asking no upstream.
+    pub negative_hits: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,7 +129,19 @@ impl Puller {
             known: Mutex::new(Lru::new(MAX_KNOWN_BYTES)),
             flights: Mutex::default(),
             prefetches: Semaphore::new(PREFETCHES),
+            counters: Counters::default(),
         })
+    }
+
+    /// Its counters so far.
+    pub fn stats(&self) -> PullStats {
+        let c = &self.counters;
+        PullStats {
+            pulls: c.pulls.load(Ordering::Relaxed),
+            nar_bytes: c.nar_bytes.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            negative_hits: c.negative_hits.load(Ordering::Relaxed),
+        }
     }
 
     /// The upstreams, in the order they are asked.
@@ -119,14 +162,25 @@ impl Puller {
         if let Some(at) = lock(&self.negative).get(&digest)
             && at.elapsed() < self.options.negative_ttl
         {
+            self.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(None);
         }
+        self.ask_upstreams(digest).await
+    }
+
+    /// [`Puller::upstream_narinfo`] without the caches: every upstream asked
+    /// (in order, until one has it), the answer remembered.
+    async fn ask_upstreams(
+        &self,
+        digest: [u8; DIGEST_LEN],
+    ) -> Result<Option<(usize, NarInfo)>, UpstreamError> {
         let mut failed = None;
         for (i, up) in self.upstreams.iter().enumerate() {
             match up.narinfo(&digest).await {
                 Ok(Some(ni)) => {
                     let cost = 512 + 64 * (ni.references.len() + ni.signatures.len());
                     lock(&self.known).insert(digest, (i, ni.clone()), cost);
+                    lock(&self.negative).remove(&digest);
                     return Ok(Some((i, ni)));
                 }
                 Ok(None) => {}
@@ -137,6 +191,7 @@ impl Puller {
             }
         }
         if let Some(e) = failed {
+            self.counters.failures.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         if !self.options.negative_ttl.is_zero() {
@@ -151,6 +206,39 @@ impl Puller {
             negative.insert(digest, Instant::now());
         }
         Ok(None)
+    }
+
+    /// Whether a trusted upstream has `info`'s path with the same NAR (hash
+    /// and size) and references, so that an upload of it need not be stored.
+    /// Asked afresh, not from the negative cache: the upload may be the first
+    /// the upstream got since it was last asked. An upstream failing is a
+    /// `false` (the upload is stored).
+    pub async fn upstream_has(&self, info: &PathInfo) -> bool {
+        let digest = *info.store_path.digest();
+        let found = match lock(&self.known).get(&digest) {
+            Some(found) => Ok(Some(found.clone())),
+            None => Err(()),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(()) => match self.ask_upstreams(digest).await {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(path = %info.store_path, error = %e, "upload stored: the upstreams failed");
+                    return false;
+                }
+            },
+        };
+        let Some((idx, ni)) = found else {
+            return false;
+        };
+        let same = ni.nar_hash == NixHash::Sha256(info.nar_sha256)
+            && ni.nar_size == info.nar_size
+            && ni.references == info.references;
+        if !same {
+            tracing::info!(path = %info.store_path, upstream = self.upstreams[idx].url(), "upload stored: the upstream's narinfo differs");
+        }
+        same
     }
 
     /// The path with this digest: from the store, else pulled from the
@@ -212,6 +300,16 @@ impl Puller {
         tokio::spawn(async move {
             let started = Instant::now();
             let r = this.download(idx, &ni, client).await;
+            let c = &this.counters;
+            match &r {
+                Ok(info) => {
+                    c.pulls.fetch_add(1, Ordering::Relaxed);
+                    c.nar_bytes.fetch_add(info.nar_size, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    c.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             match &r {
                 Ok(info) => tracing::info!(
                     path = %info.store_path,
@@ -262,8 +360,9 @@ impl Puller {
 
     /// Fetches the NAR of `ni` from upstream `idx`, ingesting it as it comes
     /// and handing its bytes to `client` (if any, and while it listens), all
-    /// but the last chunk: that one only once the NAR matched `ni` and the path
-    /// was registered; on a failure the client gets the error instead.
+    /// but the last chunk: that one only once the NAR's hash and size matched
+    /// `ni` (the path is registered after, without the client waiting for
+    /// it); on a failure before that the client gets the error instead.
     async fn download(
         &self,
         idx: usize,
@@ -296,21 +395,52 @@ impl Puller {
             upstream: up.url().to_owned(),
             message: format!("{}: {message}", ni.store_path),
         };
+        // Checked before any byte reaches the client, which gets all of them
+        // before the path is registered. The CA check looks at the narinfo's
+        // fields alone: the node here only fills the place of the real one.
+        let placeholder = cairn_castore::SymlinkTarget::try_from("placeholder")
+            .map_err(|e| UpstreamError::Store(e.to_string()))?;
+        path_info(
+            ni,
+            Node::Symlink {
+                target: placeholder,
+            },
+            ni.nar_size,
+            [0; 32],
+        )
+        .validate()
+        .map_err(|e| refused(format!("CA and StorePath disagree: {e}")))?;
         let mut nar = up.nar(ni).await?;
-        let (mut writer, mut reader) = tokio::io::duplex(1 << 20);
+        let (mut writer, mut reader) = tokio::io::duplex(PIPE);
+        // On a task of its own: parsing and hashing the NAR and feeding the
+        // blob writers run beside the download, decompression and the client's
+        // stream (on another core), not in turn with them.
+        let (blobs, directories) = (self.blobs.clone(), self.directories.clone());
+        let ingesting = AbortOnDrop(tokio::spawn(async move {
+            let ingested =
+                cairn_store::nar::ingest(blobs.as_ref(), directories.as_ref(), &mut reader)
+                    .await
+                    .map_err(|e| format!("its NAR: {e}"))?;
+            let mut probe = [0u8; 1];
+            if reader.read(&mut probe).await.unwrap_or(0) != 0 {
+                return Err("data after the end of the NAR".to_owned());
+            }
+            Ok(ingested)
+        }));
         let limit = ni.nar_size;
-        // Upstream → the client and the ingestion. `Ok(n)`: n bytes, the end
-        // reached; `Err(None)`: the ingestion stopped reading (its error says why).
-        let pump = async move {
+        // Upstream → the client and the ingestion, hashed here so that the
+        // client's last bytes need not wait for the ingestion. `Ok`: the
+        // end reached; `Err(None)`: the ingestion stopped reading (its error
+        // says why).
+        let pumped = async {
             let mut seen = 0u64;
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut sha = Sha256::new();
+            let mut buf = vec![0u8; READ_BUF];
             loop {
-                let n = nar.read(&mut buf).await.map_err(|e| {
-                    Some(UpstreamError::Unavailable {
-                        upstream: up.url().to_owned(),
-                        message: format!("reading the NAR of {}: {e}", ni.store_path),
-                    })
-                })?;
+                let n = nar
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Some(read_error(up.url(), ni, e)))?;
                 if n == 0 {
                     break;
                 }
@@ -320,6 +450,7 @@ impl Puller {
                         "the NAR is longer than its NarSize {limit}"
                     ))));
                 }
+                sha.update(&buf[..n]);
                 let chunk = Bytes::copy_from_slice(&buf[..n]);
                 writer.write_all(&chunk).await.map_err(|_| None)?;
                 if let Some(tx) = client.as_ref()
@@ -332,59 +463,105 @@ impl Puller {
                 }
             }
             writer.shutdown().await.map_err(|_| None)?;
-            Ok(seen)
+            Ok((seen, <[u8; 32]>::from(sha.finalize())))
+        }
+        .await;
+        let stored_err = |e: tokio::task::JoinError| {
+            UpstreamError::Store(format!("the NAR's ingestion task: {e}"))
         };
-        let ingest = async {
-            let ingested = cairn_store::nar::ingest(
-                self.blobs.as_ref(),
-                self.directories.as_ref(),
-                &mut reader,
-            )
-            .await
-            .map_err(|e| refused(format!("its NAR: {e}")))?;
-            let mut probe = [0u8; 1];
-            if reader.read(&mut probe).await.unwrap_or(0) != 0 {
-                return Err(refused("data after the end of the NAR".into()));
+        match pumped {
+            Err(Some(e)) => return Err(e),
+            Err(None) => {
+                return Err(match ingesting.join().await.map_err(stored_err)? {
+                    Err(e) => refused(e),
+                    Ok(_) => refused("the NAR could not be stored".into()),
+                });
             }
-            drop(reader);
-            Ok(ingested)
-        };
-        let (pumped, ingested) = tokio::join!(pump, ingest);
-        let (seen, ingested) = match (pumped, ingested) {
-            (Err(Some(e)), _) => return Err(e),
-            (_, Err(e)) => return Err(e),
-            (Err(None), Ok(_)) => return Err(refused("the NAR could not be stored".into())),
-            (Ok(seen), Ok(ingested)) => (seen, ingested),
-        };
-        if seen != ni.nar_size || ingested.nar_size != ni.nar_size {
-            return Err(refused(format!(
-                "the NAR has {} bytes, its narinfo says {}",
-                ingested.nar_size, ni.nar_size
+            Ok((seen, sha)) => {
+                if seen != ni.nar_size {
+                    return Err(refused(format!(
+                        "the NAR has {seen} bytes, its narinfo says {}",
+                        ni.nar_size
+                    )));
+                }
+                let got = NixHash::Sha256(sha);
+                if got != ni.nar_hash {
+                    return Err(refused(format!(
+                        "the NAR's hash is {got}, its narinfo says {}",
+                        ni.nar_hash
+                    )));
+                }
+            }
+        }
+        // The bytes are the signed ones: the client has them all now.
+        if let (Some(tx), Some(last)) = (client.take(), held.take()) {
+            let _ = tx.send(Ok(last)).await;
+        }
+        let ingested = ingesting
+            .join()
+            .await
+            .map_err(stored_err)?
+            .map_err(refused)?;
+        if ingested.nar_size != ni.nar_size || NixHash::Sha256(ingested.nar_sha256) != ni.nar_hash {
+            return Err(UpstreamError::Store(format!(
+                "{}: the NAR read back while stored differs from the one received",
+                ni.store_path
             )));
         }
-        let got = NixHash::Sha256(ingested.nar_sha256);
-        if got != ni.nar_hash {
-            return Err(refused(format!(
-                "the NAR's hash is {got}, its narinfo says {}",
-                ni.nar_hash
-            )));
-        }
-        let info = PathInfo {
-            store_path: ni.store_path.clone(),
-            node: ingested.root,
-            references: ni.references.clone(),
-            nar_size: ingested.nar_size,
-            nar_sha256: ingested.nar_sha256,
-            signatures: ni.signatures.clone(),
-            deriver: ni.deriver.clone(),
-            ca: ni.ca.clone(),
-        };
-        info.validate()
-            .map_err(|e| refused(format!("CA and StorePath disagree: {e}")))?;
+        let info = path_info(ni, ingested.root, ingested.nar_size, ingested.nar_sha256);
         self.path_info
             .put(info)
             .await
             .map_err(|e| UpstreamError::Store(e.to_string()))
+    }
+}
+
+/// The path info of a pulled path: its content `node`, the rest from its
+/// narinfo.
+fn path_info(ni: &NarInfo, node: Node, nar_size: u64, nar_sha256: [u8; 32]) -> PathInfo {
+    PathInfo {
+        store_path: ni.store_path.clone(),
+        node,
+        references: ni.references.clone(),
+        nar_size,
+        nar_sha256,
+        signatures: ni.signatures.clone(),
+        deriver: ni.deriver.clone(),
+        ca: ni.ca.clone(),
+    }
+}
+
+/// A task aborted when its handle is dropped (the download failed, or its
+/// task ended): no ingestion runs on with nobody waiting for it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A failed read of an upstream's NAR: refused if its compressed file did not
+/// match the narinfo, else the upstream failing.
+fn read_error(upstream: &str, ni: &NarInfo, e: std::io::Error) -> UpstreamError {
+    let upstream = upstream.to_owned();
+    if let Some(m) = e.get_ref().and_then(|i| i.downcast_ref::<FileMismatch>()) {
+        return UpstreamError::Refused {
+            upstream,
+            message: format!("{}: {m}", ni.store_path),
+        };
+    }
+    let message = format!("reading the NAR of {}: {e}", ni.store_path);
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        UpstreamError::TimedOut { upstream, message }
+    } else {
+        UpstreamError::Unavailable { upstream, message }
     }
 }
 
@@ -401,6 +578,7 @@ async fn wait(mut rx: watch::Receiver<Outcome>) -> Result<PathInfo, UpstreamErro
 fn cache_error(e: UpstreamError) -> CacheError {
     match e {
         UpstreamError::Store(m) | UpstreamError::Config(m) => CacheError::Internal(m),
+        e @ UpstreamError::TimedOut { .. } => CacheError::UpstreamTimeout(e.to_string()),
         other => CacheError::Upstream(other.to_string()),
     }
 }
@@ -442,19 +620,41 @@ impl PullThrough for Puller {
     }
 }
 
-/// A path info service whose misses are pulled from upstreams: `get` of a
-/// path it does not have asks the [`Puller`] (which stores it in `inner`);
-/// everything else is `inner`'s.
+/// A path info service in front of upstreams: `get` of a path it does not
+/// have asks the [`Puller`] (which stores it in `inner`), unless turned off
+/// with [`PullThroughPathInfoService::pull_misses`]; with
+/// [`PullThroughPathInfoService::skip_uploads`], `put` of a path a trusted
+/// upstream has with the same NAR and references succeeds without storing it
+/// (later reads pull it). Everything else is `inner`'s.
 pub struct PullThroughPathInfoService {
     inner: Arc<dyn PathInfoService>,
     puller: Arc<Puller>,
+    pull_misses: bool,
+    skip_uploads: bool,
 }
 
 impl PullThroughPathInfoService {
     /// `inner`, pulling its misses with `puller` (which must store into
-    /// `inner`).
+    /// `inner`), storing every put.
     pub fn new(inner: Arc<dyn PathInfoService>, puller: Arc<Puller>) -> Self {
-        Self { inner, puller }
+        Self {
+            inner,
+            puller,
+            pull_misses: true,
+            skip_uploads: false,
+        }
+    }
+
+    /// Whether `get` pulls a path `inner` does not have (default: yes).
+    pub fn pull_misses(mut self, on: bool) -> Self {
+        self.pull_misses = on;
+        self
+    }
+
+    /// Whether `put` skips storing a path a trusted upstream has (default: no).
+    pub fn skip_uploads(mut self, on: bool) -> Self {
+        self.skip_uploads = on;
+        self
     }
 }
 
@@ -464,13 +664,29 @@ impl PathInfoService for PullThroughPathInfoService {
         if let Some(info) = self.inner.get(digest).await? {
             return Ok(Some(info));
         }
-        self.puller
-            .pull(digest)
-            .await
-            .map_err(|e| Error::Storage(Box::new(e)))
+        if !self.pull_misses {
+            return Ok(None);
+        }
+        self.puller.pull(digest).await.map_err(|e| match e {
+            UpstreamError::Store(_) | UpstreamError::Config(_) => Error::Storage(Box::new(e)),
+            // UNAVAILABLE over gRPC: the client may try again later.
+            other => Error::Unavailable(format!(
+                "{} is not stored here and the upstreams could not provide it: {other}",
+                nixbase32::encode(&digest)
+            )),
+        })
     }
 
     async fn put(&self, info: PathInfo) -> Result<PathInfo, Error> {
+        // A path already here is put as usual (the store says whether the put
+        // agrees with it).
+        if self.skip_uploads
+            && self.inner.get(*info.store_path.digest()).await?.is_none()
+            && self.puller.upstream_has(&info).await
+        {
+            tracing::info!(path = %info.store_path, "upload not stored: a trusted upstream has it");
+            return Ok(info);
+        }
         self.inner.put(info).await
     }
 

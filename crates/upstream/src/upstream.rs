@@ -2,16 +2,19 @@
 
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_cache::Compression;
+use cairn_nix::hash::{Hasher, NixHash};
 use cairn_nix::narinfo::NarInfo;
 use cairn_nix::nixbase32;
 use cairn_nix::signature::VerifyingKey;
 use cairn_nix::store_path::DIGEST_LEN;
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
 
 /// A NAR being read from an upstream, decompressed.
@@ -28,6 +31,15 @@ pub enum UpstreamError {
     /// after the retries.
     #[error("{upstream}: {message}")]
     Unavailable {
+        /// The upstream's URL.
+        upstream: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The upstream did not answer in time (connecting, or between two reads),
+    /// even after the retries.
+    #[error("{upstream}: {message}")]
+    TimedOut {
         /// The upstream's URL.
         upstream: String,
         /// What went wrong.
@@ -275,7 +287,11 @@ impl Upstream {
     }
 
     /// The NAR of `ni` (a narinfo [`Upstream::narinfo`] accepted), decompressed
-    /// as it is read. Its bytes are not checked here: the caller hashes them.
+    /// as it is read. The compressed file is checked against the narinfo's
+    /// `FileSize` and `FileHash` (when it has them) as it streams: a read fails
+    /// (an `InvalidData` error carrying a [`FileMismatch`]) once the file is
+    /// longer than its `FileSize`, and at the NAR's end if its size or hash
+    /// differ. The NAR's own bytes are not checked here: the caller hashes them.
     pub async fn nar(&self, ni: &NarInfo) -> Result<NarStream, UpstreamError> {
         let compression = Compression::from_name(ni.compression.as_str())
             .ok_or_else(|| self.refused(format!("unknown Compression {}", ni.compression)))?;
@@ -285,22 +301,42 @@ impl Upstream {
             .open(rel)
             .await?
             .ok_or_else(|| self.unavailable(format!("{rel}: not found (its narinfo names it)")))?;
-        Ok(compression.decoder(file))
+        let check = Arc::new(Mutex::new(FileCheck {
+            name: rel.to_owned(),
+            size: ni.file_size,
+            hash: ni.file_hash.clone(),
+            hasher: ni.file_hash.as_ref().map(|h| Hasher::new(h.algo())),
+            seen: 0,
+        }));
+        let (per_chunk, at_end) = (check.clone(), check.clone());
+        let checked = file
+            .map(move |chunk| {
+                let chunk = chunk?;
+                lock(&per_chunk).update(&chunk)?;
+                Ok(chunk)
+            })
+            .chain(
+                futures::stream::once(async move { lock(&at_end).finish().err().map(Err) })
+                    .filter_map(std::future::ready),
+            );
+        let raw = StreamReader::new(Box::pin(checked) as BoxedBytes);
+        Ok(Box::pin(CheckedAtEnd {
+            inner: compression.decoder(raw),
+            check,
+            done: false,
+        }))
     }
 
-    /// A file of the cache as a stream, each read bounded by the timeout;
-    /// `None` if absent.
-    async fn open(
-        &self,
-        rel: &str,
-    ) -> Result<Option<StreamReader<BoxedBytes, Bytes>>, UpstreamError> {
+    /// A file of the cache as a stream of bytes, each read bounded by the
+    /// timeout; `None` if absent.
+    async fn open(&self, rel: &str) -> Result<Option<BoxedBytes>, UpstreamError> {
         match &self.base {
             Base::File(dir) => {
                 let path = dir.join(rel);
                 match tokio::fs::File::open(&path).await {
                     Ok(f) => {
                         let s = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024);
-                        Ok(Some(StreamReader::new(Box::pin(s) as BoxedBytes)))
+                        Ok(Some(Box::pin(s) as BoxedBytes))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(self.unavailable(format!("{}: {e}", path.display()))),
@@ -318,18 +354,17 @@ impl Upstream {
                     ))
                 });
                 let timed = with_timeout(body, self.timeout);
-                Ok(Some(StreamReader::new(Box::pin(timed) as BoxedBytes)))
+                Ok(Some(Box::pin(timed) as BoxedBytes))
             }
         }
     }
 
     /// A small file of the cache (a narinfo), whole; `None` if absent.
     async fn read_small(&self, rel: &str) -> Result<Option<Vec<u8>>, UpstreamError> {
-        let Some(mut reader) = self.open(rel).await? else {
+        let Some(mut stream) = self.open(rel).await? else {
             return Ok(None);
         };
         let mut out = Vec::new();
-        let mut stream = tokio_util::io::ReaderStream::new(&mut reader);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.unavailable(format!("{rel}: {e}")))?;
             if out.len() + chunk.len() > MAX_NARINFO {
@@ -351,6 +386,7 @@ impl Upstream {
         let mut last;
         let mut attempt = 0;
         loop {
+            let mut timed_out = false;
             match tokio::time::timeout(self.timeout, client.get(url).send()).await {
                 Ok(Ok(r)) if r.status().is_success() => return Ok(Some(r)),
                 Ok(Ok(r)) if matches!(r.status().as_u16(), 404 | 403 | 410) => return Ok(None),
@@ -360,11 +396,25 @@ impl Upstream {
                 Ok(Ok(r)) => {
                     return Err(self.unavailable(format!("GET {url}: HTTP {}", r.status())));
                 }
-                Ok(Err(e)) => last = format!("GET {url}: {}", error_chain(&e)),
-                Err(_) => last = format!("GET {url}: no answer within {:?}", self.timeout),
+                Ok(Err(e)) => {
+                    timed_out = e.is_timeout();
+                    last = format!("GET {url}: {}", error_chain(&e));
+                }
+                Err(_) => {
+                    timed_out = true;
+                    last = format!("GET {url}: no answer within {:?}", self.timeout);
+                }
             }
             if attempt >= self.retries {
-                return Err(self.unavailable(format!("{last} (after {} tries)", attempt + 1)));
+                let message = format!("{last} (after {} tries)", attempt + 1);
+                return Err(if timed_out {
+                    UpstreamError::TimedOut {
+                        upstream: self.name.clone(),
+                        message,
+                    }
+                } else {
+                    self.unavailable(message)
+                });
             }
             tracing::debug!(upstream = %self.name, error = %last, ?delay, "retrying");
             attempt += 1;
@@ -375,6 +425,98 @@ impl Upstream {
 }
 
 type BoxedBytes = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// The compressed file of a NAR does not match its narinfo's `FileSize` or
+/// `FileHash`: inside the `InvalidData` error a [`NarStream`] read fails with.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FileMismatch(String);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What a NAR's compressed file should be, and what came of it so far.
+struct FileCheck {
+    /// Its path in the cache, for messages.
+    name: String,
+    size: Option<u64>,
+    hash: Option<NixHash>,
+    hasher: Option<Hasher>,
+    seen: u64,
+}
+
+impl FileCheck {
+    fn mismatch(&self, message: String) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            FileMismatch(format!("{}: {message}", self.name)),
+        )
+    }
+
+    fn update(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.seen += chunk.len() as u64;
+        if let Some(size) = self.size
+            && self.seen > size
+        {
+            return Err(self.mismatch(format!("the file is longer than its FileSize {size}")));
+        }
+        if let Some(h) = &mut self.hasher {
+            h.update(chunk);
+        }
+        Ok(())
+    }
+
+    /// Everything the decompressor took has been seen: it must be the whole
+    /// file, as the narinfo describes it.
+    fn finish(&self) -> std::io::Result<()> {
+        if let Some(size) = self.size
+            && self.seen != size
+        {
+            return Err(self.mismatch(format!(
+                "the compressed NAR has {} bytes, its FileSize says {size}",
+                self.seen
+            )));
+        }
+        if let (Some(want), Some(h)) = (&self.hash, &self.hasher) {
+            let got = h.clone().finalize();
+            if &got != want {
+                return Err(self.mismatch(format!(
+                    "the compressed NAR's hash is {}, its FileHash says {}",
+                    got.to_nix32_prefixed(),
+                    want.to_nix32_prefixed()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The decompressed NAR, ending only once the compressed file it came from
+/// passed [`FileCheck::finish`] (a decompressor stops at the end of its stream
+/// without reading the input's end, so the file stream's own check may not
+/// run).
+struct CheckedAtEnd {
+    inner: NarStream,
+    check: Arc<Mutex<FileCheck>>,
+    done: bool,
+}
+
+impl AsyncRead for CheckedAtEnd {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(self.inner.as_mut().poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 && !self.done {
+            lock(&self.check).finish()?;
+            self.done = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// `stream`, failing with `TimedOut` when its next item takes longer than
 /// `timeout`.

@@ -259,9 +259,22 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() },
             args.http.max_nar_size(),
         )?;
+        let skip_uploads = args.upstream.upstream_skip_uploads;
         let grpc_path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> = match &puller {
-            Some(p) => Arc::new(cairn_upstream::PullThroughPathInfoService::new(path_info.clone(), p.clone())),
+            Some(p) => Arc::new(
+                cairn_upstream::PullThroughPathInfoService::new(path_info.clone(), p.clone()).skip_uploads(skip_uploads),
+            ),
             None => path_info.clone(),
+        };
+        // What HTTP uploads and the Nix socket put into (their reads see the
+        // store as it is: the binary cache pulls by itself).
+        let upload_path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> = match &puller {
+            Some(p) if skip_uploads => Arc::new(
+                cairn_upstream::PullThroughPathInfoService::new(path_info.clone(), p.clone())
+                    .pull_misses(false)
+                    .skip_uploads(true),
+            ),
+            _ => path_info.clone(),
         };
         let (routes, _health) =
             cairn_store::pathinfo::routes(blobs.clone(), directories.clone(), grpc_path_info).await?;
@@ -311,6 +324,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 blobs: blobs.clone(),
                 directories: directories.clone(),
                 path_info_cache,
+                puller: puller.clone(),
             };
             let (metrics, metrics_server) =
                 super::daemon_metrics::setup(&args.metrics, sources, stopped(stop_rx.clone())).await?;
@@ -355,7 +369,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             let (grpc_scheme, http_scheme) = if tls.is_some() { ("grpc+https", "https") } else { ("grpc+http", "http") };
             let mut http_note = String::new();
             let http_tls = tls.as_ref().map(|t| t.http()).transpose()?;
-            let store = || super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() };
+            let store = || super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: upload_path_info.clone() };
             let pull = puller.clone().map(|p| p as Arc<dyn cairn_cache::PullThrough>);
             if let Some((addr, uploads, server)) = super::daemon_http::bind(&args.http, store(), pull, &dir, &info_url, &metrics, http_tls, stopped(stop_rx.clone())).await? {
                 servers.spawn(server);

@@ -66,6 +66,8 @@ pub struct StoreSources<'a> {
     pub directories: Arc<dyn DirectoryService>,
     /// The path info cache in front of the store, if any.
     pub path_info_cache: Option<Arc<CachingPathInfoService>>,
+    /// What pulls from the upstreams (`--upstream`), if any.
+    pub puller: Option<Arc<cairn_upstream::Puller>>,
 }
 
 /// Builds the registry. Returns the metrics, and the server of --metrics-listen
@@ -130,6 +132,7 @@ struct StoreCollector {
     store: Option<EmbeddedStore>,
     paths: Option<RedbPathInfoService>,
     path_info_cache: Option<Arc<CachingPathInfoService>>,
+    puller: Option<Arc<cairn_upstream::Puller>>,
     last: Mutex<Option<(Instant, Figures)>>,
 }
 
@@ -165,6 +168,7 @@ impl StoreCollector {
             store,
             paths,
             path_info_cache: sources.path_info_cache,
+            puller: sources.puller,
             last: Mutex::new(None),
         })
     }
@@ -294,6 +298,33 @@ impl Collector for StoreCollector {
                 "Path info lookups that went to the store",
                 misses,
             )?;
+        }
+        if let Some(puller) = &self.puller {
+            let st = puller.stats();
+            for (name, help, value) in [
+                (
+                    "upstream_pulls",
+                    "Paths pulled from upstream caches and stored",
+                    st.pulls,
+                ),
+                (
+                    "upstream_nar_bytes",
+                    "Bytes of the NARs pulled from upstream caches (uncompressed)",
+                    st.nar_bytes,
+                ),
+                (
+                    "upstream_failures",
+                    "Upstream narinfo lookups that failed everywhere, and pulls that failed or were refused",
+                    st.failures,
+                ),
+                (
+                    "upstream_negative_cache_hits",
+                    "Lookups answered absent from the negative cache, without asking the upstreams",
+                    st.negative_hits,
+                ),
+            ] {
+                counter(&mut encoder, name, help, value)?;
+            }
         }
         Ok(())
     }

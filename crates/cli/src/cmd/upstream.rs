@@ -52,6 +52,13 @@ pub struct UpstreamArgs {
     /// (otherwise each is pulled when it is asked for).
     #[arg(long)]
     prefetch_references: bool,
+
+    /// Accept uploads (HTTP narinfo PUT, gRPC PathInfoService.Put, the Nix
+    /// daemon socket) of a path that a trusted upstream has with the same NAR
+    /// and references without storing it: reads of it pull it from there.
+    /// Each uploaded path not stored here costs one upstream narinfo request.
+    #[arg(long, requires = "upstreams")]
+    pub upstream_skip_uploads: bool,
 }
 
 impl UpstreamArgs {

@@ -180,7 +180,7 @@ impl NarError {
             ErrorKind::InvalidArgument => K::InvalidInput,
             ErrorKind::ResourceExhausted => K::FileTooLarge,
             ErrorKind::Corrupt => K::InvalidData,
-            ErrorKind::Internal => K::Other,
+            ErrorKind::Internal | ErrorKind::Unavailable => K::Other,
         };
         std::io::Error::new(kind, self)
     }
@@ -236,7 +236,9 @@ impl From<NarError> for cairn_castore::Error {
                     std::io::ErrorKind::NotFound,
                     other,
                 )),
-                ErrorKind::Internal => cairn_castore::Error::storage(other),
+                ErrorKind::Internal | ErrorKind::Unavailable => {
+                    cairn_castore::Error::storage(other)
+                }
             },
         }
     }
