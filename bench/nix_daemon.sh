@@ -4,9 +4,11 @@
 #   - N small paths (content-addressed, one small file each), and
 #   - one BIG_MIB MiB path (a random file),
 # through
-#   - unix://SOCK?root=ROOT (metadata over the protocol; contents through
-#     `cairn mount ROOT/nix/store`: Nix 2.8's unix:// client reads them from its
-#     root, not with NarFromPath),
+#   - unix://SOCK?root=ROOT (metadata over the protocol; contents from
+#     ROOT/nix/store, which the daemon mounts itself with --nix-mount: Nix's
+#     unix:// client reads them from its root, not with NarFromPath),
+#   - unix-mnt: the same with the store mounted by a separate `cairn mount`
+#     process instead (through the daemon's gRPC),
 #   - ssh-ng://localhost (cairn nix-daemon --stdio as the remote program: the
 #     NAR over the protocol, NarFromPath),
 #   - http:// of the same daemon (the binary cache), and
@@ -24,6 +26,7 @@ W=$(mktemp -d /tmp/cairn-nixd-bench.XXXXXX)
 PID=; MPID=
 cleanup() {
   umount -l "$W/root/nix/store" 2>/dev/null || true
+  umount -l "$W/mnt/nix/store" 2>/dev/null || true
   [ -n "$MPID" ] && kill "$MPID" 2>/dev/null || true
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
   sleep 0.5
@@ -56,14 +59,14 @@ rm -f "$W"/p* "$W/big"
 
 # The daemon's store gets the paths over its own socket; the file:// cache from
 # Nix directly.
+mkdir -p "$W/root/nix/store" "$W/mnt/nix/store"
 "$CAIRN" daemon --data-dir "$W/data" --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-  --nix-socket "$W/nix.sock" 2> "$W/daemon.log" & PID=$!
+  --nix-socket "$W/nix.sock" --nix-mount "$W/root/nix/store" 2> "$W/daemon.log" & PID=$!
 for _ in $(seq 100); do grep -q serving "$W/daemon.log" 2>/dev/null && break; sleep 0.1; done
 HTTP=$(grep -o 'binary cache on http://127.0.0.1:[0-9]*' "$W/daemon.log" | sed 's/binary cache on //')
 nix copy --from "$S" --to "unix://$W/nix.sock" "${SMALL[@]}" "$BIG"
 nix copy --from "$S" --to "file://$W/cache?compression=none" "${SMALL[@]}" "$BIG"
-mkdir -p "$W/root/nix/store"
-"$CAIRN" mount --data-dir "$W/data" "$W/root/nix/store" 2> "$W/mount.log" & MPID=$!
+"$CAIRN" mount --data-dir "$W/data" "$W/mnt/nix/store" 2> "$W/mount.log" & MPID=$!
 for _ in $(seq 100); do grep -q mounted "$W/mount.log" 2>/dev/null && break; sleep 0.1; done
 printf '#!/bin/sh\nexec %s nix-daemon --trusted --data-dir %s "$@"\n' "$CAIRN" "$W/data" > "$W/remote"
 chmod +x "$W/remote"
@@ -78,6 +81,7 @@ secs() {
 }
 declare -A FROM=(
   [unix]="unix://$W/nix.sock?root=$W/root"
+  [unix-mnt]="unix://$W/nix.sock?root=$W/mnt"
   [ssh-ng]="ssh-ng://localhost?remote-program=$W/remote"
   [http]="$HTTP"
   [file]="file://$W/cache"
@@ -87,17 +91,18 @@ run() {
   echo "== nix copy --from ... of $what ($(load))"
   for round in $(seq "$ROUNDS"); do
     declare -A T=()
-    for k in unix ssh-ng http file; do
+    for k in unix unix-mnt ssh-ng http file; do
       rm -rf "$W/dst"
       T[$k]=$(secs nix copy --no-check-sigs --from "${FROM[$k]}" --to "$W/dst" "$@")
       # Every path arrived, whole.
       nix store verify --store "$W/dst" --no-trust "$@" > /dev/null 2>&1 \
         || { echo "$k: the copy does not verify" >&2; exit 1; }
     done
-    printf 'round %d: unix %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %.2f  unix/file %.2f  ssh-ng/http %.2f\n' \
-      "$round" "${T[unix]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}" \
+    printf 'round %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %.2f  unix/file %.2f  unix-mnt/http %.2f  ssh-ng/http %.2f\n' \
+      "$round" "${T[unix]}" "${T[unix-mnt]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}" \
       "$(awk -v a="${T[unix]}" -v b="${T[http]}" 'BEGIN { print a / b }')" \
       "$(awk -v a="${T[unix]}" -v b="${T[file]}" 'BEGIN { print a / b }')" \
+      "$(awk -v a="${T[unix-mnt]}" -v b="${T[http]}" 'BEGIN { print a / b }')" \
       "$(awk -v a="${T[ssh-ng]}" -v b="${T[http]}" 'BEGIN { print a / b }')"
   done
 }

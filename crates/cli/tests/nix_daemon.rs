@@ -256,6 +256,40 @@ fn nix_uses_the_socket_as_a_store() {
     assert!(!sock.exists(), "the socket is removed at shutdown");
 }
 
+/// `--nix-mount`: the daemon itself mounts the store where a `unix://` client
+/// with `?root=ROOT` reads contents (ROOT/nix/store), so `nix store ls/cat`,
+/// `nix store verify` and `nix copy --from` work with no `cairn mount` process;
+/// the mount is gone once the daemon stopped.
+#[test]
+fn the_daemon_mounts_the_store_for_unix_clients() {
+    let (nix, [top, dep], pk) = signed_closure("nixmount");
+    let (chroot, data) = (nix.store(), nix.path("data"));
+    let chroot = s(&chroot);
+    let sock = nix.path("nix.sock");
+    let root = nix.path("root");
+    let store_dir = root.join("nix/store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let (daemon, _, line) = start_daemon_with(
+        &data,
+        &["--nix-socket", s(&sock), "--nix-mount", s(&store_dir)],
+    );
+    assert!(
+        line.contains(&format!("the store mounted on {}", store_dir.display())),
+        "{line}"
+    );
+    let store = format!("unix://{}", sock.display());
+    nix.run("nix", &copy_unchecked(chroot, &store, &top));
+    let with_root = format!("{store}?root={}", root.display());
+    read_back(&nix, &with_root, chroot, [&top, &dep], &pk);
+    stop_daemon(daemon);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(s(&store_dir)),
+        "unmounted at shutdown: {mounts}"
+    );
+    assert_eq!(std::fs::read_dir(&store_dir).unwrap().count(), 0);
+}
+
 /// `ssh-ng://` with `cairn nix-daemon --stdio` as the remote program: a copy
 /// there (trusted, `--no-check-sigs`) and back out with `NarFromPath`, listings
 /// and contents, and `nix store verify` on the remote.

@@ -135,6 +135,24 @@ async fn read_paths<R: AsyncRead + Unpin>(r: &mut R, what: &str) -> Result<Vec<S
     Ok(out)
 }
 
+/// A derived path (`BuildPaths`, `QueryMissing`) as the session's version means
+/// it: `DRV!OUTPUTS` is a derivation's outputs (`*` for all); a bare path is that
+/// path, except that before 1.30 a bare `.drv` path stands for all its outputs
+/// (Nix's `parsePathWithOutputs(...).toDerivedPath()`).
+fn derived_path(t: &str, version: u64) -> Result<(StorePath, Option<&str>), Error> {
+    match t.split_once('!') {
+        Some((drv, wanted)) => Ok((parse_path(drv)?, Some(wanted))),
+        None => {
+            let p = parse_path(t)?;
+            if minor(version) < 30 && p.name().ends_with(".drv") {
+                Ok((p, Some("*")))
+            } else {
+                Ok((p, None))
+            }
+        }
+    }
+}
+
 /// A `ValidPathInfo` in the worker protocol's format (with the 1.16 fields,
 /// which every version served has): path, deriver, NAR hash, references,
 /// registration time, NAR size, ultimate, signatures, content address.
@@ -922,19 +940,17 @@ where
                     wire::read_strings(&mut self.from, MAX_LIST, MAX_STRING, "targets").await?;
                 let (mut will_build, mut unknown) = (Vec::new(), Vec::new());
                 for t in &targets {
-                    match t.split_once('!') {
+                    match derived_path(t, self.version)? {
                         // A derivation's outputs: missing unless every output
                         // asked for is valid; building them is refused later.
-                        Some((drv, wanted)) => {
-                            let drv = parse_path(drv)?;
+                        (drv, Some(wanted)) => {
                             if d.lookup(&drv).await?.is_none() {
                                 unknown.push(drv);
                             } else if d.valid_outputs(&drv, wanted).await?.is_none() {
                                 will_build.push(drv);
                             }
                         }
-                        None => {
-                            let p = parse_path(t)?;
+                        (p, None) => {
                             if d.lookup(&p).await?.is_none() {
                                 unknown.push(p);
                             }
@@ -1107,16 +1123,12 @@ where
                 // copied here is built); anything else needs a builder.
                 let mut results = Vec::with_capacity(targets.len().min(1024));
                 for t in &targets {
-                    let outputs = match t.split_once('!') {
-                        Some((drv, wanted)) => {
-                            let drv = parse_path(drv)?;
-                            match d.valid_outputs(&drv, wanted).await? {
-                                Some(outputs) => outputs,
-                                None => return Err(Error::op(NO_BUILDS)),
-                            }
-                        }
-                        None => {
-                            let p = parse_path(t)?;
+                    let outputs = match derived_path(t, self.version)? {
+                        (drv, Some(wanted)) => match d.valid_outputs(&drv, wanted).await? {
+                            Some(outputs) => outputs,
+                            None => return Err(Error::op(NO_BUILDS)),
+                        },
+                        (p, None) => {
                             if d.lookup(&p).await?.is_none() {
                                 return Err(Error::op(format!(
                                     "path '{t}' is not valid, and {NO_BUILDS}"

@@ -237,6 +237,17 @@ async fn still_in_step(c: &mut Client) {
     c.expect(&[u(LAST), u(0)].concat()).await;
 }
 
+/// `key`'s signature of the fingerprint of `p` with this NAR and no references.
+fn sign(key: &SigningKey, p: &StorePath, nar: &[u8]) -> String {
+    let fp = cairn_nix::signature::fingerprint(
+        p,
+        &NixHash::Sha256(sha2::Sha256::digest(nar).into()),
+        nar.len() as u64,
+        &[],
+    );
+    key.sign(fp.as_bytes()).to_string()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -784,5 +795,565 @@ async fn build_results_of_valid_paths() {
         }
         c.expect(&expected).await;
         still_in_step(&mut c).await;
+    }
+}
+
+/// The fields of an `UnkeyedValidPathInfo` as Nix's daemon writes them
+/// (`ValidPathInfo::write` without the path, format 16 and later): deriver,
+/// NAR hash (hex), references, registration time (cairn records none),
+/// NAR size, ultimate, signatures, content address.
+fn unkeyed(deriver: &str, nar: &[u8], refs: &[String], sigs: &[String], ca: &str) -> Vec<u8> {
+    [
+        s(deriver),
+        s(hex(&sha2::Sha256::digest(nar))),
+        strings(refs),
+        u(0),
+        u(nar.len() as u64),
+        u(0),
+        strings(sigs),
+        s(ca),
+    ]
+    .concat()
+}
+
+/// A `ValidPathInfo` as a client sends it inside AddMultipleToStore's stream:
+/// (and AddToStoreNar's request): the path, then the unkeyed fields.
+fn keyed_info(p: &StorePath, deriver: &str, nar: &[u8], refs: &[String]) -> Vec<u8> {
+    [s(p.to_absolute()), unkeyed(deriver, nar, refs, &[], "")].concat()
+}
+
+/// Nix's content address text of a fixed-output or text hash
+/// (`renderContentAddress`: the method, then the hash in base 32 with its type).
+fn ca_text(prefix: &str, hash: &NixHash) -> String {
+    format!("{prefix}{}", hash.to_nix32_prefixed())
+}
+
+/// The operations that first appear in a protocol version after 1.21, with that
+/// version: Nix's client (`remote-store.cc`) sends them only to a daemon of at
+/// least that version.
+fn introduced(op: u64) -> u64 {
+    match op {
+        41 => 22, // QueryDerivationOutputMap
+        43 => 27, // QueryRealisation
+        44 => 32, // AddMultipleToStore
+        46 => 34, // BuildPathsWithResults
+        _ => 21,
+    }
+}
+
+/// Every operation issue 21 lists, in every protocol version 1.21–1.38 that
+/// Nix's client sends it in, with the exact bytes of the request and of the
+/// answer (or the error in the version's format). The request forms that change
+/// with the version, from Nix's sources:
+/// - AddToStoreNar: NAR tunnelled by STDERR_READ before 1.23, framed from 1.23;
+/// - AddToStore: name, fixed, recursive, algorithm and an unframed NAR before
+///   1.25; name, content-address method, references, repair and a framed dump
+///   from 1.25, answered with the whole path info;
+/// - QueryValidPaths: the substitute flag from 1.27;
+/// - QuerySubstitutablePathInfos: a path set before 1.22, a path -> CA map after;
+/// - derived paths (BuildPaths, QueryMissing): before 1.30 a bare `.drv` path
+///   means all its outputs (`parsePathWithOutputs`), from 1.30 the file itself;
+/// - errors: message and status before 1.26, the structured `Error` from 1.26;
+/// - BuildPathsWithResults' BuildResult: 1.34 fields plus CPU times from 1.37.
+#[tokio::test]
+async fn every_operation_in_every_version() {
+    let key = SigningKey::from_seed("test-1", &[12; 32]).unwrap();
+    for v in VERSIONS {
+        let minor = v & 0xff;
+        let st = store(Config {
+            trusted_keys: vec![key.to_verifying_key()],
+            ..Config::default()
+        });
+        let mut c = Client::connect(&st, v, true).await;
+        let version = format!("protocol {v:#x}");
+
+        // The fixture: dep, a .drv (AddTextToStore) whose output "out" is top,
+        // and top (referring to dep, derived by the .drv), all in the
+        // version's AddToStoreNar form.
+        let dep = path("dep", 50);
+        let top = path("top", 51);
+        let dep_nar = file_nar(b"dep contents");
+        let top_nar = file_nar(dep.to_absolute().as_bytes());
+        c.add_nar(&dep, &dep_nar, &[], &[], true).await;
+        c.expect(&u(LAST)).await;
+        let drv_text = format!(
+            "Derive([(\"out\",\"{}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[],[(\"out\",\"{}\")])",
+            top.to_absolute(),
+            top.to_absolute()
+        );
+        let drv =
+            cairn_nix::store_path::make_text_path_for_content("top.drv", drv_text.as_bytes(), [])
+                .unwrap();
+        c.send(&[u(8), s("top.drv"), s(&drv_text), u(0)].concat())
+            .await;
+        c.expect(&[u(LAST), s(drv.to_absolute())].concat()).await;
+        // A second .drv whose output is not in the store.
+        let lone_text = format!(
+            "Derive([(\"out\",\"{absent}\",\"\",\"\")],[],[],\"x86_64-linux\",\"/bin/sh\",[],[])",
+            absent = path("absent", 52).to_absolute()
+        );
+        let lone =
+            cairn_nix::store_path::make_text_path_for_content("lone.drv", lone_text.as_bytes(), [])
+                .unwrap();
+        c.send(&[u(8), s("lone.drv"), s(&lone_text), u(0)].concat())
+            .await;
+        c.expect(&[u(LAST), s(lone.to_absolute())].concat()).await;
+        // AddToStoreNar with a deriver.
+        let mut req = u(39);
+        req.extend(keyed_info(
+            &top,
+            &drv.to_absolute(),
+            &top_nar,
+            &[dep.to_absolute()],
+        ));
+        req.extend(u(0)); // repair
+        req.extend(u(1)); // dontCheckSigs
+        if minor >= 23 {
+            req.extend(framed(&top_nar, 100));
+            c.send(&req).await;
+        } else {
+            c.send(&req).await;
+            let mut sent = 0;
+            while sent < top_nar.len() {
+                assert_eq!(c.u64().await, READ, "{version}");
+                let want = c.u64().await as usize;
+                let piece = &top_nar[sent..(sent + want).min(top_nar.len())];
+                sent += piece.len();
+                c.send(&s(piece)).await;
+            }
+        }
+        c.expect(&u(LAST)).await;
+
+        let absent = path("absent", 52).to_absolute();
+        let one = |op: u64, arg: &str| [u(op), s(arg)].concat();
+        let top_info = unkeyed(&drv.to_absolute(), &top_nar, &[dep.to_absolute()], &[], "");
+        let mut all = vec![
+            dep.to_absolute(),
+            top.to_absolute(),
+            drv.to_absolute(),
+            lone.to_absolute(),
+        ];
+        all.sort();
+        let mut set_options = u(19);
+        for _ in 0..12 {
+            set_options.extend(u(0));
+        }
+        set_options.extend(u(1));
+        set_options.extend(s("cores"));
+        set_options.extend(s("4"));
+        let mut sub_infos = u(30);
+        if minor < 22 {
+            sub_infos.extend(strings([&absent]));
+        } else {
+            sub_infos.extend([u(1), s(&absent), s("")].concat());
+        }
+        // QueryValidPaths, without and with the substitute flag from 1.27.
+        let valid_paths = |substitute: u64| {
+            let mut req = u(31);
+            req.extend(strings([dep.to_absolute(), absent.clone()]));
+            if minor >= 27 {
+                req.extend(u(substitute));
+            }
+            req
+        };
+        // The .drv as a derived path: from 1.30 "!*" for all its outputs; before,
+        // the bare path means the same.
+        let drv_all = if minor >= 30 {
+            format!("{}!*", drv.to_absolute())
+        } else {
+            drv.to_absolute()
+        };
+        let mut missing = u(40);
+        missing.extend(strings([
+            top.to_absolute(),
+            absent.clone(),
+            format!("{}!out", drv.to_absolute()),
+            drv_all.clone(),
+            lone.to_absolute(),
+            format!("{}!out", path("x.drv", 53).to_absolute()),
+        ]));
+        // The bare lone.drv: before 1.30 its outputs, to build; after, the file,
+        // which is valid.
+        let will_build = if minor < 30 {
+            strings([lone.to_absolute()])
+        } else {
+            u(0)
+        };
+        let mut unknown = vec![absent.clone(), path("x.drv", 53).to_absolute()];
+        unknown.sort();
+
+        let cases: Vec<(u64, &str, Vec<u8>, Vec<u8>)> = vec![
+            (
+                1,
+                "IsValidPath",
+                one(1, &top.to_absolute()),
+                [u(LAST), u(1)].concat(),
+            ),
+            (1, "IsValidPath", one(1, &absent), [u(LAST), u(0)].concat()),
+            (
+                3,
+                "HasSubstitutes",
+                one(3, &absent),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                31,
+                "QueryValidPaths",
+                valid_paths(0),
+                [u(LAST), strings([dep.to_absolute()])].concat(),
+            ),
+            (
+                31,
+                "QueryValidPaths",
+                valid_paths(1),
+                [u(LAST), strings([dep.to_absolute()])].concat(),
+            ),
+            (
+                26,
+                "QueryPathInfo",
+                one(26, &top.to_absolute()),
+                [u(LAST), u(1), top_info.clone()].concat(),
+            ),
+            (
+                26,
+                "QueryPathInfo",
+                one(26, &absent),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                29,
+                "QueryPathFromHashPart",
+                one(29, &top.hash_part()),
+                [u(LAST), s(top.to_absolute())].concat(),
+            ),
+            (
+                29,
+                "QueryPathFromHashPart",
+                one(29, &path("absent", 52).hash_part()),
+                [u(LAST), s("")].concat(),
+            ),
+            (
+                23,
+                "QueryAllValidPaths",
+                u(23),
+                [u(LAST), strings(&all)].concat(),
+            ),
+            (
+                6,
+                "QueryReferrers",
+                one(6, &dep.to_absolute()),
+                [u(LAST), strings([top.to_absolute()])].concat(),
+            ),
+            (
+                6,
+                "QueryReferrers",
+                one(6, &top.to_absolute()),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                33,
+                "QueryValidDerivers",
+                one(33, &top.to_absolute()),
+                [u(LAST), strings([drv.to_absolute()])].concat(),
+            ),
+            (
+                33,
+                "QueryValidDerivers",
+                one(33, &dep.to_absolute()),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                40,
+                "QueryMissing",
+                missing,
+                [u(LAST), will_build, u(0), strings(&unknown), u(0), u(0)].concat(),
+            ),
+            (
+                30,
+                "QuerySubstitutablePathInfos",
+                sub_infos,
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                21,
+                "QuerySubstitutablePathInfo",
+                one(21, &absent),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                32,
+                "QuerySubstitutablePaths",
+                [u(32), strings([&absent])].concat(),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                41,
+                "QueryDerivationOutputMap",
+                one(41, &drv.to_absolute()),
+                [u(LAST), u(1), s("out"), s(top.to_absolute())].concat(),
+            ),
+            (
+                43,
+                "QueryRealisation",
+                one(43, &format!("sha256:{}!out", "0".repeat(64))),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                38,
+                "NarFromPath",
+                one(38, &top.to_absolute()),
+                [u(LAST), top_nar.clone()].concat(),
+            ),
+            (19, "SetOptions", set_options, u(LAST)),
+            (
+                11,
+                "AddTempRoot",
+                one(11, &top.to_absolute()),
+                [u(LAST), u(1)].concat(),
+            ),
+            (
+                12,
+                "AddIndirectRoot",
+                one(12, "/home/u/result"),
+                [u(LAST), u(1)].concat(),
+            ),
+            (
+                10,
+                "EnsurePath",
+                one(10, &top.to_absolute()),
+                [u(LAST), u(1)].concat(),
+            ),
+            (13, "SyncWithGC", u(13), [u(LAST), u(1)].concat()),
+            (14, "FindRoots", u(14), [u(LAST), u(0)].concat()),
+            (34, "OptimiseStore", u(34), [u(LAST), u(1)].concat()),
+            (
+                35,
+                "VerifyStore",
+                [u(35), u(1), u(0)].concat(),
+                [u(LAST), u(0)].concat(),
+            ),
+            (
+                9,
+                "BuildPaths",
+                [u(9), strings([top.to_absolute(), drv_all.clone()]), u(0)].concat(),
+                [u(LAST), u(1)].concat(),
+            ),
+        ];
+        for (op, name, req, answer) in cases {
+            if minor < introduced(op) {
+                continue;
+            }
+            c.send(&req).await;
+            let got = c.read(answer.len()).await;
+            assert_eq!(got, answer, "{name} in {version}");
+        }
+
+        // BuildPathsWithResults of valid targets: one KeyedBuildResult each,
+        // AlreadyValid, builtOutputs giving the .drv's output.
+        if minor >= introduced(46) {
+            c.send(&[u(46), strings([drv_all.clone()]), u(0)].concat())
+                .await;
+            let mut head = [u(LAST), u(1), s(&drv_all), u(2), s("")].concat();
+            for _ in 0..(if minor >= 37 { 6 } else { 4 }) {
+                head.extend(u(0));
+            }
+            head.extend(u(1));
+            c.expect(&head).await;
+            let id = c.string().await;
+            assert!(id.ends_with("!out"), "{id}");
+            let realisation = c.string().await;
+            assert!(
+                realisation.contains(&format!("\"outPath\":\"{}-top\"", top.hash_part())),
+                "{realisation}"
+            );
+        }
+
+        // Builds that need a builder: Nix's error in the version's format, and
+        // the connection goes on.
+        let x_drv = format!("{}!out", path("x.drv", 53).to_absolute());
+        let mut build_derivation = [u(36), s(path("x.drv", 53).to_absolute())].concat();
+        build_derivation.extend(u(1));
+        for f in [
+            top.to_absolute(),
+            String::new(),
+            String::new(),
+            "out".into(),
+        ] {
+            build_derivation.extend(s(f));
+        }
+        build_derivation.extend(strings([dep.to_absolute()]));
+        for f in ["x86_64-linux", "/bin/sh"] {
+            build_derivation.extend(s(f));
+        }
+        build_derivation.extend(strings(["-c", "true"]));
+        build_derivation.extend([u(1), s("out"), s(top.to_absolute())].concat());
+        build_derivation.extend(u(0));
+        // BuildPaths of the bare lone.drv: its outputs before 1.30, the valid
+        // file itself from 1.30.
+        let lone_build = [u(9), strings([lone.to_absolute()]), u(0)].concat();
+        if minor >= 30 {
+            c.send(&lone_build).await;
+            c.expect(&[u(LAST), u(1)].concat()).await;
+        }
+        let mut refused = vec![
+            (9, [u(9), strings([&x_drv]), u(0)].concat()),
+            (36, build_derivation),
+        ];
+        if minor < 30 {
+            refused.push((9, lone_build));
+        }
+        if minor >= introduced(46) {
+            refused.push((46, [u(46), strings([&x_drv]), u(0)].concat()));
+        }
+        for (op, req) in refused {
+            c.send(&req).await;
+            let msg = c.error().await;
+            assert_eq!(msg, cairn_nix_daemon::NO_BUILDS, "op {op} in {version}");
+        }
+        still_in_step(&mut c).await;
+
+        // EnsurePath and NarFromPath of an absent path: errors, in step after.
+        for op in [10, 38] {
+            c.send(&one(op, &absent)).await;
+            let msg = c.error().await;
+            assert!(msg.contains("is not valid"), "op {op} in {version}: {msg}");
+        }
+
+        // AddSignatures: a signature by the trusted key.
+        let sig = sign(&key, &dep, &dep_nar);
+        c.send(&[u(37), s(dep.to_absolute()), strings([&sig])].concat())
+            .await;
+        c.expect(&[u(LAST), u(1)].concat()).await;
+        c.send(&one(26, &dep.to_absolute())).await;
+        c.expect(&[u(LAST), u(1), unkeyed("", &dep_nar, &[], &[sig], "")].concat())
+            .await;
+
+        // AddToStore in the version's form: recursive (a NAR), flat (the file's
+        // bytes; before 1.25 the NAR of the file), and text (from 1.25).
+        let contents = format!("added in {version}\n");
+        let nar = file_nar(contents.as_bytes());
+        let r_hash = HashAlgo::Sha256.digest(&nar);
+        let f_hash = HashAlgo::Sha1.digest(contents.as_bytes());
+        let fixed = |method, hash: &NixHash, name: &str| {
+            cairn_nix::store_path::make_fixed_output_path(method, hash, name, [], false)
+                .unwrap()
+                .to_absolute()
+        };
+        let recursive = fixed(
+            cairn_nix::store_path::FileIngestionMethod::Recursive,
+            &r_hash,
+            "r",
+        );
+        let flat = fixed(
+            cairn_nix::store_path::FileIngestionMethod::Flat,
+            &f_hash,
+            "f",
+        );
+        if minor >= 25 {
+            let add = |name: &str, method: &str, refs: &[String], dump: &[u8]| {
+                [
+                    u(7),
+                    s(name),
+                    s(method),
+                    strings(refs),
+                    u(0),
+                    framed(dump, 5),
+                ]
+                .concat()
+            };
+            c.send(&add("r", "fixed:r:sha256", &[], &nar)).await;
+            c.expect(
+                &[
+                    u(LAST),
+                    s(&recursive),
+                    unkeyed("", &nar, &[], &[], &ca_text("fixed:r:", &r_hash)),
+                ]
+                .concat(),
+            )
+            .await;
+            c.send(&add("f", "fixed:sha1", &[], contents.as_bytes()))
+                .await;
+            c.expect(
+                &[
+                    u(LAST),
+                    s(&flat),
+                    unkeyed("", &nar, &[], &[], &ca_text("fixed:", &f_hash)),
+                ]
+                .concat(),
+            )
+            .await;
+            let text_hash = HashAlgo::Sha256.digest(contents.as_bytes());
+            let text =
+                cairn_nix::store_path::make_text_path_for_content("t", contents.as_bytes(), [&dep])
+                    .unwrap();
+            c.send(&add(
+                "t",
+                "text:sha256",
+                &[dep.to_absolute()],
+                contents.as_bytes(),
+            ))
+            .await;
+            c.expect(
+                &[
+                    u(LAST),
+                    s(text.to_absolute()),
+                    unkeyed(
+                        "",
+                        &nar,
+                        &[dep.to_absolute()],
+                        &[],
+                        &ca_text("text:", &text_hash),
+                    ),
+                ]
+                .concat(),
+            )
+            .await;
+        } else {
+            c.send(&[u(7), s("r"), u(1), u(1), s("sha256"), nar.clone()].concat())
+                .await;
+            c.expect(&[u(LAST), s(&recursive)].concat()).await;
+            c.send(&[u(7), s("f"), u(1), u(0), s("sha1"), nar.clone()].concat())
+                .await;
+            c.expect(&[u(LAST), s(&flat)].concat()).await;
+            // Not fixed: Nix's compatibility rule makes it recursive SHA-256.
+            c.send(&[u(7), s("r"), u(0), u(0), s("md5"), nar.clone()].concat())
+                .await;
+            c.expect(&[u(LAST), s(&recursive)].concat()).await;
+        }
+
+        // AddTextToStore (what clients before 1.25 send for text files; Nix's
+        // daemon still serves it).
+        let text =
+            cairn_nix::store_path::make_text_path_for_content("note", contents.as_bytes(), [&dep])
+                .unwrap();
+        c.send(&[u(8), s("note"), s(&contents), strings([dep.to_absolute()])].concat())
+            .await;
+        c.expect(&[u(LAST), s(text.to_absolute())].concat()).await;
+
+        // AddMultipleToStore (1.32+): two paths, the second referring to the
+        // first, in one framed stream.
+        if minor >= introduced(44) {
+            let a = path("multi-a", 54);
+            let b = path("multi-b", 55);
+            let a_nar = file_nar(b"a");
+            let b_nar = file_nar(a.to_absolute().as_bytes());
+            let inner = [
+                u(2),
+                keyed_info(&a, "", &a_nar, &[]),
+                a_nar.clone(),
+                keyed_info(&b, "", &b_nar, &[a.to_absolute()]),
+                b_nar.clone(),
+            ]
+            .concat();
+            c.send(&[u(44), u(0), u(1), framed(&inner, 33)].concat())
+                .await;
+            c.expect(&u(LAST)).await;
+            c.send(&one(6, &a.to_absolute())).await;
+            c.expect(&[u(LAST), strings([b.to_absolute()])].concat())
+                .await;
+        }
+        still_in_step(&mut c).await;
+        drop(c.io);
+        c.server.await.unwrap().unwrap();
     }
 }

@@ -384,6 +384,10 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 servers.spawn(server);
                 http_note.push_str(&note);
             }
+            if let Some((note, unmount)) = super::nix_daemon::mount(&args.nix, store(), stopped(stop_rx.clone()))? {
+                servers.spawn(unmount);
+                http_note.push_str(&note);
+            }
             // Before the line below: whoever reads it may stop us at once, and a
             // signal that arrives before its handler is installed kills the
             // process instead of shutting it down.

@@ -32,6 +32,22 @@ pub struct NixSocketArgs {
     /// signed by a --trusted-key or content-addressed ones.
     #[arg(long = "nix-trusted-user", value_name = "USER")]
     nix_trusted_users: Vec<String>,
+
+    /// Also mount the store read-only on this existing directory (a FUSE mount
+    /// as `cairn mount` makes), served by the daemon itself. Nix's `unix://`
+    /// client reads a path's contents from its store directory, not over the
+    /// socket: with `--nix-mount ROOT/nix/store`, `--store
+    /// unix://SOCKET?root=ROOT` reads them from this mount, with neither a
+    /// second process nor the gRPC hop a separate `cairn mount` takes.
+    /// Unmounted at shutdown.
+    #[arg(long, value_name = "DIR")]
+    nix_mount: Option<PathBuf>,
+
+    /// Let users other than the daemon's use --nix-mount (FUSE's
+    /// `allow_other`; a user other than root needs `user_allow_other` in
+    /// /etc/fuse.conf).
+    #[arg(long, requires = "nix_mount")]
+    nix_mount_allow_other: bool,
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -66,6 +82,11 @@ impl NixSocketArgs {
     }
 }
 
+/// What the daemon runs for each of these services until it shuts down.
+pub trait Served: Future<Output = Result<(), cairn_castore::Error>> + Send + 'static {}
+
+impl<F: Future<Output = Result<(), cairn_castore::Error>> + Send + 'static> Served for F {}
+
 /// Binds --nix-socket (unless not given) and returns its startup note and the
 /// server future, which runs until `shutdown` completes.
 pub fn bind(
@@ -73,12 +94,7 @@ pub fn bind(
     store: super::store::Store,
     config: cairn_nix_daemon::Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<
-    Option<(
-        String,
-        impl Future<Output = Result<(), cairn_castore::Error>> + Send + 'static,
-    )>,
-> {
+) -> anyhow::Result<Option<(String, impl Served)>> {
     let Some(path) = &args.nix_socket else {
         return Ok(None);
     };
@@ -107,6 +123,62 @@ pub fn bind(
         let served = cairn_nix_daemon::serve_unix(daemon, listener, policy, 1024, shutdown).await;
         let _ = std::fs::remove_file(&path);
         served.map_err(cairn_castore::Error::Io)
+    })))
+}
+
+/// Mounts the store on --nix-mount (unless not given) and returns its startup
+/// note and a future that unmounts it once `shutdown` completes. An unmount
+/// from outside is logged and leaves the rest of the daemon serving.
+pub fn mount(
+    args: &NixSocketArgs,
+    store: super::store::Store,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Option<(String, impl Served)>> {
+    let Some(dir) = &args.nix_mount else {
+        return Ok(None);
+    };
+    let fs = cairn_fuse::StoreFs::new(
+        store.blobs,
+        store.directories,
+        store.path_info,
+        tokio::runtime::Handle::current(),
+        cairn_fuse::Options { list_root: false },
+    );
+    let options = cairn_fuse::MountOptions {
+        threads: 4,
+        allow_other: args.nix_mount_allow_other,
+    };
+    let mut mount = cairn_fuse::Mount::start(fs, dir, &options)
+        .with_context(|| format!("--nix-mount: cannot mount the store on {}", dir.display()))?;
+    let note = format!(", the store mounted on {}", dir.display());
+    let dir = dir.clone();
+    Ok(Some((note, async move {
+        let mut shutdown = std::pin::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {}
+            () = mount.ended() => {
+                // Not a reason to stop serving the rest.
+                tracing::warn!("{} was unmounted from outside; the daemon serves on", dir.display());
+                shutdown.await;
+                return Ok(());
+            }
+        }
+        match mount.unmount() {
+            Ok(cairn_fuse::Unmounted::Done) => {}
+            Ok(cairn_fuse::Unmounted::Detached) => {
+                // Waiting for its last user could take forever.
+                tracing::warn!("{} was in use: detached it", dir.display());
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot unmount {}", dir.display());
+                return Ok(());
+            }
+        }
+        tokio::task::spawn_blocking(move || mount.join())
+            .await
+            .map_err(|e| cairn_castore::Error::Io(std::io::Error::other(e)))?
+            .map_err(cairn_castore::Error::Io)
     })))
 }
 
