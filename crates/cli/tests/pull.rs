@@ -102,6 +102,9 @@ enum Override {
     Slow,
     /// This status, no body.
     Status(u16),
+    /// 404 the first time, then the file (an upstream that got the path
+    /// meanwhile).
+    NotFoundOnce,
 }
 
 /// A static file server on 127.0.0.1 over `root`, one thread per connection,
@@ -184,7 +187,14 @@ fn answer(
             "HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
         )
     };
-    let o = overrides.lock().unwrap().get(path).cloned();
+    let o = {
+        let mut o = overrides.lock().unwrap();
+        let got = o.get(path).cloned();
+        if let Some(Override::NotFoundOnce) = got {
+            o.remove(path);
+        }
+        got
+    };
     let file = if path.contains("..") {
         None
     } else {
@@ -193,6 +203,7 @@ fn answer(
     let send = method == "GET";
     match (o, file) {
         (Some(Override::Status(code)), _) => head(&mut out, &format!("{code} Nope"), 0)?,
+        (Some(Override::NotFoundOnce), _) => head(&mut out, "404 Not Found", 0)?,
         (Some(Override::Body(b)), _) => {
             head(&mut out, "200 OK", b.len())?;
             if send {
@@ -309,6 +320,19 @@ fn nix_substitutes_through_cairn() {
         "{:?}",
         up.requests()
     );
+    // Counted at /metrics: two pulls (their NAR bytes), the absent path asked
+    // of the upstream once and answered twice from the negative cache.
+    let (code, metrics) = curl(&[&format!("{http}/metrics")]);
+    assert_eq!(code, 200);
+    let nar_bytes = upstream_narinfo(&f.top).nar_size + upstream_narinfo(&f.dep).nar_size;
+    for want in [
+        "cairn_upstream_pulls_total 2\n".to_owned(),
+        format!("cairn_upstream_nar_bytes_total {nar_bytes}\n"),
+        "cairn_upstream_failures_total 0\n".to_owned(),
+        "cairn_upstream_negative_cache_hits_total 2\n".to_owned(),
+    ] {
+        assert!(metrics.contains(&want), "{want} in {metrics}");
+    }
     // A second cairn in front of this one, trusting its key: Nix's copy
     // through it asks the upstream nothing more.
     let cairn_pk = f.cairn_pk.to_string();
@@ -465,6 +489,7 @@ fn refusals() {
         cairn_nix::nixbase32::encode(ni.nar_hash.digest())
     );
     let good = nix_dump(&f.dep);
+    assert!(ni.file_hash.is_some() && ni.file_size.is_some(), "{ni}");
 
     let mut untrusted = ni.clone();
     untrusted.signatures.clear();
@@ -511,7 +536,36 @@ fn refusals() {
     forged_ni.file_size = None;
     forged_ni.signatures.clear();
     forged_ni.sign(&f.upstream_sk);
+    // FileHash and FileSize are not in the signed fingerprint: the narinfo
+    // stays validly signed, the compressed file no longer matches it.
+    let mut wrong_file_hash = ni.clone();
+    wrong_file_hash.file_hash = Some(cairn_nix::hash::NixHash::Sha256([7; 32]));
+    let mut short_file_size = ni.clone();
+    short_file_size.file_size = ni.file_size.map(|n| n - 1);
+    let mut long_file_size = ni.clone();
+    long_file_size.file_size = ni.file_size.map(|n| n + 1);
     let nar_cases: Vec<(&str, Vec<(String, Override)>)> = vec![
+        (
+            "FileHash mismatch",
+            vec![(
+                narinfo_url.clone(),
+                Override::Body(wrong_file_hash.to_string().into_bytes()),
+            )],
+        ),
+        (
+            "file longer than FileSize",
+            vec![(
+                narinfo_url.clone(),
+                Override::Body(short_file_size.to_string().into_bytes()),
+            )],
+        ),
+        (
+            "file shorter than FileSize",
+            vec![(
+                narinfo_url.clone(),
+                Override::Body(long_file_size.to_string().into_bytes()),
+            )],
+        ),
         (
             "NAR hash mismatch",
             vec![(
@@ -725,4 +779,111 @@ fn failing_upstreams_are_skipped() {
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(up.requests().len(), before);
     common::stop_daemon(d);
+}
+
+/// A `HEAD` of a NAR only the upstream has answers as its `GET` would (200,
+/// the NAR's length) from the narinfo alone: the upstream sees no NAR request
+/// until the `GET`.
+#[test]
+fn head_of_upstream_nar_downloads_nothing() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let (d, http, _data) = daemon(&up.url, &[]);
+    let ni = upstream_narinfo(&f.big);
+    let url = format!(
+        "{http}/nar/{}-{}.nar",
+        hash_part(&f.big),
+        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "-f", "-I", &url])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(out.status.success(), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", ni.nar_size)),
+        "{head}"
+    );
+    let nar_file = format!("/{}", ni.url);
+    assert_eq!(up.gets(&nar_file), 0, "{:?}", up.requests());
+    // A NAR hash the upstream does not have: 404.
+    let other = format!("{http}/nar/{}-{}.nar", hash_part(&f.big), "0".repeat(52));
+    let (code, _) = curl(&["-I", &other]);
+    assert_eq!(code, 404);
+    let (ok, bytes) = curl_nar(&url);
+    assert!(ok && bytes == nix_dump(&f.big), "{} bytes", bytes.len());
+    assert_eq!(up.gets(&nar_file), 1, "{:?}", up.requests());
+    common::stop_daemon(d);
+}
+
+/// An upstream failing: a gRPC get through the daemon fails UNAVAILABLE
+/// (not INTERNAL), saying so; an upstream that does not answer in time is a
+/// 504 over HTTP, one answering 500 a 502.
+#[test]
+fn upstream_failures_are_unavailable() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let upstream = format!("{}?retries=0", up.url);
+    let (d, http, data) = daemon(&upstream, &["--upstream-negative-ttl", "0"]);
+    let narinfo_url = format!("/{}.narinfo", hash_part(&f.dep));
+    up.set(&narinfo_url, Override::Status(500));
+    let out = common::cairn_at(data.path(), &["path-info", &f.dep], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("UNAVAILABLE"), "{err}");
+    assert!(err.contains("upstreams could not provide it"), "{err}");
+    let (code, body) = curl(&[&format!("{http}{narinfo_url}")]);
+    assert_eq!(code, 502, "{body}");
+    common::stop_daemon(d);
+
+    // Accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "http://{}?timeout=1&retries=0",
+        silent.local_addr().unwrap()
+    );
+    let (d, http, _data) = daemon(&silent_url, &[]);
+    let (code, body) = curl(&[&format!("{http}{narinfo_url}")]);
+    assert_eq!(code, 504, "{body}");
+    common::stop_daemon(d);
+}
+
+/// With --upstream-skip-uploads, the real Nix's `nix copy --to` of a path the
+/// upstream has (it got it after cairn last asked) succeeds, and cairn asks
+/// the upstream for its narinfo at the upload but stores nothing: the first
+/// read pulls the NAR from the upstream. Without the option, the same upload
+/// is stored (the read asks the upstream nothing).
+#[test]
+fn skip_uploads_the_upstream_has() {
+    let f = fixture();
+    for skip in [true, false] {
+        let up = Static::start(&f.cache);
+        let mut extra = vec!["--allow-anonymous-uploads"];
+        if skip {
+            extra.push("--upstream-skip-uploads");
+        }
+        let (d, http, _data) = daemon(&up.url, &extra);
+        let narinfo_url = format!("/{}.narinfo", hash_part(&f.dep));
+        let nar_file = format!("/{}", upstream_narinfo(&f.dep).url);
+        // Absent upstream when Nix asks cairn whether it has the path, so Nix
+        // uploads it.
+        up.set(&narinfo_url, Override::NotFoundOnce);
+        let xdg = tempfile::tempdir().unwrap();
+        ok(cairn_testkit::nix::command("nix", xdg.path())
+            .args(["copy", "--store"])
+            .arg(f.nix.store())
+            .args(["--to", &http, &f.dep]));
+        let asked = up.gets(&narinfo_url);
+        assert_eq!(asked, if skip { 2 } else { 1 }, "{:?}", up.requests());
+        assert_eq!(up.gets(&nar_file), 0, "{:?}", up.requests());
+        copy_from_and_verify(&f.nix, &http, &f.cairn_pk, &[&f.dep]);
+        assert_eq!(
+            up.gets(&nar_file),
+            usize::from(skip),
+            "skip {skip}: {:?}",
+            up.requests()
+        );
+        common::stop_daemon(d);
+    }
 }
