@@ -304,7 +304,7 @@ impl Upstream {
         let check = Arc::new(Mutex::new(FileCheck {
             name: rel.to_owned(),
             size: ni.file_size,
-            hash: ni.file_hash.clone(),
+            hash: ni.file_hash,
             hasher: ni.file_hash.as_ref().map(|h| Hasher::new(h.algo())),
             seen: 0,
         }));

@@ -142,7 +142,7 @@ pub fn mount(
         store.directories,
         store.path_info,
         tokio::runtime::Handle::current(),
-        cairn_fuse::Options { list_root: false },
+        cairn_fuse::Options::default(),
     );
     let options = cairn_fuse::MountOptions {
         threads: 4,
