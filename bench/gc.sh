@@ -12,7 +12,8 @@
 # pathinfo.redb does not shrink (redb keeps its free pages).
 # Targets (issue 18): gc of 100k paths under 60 s, peak RSS under 256 MB.
 # Usage: bench/gc.sh [N]   (BATCH=5000, FILES=1, REWRITE_BELOW=0.5: passed
-# to every gc as --rewrite-below)
+# to every gc as --rewrite-below; CAIRN=path runs that cairn binary instead of
+# building one: an older build, to compare before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
@@ -21,8 +22,12 @@ files=${FILES:-1}
 rewrite=${REWRITE_BELOW:-0.5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo build -q --release -p cairn
-cairn=$PWD/target/release/cairn
+if [ -n "${CAIRN:-}" ]; then
+  cairn=$(realpath "$CAIRN")
+else
+  cargo build -q --release -p cairn
+  cairn=$PWD/target/release/cairn
+fi
 export CAIRN_DATA_DIR=$work/data
 mkdir -p "$work/src"
 for ((i = 0; i < n; i++)); do

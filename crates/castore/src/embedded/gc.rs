@@ -38,13 +38,13 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, MAX_SEGMENT};
+use super::format::{BlobEntry, ChunkLoc, MAX_CHUNK, MAX_DIRECTORY, MAX_SEGMENT, SegRef};
 use super::rewrite::{Ranges, add_range};
 use super::{
     BLOBS, CHUNKS, DAMAGED, DIRECTORIES, EmbeddedError, EmbeddedStore, SEGMENTS, db_err,
     read_segment,
 };
-use crate::gc::{Collector, Epoch, GcOptions, GcReport, Live, mark_with};
+use crate::gc::{Collector, DigestSet, Epoch, GcOptions, GcReport, Live, mark_with};
 use crate::{B3Digest, Directory, Error, Node};
 
 /// Commit-time marks: unix seconds -> per pack (id u32, committed length u64).
@@ -208,6 +208,34 @@ pub(super) fn each(
     Ok(())
 }
 
+/// Calls `keep` with every entry of `table` and removes (unless `dry_run`)
+/// those it does not keep, in one pass: nothing is held per entry. The first
+/// error of `keep` ends the removals and is returned (the caller aborts its
+/// transaction).
+fn retain(
+    table: &mut redb::Table<&[u8; 32], &[u8]>,
+    dry_run: bool,
+    mut keep: impl FnMut(&[u8; 32], &[u8]) -> Result<bool, EmbeddedError>,
+) -> Result<(), EmbeddedError> {
+    let mut failed = None;
+    let mut keep = |k: &[u8; 32], v: &[u8]| -> bool {
+        failed.is_some()
+            || keep(k, v).unwrap_or_else(|e| {
+                failed = Some(e);
+                true
+            })
+    };
+    if dry_run {
+        for e in table.iter().map_err(db_err)? {
+            let (k, v) = e.map_err(db_err)?;
+            keep(k.value(), v.value());
+        }
+    } else {
+        table.retain(|k, v| keep(k, v)).map_err(db_err)?;
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 /// Removes the old entries a table does not keep.
 struct Sweep<'a, F: Fn(&ChunkLoc) -> bool> {
     is_old: &'a F,
@@ -219,34 +247,28 @@ struct Sweep<'a, F: Fn(&ChunkLoc) -> bool> {
 
 impl<F: Fn(&ChunkLoc) -> bool> Sweep<'_, F> {
     /// Removes (unless dry) the entries of `table` (locations of objects up to
-    /// `max_raw` bytes) that `keep` does not keep and that are old; returns
-    /// their digests.
+    /// `max_raw` bytes) that `keep` does not keep and that are old, calling
+    /// `gone` with each one's digest. Streams: nothing is held per entry.
     fn table(
         &mut self,
         table: &mut redb::Table<&[u8; 32], &[u8]>,
         max_raw: usize,
         keep: impl Fn(&[u8; 32]) -> bool,
-    ) -> Result<Vec<[u8; 32]>, EmbeddedError> {
-        let mut dead = Vec::new();
-        for e in table.iter().map_err(db_err)? {
-            let (k, v) = e.map_err(db_err)?;
-            let d = *k.value();
-            if keep(&d) {
-                continue;
+        mut gone: impl FnMut(&[u8; 32]),
+    ) -> Result<(), EmbeddedError> {
+        retain(table, self.dry_run, |k, v| {
+            if keep(k) {
+                return Ok(true);
             }
-            let loc = ChunkLoc::decode(v.value(), max_raw)?;
-            if (self.is_old)(&loc) {
-                dead.push((d, loc));
+            let loc = ChunkLoc::decode(v, max_raw)?;
+            if !(self.is_old)(&loc) {
+                return Ok(true);
             }
-        }
-        for (d, loc) in &dead {
             self.stored_bytes += u64::from(loc.stored_len);
-            add_range(self.freed, loc);
-            if !self.dry_run {
-                table.remove(d).map_err(db_err)?;
-            }
-        }
-        Ok(dead.into_iter().map(|(d, _)| d).collect())
+            add_range(self.freed, &loc);
+            gone(k);
+            Ok(false)
+        })
     }
 }
 
@@ -307,9 +329,10 @@ impl EmbeddedStore {
             loc.offset + u64::from(loc.stored_len) <= old.get(&loc.pack).copied().unwrap_or(0)
         };
 
-        // Young objects, and what the roots reach.
+        // Young objects, and what the roots reach: the blobs kept go into
+        // `live.blobs` (compact sets: a store of a million objects).
+        let mut live = Live::default();
         let mut young_dirs = Vec::new();
-        let mut keep_blobs: HashSet<[u8; 32]> = HashSet::new();
         {
             let txn = db.begin_read().map_err(db_err)?;
             each(&txn, DIRECTORIES, |k, v| {
@@ -322,13 +345,13 @@ impl EmbeddedStore {
                 if let BlobEntry::Segmented(segs) = BlobEntry::decode(v)?
                     && segs.iter().any(|s| !is_old(&s.loc))
                 {
-                    keep_blobs.insert(*k);
+                    live.blobs.insert(*k);
                 }
                 Ok(())
             })?;
             each(&txn, CHUNKS, |k, v| {
                 if !is_old(&ChunkLoc::decode(v, MAX_CHUNK)?) {
-                    keep_blobs.insert(*k);
+                    live.blobs.insert(*k);
                 }
                 Ok(())
             })?;
@@ -342,7 +365,6 @@ impl EmbeddedStore {
                 .map(Some)
                 .map_err(|e| Error::Corrupt(format!("stored directory {d} does not decode: {e}")))
         };
-        let mut live = Live::default();
         let recent_dirs = recent.iter().map(|d| B3Digest::from(*d));
         // A recently looked-up digest that is no directory is skipped by the walk
         // only if absent: so those are checked first.
@@ -356,8 +378,7 @@ impl EmbeddedStore {
             get,
         )
         .map_err(|e| EmbeddedError::Corrupt(e.to_string()))?;
-        keep_blobs.extend(live.blobs.iter().map(|d| *d.as_bytes()));
-        keep_blobs.extend(recent.iter().copied());
+        live.blobs.extend(recent.iter().copied());
 
         let _sweep = self
             .inner
@@ -376,18 +397,16 @@ impl EmbeddedStore {
             .difference(&recent)
             .copied()
             .collect();
+        drop(recent);
         let late_dirs: Vec<B3Digest> = late
             .iter()
+            .filter(|d| !live.directories.contains(d) && self.directory_stored(d).unwrap_or(false))
             .map(|d| B3Digest::from(*d))
-            .filter(|d| {
-                !live.directories.contains(d)
-                    && self.directory_stored(d.as_bytes()).unwrap_or(false)
-            })
             .collect();
         mark_with(&mut live, &[], late_dirs, get)
             .map_err(|e| EmbeddedError::Corrupt(e.to_string()))?;
-        keep_blobs.extend(live.blobs.iter().map(|d| *d.as_bytes()));
-        keep_blobs.extend(late);
+        live.blobs.extend(late);
+        let keep_blobs = &live.blobs;
 
         let mut report = GcReport::default();
         let mut freed: Ranges = HashMap::new();
@@ -396,75 +415,81 @@ impl EmbeddedStore {
             let mut chunks = txn.open_table(CHUNKS).map_err(db_err)?;
             let mut segments = txn.open_table(SEGMENTS).map_err(db_err)?;
             let mut dirs = txn.open_table(DIRECTORIES).map_err(db_err)?;
-            // Chunks and segments of kept blobs.
-            let mut keep_chunks: HashSet<[u8; 32]> = HashSet::new();
-            let mut keep_segs: HashSet<[u8; 32]> = HashSet::new();
-            let mut dead_blobs = Vec::new();
-            for e in blobs.iter().map_err(db_err)? {
-                let (k, v) = e.map_err(db_err)?;
-                let entry = BlobEntry::decode(v.value())?;
-                if keep_blobs.contains(k.value()) {
-                    match entry {
-                        BlobEntry::Single => {}
-                        BlobEntry::Chunked(list) => keep_chunks.extend(list.iter().map(|c| c.0)),
-                        BlobEntry::Segmented(segs) => {
-                            for s in &segs {
-                                keep_segs.insert(s.digest);
+            // Chunks and segments of kept blobs; the segments of removed ones
+            // (few: a segment is a blob's list of thousands of chunks).
+            let mut keep_chunks = DigestSet::default();
+            let mut keep_segs = DigestSet::default();
+            let mut dead_segs: Vec<SegRef> = Vec::new();
+            retain(&mut blobs, opts.dry_run, |k, v| {
+                let entry = BlobEntry::decode(v)?;
+                if !keep_blobs.contains(k) {
+                    report.blobs += 1;
+                    if let BlobEntry::Segmented(segs) = entry {
+                        dead_segs.extend(segs);
+                    }
+                    return Ok(false);
+                }
+                match entry {
+                    BlobEntry::Single => {}
+                    BlobEntry::Chunked(list) => keep_chunks.extend(list.iter().map(|c| c.0)),
+                    BlobEntry::Segmented(segs) => {
+                        for s in &segs {
+                            if keep_segs.insert(s.digest) {
                                 for (c, _) in read_segment(packs, s)? {
                                     keep_chunks.insert(c);
                                 }
                             }
                         }
                     }
-                } else {
-                    dead_blobs.push((*k.value(), entry));
                 }
-            }
-            let mut dead_chunk_of_blob = HashSet::new();
-            for (d, entry) in &dead_blobs {
-                report.blobs += 1;
-                if let BlobEntry::Segmented(segs) = entry {
-                    for s in segs {
-                        if keep_segs.contains(&s.digest) {
-                            continue;
-                        }
-                        // Its chunk locations may name copies no chunk entry
-                        // does (two writers storing one chunk at once).
-                        if let Ok(list) = read_segment(packs, s) {
-                            for (c, loc) in list {
-                                dead_chunk_of_blob.insert(c);
-                                add_range(&mut freed, &loc);
-                            }
-                        }
+                Ok(true)
+            })?;
+            let mut dead_chunk_of_blob = DigestSet::default();
+            for s in &dead_segs {
+                if keep_segs.contains(&s.digest) {
+                    continue;
+                }
+                // Its chunk locations may name copies no chunk entry
+                // does (two writers storing one chunk at once).
+                if let Ok(list) = read_segment(packs, s) {
+                    for (c, loc) in list {
+                        dead_chunk_of_blob.insert(c);
+                        add_range(&mut freed, &loc);
                     }
                 }
-                if !opts.dry_run {
-                    blobs.remove(d).map_err(db_err)?;
-                }
             }
+            drop(dead_segs);
             let mut sweep = Sweep {
                 is_old: &is_old,
                 dry_run: opts.dry_run,
                 freed: &mut freed,
                 stored_bytes: 0,
             };
-            sweep.table(&mut segments, MAX_SEGMENT, |d| {
-                keep_segs.contains(d) || keep_blobs.contains(d)
-            })?;
-            for d in sweep.table(&mut chunks, MAX_CHUNK, |d| {
-                keep_chunks.contains(d) || keep_blobs.contains(d)
-            })? {
-                if dead_chunk_of_blob.contains(&d) {
-                    report.chunks += 1;
-                } else {
-                    report.blobs += 1;
-                }
-            }
-            report.directories += sweep
-                .table(&mut dirs, MAX_DIRECTORY, |d| {
-                    live.directories.contains(&B3Digest::from(*d))
-                })?
-                .len() as u64;
+            sweep.table(
+                &mut segments,
+                MAX_SEGMENT,
+                |d| keep_segs.contains(d) || keep_blobs.contains(d),
+                |_| {},
+            )?;
+            sweep.table(
+                &mut chunks,
+                MAX_CHUNK,
+                |d| keep_chunks.contains(d) || keep_blobs.contains(d),
+                |d| {
+                    if dead_chunk_of_blob.contains(d) {
+                        report.chunks += 1;
+                    } else {
+                        report.blobs += 1;
+                    }
+                },
+            )?;
+            drop((keep_chunks, keep_segs, dead_chunk_of_blob));
+            sweep.table(
+                &mut dirs,
+                MAX_DIRECTORY,
+                |d| live.directories.contains(d),
+                |_| report.directories += 1,
+            )?;
             report.stored_bytes += sweep.stored_bytes;
             if !opts.dry_run {
                 // Damage records of what is gone.
@@ -500,7 +525,7 @@ impl EmbeddedStore {
         drop(_sweep);
         report.disk_freed = self.punch_freed(freed)?;
         // The mark's sets go before the rewrite's own scan (peak memory).
-        drop((live, keep_blobs, recent));
+        drop(live);
         self.rewrite_after_collection(&mut report);
         Ok(report)
     }

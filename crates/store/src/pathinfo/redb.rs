@@ -59,6 +59,13 @@ pub const FILE_NAME: &str = "pathinfo.redb";
 /// How many entries one read transaction of `list` fetches.
 const LIST_BATCH: usize = 256;
 
+/// redb's page cache for `pathinfo.redb` (its default is 1 GiB, and a
+/// collection, which lists every path, would keep the whole file in memory,
+/// and every page its deletes dirty: 50 MB at 100k paths). Hot narinfos are
+/// served from `CachingPathInfoService` in front of it; the rest from the
+/// OS's page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// At most this many writes share one transaction.
 const MAX_GROUP: usize = 1024;
 
@@ -352,7 +359,9 @@ pub fn compact_redb_file(dir: &Path) -> Result<(), Error> {
 fn open_db(dir: &Path) -> Result<Db, Error> {
     std::fs::create_dir_all(dir).map_err(|e| io("create", dir, e))?;
     let path = dir.join(FILE_NAME);
-    let db = cairn_castore::redb_file::open_or_create(&path, Database::builder())
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let db = cairn_castore::redb_file::open_or_create(&path, builder)
         .map_err(|e| io("open", &path, e))?;
     // Tables are created once: a write at every open would change the file of a
     // store that is only read.
