@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -23,7 +23,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::upstream::{FileMismatch, Upstream, UpstreamError};
+use crate::upstream::{FileMismatch, Upstream, UpstreamError, lock};
 
 /// How a [`Puller`] behaves beyond its upstreams.
 #[derive(Debug, Clone)]
@@ -101,10 +101,6 @@ pub struct PullStats {
     pub failures: u64,
     /// Lookups answered "absent" by the negative cache, asking no upstream.
     pub negative_hits: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Puller {

@@ -432,7 +432,8 @@ type BoxedBytes = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 #[error("{0}")]
 pub struct FileMismatch(String);
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The guard of `m`, poisoned or not (shared by this crate's modules).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
