@@ -295,6 +295,17 @@ impl Puller {
         drop(flights);
         tokio::spawn(async move {
             let started = Instant::now();
+            // A download of this path that ended between the requester's
+            // lookup and this flight's start has registered it: serve that
+            // rather than download it a second time.
+            if let Ok(Some(info)) = this.local(digest).await {
+                if let Some(client) = client {
+                    this.render_to(&info, client).await;
+                }
+                lock(&this.flights).remove(&digest);
+                let _ = done.send(Some(Ok(info)));
+                return;
+            }
             let r = this.download(idx, &ni, client).await;
             let c = &this.counters;
             match &r {
@@ -329,6 +340,23 @@ impl Puller {
             let _ = done.send(Some(r));
         });
         Ok((rx, body))
+    }
+
+    /// Sends the NAR of the stored path `info` to `client`, from the store,
+    /// until it ends, fails (the client gets the error) or the client leaves.
+    async fn render_to(&self, info: &PathInfo, client: mpsc::Sender<std::io::Result<Bytes>>) {
+        let mut nar = cairn_store::nar::render(
+            self.blobs.clone(),
+            self.directories.clone(),
+            info.node.clone(),
+        )
+        .into_stream();
+        while let Some(item) = nar.next().await {
+            let failed = item.is_err();
+            if client.send(item).await.is_err() || failed {
+                return;
+            }
+        }
     }
 
     /// Pulls the references of `info` in the background.
@@ -716,5 +744,68 @@ impl PathInfoService for PullThroughPathInfoService {
 
     async fn set_pinned(&self, digests: &[[u8; 20]], pinned: bool) -> Result<(), Error> {
         self.inner.set_pinned(digests, pinned).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use cairn_castore::blobservice::MemoryBlobService;
+    use cairn_castore::directoryservice::MemoryDirectoryService;
+    use cairn_nix::signature::SigningKey;
+    use cairn_nix::store_path::StorePath;
+    use cairn_store::pathinfo::MemoryPathInfoService;
+
+    use super::*;
+    use crate::upstream::Options;
+
+    /// A download started just after an earlier one of the same path
+    /// registered it (the requester looked the path up before that) serves the
+    /// stored path and downloads nothing: the upstream's NAR is gone by then,
+    /// so a second download would fail.
+    #[tokio::test]
+    async fn a_flight_for_a_path_stored_meanwhile_serves_it_without_downloading() {
+        let up_dir = tempfile::tempdir().unwrap();
+        let mut nar = cairn_nix::nar::Writer::new(Vec::new());
+        nar.symlink(b"/somewhere/else").unwrap();
+        let nar = nar.finish().unwrap();
+        std::fs::create_dir(up_dir.path().join("nar")).unwrap();
+        let nar_file = up_dir.path().join("nar/linked.nar");
+        std::fs::write(&nar_file, &nar).unwrap();
+        let path = StorePath::new([7; DIGEST_LEN], "linked").unwrap();
+        let mut ni = NarInfo::parse(&format!(
+            "StorePath: {}\nURL: nar/linked.nar\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
+            path.to_absolute(),
+            NixHash::Sha256(Sha256::digest(&nar).into()),
+            nar.len()
+        ))
+        .unwrap();
+        let key = SigningKey::generate("up-1").unwrap();
+        ni.sign(&key);
+        let options = Options {
+            trusted_keys: vec![key.to_verifying_key()],
+            ..Options::default()
+        };
+        let up = Upstream::new(&format!("file://{}", up_dir.path().display()), &options).unwrap();
+        let blobs: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
+        let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::new());
+        let path_info = Arc::new(MemoryPathInfoService::new(blobs.clone(), dirs.clone()));
+        let puller = Puller::new(vec![up], blobs, dirs, path_info, PullOptions::default());
+
+        let (rx, _) = puller.flight(*path.digest(), 0, ni.clone(), false).unwrap();
+        let stored = wait(rx).await.unwrap();
+        std::fs::remove_file(&nar_file).unwrap();
+
+        let (rx, body) = puller.flight(*path.digest(), 0, ni, true).unwrap();
+        let mut body = body.expect("a started flight streams to its starter");
+        let mut got = Vec::new();
+        while let Some(chunk) = body.recv().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(got, nar);
+        assert_eq!(wait(rx).await.unwrap(), stored);
+        assert_eq!(puller.stats().pulls, 1);
+        assert_eq!(puller.stats().failures, 0);
     }
 }
