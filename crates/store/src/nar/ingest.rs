@@ -119,15 +119,38 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
     directories: &dyn DirectoryService,
     nar: R,
 ) -> Result<Ingested, NarError> {
+    let (root, nar_size, sha) = store(blobs, directories, nar, Some(Sha256::new())).await?;
+    Ok(Ingested {
+        root,
+        nar_size,
+        nar_sha256: sha.map(Into::into).unwrap_or_default(),
+    })
+}
+
+/// [`ingest`] for a caller that hashes the NAR itself as it feeds it: the
+/// tree's root node and the NAR's length, without a second SHA-256 pass
+/// (which costs about as much as chunking and BLAKE3 together).
+pub async fn ingest_unhashed<R: AsyncRead + Unpin + Send>(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    nar: R,
+) -> Result<(Node, u64), NarError> {
+    let (root, nar_size, _) = store(blobs, directories, nar, None).await?;
+    Ok((root, nar_size))
+}
+
+async fn store<R: AsyncRead + Unpin + Send>(
+    blobs: &dyn BlobService,
+    directories: &dyn DirectoryService,
+    nar: R,
+    hasher: Option<Sha256>,
+) -> Result<(Node, u64, Option<sha2::digest::Output<Sha256>>), NarError> {
     let limits = Limits {
         max_name_len: cairn_castore::model::MAX_NAME_LEN,
         max_target_len: cairn_castore::model::MAX_TARGET_LEN,
         ..Limits::default()
     };
-    let mut input = Hashing {
-        inner: nar,
-        hasher: Sha256::new(),
-    };
+    let mut input = Hashing { inner: nar, hasher };
     let mut reader = AsyncReader::with_limits(&mut input, limits);
     // Started at the first directory: a NAR of a single file or symlink opens no
     // upload (over gRPC, a stream) at all.
@@ -260,17 +283,13 @@ pub async fn ingest<R: AsyncRead + Unpin + Send>(
             });
         }
     }
-    Ok(Ingested {
-        root,
-        nar_size,
-        nar_sha256: input.hasher.finalize().into(),
-    })
+    Ok((root, nar_size, input.hasher.map(Sha256::finalize)))
 }
 
-/// Hashes everything read through it.
+/// Hashes everything read through it (if it has a hasher).
 struct Hashing<R> {
     inner: R,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
@@ -282,9 +301,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Hashing<R> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let res = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = res {
-            let new = &buf.filled()[before..];
-            this.hasher.update(new);
+        if let (Poll::Ready(Ok(())), Some(hasher)) = (&res, this.hasher.as_mut()) {
+            hasher.update(&buf.filled()[before..]);
         }
         res
     }

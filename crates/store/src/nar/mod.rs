@@ -27,7 +27,7 @@ mod render;
 mod segments;
 mod walk;
 
-pub use ingest::{Ingested, ingest};
+pub use ingest::{Ingested, ingest, ingest_unhashed};
 pub use render::{NarRenderer, calculate, nar_size, render, render_from};
 pub use walk::{Entry, walk};
 
