@@ -290,6 +290,59 @@ fn the_daemon_mounts_the_store_for_unix_clients() {
     assert_eq!(std::fs::read_dir(&store_dir).unwrap().count(), 0);
 }
 
+/// A `--nix-mount` directory that cannot be mounted on (absent, or a file)
+/// stops the daemon at startup with an error naming the flag and the
+/// directory, and leaves nothing mounted; so does `cairn mount`.
+#[test]
+fn nix_mount_on_an_unmountable_directory_is_a_clear_startup_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    for dir in [tmp.path().join("absent"), file.clone()] {
+        let sock = tmp.path().join("nix.sock");
+        let mut child = daemon_command(
+            &tmp.path().join("data"),
+            &["--nix-socket", s(&sock), "--nix-mount", s(&dir)],
+        )
+        .spawn()
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the daemon did not stop with --nix-mount {}", dir.display());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{err}");
+        assert!(
+            err.contains(&format!(
+                "--nix-mount: cannot mount the store on {}",
+                dir.display()
+            )),
+            "{err}"
+        );
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(s(&dir)), "{mounts}");
+    }
+    // `cairn mount` checks the same way.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["mount", "--data-dir", s(&tmp.path().join("data")), s(&file)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{} is not a directory", file.display())),
+        "{err}"
+    );
+}
+
 /// `ssh-ng://` with `cairn nix-daemon --stdio` as the remote program: a copy
 /// there (trusted, `--no-check-sigs`) and back out with `NarFromPath`, listings
 /// and contents, and `nix store verify` on the remote.

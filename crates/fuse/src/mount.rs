@@ -43,6 +43,14 @@ impl Mount {
     /// Mounts `fs` on `mountpoint` (as root with the mount syscall, else through
     /// `fusermount3`) and starts serving it.
     pub fn start(fs: StoreFs, mountpoint: &Path, options: &MountOptions) -> io::Result<Mount> {
+        // fusermount3 mounts on a regular file as well, and the store's root
+        // directory would then appear there as a file's replacement.
+        if !std::fs::metadata(mountpoint)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", mountpoint.display()),
+            ));
+        }
         let mut config = Config::default();
         config.mount_options = vec![
             MountOption::RO,
