@@ -268,6 +268,47 @@ fn a_corrupted_chunk_is_eio_and_the_rest_still_reads() {
     m.stop("-TERM");
 }
 
+/// A file read once from start to end through a mount of a daemon is fetched
+/// once: the kernel's read-ahead requests, which arrive at once and in any
+/// order, are served by one blob reader, not by several that seek past each
+/// other (each seek over gRPC a Stat and a Read per chunk, fetched and
+/// verified again).
+#[test]
+fn a_file_read_through_a_mount_is_fetched_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let content = pseudo_random(64 << 20, 77);
+    write(&src.join("big"), &content, 0o644);
+    let data = tmp.path().join("data");
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let (daemon, url, line) = start_daemon_with(&data, &["--no-socket"]);
+    let m = Mounted::start(&tmp.path().join("mnt"), &["--store", &url]);
+    let reads = || {
+        let out = Command::new("curl")
+            .args(["-sSf", &format!("http://{}/metrics", http_addr(&line))])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("cairn_grpc_calls_total{") && l.contains("BlobService"))
+            .filter(|l| l.contains("method=\"Read\"") || l.contains("method=\"Stat\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum::<f64>()
+    };
+    let before = reads();
+    assert!(fs::read(m.path(&name).join("big")).unwrap() == content);
+    let calls = reads() - before;
+    assert!(
+        calls <= 4.0,
+        "{calls} BlobService Read/Stat calls for one sequential read of one file"
+    );
+    m.stop("-TERM");
+    stop_daemon(daemon);
+}
+
 #[test]
 fn a_mount_of_a_daemon_over_grpc_survives_its_restart() {
     let tmp = tempfile::tempdir().unwrap();

@@ -76,6 +76,9 @@ const MAX_READ: u32 = BLKSIZE;
 /// blob reader's own read-ahead).
 const SKIP_MAX: u64 = 8 << 20;
 
+/// The position of a stream that has not read yet: near no offset.
+const UNUSED: u64 = u64::MAX;
+
 /// Streams kept per file: readers of one file at different places (16 threads
 /// reading one file) each continue their own instead of moving one back and
 /// forth.
@@ -151,7 +154,8 @@ struct OpenFile {
     digest: B3Digest,
     size: u64,
     streams: [tokio::sync::Mutex<Stream>; STREAMS_PER_FILE],
-    /// Each stream's position, readable while another request holds the stream.
+    /// Each stream's position, readable while another request holds the stream;
+    /// [`UNUSED`] before its first read.
     positions: [AtomicU64; STREAMS_PER_FILE],
 }
 
@@ -161,21 +165,36 @@ impl OpenFile {
             digest,
             size,
             streams: Default::default(),
-            positions: Default::default(),
+            positions: std::array::from_fn(|_| AtomicU64::new(UNUSED)),
         }
     }
 
-    /// The stream for a read at `offset`: a free one at or a little before it,
-    /// else any free one, else (all busy) one chosen by the offset.
+    /// The stream for a read at `offset`: the nearest free one within
+    /// [`SKIP_MAX`] of it (either side: what a stream skipped lies behind its
+    /// position); else, if one is near but busy, that one once free; else any
+    /// free one; else (all busy) one chosen by the offset.
+    ///
+    /// Waiting for the near stream is what keeps one sequential reader on one
+    /// stream: the kernel sends its read-ahead as several requests at once, and
+    /// given to other streams each would seek past what another read ahead,
+    /// the blob decoded and verified again each time (3.6x the CPU of reading
+    /// the file once, measured on a 1 GiB file).
     async fn stream(&self, offset: u64) -> (usize, tokio::sync::MutexGuard<'_, Stream>) {
-        let near = |i: usize| {
-            let pos = self.positions[i].load(Ordering::Relaxed);
-            pos <= offset && offset - pos <= SKIP_MAX
-        };
-        for i in (0..STREAMS_PER_FILE).filter(|&i| near(i)) {
+        let mut near: Vec<(u64, usize)> = (0..STREAMS_PER_FILE)
+            .filter_map(|i| {
+                let pos = self.positions[i].load(Ordering::Relaxed);
+                let distance = pos.abs_diff(offset);
+                (pos != UNUSED && distance <= SKIP_MAX).then_some((distance, i))
+            })
+            .collect();
+        near.sort_unstable();
+        for &(_, i) in &near {
             if let Ok(stream) = self.streams[i].try_lock() {
                 return (i, stream);
             }
+        }
+        if let Some(&(_, i)) = near.first() {
+            return (i, self.streams[i].lock().await);
         }
         for (i, stream) in self.streams.iter().enumerate() {
             if let Ok(stream) = stream.try_lock() {
