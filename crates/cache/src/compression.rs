@@ -285,6 +285,7 @@ mod tests {
         assert_eq!(Compression::split_file_name("x.narinfo"), None);
         assert_eq!(Compression::from_name("gzip"), None);
     }
+
     fn xz(data: &[u8], check: liblzma::stream::Check) -> Vec<u8> {
         let mut enc = liblzma::stream::Stream::new_easy_encoder(6, check).unwrap();
         let mut out = Vec::with_capacity(data.len() + 1024);
