@@ -17,7 +17,7 @@
 #     download and 16 identical NARs.
 #  4. storage of 8 source snapshots (see below) vs the upstream's xz cache.
 # The machine's load average is printed: compare ratios from one run.
-# Usage: bench/pull.sh   (BIG_MIB=256 COMPRESSION=xz ROUNDS=3 STEP=10 to change;
+# Usage: bench/pull.sh   (CAIRN=path/to/cairn to skip the build; BIG_MIB=256 COMPRESSION=xz ROUNDS=3 STEP=10 to change;
 # SKIP_STORAGE=1 stops after 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +30,10 @@ export XDG_CACHE_HOME=$W/xdg
 export NIX_CONFIG="experimental-features = nix-command
 sandbox = false
 substituters ="
-cargo build -q --release -p cairn
-cairn=$PWD/target/release/cairn
+if [ -n "${CAIRN:-}" ]; then cairn=$CAIRN; else
+  cargo build -q --release -p cairn
+  cairn=$PWD/target/release/cairn
+fi
 
 head -c $((BIG_MIB << 20)) /dev/urandom > "$W/big.bin"
 big=$(nix-store --store "$W/store" --add "$W/big.bin")
@@ -52,7 +54,7 @@ up=http://127.0.0.1:$(sed -n 's/.*port \([0-9]*\).*/\1/p' "$W/http.log" | head -
 daemon() { # data dir, extra flags...; prints the binary cache URL
   local dir=$1; shift
   # Its stdout not the caller's $(…), which would wait for it to close.
-  "$cairn" daemon --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir" "$@" > /dev/null 2> "$dir.log" &
+  RUST_LOG=${RUST_LOG:-warn,cairn_upstream=info} "$cairn" daemon --listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --data-dir "$dir" "$@" > /dev/null 2> "$dir.log" &
   echo $! > "$dir.pid"
   for _ in $(seq 100); do grep -q serving "$dir.log" 2>/dev/null && break; sleep 0.1; done
   sed -n 's/.*binary cache on \(http:\/\/[0-9.:]*\).*/\1/p' "$dir.log" | head -1
@@ -66,13 +68,17 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ROUNDS=${ROUNDS:-3}
 echo "== $BIG_MIB MiB path, $ROUNDS rounds, $(load)"
 # 1. Each round: the direct fetch, then a fresh daemon's first fetch, in turn.
-directs=(); firsts=(); daemons=()
+directs=(); firsts=(); daemons=(); registered=()
 for r in $(seq "$ROUNDS"); do
   directs+=("$(secs direct_fetch)")
   a=$(daemon "$W/a$r" --upstream "$up" --upstream-trusted-key "$pk")
   curl -sSf "$a/$hash.narinfo" > /dev/null
   firsts+=("$(secs fetch "$a")")
   daemons+=("$a")
+  # The store may finish after the client: the next round starts once the
+  # path is registered (the daemon logs "pulled" with the ms it took).
+  for _ in $(seq 600); do grep -q '"pulled"\|pulled' "$W/a$r.log" && break; sleep 0.05; done
+  registered+=("$(sed -n 's/.*ms=\([0-9]*\).*pulled.*/\1/p; s/.*pulled.*ms=\([0-9]*\).*/\1/p' "$W/a$r.log" | head -1)")
 done
 direct=$(printf '%s\n' "${directs[@]}" | median); first=$(printf '%s\n' "${firsts[@]}" | median)
 # 2. The pulled path served from the pulling daemon's store vs from a daemon
@@ -87,7 +93,7 @@ for _ in $(seq $((ROUNDS + 2))); do
   owns+=("$(secs fetch "$b")")
 done
 second=$(printf '%s\n' "${seconds[@]}" | median); own=$(printf '%s\n' "${owns[@]}" | median)
-echo "   direct: ${directs[*]}; first through cairn: ${firsts[*]}"
+echo "   direct: ${directs[*]}; first through cairn: ${firsts[*]}; registered after (ms): ${registered[*]}"
 echo "   second through cairn: ${seconds[*]}; embedded store alone: ${owns[*]}"
 printf '1. direct %.2f s, first through cairn %.2f s (medians): ratio %.2f (target <= 1.3)\n' "$direct" "$first" "$(echo "$first / $direct" | bc -l)"
 printf '2. second through cairn %.2f s, embedded store alone %.2f s (medians): ratio %.2f (target ~1.0)\n' "$second" "$own" "$(echo "$second / $own" | bc -l)"

@@ -8,15 +8,17 @@
 //!   (fields well-formed, a valid signature by a trusted key unless the URL says
 //!   `?check-signatures=false`), [`Upstream::nar`] opens its NAR decompressed as
 //!   the narinfo says (xz, zstd, bzip2, br, none), streaming, its compressed
-//!   file checked against `FileSize` and `FileHash`. Requests time out, are
-//!   retried with backoff, then fail.
+//!   file checked against `FileSize` (`FileHash` is neither signed nor
+//!   needed: the NAR is checked against the signed `NarHash`). Requests time
+//!   out, are retried with backoff, then fail.
 //! - [`Puller`]: the upstreams of a store, in priority order, in front of its
 //!   blob, directory and path info services: a missing path's narinfo from the
-//!   first upstream that has an acceptable one, its NAR ingested while it
-//!   streams, the path registered only once the NAR's SHA-256 and size match the
-//!   signed narinfo. One download per path at a time (single flight), absent
-//!   paths remembered for a while (negative cache), references fetched when asked
-//!   for or ahead. It is the binary cache's [`cairn_cache::PullThrough`].
+//!   first upstream that has an acceptable one, its NAR streamed to the client
+//!   that asked and ingested behind it (from a spool file, at a lower priority),
+//!   the path registered only once the NAR's SHA-256 and size match the signed
+//!   narinfo and the store has all of it. One download per path at a time
+//!   (single flight), absent paths remembered for a while (negative cache),
+//!   references fetched when asked for or ahead. It is the binary cache's [`cairn_cache::PullThrough`].
 //! - [`PullThroughPathInfoService`]: a path info service whose misses are
 //!   pulled (the daemon's gRPC `PathInfoService.Get`, and the store commands
 //!   through it), and which can skip storing puts of paths a trusted upstream
@@ -27,6 +29,7 @@
 //! that upstream) and its NAR has exactly the signed hash and size.
 
 mod pull;
+mod spool;
 mod upstream;
 
 pub use pull::{PullOptions, PullStats, PullThroughPathInfoService, Puller};

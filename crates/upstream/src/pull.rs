@@ -3,12 +3,13 @@
 //! misses.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use cairn_cache::{CacheError, PullThrough, PulledNar};
 use cairn_castore::lru::Lru;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
@@ -20,9 +21,11 @@ use cairn_store::pathinfo::{PathInfo, PathInfoService};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::io::StreamReader;
 
+use crate::spool;
 use crate::upstream::{FileMismatch, Upstream, UpstreamError, lock};
 
 /// How a [`Puller`] behaves beyond its upstreams.
@@ -33,6 +36,10 @@ pub struct PullOptions {
     pub negative_ttl: Duration,
     /// After pulling a path, pull its references too (in the background).
     pub prefetch_references: bool,
+    /// Where a NAR streamed to a client while it is stored is kept until it
+    /// is (unnamed files, as big as the NAR) [default: the system's temporary
+    /// directory].
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for PullOptions {
@@ -41,6 +48,7 @@ impl Default for PullOptions {
         Self {
             negative_ttl: Duration::from_secs(60),
             prefetch_references: false,
+            spool_dir: None,
         }
     }
 }
@@ -407,6 +415,29 @@ impl Puller {
         r
     }
 
+    /// The download's feed of the ingestion, and the ingestion's end of it:
+    /// a spool when a client waits for the bytes (so that it need not wait for
+    /// the store), else a pipe.
+    fn feed(&self, client: bool) -> (Feed, Box<dyn AsyncRead + Send + Unpin>) {
+        if client {
+            let dir = self
+                .options
+                .spool_dir
+                .clone()
+                .unwrap_or_else(std::env::temp_dir);
+            match spool::spool(&dir) {
+                Ok((w, r)) => return (Feed::spool(w), Box::new(StreamReader::new(Box::pin(r)))),
+                Err(e) => tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "no spool file: the client's stream waits for the ingestion"
+                ),
+            }
+        }
+        let (w, r) = tokio::io::duplex(PIPE);
+        (Feed::pipe(w), Box::new(r))
+    }
+
     async fn ingest(
         &self,
         idx: usize,
@@ -435,12 +466,13 @@ impl Puller {
         .validate()
         .map_err(|e| refused(format!("CA and StorePath disagree: {e}")))?;
         let mut nar = up.nar(ni).await?;
-        let (mut writer, mut reader) = tokio::io::duplex(PIPE);
+        let (mut feed, mut reader) = self.feed(client.is_some());
         // On a task of its own: parsing and hashing the NAR and feeding the
         // blob writers run beside the download, decompression and the client's
-        // stream (on another core), not in turn with them.
+        // stream (on another core), not in turn with them. With a client, on
+        // the background runtime, behind the download (see `spool`).
         let (blobs, directories) = (self.blobs.clone(), self.directories.clone());
-        let ingesting = AbortOnDrop(tokio::spawn(async move {
+        let ingestion = async move {
             // Hashed by the download, which feeds it exactly these bytes.
             let ingested = cairn_store::nar::ingest_unhashed(
                 blobs.as_ref(),
@@ -454,7 +486,11 @@ impl Puller {
                 return Err("data after the end of the NAR".to_owned());
             }
             Ok(ingested)
-        }));
+        };
+        let ingesting = AbortOnDrop(match (&feed, spool::background()) {
+            (Feed::Spool { .. }, Some(rt)) => rt.spawn(ingestion),
+            _ => tokio::spawn(ingestion),
+        });
         let limit = ni.nar_size;
         // Upstream → the client and the ingestion, hashed here so that the
         // client's last bytes need not wait for the ingestion. `Ok`: the
@@ -462,11 +498,10 @@ impl Puller {
         // says why).
         let pumped = async {
             let mut seen = 0u64;
-            let mut sha = Sha256::new();
-            let mut buf = vec![0u8; READ_BUF];
+            let mut buf = BytesMut::new();
             loop {
-                let n = nar
-                    .read(&mut buf)
+                buf.reserve(READ_BUF);
+                let n = tokio_util::io::read_buf(&mut nar, &mut buf)
                     .await
                     .map_err(|e| Some(read_error(up.url(), ni, e)))?;
                 if n == 0 {
@@ -478,9 +513,8 @@ impl Puller {
                         "the NAR is longer than its NarSize {limit}"
                     ))));
                 }
-                sha.update(&buf[..n]);
-                let chunk = Bytes::copy_from_slice(&buf[..n]);
-                writer.write_all(&chunk).await.map_err(|_| None)?;
+                let chunk = buf.split().freeze();
+                feed.write(chunk.clone()).await?;
                 if let Some(tx) = client.as_ref()
                     && let Some(prev) = held.replace(chunk)
                     && tx.send(Ok(prev)).await.is_err()
@@ -490,8 +524,8 @@ impl Puller {
                     *held = None;
                 }
             }
-            writer.shutdown().await.map_err(|_| None)?;
-            Ok((seen, <[u8; 32]>::from(sha.finalize())))
+            let sha = feed.finish().await?;
+            Ok((seen, sha))
         }
         .await;
         let stored_err = |e: tokio::task::JoinError| {
@@ -543,6 +577,118 @@ impl Puller {
             .await
             .map_err(|e| UpstreamError::Store(e.to_string()))
     }
+}
+
+/// Where the download puts the NAR for its ingestion; it hashes what it is
+/// given (SHA-256: what the narinfo's NarHash is checked against).
+enum Feed {
+    /// A pipe: the download waits for the ingestion.
+    Pipe(tokio::io::DuplexStream, Sha256),
+    /// A spool file, written and hashed by a thread of its own (so that the
+    /// download decompresses while the last chunk is hashed, on another
+    /// core); the ingestion follows as it can.
+    Spool {
+        to: mpsc::Sender<Spooled>,
+        /// Until the download learnt why it ended.
+        worker: Option<tokio::task::JoinHandle<Result<[u8; 32], Option<String>>>>,
+    },
+}
+
+/// For a spool's thread.
+enum Spooled {
+    Chunk(Bytes),
+    /// The NAR is complete (without it, the ingestion's read of the spool
+    /// fails: the download stopped).
+    End,
+}
+
+/// Chunks on their way to a spool's thread.
+const SPOOL_QUEUE: usize = 8;
+
+impl Feed {
+    fn pipe(w: tokio::io::DuplexStream) -> Feed {
+        Feed::Pipe(w, Sha256::new())
+    }
+
+    fn spool(mut w: spool::SpoolWriter) -> Feed {
+        let (to, mut from) = mpsc::channel(SPOOL_QUEUE);
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut sha = Sha256::new();
+            while let Some(msg) = from.blocking_recv() {
+                match msg {
+                    Spooled::Chunk(chunk) => {
+                        sha.update(&chunk);
+                        w.write(&chunk).map_err(|e| e.map(|e| e.to_string()))?;
+                    }
+                    Spooled::End => {
+                        w.finish();
+                        return Ok(sha.finalize().into());
+                    }
+                }
+            }
+            Err(Some("the download stopped".to_owned()))
+        });
+        Feed::Spool {
+            to,
+            worker: Some(worker),
+        }
+    }
+
+    /// `Err(None)`: the ingestion stopped reading (its error says why).
+    async fn write(&mut self, chunk: Bytes) -> Result<(), Option<UpstreamError>> {
+        match self {
+            Feed::Pipe(w, sha) => {
+                sha.update(&chunk);
+                w.write_all(&chunk).await.map_err(|_| None)
+            }
+            Feed::Spool { to, worker } => {
+                if to.send(Spooled::Chunk(chunk)).await.is_ok() {
+                    return Ok(());
+                }
+                // The thread ended: why (asked once; the download stops here).
+                match worker.take() {
+                    Some(worker) => Err(spool_error(worker.await)),
+                    None => Err(spool_error(Ok(Ok([0; 32])))),
+                }
+            }
+        }
+    }
+
+    /// The SHA-256 of everything written, once the ingestion has it all (a
+    /// pipe) or can read it all (a spool).
+    async fn finish(self) -> Result<[u8; 32], Option<UpstreamError>> {
+        match self {
+            Feed::Pipe(mut w, sha) => {
+                w.shutdown().await.map_err(|_| None)?;
+                Ok(sha.finalize().into())
+            }
+            Feed::Spool { to, worker } => {
+                let _ = to.send(Spooled::End).await;
+                match worker {
+                    Some(worker) => match worker.await {
+                        Ok(Ok(sha)) => Ok(sha),
+                        other => Err(spool_error(other)),
+                    },
+                    None => Err(spool_error(Ok(Ok([0; 32])))),
+                }
+            }
+        }
+    }
+}
+
+/// A spool thread's failure: `None` if its reader (the ingestion) had gone.
+fn spool_error(
+    r: Result<Result<[u8; 32], Option<String>>, tokio::task::JoinError>,
+) -> Option<UpstreamError> {
+    let e = match r {
+        Ok(Ok(_)) => "it ended early".to_owned(),
+        Ok(Err(None)) => return None,
+        Ok(Err(Some(e))) => e,
+        Err(e) => e.to_string(),
+    };
+    Some(UpstreamError::Store(format!(
+        "writing the NAR to its spool file: {e}"
+    )))
 }
 
 /// The path info of a pulled path: its content `node`, the rest from its
@@ -765,24 +911,29 @@ mod tests {
     use super::*;
     use crate::upstream::Options;
 
-    /// A download started just after an earlier one of the same path
-    /// registered it (the requester looked the path up before that) serves the
-    /// stored path and downloads nothing: the upstream's NAR is gone by then,
-    /// so a second download would fail.
-    #[tokio::test]
-    async fn a_flight_for_a_path_stored_meanwhile_serves_it_without_downloading() {
+    /// A `file://` upstream (in a temporary directory) holding one NAR,
+    /// uncompressed, for the path `name` with digest `[tag; 20]`: the
+    /// directory, the upstream, the NAR file, the path and its signed narinfo.
+    fn upstream_with(
+        nar: &[u8],
+        tag: u8,
+        name: &str,
+    ) -> (
+        tempfile::TempDir,
+        Upstream,
+        std::path::PathBuf,
+        StorePath,
+        NarInfo,
+    ) {
         let up_dir = tempfile::tempdir().unwrap();
-        let mut nar = cairn_nix::nar::Writer::new(Vec::new());
-        nar.symlink(b"/somewhere/else").unwrap();
-        let nar = nar.finish().unwrap();
         std::fs::create_dir(up_dir.path().join("nar")).unwrap();
-        let nar_file = up_dir.path().join("nar/linked.nar");
-        std::fs::write(&nar_file, &nar).unwrap();
-        let path = StorePath::new([7; DIGEST_LEN], "linked").unwrap();
+        let nar_file = up_dir.path().join(format!("nar/{name}.nar"));
+        std::fs::write(&nar_file, nar).unwrap();
+        let path = StorePath::new([tag; DIGEST_LEN], name).unwrap();
         let mut ni = NarInfo::parse(&format!(
-            "StorePath: {}\nURL: nar/linked.nar\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
+            "StorePath: {}\nURL: nar/{name}.nar\nCompression: none\nNarHash: {}\nNarSize: {}\nReferences: \n",
             path.to_absolute(),
-            NixHash::Sha256(Sha256::digest(&nar).into()),
+            NixHash::Sha256(Sha256::digest(nar).into()),
             nar.len()
         ))
         .unwrap();
@@ -793,6 +944,19 @@ mod tests {
             ..Options::default()
         };
         let up = Upstream::new(&format!("file://{}", up_dir.path().display()), &options).unwrap();
+        (up_dir, up, nar_file, path, ni)
+    }
+
+    /// A download started just after an earlier one of the same path
+    /// registered it (the requester looked the path up before that) serves the
+    /// stored path and downloads nothing: the upstream's NAR is gone by then,
+    /// so a second download would fail.
+    #[tokio::test]
+    async fn a_flight_for_a_path_stored_meanwhile_serves_it_without_downloading() {
+        let mut nar = cairn_nix::nar::Writer::new(Vec::new());
+        nar.symlink(b"/somewhere/else").unwrap();
+        let nar = nar.finish().unwrap();
+        let (_up_dir, up, nar_file, path, ni) = upstream_with(&nar, 7, "linked");
         let blobs: Arc<dyn BlobService> = Arc::new(MemoryBlobService::new());
         let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::new());
         let path_info = Arc::new(MemoryPathInfoService::new(blobs.clone(), dirs.clone()));
@@ -812,5 +976,81 @@ mod tests {
         assert_eq!(wait(rx).await.unwrap(), stored);
         assert_eq!(puller.stats().pulls, 1);
         assert_eq!(puller.stats().failures, 0);
+    }
+
+    /// Blobs whose writers are handed out only once the test releases them:
+    /// an ingestion that cannot keep up.
+    struct Held {
+        inner: MemoryBlobService,
+        gate: Semaphore,
+    }
+
+    #[async_trait]
+    impl BlobService for Held {
+        async fn has(&self, digest: &cairn_castore::B3Digest) -> Result<bool, Error> {
+            self.inner.has(digest).await
+        }
+        async fn open_read(
+            &self,
+            digest: &cairn_castore::B3Digest,
+        ) -> Result<Option<Box<dyn cairn_castore::BlobReader>>, Error> {
+            self.inner.open_read(digest).await
+        }
+        async fn open_write(&self) -> Box<dyn cairn_castore::BlobWriter> {
+            let _ = self.gate.acquire().await.unwrap();
+            self.inner.open_write().await
+        }
+        async fn chunks(
+            &self,
+            digest: &cairn_castore::B3Digest,
+        ) -> Result<Option<Vec<cairn_castore::ChunkMeta>>, Error> {
+            self.inner.chunks(digest).await
+        }
+    }
+
+    /// A client streaming a pulled NAR gets all of it, checked, while the
+    /// store has not yet taken a byte of it; the path is registered once the
+    /// store catches up. (Through a pipe, the client waited for the store
+    /// after its first MiB.)
+    #[tokio::test]
+    async fn a_client_gets_the_nar_without_waiting_for_the_store() {
+        let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        let mut nar = cairn_nix::nar::Writer::new(Vec::new());
+        nar.file(false, contents.len() as u64, &mut &contents[..])
+            .unwrap();
+        let nar = nar.finish().unwrap();
+        let (_up_dir, up, _, path, ni) = upstream_with(&nar, 9, "big");
+        let held = Arc::new(Held {
+            inner: MemoryBlobService::new(),
+            gate: Semaphore::new(0),
+        });
+        let blobs: Arc<dyn BlobService> = held.clone();
+        let dirs: Arc<dyn DirectoryService> = Arc::new(MemoryDirectoryService::new());
+        let path_info = Arc::new(MemoryPathInfoService::new(blobs.clone(), dirs.clone()));
+        let spool_dir = tempfile::tempdir().unwrap();
+        let options = PullOptions {
+            spool_dir: Some(spool_dir.path().to_owned()),
+            ..PullOptions::default()
+        };
+        let puller = Puller::new(vec![up], blobs, dirs, path_info.clone(), options);
+
+        let (rx, body) = puller.flight(*path.digest(), 0, ni, true).unwrap();
+        let mut body = body.expect("a started flight streams to its starter");
+        let mut got = Vec::new();
+        let streamed = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(chunk) = body.recv().await {
+                got.extend_from_slice(&chunk.unwrap());
+            }
+        })
+        .await;
+        assert!(streamed.is_ok(), "the client waited for the store");
+        assert!(got == nar, "the client got other bytes");
+        assert!(path_info.get(*path.digest()).await.unwrap().is_none());
+        assert_eq!(std::fs::read_dir(spool_dir.path()).unwrap().count(), 0);
+
+        held.gate.add_permits(1);
+        let stored = wait(rx).await.unwrap();
+        assert_eq!(path_info.get(*path.digest()).await.unwrap(), Some(stored));
+        assert_eq!(puller.stats().pulls, 1);
     }
 }

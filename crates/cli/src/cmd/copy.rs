@@ -157,6 +157,8 @@ async fn copy_from(
         PullOptions {
             negative_ttl: Duration::ZERO,
             prefetch_references: false,
+            // No client waits for a NAR here: nothing is spooled.
+            spool_dir: None,
         },
     );
     // The closure from the narinfos, so that each path is stored after its

@@ -258,6 +258,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         let puller = args.upstream.puller(
             super::store::Store { blobs: blobs.clone(), directories: directories.clone(), path_info: path_info.clone() },
             args.http.max_nar_size(),
+            // The data directory: a NAR spooled there is as big as what it
+            // becomes in the store, and a temporary directory may be in memory.
+            &dir,
         )?;
         let skip_uploads = args.upstream.upstream_skip_uploads;
         let grpc_path_info: Arc<dyn cairn_store::pathinfo::PathInfoService> = match &puller {

@@ -81,11 +81,13 @@ impl UpstreamArgs {
         })
     }
 
-    /// The puller of the daemon's store, if --upstream was given.
+    /// The puller of the daemon's store, if --upstream was given; NARs that
+    /// clients wait for are spooled in `spool_dir`.
     pub fn puller(
         &self,
         store: super::store::Store,
         max_nar_size: u64,
+        spool_dir: &std::path::Path,
     ) -> anyhow::Result<Option<Arc<Puller>>> {
         if self.upstreams.is_empty() {
             return Ok(None);
@@ -99,6 +101,7 @@ impl UpstreamArgs {
         let pull = PullOptions {
             negative_ttl: Duration::from_secs(self.upstream_negative_ttl),
             prefetch_references: self.prefetch_references,
+            spool_dir: Some(spool_dir.to_owned()),
         };
         Ok(Some(Puller::new(
             upstreams,
