@@ -70,9 +70,13 @@ echo "== $BIG_MIB MiB path, $ROUNDS rounds, $(load)"
 # 1. Each round: the direct fetch, then a fresh daemon's first fetch, in turn.
 directs=(); firsts=(); daemons=(); registered=()
 for r in $(seq "$ROUNDS"); do
+  # The previous round's store writes flushed first: each measurement starts
+  # without another's writeback.
+  sync
   directs+=("$(secs direct_fetch)")
   a=$(daemon "$W/a$r" --upstream "$up" --upstream-trusted-key "$pk")
   curl -sSf "$a/$hash.narinfo" > /dev/null
+  sync
   firsts+=("$(secs fetch "$a")")
   daemons+=("$a")
   # The store may finish after the client: the next round starts once the
