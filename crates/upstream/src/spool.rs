@@ -4,7 +4,7 @@
 //! the NAR hash allow, not as fast as the store can chunk, hash and write.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read as _};
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -13,8 +13,9 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::watch;
 
-/// Bytes read from the file at a time by the ingestion.
-const READ_AT_ONCE: usize = 1 << 20;
+/// Bytes read from the file at a time by the ingestion (under glibc's
+/// threshold for allocating with mmap, which would fault every page in anew).
+const READ_AT_ONCE: usize = 64 << 10;
 /// How much lower the background threads run than the rest (`nice` steps).
 const NICENESS: i32 = 10;
 
@@ -51,12 +52,26 @@ pub(crate) fn spool(
         loop {
             let p = *rx.borrow_and_update();
             if at < p.written {
-                let n = (p.written - at).min(READ_AT_ONCE as u64) as usize;
-                let mut buf = vec![0u8; n];
-                // The page cache's copy, just written: not worth a blocking
-                // thread (and this runs on the background runtime anyway).
-                return Some(match file.read_exact_at(&mut buf, at) {
-                    Ok(()) => (Ok(Bytes::from(buf)), Some((file, rx, at + n as u64))),
+                let n = (p.written - at).min(READ_AT_ONCE as u64);
+                // Only this reader moves the file's offset (the writer writes
+                // at offsets): it is `at`. `read_to_end` fills the buffer
+                // without zeroing it first. The page cache's copy, just
+                // written: not worth a blocking thread (and this runs on the
+                // background runtime anyway).
+                let mut buf = Vec::with_capacity(n as usize);
+                return Some(match (&*file).take(n).read_to_end(&mut buf) {
+                    Ok(got) if got as u64 == n => (Ok(Bytes::from(buf)), Some((file, rx, at + n))),
+                    Ok(got) => {
+                        let short = format!(
+                            "the spool file has {} bytes, {} were written",
+                            at + got as u64,
+                            p.written
+                        );
+                        (
+                            Err(io::Error::new(io::ErrorKind::UnexpectedEof, short)),
+                            None,
+                        )
+                    }
                     Err(e) => (Err(e), None),
                 });
             }
