@@ -902,14 +902,11 @@ where
             }
             op::QUERY_REFERRERS => {
                 let path = self.path().await?;
-                let mut referrers = Vec::new();
-                let mut all = d.path_info.list();
-                while let Some(info) = all.next().await {
-                    let info = info.map_err(store_err)?;
-                    if info.references.contains(&path) {
-                        referrers.push(info.store_path);
-                    }
-                }
+                let referrers = d
+                    .path_info
+                    .referrers(*path.digest())
+                    .await
+                    .map_err(store_err)?;
                 self.last().await?;
                 self.write_paths(referrers).await
             }

@@ -42,7 +42,7 @@ mod backends {
 
     use cairn_testkit::loopback::{self, Server};
 
-    fn local(url: &str, guard: Option<Box<dyn Send>>) -> Backend {
+    pub fn local(url: &str, guard: Option<Box<dyn Send>>) -> Backend {
         local_with(url, url, guard)
     }
 
@@ -708,6 +708,32 @@ mod scenarios {
         assert_eq!(status.code(), tonic::Code::NotFound);
     }
 
+    /// `referrers` of a path: the stored entries referring to it (itself
+    /// when it refers to itself), following puts that replace an entry.
+    pub async fn referrers_follow_puts_and_replaces(b: &Backend) {
+        let (a, c) = (path(10, "a"), path(11, "c"));
+        let mut x = bare_info(20, symlink());
+        x.references = vec![a.clone(), c.clone(), x.store_path.clone()];
+        let mut y = bare_info(21, symlink());
+        y.references = vec![a.clone()];
+        let (x, _) = prepared(b, x).await;
+        let (y, _) = prepared(b, y).await;
+        b.pathinfos.put(x.clone()).await.unwrap();
+        b.pathinfos.put(y.clone()).await.unwrap();
+        let (xs, ys) = (x.store_path.to_string(), y.store_path.to_string());
+        assert_eq!(referrers(b, &a).await, [xs.clone(), ys.clone()].into());
+        assert_eq!(referrers(b, &c).await, [xs.clone()].into());
+        assert_eq!(referrers(b, &x.store_path).await, [xs.clone()].into());
+        assert_eq!(referrers(b, &y.store_path).await, BTreeSet::new());
+        assert_eq!(referrers(b, &path(99, "absent")).await, BTreeSet::new());
+        let mut x2 = x.clone();
+        x2.references = vec![c.clone()];
+        b.pathinfos.put(x2).await.unwrap();
+        assert_eq!(referrers(b, &a).await, [ys.clone()].into());
+        assert_eq!(referrers(b, &c).await, [xs.clone()].into());
+        assert_eq!(referrers(b, &x.store_path).await, BTreeSet::new());
+    }
+
     pub async fn list_many(b: &Backend) {
         assert!(
             b.pathinfos
@@ -740,6 +766,14 @@ mod scenarios {
     }
 }
 
+/// The referrers of `p`, as strings.
+async fn referrers(b: &Backend, p: &StorePath) -> BTreeSet<String> {
+    let found = b.pathinfos.referrers(*p.digest()).await.unwrap();
+    let set: BTreeSet<String> = found.iter().map(|p| p.to_string()).collect();
+    assert_eq!(set.len(), found.len(), "each referrer once: {found:?}");
+    set
+}
+
 fn narinfo(p: &mut proto::PathInfo) -> &mut proto::NarInfo {
     p.narinfo.as_mut().unwrap()
 }
@@ -761,18 +795,7 @@ async fn embedded_persists_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("redb://{}", dir.path().join("data").display());
     let info = {
-        let b = {
-            let blobs = cairn_castore::blob_service_from_addr(&url).unwrap();
-            let dirs = cairn_castore::directory_service_from_addr(&url).unwrap();
-            let pathinfos = path_info_service_from_addr(&url, blobs.clone(), dirs.clone()).unwrap();
-            Backend {
-                blobs,
-                dirs,
-                pathinfos,
-                raw: None,
-                _guard: None,
-            }
-        };
+        let b = backends::local(&url, None);
         let tree = put_tree(&b, b"persistent").await;
         let info = full_info(1, tree);
         b.pathinfos.put(info.clone()).await.unwrap();
@@ -808,6 +831,51 @@ async fn embedded_persists_across_reopen() {
     assert!(dir.path().join("data/pathinfo.redb").exists());
 }
 
+/// The redb backend's referrers index: rows go with deleted entries, and a
+/// file from before the index gets it built when it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_referrers_index_deletes_and_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb://{}", dir.path().join("data").display());
+    let open = || backends::local(&url, None);
+    let a = path(10, "a");
+    let (x, y) = {
+        let b = open();
+        let mut x = bare_info(20, symlink());
+        x.references = vec![a.clone()];
+        let mut y = bare_info(21, symlink());
+        y.references = vec![a.clone()];
+        let (x, _) = prepared(&b, x).await;
+        let (y, _) = prepared(&b, y).await;
+        b.pathinfos.put(x.clone()).await.unwrap();
+        b.pathinfos.put(y.clone()).await.unwrap();
+        b.pathinfos.delete(&[digest(20)]).await.unwrap();
+        assert_eq!(referrers(&b, &a).await, [y.store_path.to_string()].into());
+        // Put again without the reference: nothing of the deleted entry's
+        // index rows is left to name it.
+        let mut unrelated = x.clone();
+        unrelated.references = vec![];
+        b.pathinfos.put(unrelated).await.unwrap();
+        assert_eq!(referrers(&b, &a).await, [y.store_path.to_string()].into());
+        (x, y)
+    };
+    // The index dropped, as in a file written before it existed.
+    {
+        let db = redb::Database::open(dir.path().join("data/pathinfo.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let index: redb::TableDefinition<&[u8; 40], ()> = redb::TableDefinition::new("referrers");
+        assert!(txn.delete_table(index).unwrap());
+        txn.commit().unwrap();
+    }
+    let b = open();
+    assert_eq!(referrers(&b, &a).await, [y.store_path.to_string()].into());
+    b.pathinfos.put(x.clone()).await.unwrap();
+    assert_eq!(
+        referrers(&b, &a).await,
+        [x.store_path.to_string(), y.store_path.to_string()].into()
+    );
+}
+
 macro_rules! one_test {
     ($make:path, $scenario:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,6 +902,7 @@ macro_rules! backend_suite {
             one_test!($make, put_checked_against_content);
             one_test!($make, get_malformed_request_rejected);
             one_test!($make, list_many);
+            one_test!($make, referrers_follow_puts_and_replaces);
         }
     };
 }

@@ -869,6 +869,13 @@ impl PathInfoService for PullThroughPathInfoService {
         self.inner.list()
     }
 
+    async fn referrers(
+        &self,
+        digest: [u8; 20],
+    ) -> Result<Vec<cairn_nix::store_path::StorePath>, Error> {
+        self.inner.referrers(digest).await
+    }
+
     async fn cached_nar(&self, node: &Node) -> Result<Option<(u64, [u8; 32])>, Error> {
         self.inner.cached_nar(node).await
     }

@@ -29,6 +29,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_castore::{BlobService, DirectoryService, Error, GrpcAddr, Node};
+use cairn_nix::store_path::StorePath;
+use futures::StreamExt as _;
 use futures::stream::BoxStream;
 
 pub use caching::CachingPathInfoService;
@@ -53,6 +55,8 @@ pub use server::{GrpcPathInfoServer, NarCalculator, routes};
 ///   Once `put` returns, the entry survives a restart of a persistent backend.
 /// - `list` streams every stored entry once, in no particular order, without
 ///   holding them all in memory (except the memory backend).
+/// - `referrers` answers what `list` would: every stored entry referring to the
+///   path, once put and until deleted or replaced by one that does not.
 #[async_trait]
 pub trait PathInfoService: Send + Sync {
     /// The entry for the store path with this digest.
@@ -63,6 +67,22 @@ pub trait PathInfoService: Send + Sync {
 
     /// Every stored entry.
     fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>>;
+
+    /// The stored paths whose references include the path with this digest
+    /// (itself too, if it refers to itself), in no particular order: Nix's
+    /// `queryReferrers`. By default every entry is listed and looked at;
+    /// backends with an index answer from it.
+    async fn referrers(&self, digest: [u8; 20]) -> Result<Vec<StorePath>, Error> {
+        let mut found = Vec::new();
+        let mut all = self.list();
+        while let Some(info) = all.next().await {
+            let info = info?;
+            if info.references.iter().any(|r| r.digest() == &digest) {
+                found.push(info.store_path);
+            }
+        }
+        Ok(found)
+    }
 
     /// The NAR size and SHA-256 of `node` if this backend remembers them from an
     /// earlier [`PathInfoService::remember_nar`] (the gRPC server's CalculateNAR

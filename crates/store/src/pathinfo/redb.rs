@@ -8,7 +8,6 @@
 //! - `nar_cache`: canonical protobuf encoding of a root `Node` with an empty name ->
 //!   its NAR size (u64 little-endian) and SHA-256 (32 bytes), for CalculateNAR. A
 //!   malformed value counts as absent (it is recomputed and overwritten).
-//!
 //! - `pins`: store path digest -> empty: pinned paths (garbage collection's
 //!   policies never remove them or their closures).
 //! - `access`: store path digest -> unix seconds (u64) of its last access or
@@ -17,6 +16,13 @@
 //!   when the file closes), only for paths whose recorded time is older by a
 //!   grain: never a durable write per request. A kill loses at most the last
 //!   interval's accesses, which only makes those paths look older.
+//! - `referrers`: referenced path's digest ++ referrer's digest (40 bytes) ->
+//!   empty, one row per reference of each entry, written and removed in the
+//!   transactions that put, replace and delete entries: `referrers` (Nix's
+//!   `queryReferrers`) is a range scan, not a walk of every entry. A file from
+//!   before this table gets it built, complete, in one transaction when it
+//!   opens. It costs bulk puts about half again their time (100k puts: 5.1 s
+//!   → 7.6–8.4 s in `referrers_scale`), and saves 0.23 s per query at 100k.
 //!
 //! Writes go through one committer thread per open file, which groups whatever
 //! writes are queued into one durable transaction (group commit): concurrent puts
@@ -32,6 +38,7 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
+use cairn_nix::store_path::StorePath;
 use futures::stream::BoxStream;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable as _, TableDefinition};
@@ -44,6 +51,10 @@ const PATHINFO: TableDefinition<&[u8; 20], &[u8]> = TableDefinition::new("pathin
 const NAR_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nar_cache");
 const PINS: TableDefinition<&[u8; 20], ()> = TableDefinition::new("pins");
 const ACCESS: TableDefinition<&[u8; 20], u64> = TableDefinition::new("access");
+/// Referenced path's digest ++ referrer's digest, for every reference of every
+/// stored path: `referrers` is a range of it. Kept in the transactions that
+/// change `pathinfo`; built from `pathinfo` when a file made before it opens.
+const REFERRERS: TableDefinition<&[u8; 40], ()> = TableDefinition::new("referrers");
 
 /// Access times are recorded to this precision (seconds).
 pub const ACCESS_GRAIN: u64 = 3600;
@@ -71,8 +82,9 @@ const MAX_GROUP: usize = 1024;
 
 /// One write for the committer.
 enum Write {
-    /// `pathinfo`: digest -> encoded PathInfo.
-    PathInfo([u8; 20], Vec<u8>),
+    /// `pathinfo`: digest -> encoded PathInfo, with the digests of its
+    /// references (for `referrers`).
+    PathInfo([u8; 20], Vec<u8>, Vec<[u8; 20]>),
     /// `nar_cache`: encoded node -> size and SHA-256.
     NarCache(Vec<u8>, Vec<u8>),
     /// Removes a path (and its pin and access time).
@@ -217,10 +229,18 @@ fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Err
         let mut nar_cache = txn.open_table(NAR_CACHE)?;
         let mut pins = txn.open_table(PINS)?;
         let mut access = txn.open_table(ACCESS)?;
+        let mut referrers = txn.open_table(REFERRERS)?;
         for (write, _) in group {
             let new = match write {
                 Write::Delete(digest) => {
-                    let a = pathinfo.remove(digest)?.is_some();
+                    let old = pathinfo.remove(digest)?;
+                    let a = match old {
+                        Some(old) => {
+                            unindex(&mut referrers, digest, old.value())?;
+                            true
+                        }
+                        None => false,
+                    };
                     let b = pins.remove(digest)?.is_some();
                     let c = access.remove(digest)?.is_some();
                     a || b || c
@@ -228,10 +248,15 @@ fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Err
                 Write::Pin(digest, true) => pins.insert(digest, ())?.is_none(),
                 Write::Pin(digest, false) => pins.remove(digest)?.is_some(),
                 Write::FlushAccess => false,
-                Write::PathInfo(digest, bytes) => {
+                Write::PathInfo(digest, bytes, refs) => {
                     let same = pathinfo.get(digest)?.is_some_and(|v| v.value() == bytes);
                     if !same {
-                        pathinfo.insert(digest, bytes.as_slice())?;
+                        if let Some(old) = pathinfo.insert(digest, bytes.as_slice())? {
+                            unindex(&mut referrers, digest, old.value())?;
+                        }
+                        for r in refs {
+                            referrers.insert(&referrer_key(r, digest), ())?;
+                        }
                     }
                     !same
                 }
@@ -252,6 +277,37 @@ fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Err
         txn.commit()?;
     } else {
         txn.abort()?;
+    }
+    Ok(())
+}
+
+fn referrer_key(referenced: &[u8; 20], referrer: &[u8; 20]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..20].copy_from_slice(referenced);
+    k[20..].copy_from_slice(referrer);
+    k
+}
+
+/// The digests of the references of a stored entry; none if it cannot be
+/// decoded (a corrupt entry, reported by every read of it).
+fn stored_references(digest: &[u8; 20], bytes: &[u8]) -> Vec<[u8; 20]> {
+    match decode(digest, bytes) {
+        Ok(info) => info.references.iter().map(|r| *r.digest()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "{FILE_NAME}: its references are not indexed");
+            Vec::new()
+        }
+    }
+}
+
+/// Removes the `referrers` rows of the entry `bytes` stored for `digest`.
+fn unindex(
+    referrers: &mut redb::Table<&[u8; 40], ()>,
+    digest: &[u8; 20],
+    bytes: &[u8],
+) -> Result<(), redb::Error> {
+    for r in stored_references(digest, bytes) {
+        referrers.remove(&referrer_key(&r, digest))?;
     }
     Ok(())
 }
@@ -365,19 +421,41 @@ fn open_db(dir: &Path) -> Result<Db, Error> {
         .map_err(|e| io("open", &path, e))?;
     // Tables are created once: a write at every open would change the file of a
     // store that is only read.
-    let missing = {
+    let (missing, build_index) = {
         let txn = db.begin_read().map_err(storage)?;
-        txn.open_table(PATHINFO).is_err()
+        let build_index = txn.open_table(REFERRERS).is_err();
+        let missing = txn.open_table(PATHINFO).is_err()
             || txn.open_table(NAR_CACHE).is_err()
             || txn.open_table(PINS).is_err()
-            || txn.open_table(ACCESS).is_err()
+            || txn.open_table(ACCESS).is_err();
+        (missing || build_index, build_index)
     };
     if missing {
         let txn = db.begin_write().map_err(storage)?;
-        txn.open_table(PATHINFO).map_err(storage)?;
+        let pathinfo = txn.open_table(PATHINFO).map_err(storage)?;
         txn.open_table(NAR_CACHE).map_err(storage)?;
         txn.open_table(PINS).map_err(storage)?;
         txn.open_table(ACCESS).map_err(storage)?;
+        let mut referrers = txn.open_table(REFERRERS).map_err(storage)?;
+        if build_index {
+            // A file from before the index: built in the same transaction, so
+            // the table exists only complete.
+            let mut rows = 0u64;
+            for e in pathinfo.iter().map_err(storage)? {
+                let (k, v) = e.map_err(storage)?;
+                let digest = *k.value();
+                for r in stored_references(&digest, v.value()) {
+                    referrers
+                        .insert(&referrer_key(&r, &digest), ())
+                        .map_err(storage)?;
+                    rows += 1;
+                }
+            }
+            if rows > 0 {
+                tracing::info!(rows, "{FILE_NAME}: built the referrers index");
+            }
+        }
+        drop((pathinfo, referrers));
         txn.commit().map_err(storage)?;
     }
     let db = Arc::new(db);
@@ -437,6 +515,30 @@ impl PathInfoService for RedbPathInfoService {
         })
     }
 
+    async fn referrers(&self, digest: [u8; 20]) -> Result<Vec<StorePath>, Error> {
+        let db = self.db.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().map_err(storage)?;
+            let index = txn.open_table(REFERRERS).map_err(storage)?;
+            let paths = txn.open_table(PATHINFO).map_err(storage)?;
+            let (lo, hi) = (
+                referrer_key(&digest, &[0; 20]),
+                referrer_key(&digest, &[0xff; 20]),
+            );
+            let mut found = Vec::new();
+            for e in index.range::<&[u8; 40]>(&lo..=&hi).map_err(storage)? {
+                let (k, _) = e.map_err(storage)?;
+                let mut referrer = [0u8; 20];
+                referrer.copy_from_slice(&k.value()[20..]);
+                if let Some(v) = paths.get(&referrer).map_err(storage)? {
+                    found.push(decode(&referrer, v.value())?.store_path);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     fn note_access(&self, digest: [u8; 20]) {
         let now = super::now_secs();
         let mut pending = self
@@ -493,7 +595,8 @@ impl PathInfoService for RedbPathInfoService {
         check_content(&info, self.blobs.as_ref(), self.directories.as_ref()).await?;
         let bytes = proto::PathInfo::from(&info).encode_to_vec();
         let digest = *info.store_path.digest();
-        self.db.write(Write::PathInfo(digest, bytes)).await?;
+        let refs = info.references.iter().map(|r| *r.digest()).collect();
+        self.db.write(Write::PathInfo(digest, bytes, refs)).await?;
         self.note_access(digest);
         Ok(info)
     }
