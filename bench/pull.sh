@@ -81,8 +81,8 @@ for r in $(seq "$ROUNDS"); do
   daemons+=("$a")
   # The store may finish after the client: the next round starts once the
   # path is registered (the daemon logs "pulled" with the ms it took).
-  for _ in $(seq 600); do grep -q '"pulled"\|pulled' "$W/a$r.log" && break; sleep 0.05; done
-  registered+=("$(sed -n 's/.*ms=\([0-9]*\).*pulled.*/\1/p; s/.*pulled.*ms=\([0-9]*\).*/\1/p' "$W/a$r.log" | head -1)")
+  for _ in $(seq 600); do grep -q pulled "$W/a$r.log" && break; sleep 0.05; done
+  registered+=("$(sed -n 's/.*pulled.*ms=\([0-9]*\).*/\1/p' "$W/a$r.log" | head -1)")
 done
 direct=$(printf '%s\n' "${directs[@]}" | median); first=$(printf '%s\n' "${firsts[@]}" | median)
 # 2. The pulled path served from the pulling daemon's store vs from a daemon

@@ -589,8 +589,7 @@ enum Feed {
     /// core); the ingestion follows as it can.
     Spool {
         to: mpsc::Sender<Spooled>,
-        /// Until the download learnt why it ended.
-        worker: Option<tokio::task::JoinHandle<Result<[u8; 32], Option<String>>>>,
+        worker: tokio::task::JoinHandle<Result<[u8; 32], Option<String>>>,
     },
 }
 
@@ -628,13 +627,11 @@ impl Feed {
             }
             Err(Some("the download stopped".to_owned()))
         });
-        Feed::Spool {
-            to,
-            worker: Some(worker),
-        }
+        Feed::Spool { to, worker }
     }
 
-    /// `Err(None)`: the ingestion stopped reading (its error says why).
+    /// `Err(None)`: the ingestion stopped reading (its error says why). After
+    /// an error the feed is dropped, not written to again.
     async fn write(&mut self, chunk: Bytes) -> Result<(), Option<UpstreamError>> {
         match self {
             Feed::Pipe(w, sha) => {
@@ -645,11 +642,8 @@ impl Feed {
                 if to.send(Spooled::Chunk(chunk)).await.is_ok() {
                     return Ok(());
                 }
-                // The thread ended: why (asked once; the download stops here).
-                match worker.take() {
-                    Some(worker) => Err(spool_error(worker.await)),
-                    None => Err(spool_error(Ok(Ok([0; 32])))),
-                }
+                // The thread ended: why (asked once: the download stops here).
+                Err(spool_error(worker.await))
             }
         }
     }
@@ -664,12 +658,9 @@ impl Feed {
             }
             Feed::Spool { to, worker } => {
                 let _ = to.send(Spooled::End).await;
-                match worker {
-                    Some(worker) => match worker.await {
-                        Ok(Ok(sha)) => Ok(sha),
-                        other => Err(spool_error(other)),
-                    },
-                    None => Err(spool_error(Ok(Ok([0; 32])))),
+                match worker.await {
+                    Ok(Ok(sha)) => Ok(sha),
+                    other => Err(spool_error(other)),
                 }
             }
         }

@@ -254,9 +254,7 @@ fn commit_group(db: &Database, group: &[(Write, Reply)]) -> Result<(), redb::Err
                         if let Some(old) = pathinfo.insert(digest, bytes.as_slice())? {
                             unindex(&mut referrers, digest, old.value())?;
                         }
-                        for r in refs {
-                            referrers.insert(&referrer_key(r, digest), ())?;
-                        }
+                        index(&mut referrers, digest, refs)?;
                     }
                     !same
                 }
@@ -298,6 +296,18 @@ fn stored_references(digest: &[u8; 20], bytes: &[u8]) -> Vec<[u8; 20]> {
             Vec::new()
         }
     }
+}
+
+/// Adds the `referrers` rows of `digest`'s entry, whose references are `refs`.
+fn index(
+    referrers: &mut redb::Table<&[u8; 40], ()>,
+    digest: &[u8; 20],
+    refs: &[[u8; 20]],
+) -> Result<(), redb::Error> {
+    for r in refs {
+        referrers.insert(&referrer_key(r, digest), ())?;
+    }
+    Ok(())
 }
 
 /// Removes the `referrers` rows of the entry `bytes` stored for `digest`.
@@ -444,12 +454,9 @@ fn open_db(dir: &Path) -> Result<Db, Error> {
             for e in pathinfo.iter().map_err(storage)? {
                 let (k, v) = e.map_err(storage)?;
                 let digest = *k.value();
-                for r in stored_references(&digest, v.value()) {
-                    referrers
-                        .insert(&referrer_key(&r, &digest), ())
-                        .map_err(storage)?;
-                    rows += 1;
-                }
+                let refs = stored_references(&digest, v.value());
+                index(&mut referrers, &digest, &refs).map_err(storage)?;
+                rows += refs.len() as u64;
             }
             if rows > 0 {
                 tracing::info!(rows, "{FILE_NAME}: built the referrers index");
