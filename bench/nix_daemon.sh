@@ -13,15 +13,19 @@
 #     NAR over the protocol, NarFromPath),
 #   - http:// of the same daemon (the binary cache), and
 #   - a file:// cache holding the same paths (compression=none).
-# Prints seconds and the ratios to http:// and to file:// (lower is faster).
+# Every round reads the mounts cold: the kernel's cache of the mounted files is
+# dropped first (each copy is a first read, as in practice), the other sources
+# stay as warm as the daemon's store (its packs were just written).
+# Prints seconds each round, and the medians over the rounds with the ratios to
+# http:// and to file:// (lower is faster).
 # Targets (issue 21): unix:// at least as fast as http://, within 1.5x of file://.
 # The machine's load average is printed with each block: on a shared machine
 # compare the ratios of one run, not numbers across runs.
-# Usage: bench/nix_daemon.sh   (N=1000 BIG_MIB=1024 ROUNDS=2 to change; CAIRN=path
+# Usage: bench/nix_daemon.sh   (N=1000 BIG_MIB=1024 ROUNDS=5 to change; CAIRN=path
 #   to use a built binary instead of building a release one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${N:-1000}; BIG_MIB=${BIG_MIB:-1024}; ROUNDS=${ROUNDS:-2}
+N=${N:-1000}; BIG_MIB=${BIG_MIB:-1024}; ROUNDS=${ROUNDS:-5}
 W=$(mktemp -d /tmp/cairn-nixd-bench.XXXXXX)
 PID=; MPID=
 cleanup() {
@@ -64,8 +68,8 @@ mkdir -p "$W/root/nix/store" "$W/mnt/nix/store"
   --nix-socket "$W/nix.sock" --nix-mount "$W/root/nix/store" 2> "$W/daemon.log" & PID=$!
 for _ in $(seq 100); do grep -q serving "$W/daemon.log" 2>/dev/null && break; sleep 0.1; done
 HTTP=$(grep -o 'binary cache on http://127.0.0.1:[0-9]*' "$W/daemon.log" | sed 's/binary cache on //')
-nix copy --from "$S" --to "unix://$W/nix.sock" "${SMALL[@]}" "$BIG"
-nix copy --from "$S" --to "file://$W/cache?compression=none" "${SMALL[@]}" "$BIG"
+nix copy --from "$S" --to "unix://$W/nix.sock" "${SMALL[@]}" "$BIG" 2> /dev/null
+nix copy --from "$S" --to "file://$W/cache?compression=none" "${SMALL[@]}" "$BIG" 2> /dev/null
 "$CAIRN" mount --data-dir "$W/data" "$W/mnt/nix/store" 2> "$W/mount.log" & MPID=$!
 for _ in $(seq 100); do grep -q mounted "$W/mount.log" 2>/dev/null && break; sleep 0.1; done
 printf '#!/bin/sh\nexec %s nix-daemon --trusted --data-dir %s "$@"\n' "$CAIRN" "$W/data" > "$W/remote"
@@ -86,28 +90,44 @@ declare -A FROM=(
   [http]="$HTTP"
   [file]="file://$W/cache"
 )
+# Drops the kernel's cache of the paths' files on both mounts (dd's nocache:
+# posix_fadvise DONTNEED), so that the next copy reads them through cairn.
+cold() {
+  local p dirs=()
+  for p in "$@"; do dirs+=("$W/root$p" "$W/mnt$p"); done
+  find "${dirs[@]}" -type f -exec sh -c 'for f; do dd if="$f" iflag=nocache count=0 status=none; done' sh {} +
+}
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 run() {
   local what=$1; shift
   echo "== nix copy --from ... of $what ($(load))"
+  declare -A ALL=()
   for round in $(seq "$ROUNDS"); do
     declare -A T=()
     for k in unix unix-mnt ssh-ng http file; do
       rm -rf "$W/dst"
+      case $k in unix*) cold "$@" ;; esac
       # The setup's and the previous copy's writes flushed first: without it
       # the first copy of round 1 paid for writing back the setup's ~2 GiB.
       sync
       T[$k]=$(secs nix copy --no-check-sigs --from "${FROM[$k]}" --to "$W/dst" "$@")
+      ALL[$k]="${ALL[$k]:-} ${T[$k]}"
       # Every path arrived, whole.
       nix store verify --store "$W/dst" --no-trust "$@" > /dev/null 2>&1 \
         || { echo "$k: the copy does not verify" >&2; exit 1; }
     done
-    printf 'round %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %.2f  unix/file %.2f  unix-mnt/http %.2f  ssh-ng/http %.2f\n' \
-      "$round" "${T[unix]}" "${T[unix-mnt]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}" \
-      "$(awk -v a="${T[unix]}" -v b="${T[http]}" 'BEGIN { print a / b }')" \
-      "$(awk -v a="${T[unix]}" -v b="${T[file]}" 'BEGIN { print a / b }')" \
-      "$(awk -v a="${T[unix-mnt]}" -v b="${T[http]}" 'BEGIN { print a / b }')" \
-      "$(awk -v a="${T[ssh-ng]}" -v b="${T[http]}" 'BEGIN { print a / b }')"
+    printf 'round %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s\n' \
+      "$round" "${T[unix]}" "${T[unix-mnt]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}"
   done
+  declare -A M=()
+  for k in unix unix-mnt ssh-ng http file; do
+    M[$k]=$(printf '%s\n' ${ALL[$k]} | median)
+  done
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+  printf 'median of %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %s  unix/file %s  unix-mnt/http %s  ssh-ng/http %s\n' \
+    "$ROUNDS" "${M[unix]}" "${M[unix-mnt]}" "${M[ssh-ng]}" "${M[http]}" "${M[file]}" \
+    "$(ratio "${M[unix]}" "${M[http]}")" "$(ratio "${M[unix]}" "${M[file]}")" \
+    "$(ratio "${M[unix-mnt]}" "${M[http]}")" "$(ratio "${M[ssh-ng]}" "${M[http]}")"
 }
-run "$N small paths" "${SMALL[@]}"
+[ "$N" -gt 0 ] && run "$N small paths" "${SMALL[@]}"
 run "one $BIG_MIB MiB path" "$BIG"

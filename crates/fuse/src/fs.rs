@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use cairn_castore::lru::Lru;
 use cairn_castore::{B3Digest, BlobReader, BlobService, Directory, DirectoryService, Node};
 use cairn_nix::store_path::StorePath;
@@ -69,12 +69,28 @@ const REPLY_MEMORY: u64 = 16 << 20;
 /// only make the reply buffers larger.
 const MAX_READ: u32 = BLKSIZE;
 
+/// The kernel's read-ahead window for a file, set on the mount's device after
+/// it is mounted (see `mount::widen_read_ahead`): a sequential reader's
+/// requests this far ahead arrive together, and must stay within [`SKIP_MAX`]
+/// of its stream.
+pub(crate) const READ_AHEAD: u32 = 4 << 20;
+
 /// How far a read may start past its file's stream position and still be served
 /// by that stream, the bytes in between kept for the reads that ask for them.
 /// The kernel sends a sequential reader's read-ahead as several requests at once,
 /// which arrive here in any order; without this each would seek (and restart the
-/// blob reader's own read-ahead).
-const SKIP_MAX: u64 = 8 << 20;
+/// blob reader's own read-ahead). It spans what the kernel can have in flight
+/// for one reader ([`MAX_BACKGROUND`] requests of [`MAX_READ`] bytes, a
+/// [`READ_AHEAD`] window past them): with less, a stream that lags behind a
+/// burst sees the burst's last requests as another reader's, and two streams
+/// then leapfrog, seeking back and forth (a 64 MiB file read through a mount
+/// of a daemon: 1155 gRPC calls instead of 2).
+const SKIP_MAX: u64 = 16 << 20;
+
+/// Read requests the kernel may send ahead at once (its `max_background`).
+const MAX_BACKGROUND: u16 = 64;
+
+const _: () = assert!(MAX_BACKGROUND as u64 * MAX_READ as u64 + READ_AHEAD as u64 <= SKIP_MAX);
 
 /// The position of a stream that has not read yet: near no offset.
 const UNUSED: u64 = u64::MAX;
@@ -157,6 +173,8 @@ struct OpenFile {
     /// Each stream's position, readable while another request holds the stream;
     /// [`UNUSED`] before its first read.
     positions: [AtomicU64; STREAMS_PER_FILE],
+    /// Held while a request chooses its stream (never across an await).
+    choosing: Mutex<()>,
 }
 
 impl OpenFile {
@@ -166,45 +184,54 @@ impl OpenFile {
             size,
             streams: Default::default(),
             positions: std::array::from_fn(|_| AtomicU64::new(UNUSED)),
+            choosing: Mutex::new(()),
         }
     }
 
-    /// The stream for a read at `offset`: the nearest free one within
-    /// [`SKIP_MAX`] of it (either side: what a stream skipped lies behind its
-    /// position); else, if one is near but busy, that one once free; else any
-    /// free one; else (all busy) one chosen by the offset.
+    /// The stream for a read at `offset`: the nearest one within [`SKIP_MAX`]
+    /// of it (either side: what a stream skipped lies behind its position),
+    /// once it is free; else a free one, else (all busy) one chosen by the
+    /// offset, placed at `offset` as it is chosen.
     ///
-    /// Waiting for the near stream is what keeps one sequential reader on one
-    /// stream: the kernel sends its read-ahead as several requests at once, and
-    /// given to other streams each would seek past what another read ahead,
-    /// the blob decoded and verified again each time (3.6x the CPU of reading
-    /// the file once, measured on a 1 GiB file).
+    /// One sequential reader stays on one stream: the kernel sends its
+    /// read-ahead as many requests at once, which arrive in any order, and each
+    /// given to a stream of its own (or to a free near one while the nearest is
+    /// busy) would seek past what another read ahead, the blob decoded and
+    /// verified again each time (3.6x the CPU of reading a 1 GiB file once;
+    /// with a 4 MiB read-ahead window, up to 6x). So the choice and the claim
+    /// of a stream's place are one step: a request arriving while the first of
+    /// a burst is still opening its reader sees that stream near, and waits
+    /// for it.
     async fn stream(&self, offset: u64) -> (usize, tokio::sync::MutexGuard<'_, Stream>) {
-        // Nearest first; `u64::MAX` for a stream not near (no allocation: this
-        // runs for every read).
-        let mut by_distance: [(u64, usize); STREAMS_PER_FILE] = std::array::from_fn(|i| {
-            let pos = self.positions[i].load(Ordering::Relaxed);
-            let distance = pos.abs_diff(offset);
-            let near = pos != UNUSED && distance <= SKIP_MAX;
-            (if near { distance } else { u64::MAX }, i)
-        });
-        by_distance.sort_unstable();
-        let near = || by_distance.iter().take_while(|(d, _)| *d != u64::MAX);
-        for &(_, i) in near() {
-            if let Ok(stream) = self.streams[i].try_lock() {
-                return (i, stream);
+        let claimed = {
+            let _choosing = self.choosing.lock().unwrap_or_else(PoisonError::into_inner);
+            let nearest = (0..STREAMS_PER_FILE)
+                .filter_map(|i| {
+                    let pos = self.positions[i].load(Ordering::Relaxed);
+                    let distance = pos.abs_diff(offset);
+                    (pos != UNUSED && distance <= SKIP_MAX).then_some((distance, i))
+                })
+                .min();
+            match nearest {
+                Some((_, i)) => Err(i),
+                None => {
+                    let free = self
+                        .streams
+                        .iter()
+                        .enumerate()
+                        .find_map(|(i, stream)| Some((i, stream.try_lock().ok()?)));
+                    let i = free
+                        .as_ref()
+                        .map_or((offset / SKIP_MAX) as usize % STREAMS_PER_FILE, |(i, _)| *i);
+                    self.positions[i].store(offset, Ordering::Relaxed);
+                    free.ok_or(i)
+                }
             }
+        };
+        match claimed {
+            Ok(stream) => stream,
+            Err(i) => (i, self.streams[i].lock().await),
         }
-        if let Some(&(_, i)) = near().next() {
-            return (i, self.streams[i].lock().await);
-        }
-        for (i, stream) in self.streams.iter().enumerate() {
-            if let Ok(stream) = stream.try_lock() {
-                return (i, stream);
-            }
-        }
-        let i = (offset / SKIP_MAX) as usize % STREAMS_PER_FILE;
-        (i, self.streams[i].lock().await)
     }
 }
 
@@ -230,8 +257,12 @@ struct Stream {
 
 impl Stream {
     /// `len` bytes at `offset` from the skipped bytes, if one piece holds them.
-    /// A piece read to its end is dropped: the kernel caches what it was given
-    /// and asks for each range once.
+    /// The kernel caches what it was given and asks for each range once, so
+    /// the range is no longer kept: what is left of the piece either side of
+    /// it stays, as pieces of their own with their parts of its share. (Kept
+    /// whole until its end was read, a piece whose ranges came in another
+    /// order stayed at its full size, and with the bound reached was dropped
+    /// with ranges still to come, which then had to seek back.)
     fn take_skipped(&mut self, offset: u64, len: usize) -> Option<Bytes> {
         let (i, from) = self
             .skipped
@@ -241,12 +272,20 @@ impl Stream {
                 let from = usize::try_from(offset.checked_sub(*start)?).ok()?;
                 (from + len <= bytes.len()).then_some((i, from))
             })?;
-        let piece = &self.skipped[i].1;
-        let bytes = piece.slice(from..from + len);
-        if from + len == piece.len() {
-            self.skipped.remove(i);
+        let (start, piece, mut share) = self.skipped.remove(i)?;
+        let after = piece.slice(from + len..);
+        if !after.is_empty()
+            && let Some(part) = share.split(after.len().min(share.num_permits()))
+        {
+            self.skipped.insert(i, (offset + len as u64, after, part));
         }
-        Some(bytes)
+        if from > 0
+            && let Some(part) = share.split(from.min(share.num_permits()))
+        {
+            self.skipped.insert(i, (start, piece.slice(..from), part));
+        }
+        // `share` keeps the served range's part, and returns it here.
+        Some(piece.slice(from..from + len))
     }
 
     /// Keeps `bytes` (at `offset`) with their `share` of the budget.
@@ -459,12 +498,21 @@ impl Inner {
                 .await
                 .map_err(|e| eio(&what(), e))?;
         }
-        let mut buf = vec![0; len];
-        // A blob that ends early is as wrong as one with other bytes.
-        reader
-            .read_exact(&mut buf)
-            .await
-            .map_err(|e| eio(&what(), e))?;
+        // Read into spare capacity: zeroing the buffer first cost as much as
+        // a tenth of a large file's reading.
+        let mut buf = BytesMut::with_capacity(len);
+        while buf.len() < len {
+            let want = len - buf.len();
+            let mut rest = (&mut buf).limit(want);
+            let n = reader
+                .read_buf(&mut rest)
+                .await
+                .map_err(|e| eio(&what(), e))?;
+            if n == 0 {
+                // A blob that ends early is as wrong as one with other bytes.
+                return Err(eio(&what(), "the blob ends before its size"));
+            }
+        }
         let end = offset + len as u64;
         r.pos = end;
         r.served += len as u64;
@@ -477,7 +525,7 @@ impl Inner {
             stream.reader = Some(r);
         }
         file.positions[index].store(end, Ordering::Relaxed);
-        Ok(buf.into())
+        Ok(buf.freeze())
     }
 
     /// The share of the budget a reader of a file of `size` bytes takes: its
@@ -555,7 +603,7 @@ impl Filesystem for StoreFs {
         let _ = config.set_max_write(MAX_READ);
         // Read-ahead of several files (a `tar` of small ones) and of one large
         // file in parallel.
-        let _ = config.set_max_background(64);
+        let _ = config.set_max_background(MAX_BACKGROUND);
         Ok(())
     }
 
@@ -823,10 +871,33 @@ impl Filesystem for StoreFs {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use futures::FutureExt;
+
     use super::*;
 
+    #[tokio::test]
+    async fn a_burst_of_near_reads_waits_for_the_stream_its_first_read_took() {
+        let file = OpenFile::new(B3Digest::from([7; 32]), 1 << 30);
+        // The first of a burst takes a stream (and holds it while its reader
+        // opens); its position is not known to be anywhere yet but `offset`.
+        let (first, held) = file.stream(0).await;
+        for offset in [128 << 10, 1 << 20, u64::from(READ_AHEAD) - (128 << 10)] {
+            assert!(
+                file.stream(offset).now_or_never().is_none(),
+                "a read at {offset} took another stream instead of waiting"
+            );
+        }
+        // A reader elsewhere in the file gets a stream of its own at once.
+        let far = file.stream(SKIP_MAX * 4).now_or_never();
+        let (other, far) = far.expect("a far read waited for a busy stream");
+        assert_ne!(other, first);
+        drop((held, far));
+        let (again, _) = file.stream(1 << 20).await;
+        assert_eq!(again, first);
+    }
+
     #[test]
-    fn skipped_bytes_serve_reads_inside_one_piece_and_stay_bounded() {
+    fn skipped_bytes_serve_each_range_once_in_any_order_and_stay_bounded() {
         let budget = Budget::new(SKIP_MAX * 2);
         let total = || SKIP_MAX as usize * 2 - budget.free();
         let skip = |stream: &mut Stream, offset, bytes: Bytes| {
@@ -838,12 +909,18 @@ mod tests {
         skip(&mut stream, 5000, piece.clone());
         assert_eq!(total(), 1000);
         assert_eq!(stream.take_skipped(5100, 10), Some(piece.slice(100..110)));
+        // A range is served once, and no longer held.
+        assert_eq!(total(), 990);
+        assert_eq!(stream.take_skipped(5100, 10), None);
+        assert_eq!(stream.take_skipped(5105, 1), None);
         assert_eq!(stream.take_skipped(4999, 10), None);
         assert_eq!(stream.take_skipped(5995, 10), None, "runs past the piece");
-        // Read to its end, the piece is dropped.
-        assert_eq!(stream.take_skipped(5000, 1000), Some(piece.clone()));
+        // What is left either side serves its ranges in any order.
+        assert_eq!(stream.take_skipped(5110, 890), Some(piece.slice(110..)));
+        assert_eq!(stream.take_skipped(5000, 100), Some(piece.slice(..100)));
         assert_eq!(stream.take_skipped(5000, 1), None);
         assert_eq!(total(), 0);
+        assert!(stream.skipped.is_empty());
         // Older pieces go first once a stream's bound is reached.
         skip(&mut stream, 0, piece);
         let big = Bytes::from(vec![0; SKIP_MAX as usize - 500]);
@@ -853,7 +930,7 @@ mod tests {
             stream.take_skipped(1 << 30, 1),
             Some(Bytes::from_static(&[0]))
         );
-        assert_eq!(total(), SKIP_MAX as usize - 500);
+        assert_eq!(total(), SKIP_MAX as usize - 501);
         drop(stream);
         assert_eq!(total(), 0);
     }

@@ -1,6 +1,7 @@
 //! [`Mount`]: a [`StoreFs`] mounted and served until it is unmounted.
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
@@ -8,6 +9,7 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use tokio::sync::oneshot;
 
 use crate::StoreFs;
+use crate::fs::READ_AHEAD;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -77,6 +79,7 @@ impl Mount {
                 let _ = done.send(());
                 result
             })?;
+        widen_read_ahead(mountpoint);
         Ok(Mount {
             mountpoint: mountpoint.to_owned(),
             unmounter,
@@ -119,5 +122,36 @@ impl Mount {
             Some(Err(_)) => Err(io::Error::other("the FUSE session thread panicked")),
             None => Ok(()),
         }
+    }
+}
+
+/// Widens the kernel's read-ahead window for files on the mount to
+/// [`READ_AHEAD`], where the process may (as root).
+///
+/// The kernel offers a FUSE filesystem at most its default window (128 KiB) at
+/// init, so it cannot be asked for there; it can be set afterwards on the
+/// mount's backing device. With 128 KiB a reader that works on what it reads
+/// (Nix hashing and writing a NAR) waits for each request in turn; with 4 MiB
+/// the mount decodes ahead while the reader works (`nix copy --from unix://`
+/// of a 1 GiB path, the first read: 3.5-3.7 s -> 2.9-3.5 s beside 2.7-3.0 s
+/// from a local store). Without it everything still works, only slower.
+fn widen_read_ahead(mountpoint: &Path) {
+    // A stat of the root waits for the session's init (the kernel holds
+    // requests until then), which would otherwise narrow the window again.
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(meta) => meta.dev(),
+        Err(e) => {
+            tracing::debug!("read-ahead left at the kernel's default: {e}");
+            return;
+        }
+    };
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        rustix::fs::major(dev),
+        rustix::fs::minor(dev)
+    );
+    match std::fs::write(&path, (READ_AHEAD >> 10).to_string()) {
+        Ok(()) => tracing::debug!("read-ahead of {} KiB set in {path}", READ_AHEAD >> 10),
+        Err(e) => tracing::debug!("read-ahead left at the kernel's default ({path}: {e})"),
     }
 }
