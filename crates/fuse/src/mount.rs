@@ -131,10 +131,9 @@ impl Mount {
 /// The kernel offers a FUSE filesystem at most its default window (128 KiB) at
 /// init, so it cannot be asked for there; it can be set afterwards on the
 /// mount's backing device. With 128 KiB a reader that works on what it reads
-/// (Nix hashing and writing a NAR) waits for each request in turn; with 4 MiB
-/// the mount decodes ahead while the reader works (`nix copy --from unix://`
-/// of a 1 GiB path, the first read: 3.5-3.7 s -> 2.9-3.5 s beside 2.7-3.0 s
-/// from a local store). Without it everything still works, only slower.
+/// (Nix hashing and writing a NAR) waits for each request in turn; with more
+/// the mount decodes ahead while the reader works. Without it everything
+/// still works, only slower.
 fn widen_read_ahead(mountpoint: &Path) {
     // A stat of the root waits for the session's init (the kernel holds
     // requests until then), which would otherwise narrow the window again.
