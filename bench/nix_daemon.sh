@@ -90,11 +90,12 @@ declare -A FROM=(
   [http]="$HTTP"
   [file]="file://$W/cache"
 )
-# Drops the kernel's cache of the paths' files on both mounts (dd's nocache:
-# posix_fadvise DONTNEED), so that the next copy reads them through cairn.
+# Drops the kernel's cache of the paths' files on the mount at root $1 (dd's
+# nocache: posix_fadvise DONTNEED), so that the next copy reads them through
+# cairn.
 cold() {
-  local p dirs=()
-  for p in "$@"; do dirs+=("$W/root$p" "$W/mnt$p"); done
+  local root=$1 p dirs=(); shift
+  for p in "$@"; do dirs+=("$root$p"); done
   find "${dirs[@]}" -type f -exec sh -c 'for f; do dd if="$f" iflag=nocache count=0 status=none; done' sh {} +
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -106,7 +107,7 @@ run() {
     declare -A T=()
     for k in unix unix-mnt ssh-ng http file; do
       rm -rf "$W/dst"
-      case $k in unix*) cold "$@" ;; esac
+      case $k in unix) cold "$W/root" "$@" ;; unix-mnt) cold "$W/mnt" "$@" ;; esac
       # The setup's and the previous copy's writes flushed first: without it
       # the first copy of round 1 paid for writing back the setup's ~2 GiB.
       sync
