@@ -546,6 +546,63 @@ mod tests {
         assert!(a.is_empty().await.unwrap());
     }
 
+    /// An upload counted while a claim of the same file waits for the row (one
+    /// daemon registers a path as another receives its NAR again) survives the
+    /// claim: the second narinfo finds its NAR.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_counted_during_a_claim_is_kept_postgres() {
+        let url = pg_url();
+        let (a, b) = (pg(&url), pg(&url));
+        a.put([4; 32], &nar(4)).await.unwrap();
+        // A third session locks the row, so that the upload and then the claim
+        // queue behind it, in that order.
+        let db = cairn_castore::pg::Db::open(&url).unwrap();
+        let mut holder = db.client().await.unwrap();
+        let txn = holder.transaction().await.unwrap();
+        let key: &[u8] = &[4; 32];
+        txn.execute(
+            "SELECT 1 FROM cache_uploads WHERE file_sha256 = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await
+        .unwrap();
+        let waiting_for_locks = |n: i64| {
+            let db = db.clone();
+            async move {
+                let watcher = db.client().await.unwrap();
+                for _ in 0..1000 {
+                    let waiting: i64 = watcher
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity
+                             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                            &[],
+                        )
+                        .await
+                        .unwrap()
+                        .get(0);
+                    if waiting >= n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("{n} sessions never waited for the row's lock");
+            }
+        };
+        let put = tokio::spawn(async move { b.put([4; 32], &nar(4)).await });
+        waiting_for_locks(1).await;
+        let claim = tokio::spawn({
+            let a = a.clone();
+            async move { a.claim([4; 32]).await }
+        });
+        waiting_for_locks(2).await;
+        txn.commit().await.unwrap();
+        put.await.unwrap().unwrap();
+        claim.await.unwrap().unwrap();
+        assert_eq!(a.get([4; 32]).await.unwrap(), Some(nar(4)));
+        a.claim([4; 32]).await.unwrap();
+        assert!(a.is_empty().await.unwrap());
+    }
+
     /// A damaged row is an error naming the record, not a panic.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupt_rows_are_errors_postgres() {

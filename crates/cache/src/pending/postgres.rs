@@ -6,10 +6,11 @@
 //! bigint NOT NULL, unclaimed integer NOT NULL)`: `nar` is the record of the redb
 //! table (see the [parent module](super)) with its time and count zeroed, since
 //! those are the columns `uploaded` (seconds since the Unix epoch) and `unclaimed`.
-//! Each operation is one statement, atomic on its own: an upload adds one to the
-//! count of an identical record (and restarts it at one for a different NAR under
-//! the same file hash), a claim takes one and deletes the record at the last. Every
-//! write is committed (durable) before it returns. A row whose `nar` does not
+//! An upload is one statement, atomic on its own: it adds one to the count of an
+//! identical record (and restarts it at one for a different NAR under the same
+//! file hash). A claim is one transaction: it takes one and deletes the record at
+//! the last, holding the row's lock in between. Every write is committed (durable)
+//! before it returns. A row whose `nar` does not
 //! decode is an error when read and goes with the others of its age.
 
 use std::time::Duration;
@@ -120,28 +121,39 @@ impl PgPending {
     }
 
     pub(super) async fn claim(&self, file_sha256: [u8; 32]) -> Result<(), CacheError> {
-        let client = self.client().await?;
-        // Both parts see the row as it was: it is decremented if more than one
-        // upload waits, else deleted. A concurrent claim waits for the row's lock
-        // and then re-checks, so two claims of a count of two delete it.
-        let stmt = client
-            .prepare_cached(
-                "WITH dec AS (
-                   UPDATE cache_uploads SET unclaimed = unclaimed - 1
-                   WHERE file_sha256 = $1 AND unclaimed > 1
-                   RETURNING 1
-                 )
-                 DELETE FROM cache_uploads
-                 WHERE file_sha256 = $1 AND NOT EXISTS (SELECT 1 FROM dec)",
+        let mut client = self.client().await?;
+        // One transaction holding the row's lock from the decrement to the
+        // delete, so that an upload counted meanwhile waits and then recreates
+        // the row. A single statement (decrement where more than one waits,
+        // else delete) is not enough: its delete, having waited for an
+        // upload's lock, re-checks only its own condition and deletes the row
+        // the upload has just counted.
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| failed("starting a pending upload claim", e))?;
+        let key: &[u8] = &file_sha256;
+        let left = txn
+            .query_opt(
+                "UPDATE cache_uploads SET unclaimed = unclaimed - 1
+                 WHERE file_sha256 = $1 RETURNING unclaimed",
+                &[&key],
             )
             .await
-            .map_err(|e| failed("preparing the pending upload claim", e))?;
-        let key: &[u8] = &file_sha256;
-        client
-            .execute(&stmt, &[&key])
-            .await
             .map_err(|e| failed("claiming a pending upload", e))?;
-        Ok(())
+        if let Some(row) = left {
+            let left: i32 = row
+                .try_get(0)
+                .map_err(|e| failed("claiming a pending upload", e))?;
+            if left <= 0 {
+                txn.execute("DELETE FROM cache_uploads WHERE file_sha256 = $1", &[&key])
+                    .await
+                    .map_err(|e| failed("removing a claimed pending upload", e))?;
+            }
+        }
+        txn.commit()
+            .await
+            .map_err(|e| failed("committing a pending upload claim", e))
     }
 
     pub(super) async fn expire_at(&self, max_age: Duration, now: u64) -> Result<usize, CacheError> {
