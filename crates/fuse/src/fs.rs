@@ -14,10 +14,7 @@
 //! Readers stay open between requests while the budget has room; a request that
 //! needs a reader when it has none drops idle ones (least recently read file
 //! first) or waits, and while it waits, readers that served about what they
-//! hold are not kept after their request (files take turns). From a backend that
-//! hands out slices of its own verified buffers (the embedded store), a reply is
-//! such a slice where one holds it: the buffer goes back to its pool when the
-//! reply is written.
+//! hold are not kept after their request (files take turns).
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
@@ -30,9 +27,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cairn_castore::lru::Lru;
-use cairn_castore::{
-    B3Digest, BlobReader, BlobService, BlobStream, Directory, DirectoryService, Node,
-};
+use cairn_castore::{B3Digest, BlobReader, BlobService, Directory, DirectoryService, Node};
 use cairn_nix::store_path::StorePath;
 use cairn_store::pathinfo::PathInfoService;
 use fuser::{
@@ -249,60 +244,13 @@ impl OpenFile {
 
 /// A blob reader kept by a stream.
 struct Reader {
-    source: Source,
+    reader: Box<dyn BlobReader>,
     /// Its position.
     pos: u64,
     /// Bytes it served since it was opened.
     served: u64,
     /// Its share of the budget.
     share: Share,
-}
-
-/// Where a [`Reader`]'s bytes come from.
-enum Source {
-    /// A reader, copied out of into each reply.
-    Reader(Box<dyn BlobReader>),
-    /// Pieces of the buffers the backend verified into (see
-    /// [`BlobService::streams_share_buffers`]), replied from without a copy
-    /// (the copy was a seventh of the daemon's CPU reading a large file
-    /// through the mount), and what is left of the last one.
-    Pieces { pieces: BlobStream, next: Bytes },
-}
-
-impl Source {
-    /// The next `len` bytes: a slice of a piece that holds them all unless
-    /// `own` (bytes kept a while, which must not hold a whole piece's buffer
-    /// for a part of it), else copied into a buffer of their own. A blob that
-    /// ends early is as wrong as one with other bytes: an error.
-    async fn take(&mut self, len: usize, own: bool) -> std::io::Result<Bytes> {
-        let (pieces, next) = match self {
-            Source::Reader(reader) => return read_bytes(reader.as_mut(), len).await,
-            Source::Pieces { pieces, next } => (pieces, next),
-        };
-        let mut buf = BytesMut::new();
-        while buf.len() < len {
-            while next.is_empty() {
-                *next = pieces.next().await.ok_or_else(ends_early)??;
-            }
-            let want = len - buf.len();
-            if buf.is_empty() && !own && next.len() >= want {
-                return Ok(next.split_to(want));
-            }
-            if buf.capacity() == 0 {
-                buf.reserve(len);
-            }
-            let n = want.min(next.len());
-            buf.extend_from_slice(&next.split_to(n));
-        }
-        Ok(buf.freeze())
-    }
-}
-
-fn ends_early() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "the blob ends before its size",
-    )
 }
 
 #[derive(Default)]
@@ -525,41 +473,37 @@ impl Inner {
                     .budget
                     .take(self.reader_cost(file.size), || self.drop_idle_reader())
                     .await;
-                Reader {
-                    source: self.open_source(file, 0).await?,
-                    pos: 0,
-                    served: 0,
-                    share,
+                match self.blobs.open_read(&file.digest).await {
+                    Ok(Some(reader)) => Reader {
+                        reader,
+                        pos: 0,
+                        served: 0,
+                        share,
+                    },
+                    Ok(None) => return Err(eio(&what(), "not found")),
+                    Err(e) => return Err(eio(&what(), e)),
                 }
             }
         };
+        let (pos, reader) = (r.pos, &mut r.reader);
         // On any error the reader is dropped: the next read opens a new one (a
         // daemon restarted meanwhile is then reached again).
-        let gap = offset.saturating_sub(r.pos);
-        let skip_share = (offset > r.pos && gap <= SKIP_MAX)
+        let gap = offset.saturating_sub(pos);
+        let skip_share = (offset > pos && gap <= SKIP_MAX)
             .then(|| self.budget.try_take(gap))
             .flatten();
         if let Some(skip_share) = skip_share {
-            let bytes = r
-                .source
-                .take(gap as usize, true)
+            let bytes = read_bytes(reader.as_mut(), gap as usize)
                 .await
                 .map_err(|e| eio(&what(), e))?;
-            stream.skip(r.pos, bytes, skip_share);
-        } else if offset != r.pos {
-            match &mut r.source {
-                Source::Reader(reader) => {
-                    reader
-                        .seek(SeekFrom::Start(offset))
-                        .await
-                        .map_err(|e| eio(&what(), e))?;
-                }
-                Source::Pieces { .. } => r.source = self.open_source(file, offset).await?,
-            }
+            stream.skip(pos, bytes, skip_share);
+        } else if offset != pos {
+            reader
+                .seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| eio(&what(), e))?;
         }
-        let buf = r
-            .source
-            .take(len, false)
+        let buf = read_bytes(reader.as_mut(), len)
             .await
             .map_err(|e| eio(&what(), e))?;
         let end = offset + len as u64;
@@ -575,33 +519,6 @@ impl Inner {
         }
         file.positions[index].store(end, Ordering::Relaxed);
         Ok(buf)
-    }
-
-    /// A source of `file`'s bytes from `offset` on.
-    async fn open_source(&self, file: &OpenFile, offset: u64) -> Result<Source, Errno> {
-        let what = || format!("blob {}", file.digest);
-        if self.blobs.streams_share_buffers() {
-            return match self.blobs.open_read_stream(&file.digest, offset).await {
-                Ok(Some(pieces)) => Ok(Source::Pieces {
-                    pieces,
-                    next: Bytes::new(),
-                }),
-                Ok(None) => Err(eio(&what(), "not found")),
-                Err(e) => Err(eio(&what(), e)),
-            };
-        }
-        let mut reader = match self.blobs.open_read(&file.digest).await {
-            Ok(Some(reader)) => reader,
-            Ok(None) => return Err(eio(&what(), "not found")),
-            Err(e) => return Err(eio(&what(), e)),
-        };
-        if offset > 0 {
-            reader
-                .seek(SeekFrom::Start(offset))
-                .await
-                .map_err(|e| eio(&what(), e))?;
-        }
-        Ok(Source::Reader(reader))
     }
 
     /// The share of the budget a reader of a file of `size` bytes takes: its
@@ -650,7 +567,10 @@ async fn read_bytes(reader: &mut (dyn BlobReader + '_), len: usize) -> std::io::
     while buf.len() < len {
         let want = len - buf.len();
         if reader.read_buf(&mut (&mut buf).limit(want)).await? == 0 {
-            return Err(ends_early());
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the blob ends before its size",
+            ));
         }
     }
     Ok(buf.freeze())
@@ -984,34 +904,6 @@ mod tests {
         drop((held, far));
         let (again, _) = file.stream(1 << 20).await;
         assert_eq!(again, first);
-    }
-
-    #[tokio::test]
-    async fn pieces_are_replied_from_without_a_copy_unless_spanned_or_kept() {
-        let blob: Bytes = (0..=255u8).cycle().take(1000).collect::<Vec<_>>().into();
-        let pieces = [0..300, 300..300, 300..1000].map(|r| Ok(blob.slice(r)));
-        let mut source = Source::Pieces {
-            pieces: futures::stream::iter(pieces).boxed(),
-            next: Bytes::new(),
-        };
-        let within = |bytes: &Bytes| {
-            let (start, end) = (blob.as_ptr() as usize, blob.as_ptr() as usize + blob.len());
-            (start..end).contains(&(bytes.as_ptr() as usize))
-        };
-        let a = source.take(100, false).await.unwrap();
-        assert!(a == blob.slice(..100) && within(&a), "not a slice");
-        let b = source.take(150, true).await.unwrap();
-        assert!(
-            b == blob.slice(100..250) && !within(&b),
-            "kept bytes not copied"
-        );
-        // Across the end of a piece (and an empty one): copied.
-        let c = source.take(100, false).await.unwrap();
-        assert!(c == blob.slice(250..350) && !within(&c));
-        let d = source.take(600, false).await.unwrap();
-        assert!(d == blob.slice(350..950) && within(&d));
-        let err = source.take(51, false).await.unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

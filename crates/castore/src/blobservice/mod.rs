@@ -115,15 +115,6 @@ pub trait BlobService: Send + Sync {
     fn reader_memory(&self) -> u64 {
         8 << 20
     }
-
-    /// Whether [`BlobService::open_read_stream`] hands out slices of the
-    /// buffers the backend verified into (no copy) and opens at any offset as
-    /// cheaply as a reader seeks: a caller that would copy out of a reader
-    /// (the FUSE mount, into its replies) then reads pieces instead. False by
-    /// default (pieces are copied out of a reader).
-    fn streams_share_buffers(&self) -> bool {
-        false
-    }
 }
 
 /// A count a blob backend keeps of its own work ([`BlobService::counters`]),
@@ -167,8 +158,5 @@ impl<T: BlobService + ?Sized> BlobService for std::sync::Arc<T> {
     }
     fn reader_memory(&self) -> u64 {
         (**self).reader_memory()
-    }
-    fn streams_share_buffers(&self) -> bool {
-        (**self).streams_share_buffers()
     }
 }

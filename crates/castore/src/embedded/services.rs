@@ -53,10 +53,6 @@ impl BlobService for EmbeddedStore {
         super::reader::READER_MEMORY
     }
 
-    fn streams_share_buffers(&self) -> bool {
-        true
-    }
-
     async fn chunks(&self, digest: &B3Digest) -> Result<Option<Vec<ChunkMeta>>, Error> {
         Ok(self.blob_chunks(digest.as_bytes())?.map(|list| {
             list.into_iter()
