@@ -60,13 +60,14 @@ const BLKSIZE: u32 = 128 * 1024;
 pub const READ_MEMORY: u64 = 48 << 20;
 
 /// Bytes of reply buffers (each the size of its request) held at once; requests
-/// past it wait. The kernel sends at most `max_background` (48) reads ahead at
+/// past it wait. The kernel sends at most [`MAX_BACKGROUND`] reads ahead at
 /// once, 6 MiB of them; this bounds reads by many processes too.
 const REPLY_MEMORY: u64 = 16 << 20;
 
-/// The most the kernel asks for in one read (its read-ahead window too): the
-/// same as `st_blksize`, the size `cat` and `tar` read in. Larger requests
-/// only make the reply buffers larger.
+/// The most the kernel asks for in one read (and the read-ahead window offered
+/// at init, which [`READ_AHEAD`] widens afterwards): the same as `st_blksize`,
+/// the size `cat` and `tar` read in. Larger requests only make the reply
+/// buffers larger.
 const MAX_READ: u32 = BLKSIZE;
 
 /// The kernel's read-ahead window for a file, set on the mount's device after

@@ -10,8 +10,8 @@
 //! identical record (and restarts it at one for a different NAR under the same
 //! file hash). A claim is one transaction: it takes one and deletes the record at
 //! the last, holding the row's lock in between. Every write is committed (durable)
-//! before it returns. A row whose `nar` does not
-//! decode is an error when read and goes with the others of its age.
+//! before it returns. A row whose `nar` does not decode is an error when read and
+//! goes with the others of its age.
 
 use std::time::Duration;
 
