@@ -12,7 +12,11 @@
 #   - ssh-ng://localhost (cairn nix-daemon --stdio as the remote program: the
 #     NAR over the protocol, NarFromPath),
 #   - http:// of the same daemon (the binary cache), and
-#   - a file:// cache holding the same paths (compression=none).
+#   - a file:// cache holding the same paths (compression=none), and
+#   - local: the store the paths were made in (a chroot store on disk, warm),
+#     for what Nix itself costs reading a store's files: unix:// and local
+#     both have Nix walk files and serialise the NAR, which takes it more
+#     CPU than reading a NAR from a file:// cache.
 # Every round reads the mounts cold: the kernel's cache of the mounted files is
 # dropped first (each copy is a first read, as in practice), the other sources
 # stay as warm as the daemon's store (its packs were just written).
@@ -89,6 +93,7 @@ declare -A FROM=(
   [ssh-ng]="ssh-ng://localhost?remote-program=$W/remote"
   [http]="$HTTP"
   [file]="file://$W/cache"
+  [local]="$S"
 )
 # Drops the kernel's cache of the paths' files on the mount at root $1 (dd's
 # nocache: posix_fadvise DONTNEED), so that the next copy reads them through
@@ -105,7 +110,7 @@ run() {
   declare -A ALL=()
   for round in $(seq "$ROUNDS"); do
     declare -A T=()
-    for k in unix unix-mnt ssh-ng http file; do
+    for k in unix unix-mnt ssh-ng http file local; do
       rm -rf "$W/dst"
       case $k in unix) cold "$W/root" "$@" ;; unix-mnt) cold "$W/mnt" "$@" ;; esac
       # The setup's and the previous copy's writes flushed first: without it
@@ -117,18 +122,20 @@ run() {
       nix store verify --store "$W/dst" --no-trust "$@" > /dev/null 2>&1 \
         || { echo "$k: the copy does not verify" >&2; exit 1; }
     done
-    printf 'round %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s\n' \
-      "$round" "${T[unix]}" "${T[unix-mnt]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}"
+    printf 'round %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s  local %.2f s\n' \
+      "$round" "${T[unix]}" "${T[unix-mnt]}" "${T[ssh-ng]}" "${T[http]}" "${T[file]}" "${T[local]}"
   done
   declare -A M=()
-  for k in unix unix-mnt ssh-ng http file; do
+  for k in unix unix-mnt ssh-ng http file local; do
     M[$k]=$(printf '%s\n' ${ALL[$k]} | median)
   done
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-  printf 'median of %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s   unix/http %s  unix/file %s  unix-mnt/http %s  ssh-ng/http %s\n' \
-    "$ROUNDS" "${M[unix]}" "${M[unix-mnt]}" "${M[ssh-ng]}" "${M[http]}" "${M[file]}" \
+  printf 'median of %d: unix %.2f s  unix-mnt %.2f s  ssh-ng %.2f s  http %.2f s  file %.2f s  local %.2f s\n' \
+    "$ROUNDS" "${M[unix]}" "${M[unix-mnt]}" "${M[ssh-ng]}" "${M[http]}" "${M[file]}" "${M[local]}"
+  printf 'ratios: unix/http %s  unix/file %s  unix-mnt/http %s  ssh-ng/http %s  unix/local %s  local/file %s\n' \
     "$(ratio "${M[unix]}" "${M[http]}")" "$(ratio "${M[unix]}" "${M[file]}")" \
-    "$(ratio "${M[unix-mnt]}" "${M[http]}")" "$(ratio "${M[ssh-ng]}" "${M[http]}")"
+    "$(ratio "${M[unix-mnt]}" "${M[http]}")" "$(ratio "${M[ssh-ng]}" "${M[http]}")" \
+    "$(ratio "${M[unix]}" "${M[local]}")" "$(ratio "${M[local]}" "${M[file]}")"
 }
 [ "$N" -gt 0 ] && run "$N small paths" "${SMALL[@]}"
 run "one $BIG_MIB MiB path" "$BIG"
