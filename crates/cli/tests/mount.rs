@@ -2,8 +2,8 @@
 //! mount equal the originals (`nix-store --dump`, `diff -r`), reads at random
 //! offsets and by 16 readers at once, a corrupted chunk gives EIO while the rest
 //! reads, a mount of a daemon over gRPC survives the daemon's restart, SIGTERM
-//! or an unmount from outside end the mount without leaving it behind, and only
-//! `--allow-other` lets another user in.
+//! or an unmount from outside end the mount without leaving it behind, inodes
+//! the kernel forgets are freed, and only `--allow-other` lets another user in.
 //!
 //! Needs `/dev/fuse`, root or `fusermount3` (Debian's `fuse3`), and Nix, which
 //! `./test.sh` installs; without them these tests fail, they never skip.
@@ -307,6 +307,58 @@ fn a_file_read_through_a_mount_is_fetched_once() {
     );
     m.stop("-TERM");
     stop_daemon(daemon);
+}
+
+/// Drops the kernel's unused dentries and inodes (`drop_caches`, as root or
+/// through `sudo -n`, as `./test.sh` installs with).
+fn drop_dentries() {
+    if fs::write("/proc/sys/vm/drop_caches", "2").is_ok() {
+        return;
+    }
+    let out = Command::new("sudo")
+        .args(["-n", "sh", "-c", "echo 2 > /proc/sys/vm/drop_caches"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dropping the kernel's dentries needs root or passwordless sudo: {out:?}"
+    );
+}
+
+/// The kernel gives an inode's lookups back (`forget`) when it drops the inode
+/// from its cache, and the mount then frees the entry: its table holds what the
+/// kernel caches, not every name ever shown. Seen from outside: a name looked
+/// up again after that gets a new inode number (they are never reused), where
+/// a table that keeps every entry answers with the old one.
+#[test]
+fn names_the_kernel_forgets_are_freed_and_looked_up_anew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    write(&src.join("dir/file"), b"forgotten", 0o644);
+    let data = tmp.path().join("data");
+    let name = import(&data, std::slice::from_ref(&src)).remove(0);
+    let m = Mounted::start(&tmp.path().join("mnt"), &["--data-dir", s(&data)]);
+    let file = m.path(&name).join("dir/file");
+    let first = fs::metadata(&file).unwrap().ino();
+    // The forget is queued when the inode is evicted and handled by another
+    // session thread than the next lookup: give it a moment, and retry.
+    let mut again = first;
+    for _ in 0..50 {
+        drop_dentries();
+        std::thread::sleep(Duration::from_millis(100));
+        again = fs::metadata(&file).unwrap().ino();
+        if again != first {
+            break;
+        }
+    }
+    assert_ne!(
+        again, first,
+        "the entry was kept after the kernel forgot it"
+    );
+    // Still the same content under the new number.
+    assert_eq!(fs::read(&file).unwrap(), b"forgotten");
+    m.stop("-TERM");
 }
 
 #[test]

@@ -442,7 +442,7 @@ impl Inner {
         }
     }
 
-    /// The child `name` of directory inode `parent` (allocating its inode).
+    /// The child `name` of directory inode `parent`, its inode counted as looked up.
     async fn lookup(&self, parent: u64, name: &[u8]) -> Result<(u64, Node), Errno> {
         let node = if parent == ROOT {
             self.store_path(name).await?
@@ -456,7 +456,7 @@ impl Inner {
             self.directory(&digest).await?.get(name).cloned()
         };
         let node = node.ok_or(Errno::ENOENT)?;
-        Ok((self.inodes.get_or_insert(parent, name, &node), node))
+        Ok((self.inodes.looked_up(parent, name, &node), node))
     }
 
     /// `len` bytes of `file` at `offset` (the caller clipped them to its size):
@@ -620,7 +620,7 @@ impl Filesystem for StoreFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let parent = parent.0;
-        if let Some((ino, entry)) = self.inner.inodes.find(parent, name.as_bytes()) {
+        if let Some((ino, entry)) = self.inner.inodes.lookup_known(parent, name.as_bytes()) {
             reply.entry(&TTL, &self.inner.attr(ino, &entry.node), Generation(0));
             return;
         }
@@ -631,6 +631,10 @@ impl Filesystem for StoreFs {
                 Err(e) => reply.error(e),
             }
         });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -747,7 +751,7 @@ impl Filesystem for StoreFs {
                     Err(e) => return reply.error(eio("listing path info", e)),
                 };
                 let name = Bytes::from(info.store_path.to_string());
-                let ino = inner.inodes.get_or_insert(ROOT, &name, &info.node);
+                let ino = inner.inodes.listed(ROOT, &name, &info.node);
                 listing.push((ino, file_type(&info.node), name));
             }
             let fh = inner.handle();
@@ -804,7 +808,7 @@ impl Filesystem for StoreFs {
             let dots = [(ino, &b"."[..]), (parent, &b".."[..])]
                 .map(|(ino, name)| (ino, FileType::Directory, name));
             let children = dir.nodes().map(|(name, node)| {
-                let child = inner.inodes.get_or_insert(ino, name.as_bytes(), node);
+                let child = inner.inodes.listed(ino, name.as_bytes(), node);
                 (child, file_type(node), name.as_bytes())
             });
             let entries = dots.into_iter().chain(children);
