@@ -1,7 +1,8 @@
 //! How long the operations that scan every path info take on a big store:
 //! QueryReferrers, QueryAllValidPaths and VerifyStore (without contents) over
-//! the protocol, on N paths (default 100,000) in a `redb://` path info service
-//! and in `memory://`. Each path refers to the one before it.
+//! the protocol, on N paths (default 100,000) in a `redb://` path info service,
+//! in `memory://` and in PostgreSQL (a server started for the run, as the tests
+//! do: `./test.sh` installs it). Each path refers to the one before it.
 //!
 //! `cargo run --release -p cairn-nix-daemon --example referrers_scale [N]`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -143,6 +144,7 @@ async fn main() {
     for addr in [
         format!("redb://{}", tmp.path().display()),
         "memory://".to_owned(),
+        cairn_testkit::postgres::server().database(),
     ] {
         let blobs = cairn_castore::blob_service_from_addr("memory://").unwrap();
         let dirs = cairn_castore::directory_service_from_addr("memory://").unwrap();

@@ -14,7 +14,11 @@
 //!   written every minute in one statement, only where older by an hour, as
 //!   `pathinfo.redb` does). A put holds garbage collection's sweep lock
 //!   shared and checks its root again under it (see
-//!   `cairn_castore::blobservice::PgCollector`).
+//!   `cairn_castore::blobservice::PgCollector`). `refs` (`bytea[]`, GIN-indexed):
+//!   the digests of the entry's references, written with it, so that
+//!   `referrers` is an index lookup instead of a walk over every row. Rows
+//!   written before the column existed hold NULL there until the first
+//!   `referrers` fills them in (from their `info`, once).
 //! - `nar_cache(node bytea PRIMARY KEY, nar_size bigint NOT NULL, nar_sha256 bytea
 //!   NOT NULL)`: canonical protobuf encoding of a root `Node` with an empty name ->
 //!   its NAR size and SHA-256, for CalculateNAR. A malformed row counts as absent
@@ -33,6 +37,7 @@ use async_trait::async_trait;
 use cairn_castore::blobservice::LateRoots;
 use cairn_castore::pg::{Db, SWEEP_LOCK, db_error, deadpool_postgres};
 use cairn_castore::{BlobService, DirectoryService, Error, Node};
+use cairn_nix::store_path::StorePath;
 use futures::stream::BoxStream;
 use prost::Message;
 
@@ -55,6 +60,11 @@ static MIGRATIONS: &[&str] = &[
     ALTER TABLE path_info ADD COLUMN accessed bigint;
     UPDATE path_info SET accessed = extract(epoch FROM updated_at)::bigint;
     CREATE INDEX path_info_by_update ON path_info (updated_at);",
+    // `referrers`: the digests of each entry's references, indexed. Rows from
+    // before this have none (NULL) until the first `referrers` fills them in.
+    "ALTER TABLE path_info ADD COLUMN refs bytea[];
+    CREATE INDEX path_info_by_reference ON path_info USING gin (refs);
+    CREATE INDEX path_info_refs_unset ON path_info (digest) WHERE refs IS NULL;",
 ];
 
 /// Access times are written at this precision (seconds), as in `pathinfo.redb`.
@@ -170,13 +180,82 @@ impl LateRoots for Late {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let key: &[u8] = row.get(0);
-            let digest = <[u8; 20]>::try_from(key).map_err(|_| {
-                Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len()))
-            })?;
+            let digest = row_digest(key)?;
             out.push(decode_stored(SOURCE, &digest, row.get(1))?.node);
         }
         Ok(out)
     }
+}
+
+/// The `refs` column of `info`: its references' digests.
+fn refs_of(info: &PathInfo) -> Vec<&[u8]> {
+    info.references
+        .iter()
+        .map(|r| r.digest().as_slice())
+        .collect()
+}
+
+/// Rows whose `refs` are filled in per statement by [`fill_refs`].
+const FILL_BATCH: i64 = 1000;
+
+/// Fills in `refs` of the rows written before that column existed, from their
+/// `info`. Once done (the partial index of such rows is empty), one query.
+async fn fill_refs(client: &deadpool_postgres::Object) -> Result<(), Error> {
+    let update = client
+        .prepare_cached(
+            // Only where the entry is still the one read: a put meanwhile
+            // wrote its own.
+            "UPDATE path_info SET refs = $3 WHERE digest = $1 AND info = $2 AND refs IS NULL",
+        )
+        .await
+        .map_err(|e| db_error("preparing the indexing of references", e))?;
+    let mut filled = 0u64;
+    loop {
+        let rows = client
+            .query(
+                "SELECT digest, info FROM path_info WHERE refs IS NULL ORDER BY digest LIMIT $1",
+                &[&FILL_BATCH],
+            )
+            .await
+            .map_err(|e| db_error("reading path infos without their references indexed", e))?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let key: &[u8] = row.get(0);
+            let bytes: &[u8] = row.get(1);
+            let digest = row_digest(key)?;
+            let refs: Vec<[u8; 20]> = decode_stored(SOURCE, &digest, bytes)?
+                .references
+                .iter()
+                .map(|r| *r.digest())
+                .collect();
+            updates.push((key, bytes, refs));
+        }
+        // Sent together: the connection pipelines them.
+        futures::future::try_join_all(updates.iter().map(|(key, bytes, refs)| {
+            let refs: Vec<&[u8]> = refs.iter().map(|r| r.as_slice()).collect();
+            let update = &update;
+            async move { client.execute(update, &[key, bytes, &refs]).await }
+        }))
+        .await
+        .map_err(|e| db_error("indexing the references of path infos", e))?;
+        filled += rows.len() as u64;
+    }
+    if filled > 0 {
+        tracing::info!(
+            rows = filled,
+            "{SOURCE}: indexed the references of rows from before the index"
+        );
+    }
+    Ok(())
+}
+
+/// A row's `digest`, which the table's CHECK keeps at 20 bytes.
+fn row_digest(key: &[u8]) -> Result<[u8; 20], Error> {
+    <[u8; 20]>::try_from(key)
+        .map_err(|_| Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len())))
 }
 
 fn hash_part(digest: &[u8; 20]) -> String {
@@ -274,17 +353,21 @@ impl PathInfoService for PgPathInfoService {
             .await
             .map_err(|e| db_error("waiting for a garbage collection's sweep", e))?;
         root_still_stored(&txn, &info).await?;
-        // The same entry again changes nothing (not even updated_at).
+        // The same entry again changes nothing (not even updated_at), except
+        // filling in `refs` of a row from before that column.
         let stmt = txn
             .prepare_cached(
-                "INSERT INTO path_info (digest, info, accessed) VALUES ($1, $2, $3)
-                 ON CONFLICT (digest) DO UPDATE SET info = EXCLUDED.info, updated_at = now()
-                 WHERE path_info.info <> EXCLUDED.info",
+                "INSERT INTO path_info (digest, info, accessed, refs) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (digest) DO UPDATE SET info = EXCLUDED.info, refs = EXCLUDED.refs,
+                     updated_at = CASE WHEN path_info.info <> EXCLUDED.info
+                                       THEN now() ELSE path_info.updated_at END
+                 WHERE path_info.info <> EXCLUDED.info OR path_info.refs IS NULL",
             )
             .await
             .map_err(|e| db_error("preparing the path info upload", e))?;
         let now = i64::try_from(super::now_secs()).unwrap_or(i64::MAX);
-        txn.execute(&stmt, &[&key, &bytes, &now])
+        let refs = refs_of(&info);
+        txn.execute(&stmt, &[&key, &bytes, &now, &refs])
             .await
             .map_err(|e| db_error(&what(), e))?;
         txn.commit().await.map_err(|e| db_error(&what(), e))?;
@@ -366,9 +449,7 @@ impl PathInfoService for PgPathInfoService {
         rows.iter()
             .map(|r| {
                 let key: &[u8] = r.get(0);
-                <[u8; 20]>::try_from(key).map_err(|_| {
-                    Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len()))
-                })
+                row_digest(key)
             })
             .collect()
     }
@@ -442,6 +523,29 @@ impl PathInfoService for PgPathInfoService {
         Ok(())
     }
 
+    /// From the `refs` index, the rows from before it indexed first.
+    async fn referrers(&self, digest: [u8; 20]) -> Result<Vec<StorePath>, Error> {
+        let client = self.client().await?;
+        fill_refs(&client).await?;
+        let stmt = client
+            .prepare_cached("SELECT digest, info FROM path_info WHERE refs @> ARRAY[$1::bytea]")
+            .await
+            .map_err(|e| db_error("preparing the referrers lookup", e))?;
+        let key: &[u8] = &digest;
+        let what = || format!("reading the referrers of {}", hash_part(&digest));
+        let rows = client
+            .query(&stmt, &[&key])
+            .await
+            .map_err(|e| db_error(&what(), e))?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: &[u8] = row.try_get(0).map_err(|e| db_error(&what(), e))?;
+            let bytes: &[u8] = row.try_get(1).map_err(|e| db_error(&what(), e))?;
+            found.push(decode_stored(SOURCE, &row_digest(key)?, bytes)?.store_path);
+        }
+        Ok(found)
+    }
+
     /// Pages of [`LIST_BATCH`] rows by digest, each page its own query on a
     /// connection held only for that query.
     fn list(&self) -> BoxStream<'static, Result<PathInfo, Error>> {
@@ -471,9 +575,7 @@ impl PathInfoService for PgPathInfoService {
                     let bytes: &[u8] = row
                         .try_get(1)
                         .map_err(|e| db_error("listing path infos", e))?;
-                    let digest = <[u8; 20]>::try_from(key.as_slice()).map_err(|_| {
-                        Error::Corrupt(format!("{SOURCE}: a digest of {} bytes", key.len()))
-                    })?;
+                    let digest = row_digest(key.as_slice())?;
                     let info = decode_stored(SOURCE, &digest, bytes)?;
                     after = key;
                     yield info;
