@@ -648,22 +648,48 @@ fn refusals() {
     common::stop_daemon(d);
 }
 
+/// A daemon pulling from `up`, which serves the fixture's big path slowly
+/// (about 2 s), its narinfo asked for already.
+struct SlowBig {
+    daemon: Daemon,
+    http: String,
+    data: tempfile::TempDir,
+    ni: NarInfo,
+    /// The big path's NAR on the daemon.
+    nar_url: String,
+}
+
+impl SlowBig {
+    fn start(up: &Static) -> SlowBig {
+        let f = fixture();
+        let ni = upstream_narinfo(&f.big);
+        up.set(&format!("/{}", ni.url), Override::Slow);
+        let (daemon, http, data) = self::daemon(&up.url, &[]);
+        let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.big))]);
+        assert_eq!(code, 200);
+        let nar_url = format!(
+            "{http}/nar/{}-{}.nar",
+            hash_part(&f.big),
+            cairn_nix::nixbase32::encode(ni.nar_hash.digest())
+        );
+        SlowBig {
+            daemon,
+            http,
+            data,
+            ni,
+            nar_url,
+        }
+    }
+}
+
 /// 16 clients fetching the same uncached NAR at once (the upstream slowed, so
 /// they overlap): one upstream download, 16 times Nix's bytes.
 #[test]
 fn concurrent_clients_one_download() {
     let f = fixture();
     let up = Static::start(&f.cache);
-    let ni = upstream_narinfo(&f.big);
-    up.set(&format!("/{}", ni.url), Override::Slow);
-    let (d, http, _data) = daemon(&up.url, &[]);
-    let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.big))]);
-    assert_eq!(code, 200);
-    let url = format!(
-        "{http}/nar/{}-{}.nar",
-        hash_part(&f.big),
-        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
-    );
+    let slow = SlowBig::start(&up);
+    let (d, url, ni) = (slow.daemon, slow.nar_url, slow.ni);
     let clients: Vec<_> = (0..16)
         .map(|_| {
             let url = url.clone();
@@ -677,6 +703,46 @@ fn concurrent_clients_one_download() {
     }
     assert_eq!(up.gets(&format!("/{}", ni.url)), 1, "{:?}", up.requests());
     common::stop_daemon(d);
+}
+
+/// A download from upstream outlives the client that started it, and a
+/// SIGTERM meanwhile: the daemon lets it finish and register the path before
+/// it exits (within --shutdown-timeout), rather than drop the work.
+#[test]
+fn a_shutdown_lets_a_running_download_finish() {
+    let f = fixture();
+    let up = Static::start(&f.cache);
+    let SlowBig {
+        daemon: d,
+        http,
+        data,
+        ni,
+        nar_url: url,
+    } = SlowBig::start(&up);
+    // The client gives up long before the slowed upstream is done (~2 s).
+    let gave_up = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "0.5", &url])
+        .status()
+        .unwrap();
+    assert!(!gave_up.success(), "the slowed download took under 0.5 s");
+    assert_eq!(up.gets(&format!("/{}", ni.url)), 1, "{:?}", up.requests());
+    let (code, metrics) = curl(&[&format!("{http}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("cairn_upstream_pulls_total 0\n"),
+        "the download ended before the shutdown: {metrics}"
+    );
+    common::stop_daemon(d);
+    assert!(
+        registered(data.path(), &f.big),
+        "the download running at the shutdown registered nothing"
+    );
+    let out = common::cairn_at(data.path(), &["dump", &f.big], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout == nix_dump(&f.big),
+        "the pulled path's NAR differs"
+    );
 }
 
 /// An https:// upstream (a cairn daemon serving TLS with a private CA, itself

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::io::StreamReader;
+use tokio_util::task::TaskTracker;
 
 use crate::spool;
 use crate::upstream::{FileMismatch, Upstream, UpstreamError, lock};
@@ -87,6 +88,10 @@ pub struct Puller {
     flights: Mutex<HashMap<[u8; DIGEST_LEN], watch::Receiver<Outcome>>>,
     prefetches: Semaphore,
     counters: Counters,
+    /// The downloads' tasks, for [`Puller::drain`].
+    tasks: TaskTracker,
+    /// Set by [`Puller::drain`]: no download starts after it.
+    closing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -134,7 +139,23 @@ impl Puller {
             flights: Mutex::default(),
             prefetches: Semaphore::new(PREFETCHES),
             counters: Counters::default(),
+            tasks: TaskTracker::new(),
+            closing: AtomicBool::new(false),
         })
+    }
+
+    /// Lets the downloads running finish (each registers its path, or
+    /// nothing) and starts no more: for a daemon's shutdown, which would
+    /// otherwise drop a download a client started and left, and its work.
+    /// Requests that would start one after this get an error.
+    pub async fn drain(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.tasks.close();
+        let running = self.tasks.len();
+        if running > 0 {
+            tracing::info!(running, "waiting for the downloads from upstream to finish");
+        }
+        self.tasks.wait().await;
     }
 
     /// Its counters so far.
@@ -288,6 +309,11 @@ impl Puller {
         if let Some(rx) = flights.get(&digest) {
             return Ok((rx.clone(), None));
         }
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(UpstreamError::Store(
+                "shutting down: no download from upstream starts".into(),
+            ));
+        }
         let this = self
             .me
             .upgrade()
@@ -301,7 +327,7 @@ impl Puller {
         };
         flights.insert(digest, rx.clone());
         drop(flights);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let started = Instant::now();
             // A download of this path that ended between the requester's
             // lookup and this flight's start has registered it: serve that
@@ -381,6 +407,9 @@ impl Puller {
                 let Ok(_permit) = this.prefetches.acquire().await else {
                     return;
                 };
+                if this.closing.load(Ordering::SeqCst) {
+                    return;
+                }
                 match this.pull(digest).await {
                     Ok(Some(_)) => {}
                     Ok(None) => tracing::warn!(path = name, "prefetch: no upstream has it"),

@@ -99,8 +99,9 @@ pub struct DaemonArgs {
     #[arg(long)]
     allow_anonymous_writes: bool,
 
-    /// On SIGTERM or SIGINT, seconds to let requests in flight finish before
-    /// they are dropped (an upload dropped so registers nothing).
+    /// On SIGTERM or SIGINT, seconds to let requests in flight and downloads
+    /// from --upstream finish before they are dropped (an upload or a
+    /// download dropped so registers nothing).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     shutdown_timeout: u64,
 
@@ -441,18 +442,22 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         notify_systemd("STOPPING=1");
         let _ = stop_tx.send(true);
         // Requests in flight finish (an upload either completes or registers
-        // nothing), up to the timeout; then the rest are dropped.
+        // nothing), and so do downloads from upstream that a client started
+        // (and may have left), up to the timeout; then the rest are dropped.
         let drained = tokio::time::timeout(std::time::Duration::from_secs(args.shutdown_timeout), async {
             while let Some(res) = servers.join_next().await {
                 if let Err(e) = res.context("server task failed").and_then(|r| r.map_err(anyhow::Error::from)) {
                     tracing::warn!(error = format!("{e:#}"), "while shutting down");
                 }
             }
+            if let Some(puller) = &puller {
+                puller.drain().await;
+            }
         })
         .await;
         if drained.is_err() {
             eprintln!(
-                "cairn daemon: requests still running after --shutdown-timeout {} s: dropping them",
+                "cairn daemon: requests or downloads from upstream still running after --shutdown-timeout {} s: dropping them",
                 args.shutdown_timeout
             );
             servers.shutdown().await;
