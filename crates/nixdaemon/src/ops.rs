@@ -459,6 +459,44 @@ impl NixDaemon {
     }
 
     /// A file root's NAR size and hash.
+    /// What `VerifyStore` reports of `info`, if anything: a reference the
+    /// store lacks (the last, as before), or, checking `contents`, a NAR that
+    /// no longer matches or cannot be read.
+    async fn verify_path(&self, info: &PathInfo, contents: bool) -> Result<Option<String>, Error> {
+        let missing = futures::future::try_join_all(
+            info.references
+                .iter()
+                .filter(|r| **r != info.store_path)
+                .map(
+                    |r| async move { Ok::<_, Error>(self.lookup(r).await?.is_none().then_some(r)) },
+                ),
+        )
+        .await?;
+        if let Some(r) = missing.into_iter().flatten().last() {
+            return Ok(Some(format!(
+                "path '{}' refers to the invalid path '{}'",
+                info.store_path.to_absolute(),
+                r.to_absolute()
+            )));
+        }
+        if !contents {
+            return Ok(None);
+        }
+        Ok(match self.nar_of(&info.node).await {
+            Ok((size, sha)) if size == info.nar_size && sha == info.nar_sha256 => None,
+            Ok((_, sha)) => Some(format!(
+                "path '{}' was modified! expected hash '{}', got '{}'",
+                info.store_path.to_absolute(),
+                info.nar_hash().to_nix32_prefixed(),
+                NixHash::Sha256(sha).to_nix32_prefixed()
+            )),
+            Err(e) => Some(format!(
+                "path '{}' cannot be read: {e}",
+                info.store_path.to_absolute()
+            )),
+        })
+    }
+
     async fn nar_of(&self, node: &Node) -> Result<(u64, [u8; 32]), Error> {
         cairn_store::nar::calculate(&*self.blobs, &*self.directories, node)
             .await
@@ -1023,37 +1061,19 @@ where
                     }));
                 }
                 let mut errors = false;
-                let mut all = d.path_info.list();
-                while let Some(info) = all.next().await {
-                    let info = info.map_err(store_err)?;
-                    let mut problem = None;
-                    for r in &info.references {
-                        if *r != info.store_path && d.lookup(r).await?.is_none() {
-                            problem = Some(format!(
-                                "path '{}' refers to the invalid path '{}'",
-                                info.store_path.to_absolute(),
-                                r.to_absolute()
-                            ));
-                        }
-                    }
-                    if check_contents && problem.is_none() {
-                        problem = match d.nar_of(&info.node).await {
-                            Ok((size, sha)) if size == info.nar_size && sha == info.nar_sha256 => {
-                                None
-                            }
-                            Ok((_, sha)) => Some(format!(
-                                "path '{}' was modified! expected hash '{}', got '{}'",
-                                info.store_path.to_absolute(),
-                                info.nar_hash().to_nix32_prefixed(),
-                                NixHash::Sha256(sha).to_nix32_prefixed()
-                            )),
-                            Err(e) => Some(format!(
-                                "path '{}' cannot be read: {e}",
-                                info.store_path.to_absolute()
-                            )),
-                        };
-                    }
-                    if let Some(msg) = problem {
+                // Several paths at once: each is a few lookups (or a NAR
+                // read), which a remote backend answers with a round trip.
+                let at_once = if check_contents { 2 } else { 16 };
+                let mut problems = d
+                    .path_info
+                    .list()
+                    .map(|info| async move {
+                        d.verify_path(&info.map_err(store_err)?, check_contents)
+                            .await
+                    })
+                    .buffered(at_once);
+                while let Some(problem) = problems.next().await {
+                    if let Some(msg) = problem? {
                         errors = true;
                         wire::write_u64(&mut self.to, wire::STDERR_NEXT).await?;
                         self.write_str(&format!("{msg}\n")).await?;

@@ -759,6 +759,65 @@ async fn other_operations() {
     assert_eq!(c.string().await, key.sign(fp.as_bytes()).to_string());
 }
 
+/// VerifyStore reports, as STDERR_NEXT lines, each path referring to one the
+/// store lacks and (checking contents) each whose NAR no longer matches its
+/// path info, then answers that errors were found; a sound store answers 0.
+#[tokio::test]
+async fn verify_store_reports_missing_references_and_modified_contents() {
+    const NEXT: u64 = 0x6f6c_6d67;
+    let st = store(Config::default());
+    let mut c = Client::connect(&st, 0x122, true).await;
+    let dep = path("dep", 30);
+    c.add_nar(&dep, &file_nar(b"dep"), &[], &[], true).await;
+    c.expect(&u(LAST)).await;
+    let top = path("top", 31);
+    c.add_nar(&top, &file_nar(b"top"), &[&dep], &[], true).await;
+    c.expect(&u(LAST)).await;
+    c.send(&[u(35), u(1), u(0)].concat()).await;
+    c.expect(&[u(LAST), u(0)].concat()).await;
+
+    // Registered past the daemon's checks: a path whose reference is gone,
+    // and one whose NAR hash is not its content's.
+    let good = st.path_info.get(*dep.digest()).await.unwrap().unwrap();
+    let mut broken = good.clone();
+    broken.store_path = path("broken", 32);
+    broken.references = vec![dep.clone(), path("missing", 33)];
+    st.path_info.put(broken).await.unwrap();
+    let mut modified = good.clone();
+    modified.store_path = path("modified", 34);
+    modified.nar_sha256 = [0; 32];
+    st.path_info.put(modified).await.unwrap();
+
+    let mut verify = async |contents: u64| {
+        c.send(&[u(35), u(contents), u(0)].concat()).await;
+        let mut lines = Vec::new();
+        loop {
+            match c.u64().await {
+                NEXT => lines.push(c.string().await),
+                LAST => break,
+                other => panic!("unexpected message {other:#x}"),
+            }
+        }
+        lines.sort();
+        (lines, c.u64().await)
+    };
+    let missing = format!(
+        "path '{}' refers to the invalid path '{}'\n",
+        path("broken", 32).to_absolute(),
+        path("missing", 33).to_absolute()
+    );
+    assert_eq!(verify(0).await, (vec![missing.clone()], 1));
+    let changed = format!(
+        "path '{}' was modified! expected hash '{}', got '{}'\n",
+        path("modified", 34).to_absolute(),
+        NixHash::Sha256([0; 32]).to_nix32_prefixed(),
+        NixHash::Sha256(good.nar_sha256).to_nix32_prefixed()
+    );
+    let mut both = vec![missing, changed];
+    both.sort();
+    assert_eq!(verify(1).await, (both, 1));
+}
+
 /// AddMultipleToStore whose framed stream ends before the paths it counts:
 /// reported, nothing of the missing path registered, and the connection goes on.
 #[tokio::test]
