@@ -274,6 +274,16 @@ fn upstream_narinfo(path: &str) -> NarInfo {
     NarInfo::parse(&text).unwrap()
 }
 
+/// The URL of `path`'s NAR on the daemon at `http`, as `ni` (its upstream
+/// narinfo) names it.
+fn nar_url(http: &str, path: &str, ni: &NarInfo) -> String {
+    format!(
+        "{http}/nar/{}-{}.nar",
+        hash_part(path),
+        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
+    )
+}
+
 /// `nix-store --dump` of `path` in the fixture's store.
 fn nix_dump(path: &str) -> Vec<u8> {
     let f = fixture();
@@ -375,11 +385,7 @@ fn prefetch_references() {
     let ni = upstream_narinfo(&f.top);
     let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.top))]);
     assert_eq!(code, 200);
-    let url = format!(
-        "{http}/nar/{}-{}.nar",
-        hash_part(&f.top),
-        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
-    );
+    let url = nar_url(&http, &f.top, &ni);
     let (ok, bytes) = curl_nar(&url);
     assert!(ok && bytes == nix_dump(&f.top));
     let dep_nar = format!("/{}", upstream_narinfo(&f.dep).url);
@@ -667,11 +673,7 @@ impl SlowBig {
         let (daemon, http, data) = self::daemon(&up.url, &[]);
         let (code, _) = curl(&[&format!("{http}/{}.narinfo", hash_part(&f.big))]);
         assert_eq!(code, 200);
-        let nar_url = format!(
-            "{http}/nar/{}-{}.nar",
-            hash_part(&f.big),
-            cairn_nix::nixbase32::encode(ni.nar_hash.digest())
-        );
+        let nar_url = nar_url(&http, &f.big, &ni);
         SlowBig {
             daemon,
             http,
@@ -888,11 +890,7 @@ fn head_of_upstream_nar_downloads_nothing() {
     let up = Static::start(&f.cache);
     let (d, http, _data) = daemon(&up.url, &[]);
     let ni = upstream_narinfo(&f.big);
-    let url = format!(
-        "{http}/nar/{}-{}.nar",
-        hash_part(&f.big),
-        cairn_nix::nixbase32::encode(ni.nar_hash.digest())
-    );
+    let url = nar_url(&http, &f.big, &ni);
     let out = Command::new("curl")
         .args(["-sS", "-f", "-I", &url])
         .output()

@@ -458,7 +458,6 @@ impl NixDaemon {
         w.close().await.map_err(store_err)
     }
 
-    /// A file root's NAR size and hash.
     /// What `VerifyStore` reports of `info`, if anything: a reference the
     /// store lacks (the last, as before), or, checking `contents`, a NAR that
     /// no longer matches or cannot be read.
@@ -497,6 +496,7 @@ impl NixDaemon {
         })
     }
 
+    /// A file root's NAR size and hash.
     async fn nar_of(&self, node: &Node) -> Result<(u64, [u8; 32]), Error> {
         cairn_store::nar::calculate(&*self.blobs, &*self.directories, node)
             .await

@@ -225,17 +225,12 @@ async fn fill_refs(client: &deadpool_postgres::Object) -> Result<(), Error> {
         for row in &rows {
             let key: &[u8] = row.get(0);
             let bytes: &[u8] = row.get(1);
-            let digest = row_digest(key)?;
-            let refs: Vec<[u8; 20]> = decode_stored(SOURCE, &digest, bytes)?
-                .references
-                .iter()
-                .map(|r| *r.digest())
-                .collect();
-            updates.push((key, bytes, refs));
+            let info = decode_stored(SOURCE, &row_digest(key)?, bytes)?;
+            updates.push((key, bytes, info));
         }
         // Sent together: the connection pipelines them.
-        futures::future::try_join_all(updates.iter().map(|(key, bytes, refs)| {
-            let refs: Vec<&[u8]> = refs.iter().map(|r| r.as_slice()).collect();
+        futures::future::try_join_all(updates.iter().map(|(key, bytes, info)| {
+            let refs = refs_of(info);
             let update = &update;
             async move { client.execute(update, &[key, bytes, &refs]).await }
         }))
