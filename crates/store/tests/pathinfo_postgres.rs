@@ -54,6 +54,22 @@ async fn damaged_rows_are_corrupt() {
     assert!(err.to_string().contains("path_info"), "{err}");
     let err = svc.list().try_collect::<Vec<_>>().await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    // Not indexed yet (as a row from before `refs`): referrers, which would
+    // index it from those bytes, reports it and indexes nothing.
+    raw.execute(
+        "UPDATE path_info SET refs = NULL WHERE digest = $1",
+        &[&vec![1u8; 20]],
+    )
+    .await
+    .unwrap();
+    let err = svc.referrers([9; 20]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let unindexed: i64 = raw
+        .query_one("SELECT count(*) FROM path_info WHERE refs IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unindexed, 1);
 
     // A valid PathInfo under another path's digest.
     raw.execute(
@@ -66,9 +82,10 @@ async fn damaged_rows_are_corrupt() {
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
     assert!(err.to_string().contains("holds"), "{err}");
 
-    // A put of the path repairs it.
+    // A put of the path repairs it (and indexes it).
     svc.put(info(1, "a")).await.unwrap();
     assert_eq!(svc.get([1; 20]).await.unwrap(), Some(info(1, "a")));
+    assert_eq!(svc.referrers([9; 20]).await.unwrap(), vec![]);
     assert_eq!(svc.list().try_collect::<Vec<_>>().await.unwrap().len(), 2);
 }
 
